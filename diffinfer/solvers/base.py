@@ -1,0 +1,71 @@
+"""The solver protocol: explicit state in, explicit state out (DESIGN.md section 1).
+
+``state = solver.init(den, x, ts, rng)`` then ``x, state = solver.step(den, x, i, state)``
+moves ``x`` from ``ts[i]`` to ``ts[i + 1]``. The state is a dict; every tensor in it has
+the batch first (or is the grid ``ts``), so ``select(state, idx)`` can copy, resample and
+branch particles mid-trajectory. A step to ``t = 0`` returns the denoised estimate.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..denoiser import DenoiserBase
+from ..process import as_time
+from ..rng import SampleRNG
+
+Tensor = torch.Tensor
+State = dict
+
+# keys of the state that are not per-sample
+SHARED_KEYS = ("ts",)
+
+
+class Solver:
+    """Base class. Subclasses set ``name``, ``order``, ``stochastic`` and implement ``step``."""
+
+    name: str = "solver"
+    order: int = 1
+    stochastic: bool = False
+    #: evaluations per step (for NFE budgeting); adaptive solvers report theirs in the state
+    evals_per_step: int = 1
+
+    def init(self, den: DenoiserBase, x: Tensor, ts: Tensor, rng: SampleRNG | None = None) -> State:
+        if self.stochastic and rng is None:
+            raise ValueError(f"solver {self.name!r} is stochastic: pass seed= to sample() or an rng to init()")
+        return {"ts": as_time(ts), "rng": rng}
+
+    def step(self, den: DenoiserBase, x: Tensor, i: int, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def options(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+
+def times(state: State, i: int) -> tuple[Tensor, Tensor]:
+    """``(t_i, t_{i+1})`` as float64 0-d tensors."""
+    ts = state["ts"]
+    return ts[i], ts[i + 1]
+
+
+def select(state: State, idx: Tensor) -> State:
+    """The state of rows ``idx`` (repeats allowed): batch-first tensors are indexed,
+    the random streams copied, shared entries (the grid) kept."""
+    out: dict[str, Any] = {}
+    for k, v in state.items():
+        if k in SHARED_KEYS or v is None:
+            out[k] = v
+        elif isinstance(v, Tensor):
+            out[k] = v[idx]
+        elif hasattr(v, "select"):
+            out[k] = v.select(idx)
+        elif isinstance(v, list):  # history lists of batch-first tensors
+            out[k] = [e[idx] if isinstance(e, Tensor) else e for e in v]
+        else:
+            out[k] = v
+    return out
