@@ -70,11 +70,13 @@ class SampleRNG:
         return SampleRNG(gens, [self.indices[i] for i in idx])
 
     def fork(self, salt: int) -> "SampleRNG":
-        """Fresh independent streams for the same rows (e.g. after resampling duplicates)."""
+        """Fresh independent streams for the same rows (e.g. after resampling duplicates):
+        row ``b`` reseeds from its own stream's next draw, ``salt`` and its position ``b``,
+        so duplicates part ways and the result is still a function of the seed."""
         gens = []
-        for g, i in zip(self.generators, self.indices):
+        for pos, g in enumerate(self.generators):
             draw = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
             h = torch.Generator(device=g.device)
-            h.manual_seed(stream_seed(draw ^ int(salt), i))
+            h.manual_seed(stream_seed(draw ^ int(salt), pos))
             gens.append(h)
         return SampleRNG(gens, self.indices)

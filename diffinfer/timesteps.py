@@ -61,11 +61,19 @@ def _finish(ts: Tensor, append_zero: bool) -> Tensor:
     return validate(ts)
 
 
-def _in_variable(process, steps, t_max, t_min, final_zero, forward, inverse):
+def _in_variable(process, steps, t_max, t_min, final_zero, forward, inverse, snr_spaced=False):
     """Uniform in ``u = forward(t)`` between the bounds, mapped back by ``inverse``."""
     hi, lo, n, append_zero = _bounds(process, steps, t_max, t_min, final_zero)
+    if n == 2:
+        return _finish(torch.tensor([hi, lo], dtype=_F64), append_zero)
+    if snr_spaced:
+        for end in (hi, lo):
+            if not bool(torch.isfinite(process.logsnr(torch.tensor(end, dtype=_F64)))):
+                raise ValueError(f"this grid is spaced in log-SNR, which is infinite at t={end} for {process!r}; "
+                                 f"pass t_max < 1 and t_min > 0, or use 'uniform' or 'flow-shift'")
     u = torch.linspace(0.0, 1.0, n, dtype=_F64)
-    ts = inverse(forward(torch.tensor(hi, dtype=_F64)) * (1 - u) + forward(torch.tensor(lo, dtype=_F64)) * u)
+    f_hi, f_lo = forward(torch.tensor(hi, dtype=_F64)), forward(torch.tensor(lo, dtype=_F64))
+    ts = inverse(f_hi * (1 - u) + f_lo * u)
     ts[0], ts[-1] = hi, lo
     return _finish(ts, append_zero)
 
@@ -76,14 +84,15 @@ def uniform(process: Process, steps: int, t_max=None, t_min=None, final_zero: bo
 
 
 def logsnr(process: Process, steps: int, t_max=None, t_min=None, final_zero: bool = True) -> Tensor:
-    return _in_variable(process, steps, t_max, t_min, final_zero, process.logsnr, process.t_from_logsnr)
+    return _in_variable(process, steps, t_max, t_min, final_zero, process.logsnr, process.t_from_logsnr,
+                        snr_spaced=True)
 
 
 def karras(process: Process, steps: int, rho: float = 7.0, t_max=None, t_min=None,
            final_zero: bool = True) -> Tensor:
     fwd = lambda t: torch.exp(-0.5 * process.logsnr(t) / rho)  # noqa: E731  (sigma/alpha)^(1/rho)
     inv = lambda u: process.t_from_logsnr(-2.0 * rho * torch.log(u))  # noqa: E731
-    return _in_variable(process, steps, t_max, t_min, final_zero, fwd, inv)
+    return _in_variable(process, steps, t_max, t_min, final_zero, fwd, inv, snr_spaced=True)
 
 
 def quadratic(process: Process, steps: int, t_max=None, t_min=None, final_zero: bool = True) -> Tensor:
@@ -115,11 +124,16 @@ def get(name: str, process: Process, steps: int, **options) -> Tensor:
     return builder(process, steps, **options)
 
 
-def default(process: Process, steps: int) -> Tensor:
-    """The grid ``sample`` uses when none is given: uniform for flows and general
-    interpolants, Karras for VE/EDM (as k-diffusion), log-SNR uniform otherwise (as DPM-Solver)."""
+def default_builder(process: Process):
+    """The grid family that suits a process: uniform for flows and general interpolants,
+    Karras for VE/EDM (as k-diffusion), log-SNR uniform otherwise (as DPM-Solver)."""
     if isinstance(process, (RectifiedFlow, Interpolant)):
-        return uniform(process, steps)
+        return uniform
     if isinstance(process, (VE, EDM)):
-        return karras(process, steps)
-    return logsnr(process, steps)
+        return karras
+    return logsnr
+
+
+def default(process: Process, steps: int) -> Tensor:
+    """The grid ``sample`` uses when none is given (``default_builder(process)``)."""
+    return default_builder(process)(process, steps)

@@ -1,0 +1,108 @@
+"""The one model view: prediction-type round trips, NFE counting, clear errors."""
+import pytest
+import torch
+
+import diffinfer as di
+from diffinfer.denoiser import PREDICTIONS, _coeffs, from_x0_eps, to_x0_eps
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_round_trip_every_prediction(any_process, prediction):
+    """x0, eps -> network target of each type -> x0, eps again, for every process."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 3, 4, dtype=F64, generator=g)
+    eps = torch.randn(6, 3, 4, dtype=F64, generator=g)
+    t = torch.linspace(max(any_process.t_min, 0.02), min(any_process.t_max, 0.98), 6, dtype=F64)
+    c = _coeffs(any_process, t, x0)
+    x = c.a * x0 + c.s * eps
+    y = from_x0_eps(x0, eps, prediction, c)
+    back = to_x0_eps(y, prediction, x, c)
+    torch.testing.assert_close(back.x0, x0, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(back.eps, eps, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("source", PREDICTIONS)
+def test_views_agree_across_wrapped_types(source):
+    """A network of any type, wrapped, answers every view identically to the x0 oracle."""
+    p = di.VP("cosine")
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(5, 5, dtype=F64, generator=g) * 0.3
+
+    def true_x0(x, t):
+        return torch.tanh(x @ W) * (1 + t[:, None])
+
+    oracle = di.Denoiser(true_x0, p, prediction="x0")
+
+    def net(x, t):
+        x0 = true_x0(x, t)
+        c = _coeffs(p, t, x)
+        return from_x0_eps(x0, (x - c.a * x0) / c.s, source, c)
+
+    den = di.Denoiser(net, p, prediction=source)
+    x = torch.randn(4, 5, dtype=F64, generator=g)
+    for view in PREDICTIONS:
+        torch.testing.assert_close(den.as_prediction(x, 0.4, view), oracle.as_prediction(x, 0.4, view),
+                                   rtol=1e-9, atol=1e-9)
+
+
+def test_score_is_gradient_of_log_density():
+    from diffinfer.toys import ring2d
+    gm, p = ring2d(), di.VP()
+    den = gm.denoiser(p)
+    x = torch.randn(7, 2, dtype=F64)
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(gm.marginal(p, 0.3).log_prob(xr).sum(), xr)
+    torch.testing.assert_close(den.score(x, 0.3), grad, rtol=1e-8, atol=1e-8)
+
+
+def test_nfe_counts_calls_and_is_shared_by_bound_copies():
+    den = di.Denoiser(lambda x, t: torch.zeros_like(x), di.VP(), prediction="eps")
+    x = torch.randn(3, 2)
+    den.x0(x, 0.5)
+    den.velocity(x, 0.5)
+    bound = den.bind(label=torch.tensor([1, 2, 3]))
+    assert den.nfe == 2
+    with pytest.raises(TypeError):  # the lambda takes no label: conditioning is passed through
+        bound.x0(x, 0.5)
+
+
+def test_cond_passed_and_selected():
+    seen = {}
+
+    def net(x, t, label):
+        seen["label"] = label
+        return torch.zeros_like(x)
+
+    den = di.Denoiser(net, di.VP(), cond={"label": torch.tensor([4, 5, 6])})
+    den.select(torch.tensor([2, 0])).x0(torch.randn(2, 3), 0.5)
+    assert seen["label"].tolist() == [6, 4]
+
+
+def test_time_input_mapping_for_discrete_networks():
+    p = di.DiscreteVP()
+    seen = {}
+
+    def net(x, t):
+        seen["t"] = t
+        return torch.zeros_like(x)
+
+    den = di.Denoiser(net, p, time_input=p.index)
+    den.x0(torch.randn(2, 3), torch.tensor(0.5))
+    torch.testing.assert_close(seen["t"], torch.full((2,), 499.0))
+
+
+def test_wrong_shape_and_nan_are_clear_errors():
+    bad_shape = di.Denoiser(lambda x, t: x[:, :1], di.VP())
+    with pytest.raises(di.ModelOutputError, match=r"t=0\.5.*shape \(2, 1\).*expected \(2, 3\)"):
+        bad_shape.x0(torch.randn(2, 3), 0.5)
+    nan = di.Denoiser(lambda x, t: x * float("nan"), di.VP())
+    with pytest.raises(di.ModelOutputError, match=r"t=0\.25.*NaN"):
+        nan.x0(torch.randn(2, 3), 0.25)
+    with pytest.raises(ValueError, match="valid: eps, x0, v, score, velocity"):
+        di.Denoiser(lambda x, t: x, di.VP(), prediction="noise")
+    with pytest.raises(TypeError, match="Process"):
+        di.Denoiser(lambda x, t: x, "vp")
+    with pytest.raises(ValueError, match=r"t must be a scalar or shaped \[B\]"):
+        di.Denoiser(lambda x, t: x, di.VP()).x0(torch.randn(2, 3), torch.rand(3))
