@@ -10,6 +10,9 @@ COMMAND_MODULES = [
     "diffinfer.cli_core",      # solvers, sample (toys and bundled models)
     "diffinfer.cli_models",    # demo, train
     "diffinfer.mdm.cli",       # decode
+    "diffinfer.cli_inverse",   # restore, forecast
+    "diffinfer.cli_scale",     # scale
+    "diffinfer.cli_bench",     # bench
 ]
 
 
