@@ -1,0 +1,303 @@
+"""Benchmark of masked-diffusion decoding policies (issue 4).
+
+On Markov-chain oracles quality is exact: mean NLL per token of the decoded samples against the
+chain's exact expectation, and the total-variation distance of their bigram statistics to the
+chain's bigram law, against the sampling-noise floor of exact one-token-per-step decoding with
+the same number of samples. On ``shakespeare-char`` (when the zoo bundles it): generative
+perplexity under ``shakespeare-ar`` and unigram entropy, with caching speed-ups as ratios
+against no caching in the same run.
+
+    python bench/mdm.py            # ~ a few minutes on 2 cores
+    python bench/mdm.py --quick    # under a minute
+
+Writes ``bench/results/mdm.json``, ``bench/results/mdm.md`` and ``bench/results/mdm.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from diffinfer.mdm import decode  # noqa: E402
+from diffinfer.mdm.metrics import bigram_tv, nll_per_token  # noqa: E402
+from diffinfer.toys.markov_chain import MarkovChain  # noqa: E402
+
+BAR_TPN, BAR_TV, BAR_NLL = 3.0, 1.5, 0.02
+
+
+def chains() -> dict:
+    return {
+        "cycle8": MarkovChain.cycle(8, 0.9),
+        "dirichlet8": MarkovChain.random(8, concentration=0.1, seed=0),
+    }
+
+
+def oracle_configs(L: int, quick: bool) -> list[tuple[str, str, dict]]:
+    fracs = [4] if quick else [2, 4, 8]
+    out = []
+    for name in ["random", "ancestral", "low-confidence", "margin", "entropy", "rcr"]:
+        out += [(f"{name} steps={L // f}", name, {"steps": L // f}) for f in fracs]
+    out += [(f"confident tau=0.9 steps={L // f}", "confident", {"steps": L // f, "threshold": 0.9}) for f in fracs]
+    for tau in ([0.7] if quick else [0.99, 0.9, 0.7]):
+        out.append((f"threshold tau={tau}", "threshold", {"threshold": tau}))
+    for tau in ([0.9] if quick else [0.99, 0.95, 0.9]):
+        out.append((f"threshold[max] tau={tau}", "threshold", {"threshold": tau, "score": "max"}))
+    for f in ([1.0] if quick else [0.5, 1.0, 2.0]):
+        out.append((f"factor f={f}", "factor", {"factor": f}))
+    out.append((f"low-confidence steps={L // 4} block=8", "low-confidence", {"steps": L // 4, "block": 8}))
+    out += [("dilated", "dilated", {}), ("dilated block=16", "dilated", {"block": 16})]
+    if not quick:
+        out.append(("threshold[max] tau=0.9 block=8", "threshold", {"threshold": 0.9, "score": "max", "block": 8}))
+        out.append(("threshold[max] tau=0.9 adaptive", "threshold",
+                    {"threshold": 0.9, "score": "max", "block": "adaptive", "delimiters": [0]}))
+        out.append(("dilated block=8", "dilated", {"block": 8}))
+    return out
+
+
+def run_oracle(quick: bool) -> dict:
+    L, N = (32, 256) if quick else (64, 1024)
+    results = {}
+    for cname, chain in chains().items():
+        expected = chain.expected_nll_per_token(L)
+        # the floor: mean TV of exact samples of the same size (8 replicates of exact ancestral
+        # sampling, which has the law of exact one-token-per-step decoding), so one unlucky draw
+        # does not move the bar; one exact one-token-per-step decode is reported beside it
+        g = torch.Generator().manual_seed(99)
+        replicates = [chain.sample(N, L, generator=g) for _ in range(8)]
+        replicate_tvs = [bigram_tv(x, chain) for x in replicates]
+        per_seq = -chain.log_prob(torch.cat(replicates)) / L  # [8N]
+        nll_se = float(per_seq.std()) / math.sqrt(N) / expected  # relative standard error at N samples
+        floor = sum(replicate_tvs) / len(replicate_tvs)
+        floor_run = decode(chain, length=L, batch=N, policy="random", steps=L, seed=1234)
+        rows = []
+        for label, policy, opts in oracle_configs(L, quick):
+            r = decode(chain, length=L, batch=N, policy=policy, seed=0, **opts)
+            tv, nll = bigram_tv(r.tokens, chain), nll_per_token(r.tokens, chain)
+            series = policy + ("[max]" if opts.get("score") == "max" else "") + \
+                (f" block={opts['block']}" if "block" in opts else "")
+            row = {"config": label, "policy": policy, "series": series, "tokens_per_nfe": round(r.tokens_per_nfe, 3),
+                   "nfe": r.nfe, "wall_s": round(r.wall_time, 3), "bigram_tv": round(tv, 5),
+                   "tv_over_floor": round(tv / floor, 3), "nll_per_token": round(nll, 5),
+                   "nll_rel_err": round(nll / expected - 1, 4)}
+            row["meets_bar"] = bool(row["tokens_per_nfe"] >= BAR_TPN and tv <= BAR_TV * floor
+                                    and abs(nll / expected - 1) <= BAR_NLL)
+            rows.append(row)
+            print(f"[{cname}] {label:40s} tpn={row['tokens_per_nfe']:6.2f} tv/floor={row['tv_over_floor']:6.2f} "
+                  f"nll err={100 * row['nll_rel_err']:+6.2f}%  {'BAR' if row['meets_bar'] else ''}", flush=True)
+        # RADD reuse: steps beyond the number of tokens leave rows unchanged; reuse skips those calls
+        n_reuse = min(N, 128)
+        plain = decode(chain, length=L, batch=n_reuse, policy="ancestral", steps=2 * L, seed=3)
+        reuse = decode(chain, length=L, batch=n_reuse, policy="ancestral", steps=2 * L, seed=3, cache="reuse")
+        results[cname] = {
+            "length": L, "samples": N, "entropy_rate": chain.entropy_rate(), "expected_nll_per_token": expected,
+            "floor_tv": floor, "floor_tv_replicates": replicate_tvs, "nll_rel_standard_error": nll_se,
+            "tv_one_token_per_step_decode": bigram_tv(floor_run.tokens, chain),
+            "floor_nll_per_token": nll_per_token(floor_run.tokens, chain),
+            "reuse": {"identical_tokens": bool(torch.equal(plain.tokens, reuse.tokens)),
+                      "calls_none": int(plain.nfe_per_row.sum()), "calls_reuse": int(reuse.nfe_per_row.sum()),
+                      "call_ratio": round(int(plain.nfe_per_row.sum()) / int(reuse.nfe_per_row.sum()), 3),
+                      "wall_ratio": round(plain.wall_time / reuse.wall_time, 3)},
+            "rows": rows,
+        }
+    return results
+
+
+# ---- text (bundled character model) ----------------------------------------------------
+def _load(name):
+    try:
+        from diffinfer import zoo
+
+        return zoo.load(name), None
+    except Exception as e:  # not bundled yet, or zoo missing
+        return None, f"{type(e).__name__}: {e}"
+
+
+@torch.no_grad()
+def generative_perplexity(ar, tokens: torch.Tensor, start: int) -> float:
+    """``exp`` of the mean next-token NLL of ``tokens[:, start:]`` under the causal model ``ar``."""
+    logp = ar.logits(tokens[:, :-1]).double().log_softmax(-1)  # [B, L-1, V]
+    nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]  # [B, L-1]
+    return math.exp(float(nll[:, start - 1:].mean()))
+
+
+def unigram_entropy_bits(tokens: torch.Tensor) -> float:
+    counts = torch.bincount(tokens.flatten()).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def run_text(quick: bool) -> dict:
+    model, err = _load("shakespeare-char")
+    if model is None:
+        return {"skipped": f"shakespeare-char not available ({err})"}
+    ar, ar_err = _load("shakespeare-ar")
+    prompt = model.encode("ROMEO:")
+    length = 64 if quick else 128
+    length = min(length, model.max_len - len(prompt)) // 32 * 32
+    batch = 2 if quick else 4
+    configs = [
+        ("low-confidence steps=L/2", "low-confidence", {"steps": length // 2}),
+        ("random steps=L/2", "random", {"steps": length // 2}),
+        ("ancestral steps=L/2", "ancestral", {"steps": length // 2}),
+        ("margin steps=L/2 block=32", "margin", {"steps": length // 2, "block": 32}),
+        ("entropy steps=L/2 block=32", "entropy", {"steps": length // 2, "block": 32}),
+        ("rcr steps=L/2 block=32", "rcr", {"steps": length // 2, "block": 32}),
+        ("confident tau=0.9 steps=L/4 block=32", "confident", {"threshold": 0.9, "steps": length // 4, "block": 32}),
+        ("threshold tau=0.9 block=32", "threshold", {"threshold": 0.9, "block": 32}),
+        ("threshold tau=0.9 block=32 prefix", "threshold", {"threshold": 0.9, "block": 32, "cache": "prefix"}),
+        ("threshold tau=0.9 block=32 dual", "threshold", {"threshold": 0.9, "block": 32, "cache": "dual"}),
+        ("factor f=1 block=32", "factor", {"factor": 1.0, "block": 32}),
+        ("threshold tau=0.9 adaptive", "threshold",
+         {"threshold": 0.9, "block": "adaptive", "delimiters": model.encode("\n").tolist()}),
+        ("dilated block=32", "dilated", {"block": 32}),
+    ]
+    if quick:
+        keep = {"low-confidence steps=L/2", "threshold tau=0.9 block=32", "threshold tau=0.9 block=32 prefix",
+                "threshold tau=0.9 block=32 dual", "dilated block=32"}
+        configs = [c for c in configs if c[0] in keep]
+    rows, walls = [], {}
+    for label, policy, opts in configs:
+        r = decode(model, prompt=prompt, length=length, batch=batch, policy=policy, seed=0, **opts)
+        gen = r.tokens[:, len(prompt):len(prompt) + length]
+        row = {"config": label, "tokens_per_nfe": round(r.tokens_per_nfe, 3), "nfe": r.nfe,
+               "wall_s": round(r.wall_time, 3), "unigram_entropy_bits": round(unigram_entropy_bits(gen), 4)}
+        if ar is not None:
+            row["gen_ppl"] = round(generative_perplexity(ar, r.tokens[:, :len(prompt) + length], len(prompt)), 3)
+        walls[label] = r.wall_time
+        rows.append(row)
+        print(f"[text] {label:40s} tpn={row['tokens_per_nfe']:6.2f} ppl={row.get('gen_ppl')} "
+              f"H1={row['unigram_entropy_bits']} wall={row['wall_s']}s", flush=True)
+    base = walls["threshold tau=0.9 block=32"]
+    sample_text = model.decode(r.tokens[0, : len(prompt) + length].tolist())  # the last config's
+    return {"length": length, "batch": batch, "rows": rows, "ar_model": ar_err or "shakespeare-ar",
+            "cache_speedup": {m: round(base / walls[f"threshold tau=0.9 block=32 {m}"], 3) for m in ("prefix", "dual")},
+            "sample_last_config": sample_text}
+
+
+# ---- outputs -------------------------------------------------------------------------------
+def best_per_policy(rows):
+    """Per policy: the fastest configuration that meets the bar, else the least bad one at
+    >= 3 tokens per NFE (TV ratio plus NLL error in units of the 2% bar), else None."""
+    out = {}
+    for p in dict.fromkeys(r["policy"] for r in rows):
+        fast = [r for r in rows if r["policy"] == p and r["tokens_per_nfe"] >= BAR_TPN]
+        passing = [r for r in fast if r["meets_bar"]]
+        if passing:
+            out[p] = max(passing, key=lambda r: r["tokens_per_nfe"])
+        else:
+            out[p] = min(fast, key=lambda r: r["tv_over_floor"] / BAR_TV + abs(r["nll_rel_err"]) / BAR_NLL,
+                         default=None)
+    return out
+
+
+def write_markdown(res: dict, path: pathlib.Path) -> None:
+    lines = ["# Masked-diffusion decoding benchmark", "",
+             f"Bar: tokens per NFE >= {BAR_TPN}, bigram TV <= {BAR_TV}x the one-token-per-step floor, "
+             f"|NLL per token / exact - 1| <= {100 * BAR_NLL:.0f}%.", ""]
+    for cname, c in res["oracle"].items():
+        lines += [f"## Oracle `{cname}` (L={c['length']}, {c['samples']} samples)", "",
+                  f"entropy rate {c['entropy_rate']:.4f} nats; exact NLL per token at this length "
+                  f"{c['expected_nll_per_token']:.4f}; TV floor {c['floor_tv']:.4f} (mean of 8 exact sample sets, "
+                  f"range {min(c['floor_tv_replicates']):.4f}-{max(c['floor_tv_replicates']):.4f}; exact "
+                  f"one-token-per-step decode: {c['tv_one_token_per_step_decode']:.4f}, NLL "
+                  f"{c['floor_nll_per_token']:.4f}). Standard error of an exact sampler's NLL at this sample "
+                  f"size: {100 * c['nll_rel_standard_error']:.2f}% of the exact value.", "",
+                  "| config | tokens/NFE | NFE | bigram TV / floor | NLL error | wall (s) | meets bar |",
+                  "|---|---:|---:|---:|---:|---:|:---:|"]
+        for r in c["rows"]:
+            lines.append(f"| {r['config']} | {r['tokens_per_nfe']:.2f} | {r['nfe']} | {r['tv_over_floor']:.2f} | "
+                         f"{100 * r['nll_rel_err']:+.2f}% | {r['wall_s']:.2f} | {'yes' if r['meets_bar'] else 'no'} |")
+        u = c["reuse"]
+        lines += ["", f"RADD reuse (ancestral, 2L steps): identical tokens {u['identical_tokens']}, model calls "
+                  f"{u['calls_none']} -> {u['calls_reuse']} ({u['call_ratio']}x), wall {u['wall_ratio']}x.", "",
+                  "Best configuration per policy at >= 3 tokens per NFE:", "",
+                  "| policy | config | tokens/NFE | TV / floor | NLL error | meets bar |", "|---|---|---:|---:|---:|:---:|"]
+        for p, r in best_per_policy(c["rows"]).items():
+            if r is None:
+                lines.append(f"| {p} | (never reaches 3 tokens/NFE) | | | | no |")
+            else:
+                lines.append(f"| {p} | {r['config']} | {r['tokens_per_nfe']:.2f} | {r['tv_over_floor']:.2f} | "
+                             f"{100 * r['nll_rel_err']:+.2f}% | {'yes' if r['meets_bar'] else 'no'} |")
+        lines.append("")
+    t = res["text"]
+    lines += ["## Text: `shakespeare-char`", ""]
+    if "skipped" in t:
+        lines.append(f"Skipped: {t['skipped']}")
+    else:
+        lines += [f"Prompt `ROMEO:`, {t['length']} characters, batch {t['batch']}; perplexity under {t['ar_model']}.",
+                  "", "| config | tokens/NFE | NFE | gen. perplexity | unigram entropy (bits) | wall (s) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in t["rows"]:
+            lines.append(f"| {r['config']} | {r['tokens_per_nfe']:.2f} | {r['nfe']} | {r.get('gen_ppl', '')} | "
+                         f"{r['unigram_entropy_bits']} | {r['wall_s']:.2f} |")
+        lines += ["", f"Key/value cache speed-up against no cache (threshold 0.9, blocks of 32): {t['cache_speedup']}"]
+    lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def plot(res: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["oracle"])
+    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
+    for j, cname in enumerate(names):
+        rows = res["oracle"][cname]["rows"]
+        markers = "osD^v<>phX*"
+        for k, name in enumerate(sorted({r.get("series", r["policy"]) for r in rows})):
+            rs = sorted([r for r in rows if r.get("series", r["policy"]) == name], key=lambda r: r["tokens_per_nfe"])
+            x = [r["tokens_per_nfe"] for r in rs]
+            style = dict(marker=markers[k % len(markers)], ls="-" if k < 10 else "--", label=name)
+            axes[0, j].plot(x, [r["tv_over_floor"] for r in rs], **style)
+            axes[1, j].plot(x, [100 * r["nll_rel_err"] for r in rs], **style)
+        for i, (lim, lab) in enumerate([(BAR_TV, "bigram TV / floor"), (None, "NLL error (%)")]):
+            ax = axes[i, j]
+            ax.set_xscale("log")
+            ax.axvline(BAR_TPN, color="k", ls=":")
+            if lim:
+                ax.axhline(lim, color="k", ls=":")
+                ax.set_yscale("log")
+            else:
+                ax.axhspan(-100 * BAR_NLL, 100 * BAR_NLL, color="0.9")
+                ax.set_yscale("symlog", linthresh=2)
+            ax.set_xlabel("tokens per NFE")
+            ax.set_ylabel(lab)
+            ax.set_title(cname)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--no-text", action="store_true", help="skip the bundled text model")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = {"quick": args.quick, "oracle": run_oracle(args.quick)}
+    res["text"] = {"skipped": "--no-text"} if args.no_text else run_text(args.quick)
+    res["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    (out / "mdm.json").write_text(json.dumps(res, indent=1))
+    write_markdown(res, out / "mdm.md")
+    plot(res, out / "mdm.png")
+    print(f"wrote {out / 'mdm.json'}, mdm.md, mdm.png in {res['total_wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Optional adapters for diffusers and transformers models (extras: pip install diffinfer[hf])."""

@@ -1,0 +1,120 @@
+"""Computing the step's logits, with the caches that make it cheaper.
+
+- ``none``: every unfinished row is evaluated at every step.
+- ``reuse``: a row whose canvas did not change since its last evaluation reuses its logits
+  (RADD, Ou et al. 2024, sec. 4: a time-free model gives the same output for the same input,
+  so this is exact, not approximate; it pays off when steps reveal zero tokens).
+- ``prefix`` / ``dual``: Fast-dLLM key/value caches (Wu et al. 2025, sec. 3.2). At the start of
+  each block the whole canvas is run once and every layer's keys and values are kept; inside the
+  block only ``[block start, L)`` (prefix) or ``[block start, block end)`` (dual) is recomputed,
+  reading the other positions' keys and values from the cache. Approximate for a bidirectional
+  model (the cached positions do not see the block's new tokens until the next block).
+
+Classifier-free guidance for text follows LLaDA (Nie et al. 2025, app. B.3): the unconditional
+input masks the prompt, and ``logits = u + (w + 1)(c - u)``.
+"""
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+CACHE_MODES = ["none", "reuse", "prefix", "dual"]
+
+
+def guided(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """LLaDA's classifier-free guidance on logits ``[B, L, V]``."""
+    return uncond + (scale + 1) * (cond - uncond)
+
+
+class LogitsEvaluator:
+    """Evaluates the model for the rows that need it and counts each row's model calls.
+
+    Args:
+        model: a masked model (see ``diffinfer.mdm.model``).
+        mode: one of ``CACHE_MODES``.
+        cfg_scale: LLaDA guidance weight ``w`` (0: off); doubles each row's calls.
+        prompt_mask: ``[B, L]`` positions masked out in the unconditional input.
+        attention_mask: ``[B, L]`` real (not padded) positions, for models that take it.
+    """
+
+    def __init__(self, model, mode: str | None, batch: int, cfg_scale: float = 0.0,
+                 prompt_mask: Tensor | None = None, attention_mask: Tensor | None = None):
+        mode = "none" if mode is None else mode
+        if mode not in CACHE_MODES:
+            raise ValueError(f"unknown cache {mode!r}; choose one of {CACHE_MODES}")
+        if mode != "none" and getattr(model, "takes_time", False):
+            raise ValueError(f"cache={mode!r} needs a time-free model; this one takes a time input")
+        if mode in ("prefix", "dual"):
+            if not getattr(model, "supports_kv_cache", False):
+                raise ValueError(f"cache={mode!r} needs a model with a key/value-cache forward")
+            if cfg_scale:
+                raise ValueError("the key/value cache does not combine with classifier-free guidance")
+        self.model, self.mode, self.cfg_scale = model, mode, float(cfg_scale)
+        self.prompt_mask, self.attention_mask = prompt_mask, attention_mask
+        self.nfe = torch.zeros(batch, dtype=torch.long)  # model calls per row
+        self.last: Tensor | None = None  # [B, L, V]
+        self.last_tokens: Tensor | None = None  # [B, L]
+        self.kv = None
+        self.kv_rows: Tensor | None = None
+
+    # ---- one call of the model on some rows ---------------------------------------------
+    def _model(self, tokens: Tensor, rows: Tensor, t: Tensor | None) -> Tensor:
+        kwargs = {}
+        if getattr(self.model, "takes_time", False):
+            kwargs["t"] = t[rows]
+        if getattr(self.model, "takes_attention_mask", False) and self.attention_mask is not None:
+            kwargs["attention_mask"] = self.attention_mask[rows]
+        x = tokens[rows]  # [b, L]
+        if not self.cfg_scale:
+            self.nfe[rows] += 1
+            return self.model.logits(x, **kwargs)
+        uncond = x.masked_fill(self.prompt_mask[rows], self.model.mask_id)
+        kwargs = {k: torch.cat([v, v]) for k, v in kwargs.items()}
+        both = self.model.logits(torch.cat([x, uncond]), **kwargs)  # [2b, L, V]
+        self.nfe[rows] += 2
+        return guided(both[: len(rows)], both[len(rows):], self.cfg_scale)
+
+    def _store(self, rows: Tensor, logits: Tensor, tokens: Tensor) -> None:
+        if self.last is None:
+            B, L = tokens.shape
+            self.last = torch.zeros(B, L, logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            self.last_tokens = torch.full_like(tokens, -1)
+        if logits.dtype != self.last.dtype:
+            self.last = self.last.to(logits.dtype)
+        self.last[rows] = logits
+        self.last_tokens[rows] = tokens[rows]
+
+    # ---- the step's logits --------------------------------------------------------------
+    def __call__(self, tokens: Tensor, active: Tensor, t: Tensor | None = None,
+                 block_start: Tensor | None = None, block_end: Tensor | None = None,
+                 new_block: bool = False) -> Tensor:
+        """Logits ``[B, L, V]`` for the ``active`` ``[B]`` rows (others hold stale values)."""
+        if self.mode in ("prefix", "dual"):
+            return self._kv_step(tokens, active, block_start, block_end, new_block)
+        need = active.clone()
+        if self.mode == "reuse" and self.last is not None:
+            need &= (tokens != self.last_tokens).any(-1)
+        rows = need.nonzero()[:, 0]
+        if len(rows):
+            self._store(rows, self._model(tokens, rows, t), tokens)
+        return self.last
+
+    def _kv_step(self, tokens, active, block_start, block_end, new_block):
+        rows = active.nonzero()[:, 0]
+        if new_block or self.kv is None:
+            logits, self.kv = self.model.logits_with_cache(tokens[rows])
+            self.kv_rows = rows
+            self.nfe[rows] += 1
+            self._store(rows, logits, tokens)
+            return self.last
+        # rows of the cache that are still active (rows only ever finish, never restart)
+        where = torch.searchsorted(self.kv_rows, rows)
+        kv = self.kv if len(where) == len(self.kv_rows) else self.kv.select(where)
+        start = int(block_start[rows].min())
+        end = tokens.shape[1] if self.mode == "prefix" else int(block_end[rows].max())
+        window = self.model.logits_window(tokens[rows, start:end], start, kv, tokens=tokens[rows])
+        self.nfe[rows] += 1
+        self.last[rows, start:end] = window.to(self.last.dtype)
+        self.last_tokens[rows] = tokens[rows]
+        return self.last

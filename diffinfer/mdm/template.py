@@ -1,0 +1,60 @@
+"""Structured-output scaffolding: schema scaffolding as in S^3 (Self-adaptive Schema
+Scaffolding; Xiong et al. 2025, "Unveiling the potential of diffusion large language model in
+controllable generation"). The fixed tokens of a template (for example a JSON skeleton) are
+given and only the slots are masked, so a masked-diffusion model fills the slots with the whole
+skeleton in view. (The paper's null-token slot-length adaptation is not implemented.)"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .decode import DecodeResult, decode
+
+Tensor = torch.Tensor
+
+_SLOT = re.compile(r"\{(\w+):(\d+)\}")
+
+
+@dataclass
+class Template:
+    """``tokens`` ``[L]`` with ``mask_id`` at the slots; ``slots``: name -> (start, end)."""
+
+    tokens: Tensor
+    slots: dict[str, tuple[int, int]]
+
+    @classmethod
+    def from_text(cls, text: str, encode: Callable[[str], Sequence[int]], mask_id: int) -> "Template":
+        """Parse ``text`` in which ``{name:N}`` marks a slot of ``N`` tokens, e.g.
+        ``'{"name": "{name:8}", "age": {age:2}}'``; the rest is encoded with ``encode``."""
+        ids: list[int] = []
+        slots: dict[str, tuple[int, int]] = {}
+        pos = 0
+        for m in _SLOT.finditer(text):
+            ids.extend(encode(text[pos:m.start()]))
+            name, n = m.group(1), int(m.group(2))
+            if n < 1:
+                raise ValueError(f"slot {name!r} must have at least one token")
+            if name in slots:
+                raise ValueError(f"slot {name!r} appears twice")
+            slots[name] = (len(ids), len(ids) + n)
+            ids.extend([mask_id] * n)
+            pos = m.end()
+        ids.extend(encode(text[pos:]))
+        if not slots:
+            raise ValueError("the template has no slot; mark slots as {name:N}")
+        return cls(torch.tensor(ids, dtype=torch.long), slots)
+
+    def fill(self, model, **decode_options) -> DecodeResult:
+        """Decode the slots (``decode(model, canvas=self.tokens, ...)``)."""
+        return decode(model, canvas=self.tokens, **decode_options)
+
+    def values(self, tokens: Tensor, decode_text: Callable[[Sequence[int]], str] | None = None) -> dict:
+        """The slot contents of one decoded canvas ``[L]`` (ids, or text with ``decode_text``)."""
+        out = {}
+        for name, (s, e) in self.slots.items():
+            ids = tokens[s:e].tolist()
+            out[name] = decode_text(ids) if decode_text else ids
+        return out
