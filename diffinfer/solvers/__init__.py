@@ -8,12 +8,25 @@ from __future__ import annotations
 from .base import Solver, State, select, times
 from .ddim import DDIM, Euler, ddim_update
 from .heun import Heun
+from .dpmpp import DPMSolverPP, DPMSolverPP2MSDE, dpmpp_2m, dpmpp_3m
+from .adaptive import AdaptiveRK
+from .evodiff import EVODiff
+from .sde import EulerMaruyama, PredictorCorrector
+from .unipc import UniPC
 
 REGISTRY: dict[str, type[Solver]] = {
     "euler": Euler,
     "heun": Heun,
     "ddim": DDIM,
     "ddpm": lambda **kw: DDIM(eta=kw.pop("eta", 1.0), **kw),
+    "dpmpp-2m": dpmpp_2m,
+    "dpmpp-3m": dpmpp_3m,
+    "dpmpp-2m-sde": DPMSolverPP2MSDE,
+    "unipc": UniPC,
+    "evodiff": EVODiff,
+    "euler-maruyama": EulerMaruyama,
+    "pc": PredictorCorrector,
+    "adaptive": AdaptiveRK,
 }
 
 
@@ -54,4 +67,5 @@ def describe() -> list[dict]:
 
 
 __all__ = ["Solver", "State", "select", "times", "get", "names", "register", "describe",
-           "DDIM", "Euler", "Heun", "ddim_update"]
+           "DDIM", "Euler", "Heun", "ddim_update", "DPMSolverPP", "DPMSolverPP2MSDE", "UniPC",
+           "EVODiff", "EulerMaruyama", "PredictorCorrector", "AdaptiveRK"]

@@ -9,6 +9,9 @@ from .ddim import ddim_update
 
 Tensor = torch.Tensor
 VARIABLES = ("auto", "sigma", "t")
+#: 'auto' leaves the sigma variable where sigma/alpha exceeds 1e4 on the grid: x/alpha then
+#: carries no precision (alpha = 0 at rectified flow's t = 1; cos(pi/2) ~ 6e-17 in float64)
+SIGMA_RATIO_LIMIT_INV = 1e-4
 
 
 class Heun(Solver):
@@ -17,7 +20,8 @@ class Heun(Solver):
     ``variable='sigma'`` integrates ``d(x/alpha)/d(sigma/alpha) = eps_hat`` as EDM and
     k-diffusion ``sample_heun`` do; ``variable='t'`` integrates ``dx/dt = a' x0_hat + s' eps_hat``
     (diffusers ``FlowMatchHeunDiscreteScheduler`` for flows). ``'auto'`` takes ``sigma`` unless
-    ``alpha = 0`` on the grid (rectified flow at ``t = 1``), where ``sigma/alpha`` is infinite.
+    ``alpha = 0`` on the grid (rectified flow at ``t = 1``), where ``sigma/alpha`` is infinite,
+    or numerically negligible (``sigma/alpha > 1e4``, e.g. a cosine interpolant at ``t = 1``).
     The step to ``t = 0`` is an Euler step (it returns the denoised estimate): 2 NFE per
     step, 1 for the last.
     """
@@ -38,7 +42,8 @@ class Heun(Solver):
         state = super().init(den, x, ts, rng)
         variable = self.variable
         if variable == "auto":
-            variable = "t" if bool((den.process.alpha(state["ts"]) == 0).any()) else "sigma"
+            p, ts = den.process, state["ts"]
+            variable = "t" if bool((p.alpha(ts) <= SIGMA_RATIO_LIMIT_INV * p.sigma(ts)).any()) else "sigma"
         state["variable"] = variable
         return state
 

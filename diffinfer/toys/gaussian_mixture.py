@@ -85,10 +85,13 @@ class GaussianMixture:
             raise ValueError("a covariance is singular: densities of a low-rank mixture exist "
                              "only for its noisy marginals (t > 0)") from None
         diff = x.unsqueeze(1) - means.unsqueeze(0)  # [B, K, D]
-        z = torch.linalg.solve_triangular(chol.unsqueeze(0), diff.unsqueeze(-1), upper=False).squeeze(-1)
+        # one solve per component with the batch as columns ([K, D, B]): the same arithmetic
+        # as broadcasting chol over [B, K, D, 1], an order of magnitude faster on CPU
+        cols = diff.permute(1, 2, 0)  # [K, D, B]
+        z = torch.linalg.solve_triangular(chol, cols, upper=False).permute(2, 0, 1)  # [B, K, D]
         logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # [K]
         logpdf = -0.5 * (z * z).sum(-1) - 0.5 * logdet - 0.5 * self.dim * math.log(2 * math.pi)
-        prec_diff = torch.cholesky_solve(diff.unsqueeze(-1), chol.unsqueeze(0)).squeeze(-1)
+        prec_diff = torch.cholesky_solve(cols, chol).permute(2, 0, 1)  # [B, K, D]
         return logpdf, prec_diff
 
     def _flat(self, x: Tensor) -> Tensor:
