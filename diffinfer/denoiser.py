@@ -50,6 +50,57 @@ def _coeffs(process: Process, t: Tensor, x: Tensor) -> _Coeffs:
                    expand_to(process.d_alpha(t), x), expand_to(process.d_sigma(t), x))
 
 
+class CoefficientMemo:
+    """A bounded memo of ``_coeffs(process, t, x)`` for a scalar CPU ``t``, keyed by the float
+    value of ``t`` and ``x``'s dtype and device. ``Solver.init`` enters its grid's coefficients
+    (``remember``), so ``predict`` on the solver's grid reads the values the solver's own
+    steps use instead of evaluating the process four times per call; any other time is
+    computed by ``_coeffs`` on first use and kept. Entries are pure functions of ``t`` (the
+    process is treated as immutable), so a hit gives the numbers a miss would. ``t = 0``
+    (``-0.0`` would share its key), NaN, ``[B]`` times and times on an accelerator (reading
+    them would synchronise) are not memoised. At ``capacity`` entries the memo starts over.
+    """
+
+    __slots__ = ("process", "capacity", "_entries")
+
+    def __init__(self, process: Process, capacity: int = 1024):
+        self.process, self.capacity = process, int(capacity)
+        self._entries: dict = {}
+
+    def remember(self, grid, x: Tensor) -> None:
+        """Enter the coefficients of a solver's grid (``GridCoefficients`` of this process)
+        for ``x``'s dtype and device, so a single pass over a new grid hits too. Entry ``k`` is
+        ``grid``'s vectorised evaluation at ``ts[k]``: the process's methods are elementwise,
+        so it equals the evaluation at the 0-d ``ts[k]``, and the solver steps use these same
+        values."""
+        if grid.process is not self.process or grid.t.device.type != "cpu":
+            return
+        keys = [(value, x.dtype, x.device) for value in grid.t.tolist()]
+        todo = [k for k, key in enumerate(keys)
+                if key[0] != 0.0 and key[0] == key[0] and key not in self._entries]
+        if not todo:
+            return
+        if len(self._entries) + len(todo) > self.capacity:
+            self._entries.clear()
+        columns = [grid.cast_views(name, x) for name in ("alpha", "sigma", "d_alpha", "d_sigma")]
+        for k in todo[:self.capacity]:
+            self._entries[keys[k]] = _Coeffs(*(column[k] for column in columns))
+
+    def __call__(self, t: Tensor, x: Tensor) -> _Coeffs:
+        if t.dim() != 0 or t.device.type != "cpu":
+            return _coeffs(self.process, t, x)
+        value = t.item()
+        if value == 0.0 or value != value:
+            return _coeffs(self.process, t, x)
+        key = (value, x.dtype, x.device)
+        found = self._entries.get(key)
+        if found is None:
+            if len(self._entries) >= self.capacity:
+                self._entries.clear()
+            found = self._entries[key] = _coeffs(self.process, t, x)
+        return found
+
+
 def check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTIONS)}")
@@ -134,7 +185,15 @@ class DenoiserBase:
         """Any of the five views (``eps``, ``x0``, ``v``, ``score``, ``velocity``)."""
         check_prediction(prediction)
         p = self.predict(x, t)
-        return from_x0_eps(p.x0, p.eps, prediction, _coeffs(self.process, as_time(t), x))
+        return from_x0_eps(p.x0, p.eps, prediction, self.coefficients(as_time(t), x))
+
+    def coefficients(self, t: Tensor, x: Tensor) -> _Coeffs:
+        """``alpha, sigma`` and their derivatives at ``t`` (float64 ``t``), cast for ``x``."""
+        return _coeffs(self.process, t, x)
+
+    def remember_grid(self, grid, x: Tensor) -> None:
+        """A solver's ``init`` hands over its grid's coefficients (``GridCoefficients``) so
+        that ``predict`` on that grid need not evaluate the process; a no-op here."""
 
     def v(self, x: Tensor, t) -> Tensor:
         return self.as_prediction(x, t, "v")
@@ -178,11 +237,12 @@ class Denoiser(DenoiserBase):
         self.cond = dict(cond or {})
         self.check = check
         self._counter = _Counter()
+        self._memo = CoefficientMemo(process)
 
     def bind(self, **cond) -> "Denoiser":
         """A copy with extra conditioning (``None`` removes a key); shares the NFE counter."""
         new = Denoiser(self.net, self.process, self.prediction, self.time_input, self.cond, self.check)
-        new._counter = self._counter
+        new._counter, new._memo = self._counter, self._memo
         for k, v in cond.items():
             if v is None:
                 new.cond.pop(k, None)
@@ -218,7 +278,21 @@ class Denoiser(DenoiserBase):
     def predict(self, x: Tensor, t) -> Prediction:
         t = as_time(t)
         y = self.raw(x, t)
-        return to_x0_eps(y, self.prediction, x, _coeffs(self.process, t, x))
+        return to_x0_eps(y, self.prediction, x, self.coefficients(t, x))
+
+    def coefficients(self, t: Tensor, x: Tensor) -> _Coeffs:
+        """``alpha, sigma`` and their derivatives at ``t``, cast for ``x`` (memoised for scalar
+        CPU ``t``; see ``CoefficientMemo``)."""
+        return self._current_memo()(t, x)
+
+    def remember_grid(self, grid, x: Tensor) -> None:
+        """Seed the coefficient memo with a solver's grid (``CoefficientMemo.remember``)."""
+        self._current_memo().remember(grid, x)
+
+    def _current_memo(self) -> CoefficientMemo:
+        if self._memo.process is not self.process:  # the process was replaced after construction
+            self._memo = CoefficientMemo(self.process)
+        return self._memo
 
     def __repr__(self) -> str:
         return f"Denoiser({type(self.net).__name__}, {self.process!r}, prediction={self.prediction!r})"

@@ -22,8 +22,9 @@ Processes:
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -34,7 +35,7 @@ _F64 = torch.float64
 def as_time(t) -> Tensor:
     """``t`` as a float64 tensor (scalar or any shape), on the CPU unless it is a tensor."""
     if isinstance(t, Tensor):
-        return t.to(_F64)
+        return t if t.dtype == _F64 else t.to(_F64)
     return torch.as_tensor(t, dtype=_F64)
 
 
@@ -88,6 +89,16 @@ class Process:
             hi = torch.where(above, hi, mid)
         return 0.5 * (lo + hi)
 
+    def on_grid(self, ts) -> "GridCoefficients":
+        """Every coefficient a solver needs on the time grid ``ts`` ``[N+1]``, computed once
+        with one vectorised call each (see ``GridCoefficients``)."""
+        return GridCoefficients(self, ts)
+
+    def at(self, t) -> "TimeCoefficients":
+        """The coefficients at one time ``t``, each evaluated on first use (the same fields
+        as a grid's ``PointCoefficients``), for code that holds a time rather than a grid."""
+        return TimeCoefficients(self, as_time(t))
+
     def coeffs(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
         """``alpha(t), sigma(t)`` cast to ``x``'s dtype and broadcastable against ``x``."""
         t = as_time(t)
@@ -98,10 +109,7 @@ class Process:
         ``g^2(t) = d(sigma^2)/dt - 2 f sigma^2`` of the forward SDE ``dx = f x dt + g dW``
         whose marginals this process has (float64)."""
         t = as_time(t)
-        a, s = self.alpha(t), self.sigma(t)
-        f = self.d_alpha(t) / a
-        g2 = 2.0 * s * self.d_sigma(t) - 2.0 * f * s * s
-        return f, g2
+        return sde_terms(self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t))
 
     def add_noise(self, x0: Tensor, eps: Tensor, t) -> Tensor:
         """``x_t = alpha(t) x0 + sigma(t) eps`` (``t`` scalar or ``[B]``)."""
@@ -110,6 +118,133 @@ class Process:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def sde_terms(a: Tensor, s: Tensor, da: Tensor, ds: Tensor) -> tuple[Tensor, Tensor]:
+    """``f = a'/a`` and ``g^2 = 2 s s' - 2 f s^2`` from the coefficients (see ``Process.sde``)."""
+    f = da / a
+    g2 = 2.0 * s * ds - 2.0 * f * s * s
+    return f, g2
+
+
+#: the coefficient names of ``GridCoefficients`` / ``PointCoefficients`` / ``TimeCoefficients``
+COEFFICIENTS = ("t", "alpha", "sigma", "d_alpha", "d_sigma", "lam", "sigma_over_alpha", "f", "g2")
+
+
+class TimeCoefficients:
+    """A process's coefficients at a time ``t`` (float64), each evaluated on first use:
+    ``alpha``, ``sigma``, ``d_alpha``, ``d_sigma``, ``lam`` (half log-SNR ``log(alpha/sigma)``:
+    ``-inf`` where ``alpha = 0``, ``+inf`` where ``sigma = 0``), ``sigma_over_alpha`` and the
+    forward SDE's ``f``, ``g2`` (``Process.sde``)."""
+
+    def __init__(self, process: Process, t: Tensor):
+        self.process, self.t = process, t
+
+    alpha = functools.cached_property(lambda self: self.process.alpha(self.t))
+    sigma = functools.cached_property(lambda self: self.process.sigma(self.t))
+    d_alpha = functools.cached_property(lambda self: self.process.d_alpha(self.t))
+    d_sigma = functools.cached_property(lambda self: self.process.d_sigma(self.t))
+    lam = functools.cached_property(lambda self: 0.5 * self.process.logsnr(self.t))
+    sigma_over_alpha = functools.cached_property(lambda self: self.sigma / self.alpha)
+    _sde = functools.cached_property(lambda self: sde_terms(self.alpha, self.sigma, self.d_alpha, self.d_sigma))
+    f = property(lambda self: self._sde[0])
+    g2 = property(lambda self: self._sde[1])
+
+    def cast(self, name: str, x: Tensor) -> Tensor:
+        """Coefficient ``name`` cast for ``x`` (``expand_to``)."""
+        return expand_to(getattr(self, name), x)
+
+
+class GridCoefficients(TimeCoefficients):
+    """The coefficients of ``process`` on a time grid ``ts`` ``[N+1]`` (float64, ``ts``'s device).
+
+    Each coefficient (``TimeCoefficients``' names; ``ts`` is the grid) is one vectorised call
+    of the process's elementwise method, made once, on first use, so entry ``k`` equals the
+    process evaluated at the 0-d ``ts[k]``. ``grid[k]`` is the ``PointCoefficients`` of
+    ``ts[k]``: a solver step indexes 0-d views (split once per coefficient) instead of
+    re-evaluating the process. Immutable (attributes cannot be set).
+    """
+
+    def __init__(self, process: Process, ts):
+        ts = as_time(ts)
+        if ts.dim() != 1 or ts.numel() < 2:
+            raise ValueError(f"a time grid must be 1-d with at least 2 points, got shape {tuple(ts.shape)}")
+        d = self.__dict__
+        d["process"], d["t"], d["_views"] = process, ts, {}
+        d["_points"] = tuple(PointCoefficients(self, k) for k in range(ts.numel()))
+
+    @property
+    def ts(self) -> Tensor:
+        return self.t
+
+    def __setattr__(self, name, value):
+        raise AttributeError("GridCoefficients is immutable")
+
+    def views(self, name: str) -> tuple[Tensor, ...]:
+        """Coefficient ``name`` as ``N+1`` 0-d float64 views (split on first use)."""
+        found = self._views.get(name)
+        if found is None:
+            if name not in COEFFICIENTS:
+                raise ValueError(f"unknown coefficient {name!r}; valid: {', '.join(COEFFICIENTS)}")
+            found = self._views[name] = getattr(self, name).unbind()
+        return found
+
+    def cast_views(self, name: str, x: Tensor) -> tuple[Tensor, ...]:
+        """Coefficient ``name`` as ``N+1`` 0-d tensors of ``x``'s dtype and device: entry ``k``
+        equals ``expand_to(grid[k].<name>, x)``, from one cast per grid, dtype and device
+        (on an accelerator: one copy per grid instead of one per step)."""
+        key = (name, x.dtype, x.device)
+        found = self._views.get(key)
+        if found is None:
+            found = self._views[key] = getattr(self, name).to(device=x.device, dtype=x.dtype).unbind()
+        return found
+
+    def finite(self, name: str) -> tuple[bool, ...]:
+        """Whether each entry of coefficient ``name`` is finite, as ``N+1`` Python bools
+        (read once per grid)."""
+        key = ("finite", name)
+        found = self._views.get(key)
+        if found is None:
+            found = self._views[key] = tuple(torch.isfinite(getattr(self, name)).tolist())
+        return found
+
+    def __getitem__(self, k: int) -> "PointCoefficients":
+        return self._points[k]
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def __repr__(self) -> str:
+        return f"GridCoefficients({self.process!r}, N+1={len(self)})"
+
+
+class PointCoefficients:
+    """The coefficients of a grid's point ``k`` (``TimeCoefficients``' names, 0-d float64
+    views of the grid's precomputed columns, each looked up once and then kept here)."""
+
+    __slots__ = ("grid", "k") + COEFFICIENTS
+
+    def __init__(self, grid: GridCoefficients, k: int):
+        self.grid, self.k = grid, k
+
+    def __getattr__(self, name: str) -> Tensor:  # only called for a field not yet looked up
+        if name not in COEFFICIENTS:
+            raise AttributeError(name)
+        value = self.grid.views(name)[self.k]
+        object.__setattr__(self, name, value)
+        return value
+
+    def __setattr__(self, name, value):
+        if name in COEFFICIENTS:
+            raise AttributeError("PointCoefficients is immutable")
+        object.__setattr__(self, name, value)
+
+    def cast(self, name: str, x: Tensor) -> Tensor:
+        """``expand_to(self.<name>, x)`` (the grid's one cast for ``x``'s dtype and device)."""
+        return self.grid.cast_views(name, x)[self.k]
+
+    def __repr__(self) -> str:
+        return f"PointCoefficients(k={self.k}, t={self.t.item():.6g})"
 
 
 def _autograd_derivative(fn: Callable[[Tensor], Tensor], t) -> Tensor:

@@ -137,3 +137,8 @@ def default_builder(process: Process):
 def default(process: Process, steps: int) -> Tensor:
     """The grid ``sample`` uses when none is given (``default_builder(process)``)."""
     return default_builder(process)(process, steps)
+
+
+# Grids fitted per model, solver and NFE (Align Your Steps / LD3): ``diffinfer.grid_opt``.
+# Imported last: grid_opt uses the builders above and imports the sampling loop lazily.
+from .grid_opt import optimize  # noqa: E402,F401

@@ -5,8 +5,8 @@ and a ``stochastic`` flag, and a docstring naming the algorithm it implements.
 """
 from __future__ import annotations
 
-from .base import Solver, State, select, times
-from .ddim import DDIM, Euler, ddim_update
+from .base import Solver, State, points, select, times
+from .ddim import DDIM, Euler, ddim_step, ddim_update
 from .heun import Heun
 from .dpmpp import DPMSolverPP, DPMSolverPP2MSDE, dpmpp_2m, dpmpp_3m
 from .adaptive import AdaptiveRK
@@ -67,5 +67,5 @@ def describe() -> list[dict]:
 
 
 __all__ = ["Solver", "State", "select", "times", "get", "names", "register", "describe",
-           "DDIM", "Euler", "Heun", "ddim_update", "DPMSolverPP", "DPMSolverPP2MSDE", "UniPC",
+           "DDIM", "Euler", "Heun", "ddim_update", "ddim_step", "points", "DPMSolverPP", "DPMSolverPP2MSDE", "UniPC",
            "EVODiff", "EulerMaruyama", "PredictorCorrector", "AdaptiveRK"]

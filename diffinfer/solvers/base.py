@@ -2,8 +2,12 @@
 
 ``state = solver.init(den, x, ts, rng)`` then ``x, state = solver.step(den, x, i, state)``
 moves ``x`` from ``ts[i]`` to ``ts[i + 1]``. The state is a dict; every tensor in it has
-the batch first (or is the grid ``ts``), so ``select(state, idx)`` can copy, resample and
+the batch first (or is shared: the grid ``ts`` and its coefficients ``grid``), so ``select(state, idx)`` can copy, resample and
 branch particles mid-trajectory. A step to ``t = 0`` returns the denoised estimate.
+
+``init`` evaluates the process once on the whole grid (``state['grid']``, a
+``GridCoefficients``); steps read ``alpha``, ``sigma``, their derivatives and the half
+log-SNR by grid index (``points(state, i)``) instead of re-evaluating the process.
 """
 from __future__ import annotations
 
@@ -12,14 +16,14 @@ from typing import Any
 import torch
 
 from ..denoiser import DenoiserBase
-from ..process import as_time
+from ..process import GridCoefficients, PointCoefficients, as_time
 from ..rng import SampleRNG
 
 Tensor = torch.Tensor
 State = dict
 
 # keys of the state that are not per-sample
-SHARED_KEYS = ("ts",)
+SHARED_KEYS = ("ts", "grid")
 
 
 class Solver:
@@ -34,7 +38,12 @@ class Solver:
     def init(self, den: DenoiserBase, x: Tensor, ts: Tensor, rng: SampleRNG | None = None) -> State:
         if self.stochastic and rng is None:
             raise ValueError(f"solver {self.name!r} is stochastic: pass seed= to sample() or an rng to init()")
-        return {"ts": as_time(ts), "rng": rng}
+        ts = as_time(ts)
+        grid = den.process.on_grid(ts)
+        remember = getattr(den, "remember_grid", None)
+        if remember is not None:  # the denoiser's conversion then reads the same coefficients
+            remember(grid, x)
+        return {"ts": ts, "grid": grid, "rng": rng}
 
     def step(self, den: DenoiserBase, x: Tensor, i: int, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
@@ -51,6 +60,12 @@ def times(state: State, i: int) -> tuple[Tensor, Tensor]:
     """``(t_i, t_{i+1})`` as float64 0-d tensors."""
     ts = state["ts"]
     return ts[i], ts[i + 1]
+
+
+def points(state: State, i: int) -> tuple[PointCoefficients, PointCoefficients]:
+    """The process's coefficients at ``(t_i, t_{i+1})`` from the state's precomputed grid."""
+    grid: GridCoefficients = state["grid"]
+    return grid[i], grid[i + 1]
 
 
 def select(state: State, idx: Tensor) -> State:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 
 from ..process import as_time, expand_to
-from .base import Solver, State, times
-from .ddim import ddim_update
+from .base import Solver, State, points
+from .ddim import ddim_step
 
 Tensor = torch.Tensor
 
@@ -51,16 +51,17 @@ def push_history(state: State, x0: Tensor, i: int, keep: int) -> None:
     state["history_i"] = (idx[-older:] if older else []) + [i]
 
 
-def usable_history(process, state: State) -> tuple[list[Tensor], list[Tensor]]:
-    """The history's data predictions and their ``lambda`` (newest last), without points at
-    ``lambda = -inf`` (they carry no slope information; see the module docstring)."""
-    ts = state["ts"]
+def usable_history(state: State) -> tuple[list[Tensor], list[Tensor]]:
+    """The history's data predictions and their ``lambda`` (newest last, read from the state's
+    grid coefficients), without points at ``lambda = -inf`` (they carry no slope
+    information; see the module docstring)."""
+    grid = state["grid"]
+    finite = grid.finite("lam")
     preds, lams = [], []
     for m, k in zip(state["history"], state["history_i"]):
-        lam = half_logsnr(process, ts[k])
-        if bool(torch.isfinite(lam)):
+        if finite[k]:
             preds.append(m)
-            lams.append(lam)
+            lams.append(grid[k].lam)
     return preds, lams
 
 
@@ -148,28 +149,27 @@ class DPMSolverPP(Solver):
     def _noise(self, state: State, x: Tensor, t_next: Tensor):
         return None
 
-    def _first_order(self, den, x, t, t_next, x0, eps, noise):
-        return ddim_update(den, x, t, t_next, x0, eps)
+    def _first_order(self, x, here, there, x0, eps, noise):
+        return ddim_step(x, here, there, x0, eps)
 
     def _coefficients(self, order, h, m, lams):
         return dpmpp_correction(order, h, m, lams, self.third_order)
 
     def step(self, den, x: Tensor, i: int, state: State):
-        t, t_next = times(state, i)
-        x0, eps = den.predict(x, t)  # [B, ...] each
+        here, there = points(state, i)
+        x0, eps = den.predict(x, here.t)  # [B, ...] each
         push_history(state, x0, i, self.order)
-        noise = self._noise(state, x, t_next)
-        x_next = self._first_order(den, x, t, t_next, x0, eps, noise)
-        if float(t_next) == 0.0:  # the denoised estimate
+        noise = self._noise(state, x, there.t)
+        x_next = self._first_order(x, here, there, x0, eps, noise)
+        if float(there.t) == 0.0:  # the denoised estimate
             return x_next, state
-        p = den.process
-        m, lams = usable_history(p, state)
+        m, lams = usable_history(state)
         n_steps = state["ts"].numel() - 1
         order = multistep_order(self.order, len(m), i, n_steps, self.lower_order_final)
         if order > 1:
-            h = half_logsnr(p, t_next) - half_logsnr(p, t)  # finite: both ends finite here
+            h = there.lam - here.lam  # finite: both ends finite here
             coeffs, diffs = self._coefficients(order, h, m[-order:], lams[-order:])
-            a1 = expand_to(p.alpha(t_next), x)
+            a1 = there.cast("alpha", x)
             for c, d in zip(coeffs, diffs):
                 x_next = x_next + a1 * c * d
         return x_next, state
@@ -199,8 +199,8 @@ class DPMSolverPP2MSDE(DPMSolverPP):
     def _noise(self, state: State, x: Tensor, t_next: Tensor):
         return state["rng"].randn_like(x) if float(t_next) > 0 else None
 
-    def _first_order(self, den, x, t, t_next, x0, eps, noise):
-        return ddim_update(den, x, t, t_next, x0, eps, eta=1.0, noise=noise)
+    def _first_order(self, x, here, there, x0, eps, noise):
+        return ddim_step(x, here, there, x0, eps, eta=1.0, noise=noise)
 
     def _coefficients(self, order, h, m, lams):
         r0 = float((lams[-1] - lams[-2]) / h)

@@ -35,9 +35,9 @@ from __future__ import annotations
 import torch
 
 from ..process import expand_to
-from .base import State, times
-from .ddim import ddim_update
-from .dpmpp import dpmpp_correction, half_logsnr, usable_history
+from .base import State, points
+from .ddim import ddim_step
+from .dpmpp import dpmpp_correction, usable_history
 from .unipc import UniPC
 
 Tensor = torch.Tensor
@@ -68,37 +68,33 @@ class EVODiff(UniPC):
     def options(self) -> dict:
         return {}
 
-    def _correct(self, den, x: Tensor, m_new: Tensor, i: int, state: State) -> Tensor:
+    def _correct(self, x: Tensor, m_new: Tensor, i: int, state: State) -> Tensor:
         """Refine the prediction at ``ts[i]`` with the model output there (see module doc)."""
-        p, ts = den.process, state["ts"]
-        t_prev, t = ts[i - 1], ts[i]
-        lam_prev = half_logsnr(p, t_prev)
-        h = half_logsnr(p, t) - lam_prev
+        prev, here = points(state, i - 1)
+        h = here.lam - prev.lam
         m0 = state["history"][-1]
-        out = self._first_order_again(den, i, state)
+        out = self._first_order_again(i, state)
         weight = (torch.expm1(-h) + h) / h if bool(torch.isfinite(h)) else torch.ones((), dtype=torch.float64)
         d_forward = m_new - m0  # h * D_f
-        _, rks, diffs = self._differences(p, state, h, lam_prev)
+        _, rks, diffs = self._differences(state, h, prev.lam)
         if rks:  # diffs[0] = (m_{-1} - m0) / r_1 with r_1 = -h_{-1} / h: this is h * D_b
             d_backward = diffs[0]
             eta = expand_to(variance_optimal_eta(d_forward, d_backward), x)
             slope = (1 - eta) * d_forward + eta * d_backward
         else:
             slope = d_forward
-        return out + expand_to(p.alpha(t), x) * float(weight) * slope
+        return out + here.cast("alpha", x) * float(weight) * slope
 
-    def _predict(self, den, x: Tensor, x0: Tensor, eps: Tensor, i: int, state: State) -> Tensor:
+    def _predict(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, state: State) -> Tensor:
         """DPM-Solver++(2M) prediction from ``ts[i]`` to ``ts[i + 1]``."""
-        p = den.process
-        t, t_next = times(state, i)
-        x_next = ddim_update(den, x, t, t_next, x0, eps)
-        lam0 = half_logsnr(p, t)
-        h = half_logsnr(p, t_next) - lam0
-        m, lams = usable_history(p, state)
+        here, there = points(state, i)
+        x_next = ddim_step(x, here, there, x0, eps)
+        h = there.lam - here.lam
+        m, lams = usable_history(state)
         state["last_order"] = min(len(m), 2)
         if len(m) >= 2:
             (c,), (d,) = dpmpp_correction(2, h, m[-2:], lams[-2:])
-            x_next = x_next + expand_to(p.alpha(t_next), x) * c * d
+            x_next = x_next + there.cast("alpha", x) * c * d
         return x_next
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..process import expand_to
-from .base import Solver, State, times
-from .ddim import ddim_update
+from .base import Solver, State, points
+from .ddim import ddim_step
 
 Tensor = torch.Tensor
 VARIABLES = ("auto", "sigma", "t")
@@ -42,25 +42,23 @@ class Heun(Solver):
         state = super().init(den, x, ts, rng)
         variable = self.variable
         if variable == "auto":
-            p, ts = den.process, state["ts"]
-            variable = "t" if bool((p.alpha(ts) <= SIGMA_RATIO_LIMIT_INV * p.sigma(ts)).any()) else "sigma"
+            grid = state["grid"]
+            variable = "t" if bool((grid.alpha <= SIGMA_RATIO_LIMIT_INV * grid.sigma).any()) else "sigma"
         state["variable"] = variable
         return state
 
     def step(self, den, x: Tensor, i: int, state: State):
-        t, t_next = times(state, i)
-        x0, eps = den.predict(x, t)
-        x_euler = ddim_update(den, x, t, t_next, x0, eps)
-        if float(t_next) == 0.0:
+        here, there = points(state, i)
+        x0, eps = den.predict(x, here.t)
+        x_euler = ddim_step(x, here, there, x0, eps)
+        if float(there.t) == 0.0:
             return x_euler, state
-        p = den.process
-        x0_b, eps_b = den.predict(x_euler, t_next)
+        x0_b, eps_b = den.predict(x_euler, there.t)
         if state["variable"] == "sigma":
-            a0, a1 = p.alpha(t), p.alpha(t_next)
-            h = p.sigma(t_next) / a1 - p.sigma(t) / a0
-            x_new = expand_to(a1, x) * (x / expand_to(a0, x) + expand_to(0.5 * h, x) * (eps + eps_b))
+            h = there.sigma_over_alpha - here.sigma_over_alpha
+            x_new = there.cast("alpha", x) * (x / here.cast("alpha", x) + expand_to(0.5 * h, x) * (eps + eps_b))
         else:
-            u0 = expand_to(p.d_alpha(t), x) * x0 + expand_to(p.d_sigma(t), x) * eps
-            u1 = expand_to(p.d_alpha(t_next), x) * x0_b + expand_to(p.d_sigma(t_next), x) * eps_b
-            x_new = x + expand_to(0.5 * (t_next - t), x) * (u0 + u1)
+            u0 = here.cast("d_alpha", x) * x0 + here.cast("d_sigma", x) * eps
+            u1 = there.cast("d_alpha", x) * x0_b + there.cast("d_sigma", x) * eps_b
+            x_new = x + expand_to(0.5 * (there.t - here.t), x) * (u0 + u1)
         return x_new, state

@@ -31,8 +31,8 @@ from typing import Callable
 import torch
 
 from ..process import as_time, expand_to
-from .base import Solver, State, times
-from .ddim import ddim_update
+from .base import Solver, State, points
+from .ddim import ddim_step
 
 Tensor = torch.Tensor
 PREDICTORS = ("euler-maruyama", "ancestral")
@@ -40,45 +40,46 @@ PREDICTORS = ("euler-maruyama", "ancestral")
 MAX_STEP_RATIO = 4.0
 
 
-def diffusion_ratio(process, t, diffusion) -> Tensor:
-    """``c(t) = w^2(t) / g^2(t)`` (float64 0-d) for a user ``diffusion``: ``None`` (``c = 1``,
-    the reverse SDE), a float ``c``, or a callable ``t -> w^2(t)`` (float64)."""
+def diffusion_ratio(here, diffusion) -> Tensor:
+    """``c(t) = w^2(t) / g^2(t)`` (float64 0-d) at ``here`` (``t`` and ``g2``, e.g. a grid's
+    ``PointCoefficients``) for a user ``diffusion``: ``None`` (``c = 1``, the reverse SDE), a
+    float ``c``, or a callable ``t -> w^2(t)`` (float64)."""
     if diffusion is None:
         return torch.ones((), dtype=torch.float64)
     if not callable(diffusion):
         return torch.as_tensor(float(diffusion), dtype=torch.float64)
-    _, g2 = process.sde(as_time(t))
-    w2 = as_time(diffusion(as_time(t)))
+    g2 = here.g2
+    w2 = as_time(diffusion(as_time(here.t)))
     return torch.where(torch.isfinite(g2), w2 / g2, torch.zeros_like(g2))
 
 
-def frozen_denoiser_step(den, x: Tensor, t: Tensor, t_next: Tensor, x0: Tensor, eps: Tensor,
+def frozen_denoiser_step(x: Tensor, here, there, x0: Tensor, eps: Tensor,
                          c: Tensor, noise: Tensor | None) -> Tensor:
-    """Exact solution from ``t`` to ``t_next`` of the reverse SDE with ``w^2 = c g^2`` and the
+    """Exact solution from ``here`` to ``there`` (coefficients at the two times, e.g. a grid's
+    ``PointCoefficients`` or ``Process.at``) of the reverse SDE with ``w^2 = c g^2`` and the
     prediction ``(x0, eps)`` held fixed (see the module docstring); finite where ``alpha = 0``."""
-    if float(t_next) == 0.0:
+    if float(there.t) == 0.0:
         return x0
-    p = den.process
-    r = (p.alpha(t) * p.sigma(t_next)) / (p.sigma(t) * p.alpha(t_next))  # rho'/rho = exp(-h)
+    r = (here.alpha * there.sigma) / (here.sigma * there.alpha)  # rho'/rho = exp(-h)
     if float(c) == 0.0 or float(r) == 0.0:
         eta2 = torch.ones((), dtype=torch.float64) if float(c) > 0 else torch.zeros((), dtype=torch.float64)
     else:
         eta2 = -torch.expm1(2.0 * c * torch.log(r)) / (-torch.expm1(2.0 * torch.log(r)))
-    return ddim_update(den, x, t, t_next, x0, eps, eta=float(torch.sqrt(eta2)), noise=noise)
+    return ddim_step(x, here, there, x0, eps, eta=float(torch.sqrt(eta2)), noise=noise)
 
 
-def euler_maruyama_step(den, x: Tensor, t: Tensor, t_next: Tensor, x0: Tensor, eps: Tensor,
+def euler_maruyama_step(x: Tensor, here, there, x0: Tensor, eps: Tensor,
                         c: Tensor, noise: Tensor | None) -> Tensor:
-    """One Euler-Maruyama step of the reverse SDE (``w^2 = c g^2``) from ``t`` down to ``t_next``;
-    the frozen-denoiser exact step where ``g^2`` is infinite; ``x0`` at ``t_next = 0``."""
-    if float(t_next) == 0.0:
+    """One Euler-Maruyama step of the reverse SDE (``w^2 = c g^2``) from ``here`` down to
+    ``there`` (coefficients at the two times); the frozen-denoiser exact step where ``g^2`` is
+    infinite; ``x0`` at ``t = 0``."""
+    if float(there.t) == 0.0:
         return x0
-    p = den.process
-    f, g2 = p.sde(t)
+    f, g2 = here.f, here.g2
     if not bool(torch.isfinite(f) & torch.isfinite(g2)):
-        return frozen_denoiser_step(den, x, t, t_next, x0, eps, c, noise)
-    dt = t - t_next  # > 0: time runs backwards
-    score_coef = -0.5 * (1.0 + c) * g2 / p.sigma(t)  # times -eps: -(g^2 + w^2)/2 * score
+        return frozen_denoiser_step(x, here, there, x0, eps, c, noise)
+    dt = here.t - there.t  # > 0: time runs backwards
+    score_coef = -0.5 * (1.0 + c) * g2 / here.sigma  # times -eps: -(g^2 + w^2)/2 * score
     drift = expand_to(f, x) * x + expand_to(score_coef, x) * (-eps)
     x_next = x - expand_to(dt, x) * drift
     if noise is not None and float(c) > 0:
@@ -112,13 +113,13 @@ class EulerMaruyama(Solver):
         return {"diffusion": self.diffusion}
 
     def step(self, den, x: Tensor, i: int, state: State):
-        t, t_next = times(state, i)
-        x0, eps = den.predict(x, t)  # [B, ...]
-        c = diffusion_ratio(den.process, t, self.diffusion)
-        if not bool(torch.isfinite(den.process.sde(t)[1])) and callable(self.diffusion):
-            c = diffusion_ratio(den.process, t_next, self.diffusion)  # g^2 infinite at t: use the step's end
-        noise = state["rng"].randn_like(x) if self.stochastic and float(t_next) > 0 else None
-        return euler_maruyama_step(den, x, t, t_next, x0, eps, c, noise), state
+        here, there = points(state, i)
+        x0, eps = den.predict(x, here.t)  # [B, ...]
+        c = diffusion_ratio(here, self.diffusion)
+        if not bool(torch.isfinite(here.g2)) and callable(self.diffusion):
+            c = diffusion_ratio(there, self.diffusion)  # g^2 infinite at t: use the step's end
+        noise = state["rng"].randn_like(x) if self.stochastic and float(there.t) > 0 else None
+        return euler_maruyama_step(x, here, there, x0, eps, c, noise), state
 
 
 class PredictorCorrector(Solver):
@@ -157,10 +158,10 @@ class PredictorCorrector(Solver):
     def options(self) -> dict:
         return {"snr": self.snr, "corrector_steps": self.corrector_steps, "predictor": self.predictor}
 
-    def langevin(self, den, x: Tensor, t: Tensor, rng) -> Tensor:
+    def langevin(self, den, x: Tensor, here, rng) -> Tensor:
         """``corrector_steps`` Langevin steps targeting ``p_t`` (Algorithm 4, per-sample norms,
         step bounded by ``MAX_STEP_RATIO`` times its high-dimensional value; class docstring)."""
-        sigma = float(den.process.sigma(t))
+        sigma, t = float(here.sigma), here.t
         cap = MAX_STEP_RATIO * 2.0 * (self.snr * sigma) ** 2
         for _ in range(self.corrector_steps):
             score = den.score(x, t)  # [B, ...]
@@ -173,16 +174,16 @@ class PredictorCorrector(Solver):
         return x
 
     def step(self, den, x: Tensor, i: int, state: State):
-        t, t_next = times(state, i)
+        here, there = points(state, i)
         rng = state["rng"]
         if self.corrector_steps > 0 and self.snr > 0:
-            x = self.langevin(den, x, t, rng)
-        x0, eps = den.predict(x, t)
-        noise = rng.randn_like(x) if float(t_next) > 0 else None
+            x = self.langevin(den, x, here, rng)
+        x0, eps = den.predict(x, here.t)
+        noise = rng.randn_like(x) if float(there.t) > 0 else None
         if self.predictor == "ancestral":
-            return ddim_update(den, x, t, t_next, x0, eps, eta=1.0, noise=noise), state
+            return ddim_step(x, here, there, x0, eps, eta=1.0, noise=noise), state
         one = torch.ones((), dtype=torch.float64)
-        return euler_maruyama_step(den, x, t, t_next, x0, eps, one, noise), state
+        return euler_maruyama_step(x, here, there, x0, eps, one, noise), state
 
 
 __all__ = ["EulerMaruyama", "PredictorCorrector", "euler_maruyama_step", "frozen_denoiser_step",

@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 
 from ..process import expand_to
-from .base import Solver, State, times
-from .ddim import ddim_update
-from .dpmpp import half_logsnr, push_history
+from .base import Solver, State, points
+from .ddim import ddim_step
+from .dpmpp import push_history
 
 Tensor = torch.Tensor
 VARIANTS = ("bh1", "bh2")
@@ -96,79 +96,74 @@ class UniPC(Solver):
         return state
 
     @staticmethod
-    def _differences(process, state: State, h: Tensor, lam0: Tensor):
+    def _differences(state: State, h: Tensor, lam0: Tensor):
         """The newest prediction ``m_0`` and the divided differences ``(m_k - m_0) / r_k``
         with ratios ``r_k = (lambda_k - lambda_0) / h`` of the older usable history
         (newest first; it stops at a point with ``lambda = -inf``)."""
-        ts = state["ts"]
+        grid = state["grid"]
         hist, idx = state["history"], state["history_i"]
         m0 = hist[-1]
         rks, diffs = [], []
+        finite = grid.finite("lam")
         for m, k in zip(reversed(hist[:-1]), reversed(idx[:-1])):
-            lam = half_logsnr(process, ts[k])
-            if not bool(torch.isfinite(lam)):
+            if not finite[k]:
                 break
+            lam = grid[k].lam
             rk = (lam - lam0) / h
             rks.append(rk)
             diffs.append((m - m0) / float(rk))
         return m0, rks, diffs
 
     @staticmethod
-    def _first_order_again(den, i: int, state: State) -> Tensor:
+    def _first_order_again(i: int, state: State) -> Tensor:
         """The first-order (DDIM) step from the previous point ``state['last_x']`` at
         ``ts[i - 1]`` to ``ts[i]`` with its prediction ``m_0``: the base both correctors build on."""
-        p, ts = den.process, state["ts"]
+        prev, here = points(state, i - 1)
         x_prev, m0 = state["last_x"], state["history"][-1]
-        t_prev = ts[i - 1]
-        eps_prev = (x_prev - expand_to(p.alpha(t_prev), x_prev) * m0) / expand_to(p.sigma(t_prev), x_prev)
-        return ddim_update(den, x_prev, t_prev, ts[i], m0, eps_prev)
+        eps_prev = (x_prev - prev.cast("alpha", x_prev) * m0) / prev.cast("sigma", x_prev)
+        return ddim_step(x_prev, prev, here, m0, eps_prev)
 
-    def _correct(self, den, x: Tensor, m_new: Tensor, i: int, state: State) -> Tensor:
+    def _correct(self, x: Tensor, m_new: Tensor, i: int, state: State) -> Tensor:
         """UniC: correct ``x`` (the prediction at ``ts[i]``) with the model output there."""
-        p, ts = den.process, state["ts"]
         order = state["last_order"]
-        t_prev, t = ts[i - 1], ts[i]
-        lam_prev, lam = half_logsnr(p, t_prev), half_logsnr(p, t)
-        h = lam - lam_prev
-        m0, rks, diffs = self._differences(p, state, h, lam_prev)
+        prev, here = points(state, i - 1)
+        h = here.lam - prev.lam
+        m0, rks, diffs = self._differences(state, h, prev.lam)
         rks, diffs = rks[:order - 1], diffs[:order - 1]
         weights = unipc_weights(h, rks, len(rks) + 1, self.variant, corrector=True)
-        out = self._first_order_again(den, i, state)
-        a1 = expand_to(p.alpha(t), x)
+        out = self._first_order_again(i, state)
+        a1 = here.cast("alpha", x)
         for w, d in zip(weights, diffs + [m_new - m0]):
             out = out - a1 * w * d
         return out
 
     def step(self, den, x: Tensor, i: int, state: State):
         """Evaluate at the predicted point, correct it (``i > 0``), predict the next point."""
-        t, t_next = times(state, i)
-        x0, eps = den.predict(x, t)  # [B, ...]: the model at the (uncorrected) point
+        here, there = points(state, i)
+        x0, eps = den.predict(x, here.t)  # [B, ...]: the model at the (uncorrected) point
         if i > 0 and state["last_x"] is not None:
-            x = self._correct(den, x, x0, i, state)
+            x = self._correct(x, x0, i, state)
         push_history(state, x0, i, max(self.order, 2))
         state["last_x"] = x
-        if float(t_next) == 0.0:  # the denoised estimate
+        if float(there.t) == 0.0:  # the denoised estimate
             state["last_order"] = 1
             return x0, state
-        p = den.process
-        if not bool(p.alpha(t) == 0):  # eps consistent with the corrected x
-            eps = (x - expand_to(p.alpha(t), x) * x0) / expand_to(p.sigma(t), x)
-        return self._predict(den, x, x0, eps, i, state), state
+        if not bool(here.alpha == 0):  # eps consistent with the corrected x
+            eps = (x - here.cast("alpha", x) * x0) / here.cast("sigma", x)
+        return self._predict(x, x0, eps, i, state), state
 
-    def _predict(self, den, x: Tensor, x0: Tensor, eps: Tensor, i: int, state: State) -> Tensor:
+    def _predict(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, state: State) -> Tensor:
         """UniP-p from ``ts[i]`` (corrected ``x``, its prediction ``x0``) to ``ts[i + 1]``."""
-        p = den.process
-        t, t_next = times(state, i)
+        here, there = points(state, i)
         n_steps = state["ts"].numel() - 1
         order = min(self.order, n_steps - i) if self.lower_order_final else self.order
-        lam0 = half_logsnr(p, t)
-        h = half_logsnr(p, t_next) - lam0
-        _, rks, diffs = self._differences(p, state, h, lam0)
+        h = there.lam - here.lam
+        _, rks, diffs = self._differences(state, h, here.lam)
         order = max(1, min(order, len(rks) + 1))
         state["last_order"] = order
-        x_next = ddim_update(den, x, t, t_next, x0, eps)
+        x_next = ddim_step(x, here, there, x0, eps)
         weights = unipc_weights(h, rks[:order - 1], order, self.variant, corrector=False)
-        a1 = expand_to(p.alpha(t_next), x)
+        a1 = there.cast("alpha", x)
         for w, d in zip(weights, diffs[:order - 1]):
             x_next = x_next - a1 * w * d
         return x_next

@@ -1,0 +1,555 @@
+"""Solver benchmark: diffinfer against diffusers and k-diffusion, per model call (issue 7).
+
+Every method runs on the same model, the same starting noise and (for the anchors and
+diffinfer's plain solvers) the same grids: each process's two usual grid families
+(log-SNR uniform and Karras for VP, uniform and SD3's shifted grid for rectified flow).
+diffinfer's optimised method is UniPC on a grid fitted per model and NFE against a
+200-step teacher from *other* starting noise (``diffinfer.timesteps.optimize``; Align
+Your Steps / LD3), whose last step returns the denoised estimate at a noise level the fit
+chooses.
+
+Models: the exact Gaussian mixtures ``ring2d`` (2-D) and ``molrg`` (64-D) under VP
+(linear) and rectified flow, and the bundled ``digits`` model when ``diffinfer.zoo`` has it.
+Quality on the mixtures: RMSE (per entry) to the exact probability-flow endpoint from the
+same noise (SciPy DOP853 to ``t = 1e-5``, then the exact denoiser), sliced Wasserstein to
+exact samples, and the exact mean log-density; on digits, ``fd_digits`` and RMSE to a
+500-step endpoint. Overhead: time per step of each solver's own arithmetic with a model
+that costs nothing, against diffusers' ``step()`` of the same algorithm, as a ratio in
+one run.
+
+    python bench/solvers.py            # default (< 10 minutes once the grids are saved)
+    python bench/solvers.py --quick    # < 1 minute
+    diffinfer bench solvers [--quick]
+
+Writes ``bench/results/solvers.{json,md}`` and ``bench/results/solvers_*.png``
+(``solvers_quick.*`` with ``--quick``); optimised
+grids are read from (and missing ones added to) ``bench/results/grids/<model>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import diffinfer as di  # noqa: E402
+from bench import anchors  # noqa: E402
+from diffinfer import grid_opt, metrics, timesteps  # noqa: E402
+from diffinfer.toys import gaussian_mixture  # noqa: E402
+
+Tensor = torch.Tensor
+F64 = torch.float64
+RESULTS = ROOT / "bench" / "results"
+
+NFES = [3, 4, 5, 6, 8, 10, 15, 20, 50]
+QUICK_NFES = [4, 6, 10]
+GOAL_NFES = range(4, 11)
+GOAL_RATIO = 0.5
+OPTIMIZED_UP_TO = 10  # NFE up to which the optimised grids are fitted (the goal range)
+T_REF = 1e-5  # the exact endpoint: PF-ODE to here, then the exact denoiser
+
+#: diffinfer's deterministic solvers: (label, registry name, options, model calls per step)
+OUR_SOLVERS = [
+    ("ddim", "ddim", {}, 1),
+    ("heun", "heun", {}, 2),
+    ("dpmpp-2m", "dpmpp-2m", {}, 1),
+    ("dpmpp-3m", "dpmpp-3m", {}, 1),
+    ("unipc", "unipc", {}, 1),
+    ("evodiff", "evodiff", {}, 1),
+]
+#: the optimised method: solver, options, label
+OPTIMIZED = ("unipc", {}, "unipc+opt-grid")
+
+TOY_MODELS = {
+    "ring2d-vp": ("ring2d", "vp"),
+    "ring2d-rf": ("ring2d", "rf"),
+    "molrg-vp": ("molrg", "vp"),
+    "molrg-rf": ("molrg", "rf"),
+}
+QUICK_MODELS = ["molrg-vp", "molrg-rf"]
+
+
+# --- models and references -------------------------------------------------------------
+def make_process(kind: str):
+    return di.VP("linear") if kind == "vp" else di.RectifiedFlow()
+
+
+def grid_families(process) -> dict:
+    """The two usual grid families of a process: ``{name: builder(process, steps)}``."""
+    if anchors.process_kind(process) == "flow":
+        return {"uniform": timesteps.uniform, "flow-shift": timesteps.flow_shift}
+    return {"logsnr": timesteps.logsnr, "karras": timesteps.karras}
+
+
+def starting_noise(process, n: int, dim_shape, seed: int, dtype=F64) -> Tensor:
+    """``sigma(t_max) z`` with ``z`` from per-sample streams of ``seed`` (``[n, *dim_shape]``)."""
+    rng = di.SampleRNG.from_seed(seed, batch=n)
+    return rng.randn(tuple(dim_shape), dtype=dtype) * float(process.sigma(torch.tensor(process.t_max, dtype=F64)))
+
+
+def exact_endpoint(den, x_T: Tensor) -> Tensor:
+    """The probability-flow endpoint from ``x_T``: DOP853 (``pf_ode_solution``) to ``T_REF``,
+    then the exact denoiser there (the remaining ``O(sigma(T_REF)^2)`` is below any error here)."""
+    from diffinfer.toys.reference import pf_ode_solution
+    x_ref = pf_ode_solution(den, x_T, den.process.t_max, T_REF, rtol=1e-9, atol=1e-9)
+    return den.x0(x_ref, T_REF)
+
+
+def steps_for(nfe: int, evals_per_step: int) -> int:
+    """The most steps whose model calls fit ``nfe`` (Heun's last step is one call)."""
+    return max(1, (nfe + evals_per_step - 1) // evals_per_step)
+
+
+def nfe_of(steps: int, evals_per_step: int) -> int:
+    return steps * evals_per_step - (evals_per_step - 1)
+
+
+def rmse(a: Tensor, b: Tensor) -> float:
+    return float(((a.to(F64) - b.to(F64)) ** 2).mean().sqrt())
+
+
+def toy_scores(toy, x: Tensor, x_ref: Tensor, exact_samples: Tensor) -> dict:
+    if not bool(torch.isfinite(x).all()):
+        return {"rmse": float("nan"), "sw": float("nan"), "logp": float("nan")}
+    return {"rmse": rmse(x, x_ref), "sw": metrics.sliced_wasserstein(x, exact_samples, n_projections=128),
+            "logp": metrics.mean_log_density(toy, x)}
+
+
+# --- optimised grids -------------------------------------------------------------------
+def optimized_grid(model: str, den, sample_shape, steps: int, grids_dir: pathlib.Path, compute: bool,
+                   n_train: int = 128, evals_per_step: int = 60, dtype=F64):
+    """The saved grid for (model, solver, steps), fitted now (and saved) if missing and
+    ``compute``; ``None`` if missing and not ``compute``. The fit starts from the process's
+    default and Karras grids and from the largest saved shorter grid, grown to ``steps``."""
+    solver, opts, _ = OPTIMIZED
+    path = grids_dir / f"{model}.json"
+    try:
+        return grid_opt.load(path, solver, steps, **opts).grid
+    except (FileNotFoundError, KeyError):
+        if not compute:
+            return None
+    starts = grid_opt.initial_grids(den.process, steps)
+    saved = grid_opt.load(path) if path.exists() else {}
+    shorter = [g for g in saved.values() if g.solver == solver and g.solver_options == opts and 2 <= g.steps < steps]
+    if shorter:
+        starts.append(grid_opt.grow(max(shorter, key=lambda g: g.steps).grid, steps))
+    g = grid_opt.optimize(den, solver, steps, shape=sample_shape, n_train=n_train, seed=777,
+                          max_evals=evals_per_step * steps, init=starts, dtype=dtype, **opts)
+    grid_opt.save(path, g, meta={"model": model, "teacher": "dpmpp-3m, 200 steps, default grid",
+                                 "train_seed": 777, "n_train": n_train,
+                                 "starts": "default and Karras grids, and the largest shorter fitted grid grown"})
+    print(f"  fitted {model} {g.key}: loss {g.initial_loss:.3g} -> {g.loss:.3g} in {g.seconds:.1f}s", flush=True)
+    return g.grid
+
+
+# --- one toy model ----------------------------------------------------------------------
+def run_toy(model: str, nfes, n_eval: int, grids_dir: pathlib.Path, compute_grids: bool, families: str,
+            log=print) -> list[dict]:
+    toy_name, kind = TOY_MODELS[model]
+    toy = gaussian_mixture.preset(toy_name)
+    process = make_process(kind)
+    den = toy.denoiser(process)
+    shape = (toy.dim,)
+    x_T = starting_noise(process, n_eval, shape, seed=0)
+    start = time.perf_counter()
+    x_ref = exact_endpoint(den, x_T)
+    log(f"  {model}: exact endpoint of {n_eval} samples in {time.perf_counter() - start:.1f}s")
+    exact_samples = toy.sample(4000, seed=1)
+    fams = grid_families(process)
+    if families == "default":
+        default_name = timesteps.default_builder(process).__name__
+        fams = {k: v for k, v in fams.items() if v.__name__ == default_name}
+    rows = []
+
+    def record(method, library, grid, nfe, steps, x, seconds):
+        row = {"model": model, "method": method, "library": library, "grid": grid, "budget": int(budget),
+               "nfe": int(nfe), "steps": int(steps), "seconds": seconds,
+               **toy_scores(toy, x, x_ref, exact_samples)}
+        rows.append(row)
+
+    anchor_names = anchors.available(process)
+    for nfe in nfes:
+        budget = nfe
+        for fam_name, builder in fams.items():
+            for label, solver, opts, per in OUR_SOLVERS:
+                steps = steps_for(nfe, per)
+                ts = builder(process, steps)
+                t0 = time.perf_counter()
+                x = di.sample(den, x_T, solver=solver, ts=ts, **opts).x
+                record(label, "diffinfer", fam_name, nfe_of(steps, per), steps, x, time.perf_counter() - t0)
+            for name in anchor_names:
+                a = anchors.ANCHORS[name]
+                steps = a.steps_for(nfe)
+                ts = builder(process, steps)
+                t0 = time.perf_counter()
+                try:
+                    x = anchors.run(name, den, x_T, ts)
+                except Exception as e:  # noqa: BLE001 - a failing anchor is reported, not fatal
+                    log(f"  {model} {name} nfe {nfe} {fam_name}: failed: {type(e).__name__}: {e}")
+                    continue
+                record(name, a.library, fam_name, a.nfe(steps), steps, x, time.perf_counter() - t0)
+        if nfe <= OPTIMIZED_UP_TO:
+            ts = optimized_grid(model, den, shape, nfe, grids_dir, compute_grids)
+            if ts is not None:
+                solver, opts, label = OPTIMIZED
+                t0 = time.perf_counter()
+                x = di.sample(den, x_T, solver=solver, ts=ts, **opts).x
+                record(label, "diffinfer", "optimized", nfe, nfe, x, time.perf_counter() - t0)
+    return rows
+
+
+# --- digits -----------------------------------------------------------------------------
+def load_digits():
+    """``(den, None)`` or ``(None, reason)``: the bundled ``digits`` model, unconditional."""
+    try:
+        from diffinfer import quality, zoo  # noqa: F401
+        base = zoo.load("digits")
+    except Exception as e:  # noqa: BLE001 - the checkpoint may not exist yet
+        return None, f"digits model unavailable: {type(e).__name__}: {e}"
+    null = int(base.config.get("null_label", 10)) if hasattr(base, "config") else 10
+    return base, null
+
+
+#: digits is ~1,000x costlier per call than the mixtures: one anchor per distinct algorithm
+#: (diffusers' Euler and k-diffusion's Euler / DPM++(2M) are the same updates as DDIM and
+#: DPM-Solver++(2M) on the same grid, checked on the mixtures), NFE in the goal range
+DIGITS_NFES = [4, 6, 10]
+DIGITS_ANCHORS = ["diffusers-ddim", "diffusers-dpmpp-2m", "diffusers-dpmpp-3m", "diffusers-unipc"]
+DIGITS_REFERENCE_ROWS = 250  # the 500-step reference endpoint (RMSE) is computed for these rows
+
+
+def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: bool, log=print) -> tuple[list[dict], str | None]:
+    """The bundled ``digits`` model, unconditional (null label): ``fd_digits`` of
+    ``n_samples`` samples against the real digits, and RMSE to a 500-step DPM-Solver++(3M)
+    endpoint on the first ``DIGITS_REFERENCE_ROWS`` of them."""
+    base, null = load_digits()
+    if base is None:
+        return [], null
+    from diffinfer import quality
+    process = base.process
+    shape = tuple(base.shape)
+    den = base.bind(label=torch.full((n_samples,), null, dtype=torch.int64))
+    x_T = starting_noise(process, n_samples, shape, seed=0, dtype=torch.float32)
+    n_ref = min(n_samples, DIGITS_REFERENCE_ROWS)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x_ref = di.sample(den.select(torch.arange(n_ref)), x_T[:n_ref], solver="dpmpp-3m", steps=500).x
+    log(f"  digits: 500-step reference of {n_ref} samples in {time.perf_counter() - t0:.1f}s")
+    rows = []
+    builder = timesteps.default_builder(process)
+    anchor_names = [n for n in DIGITS_ANCHORS if n in anchors.available(process)]
+
+    def record(method, library, grid, nfe, steps, x, seconds):
+        ok = bool(torch.isfinite(x).all())
+        rows.append({"model": "digits", "method": method, "library": library, "grid": grid, "budget": int(budget),
+                     "nfe": int(nfe), "steps": int(steps), "seconds": seconds,
+                     "rmse": rmse(x[:n_ref], x_ref) if ok else float("nan"),
+                     "fd_digits": quality.fd_digits(x) if ok else float("nan")})
+
+    n_train = 32
+    train_den = base.bind(label=torch.full((n_train,), null, dtype=torch.int64))
+    for nfe in nfes:
+        budget = nfe
+        for name in anchor_names:
+            a = anchors.ANCHORS[name]
+            steps = a.steps_for(nfe)
+            t1 = time.perf_counter()
+            try:
+                x = anchors.run(name, den, x_T, builder(process, steps))
+            except Exception as e:  # noqa: BLE001
+                log(f"  digits {name} nfe {nfe}: failed: {type(e).__name__}: {e}")
+                continue
+            record(name, a.library, builder.__name__, a.nfe(steps), steps, x, time.perf_counter() - t1)
+        if nfe <= OPTIMIZED_UP_TO:
+            with torch.no_grad():
+                ts = optimized_grid("digits", train_den, shape, nfe, grids_dir, compute_grids, n_train=n_train,
+                                    evals_per_step=20, dtype=torch.float32)
+            if ts is not None:
+                solver, opts, label = OPTIMIZED
+                t1 = time.perf_counter()
+                with torch.no_grad():
+                    x = di.sample(den, x_T, solver=solver, ts=ts, **opts).x
+                record(label, "diffinfer", "optimized", nfe, nfe, x, time.perf_counter() - t1)
+    return rows, None
+
+
+# --- overhead -------------------------------------------------------------------------
+OVERHEAD_PAIRS = [("ddim", {}, "diffusers-ddim"), ("euler", {}, "diffusers-euler"),
+                  ("dpmpp-2m", {}, "diffusers-dpmpp-2m"), ("dpmpp-3m", {"third_order": "diffusers"}, "diffusers-dpmpp-3m"),
+                  ("unipc", {}, "diffusers-unipc")]
+
+
+def _diffusers_scheduler(anchor_name: str, process, ts: Tensor, dtype):
+    """The configured scheduler of a diffusers anchor on grid ``ts`` (for timing ``step``)."""
+    makers = {"diffusers-ddim": anchors._make_ddim, "diffusers-euler": anchors._make_euler,
+              "diffusers-dpmpp-2m": anchors._make_multistep("DPMSolverMultistepScheduler", solver_order=2,
+                                                             algorithm_type="dpmsolver++"),
+              "diffusers-dpmpp-3m": anchors._make_multistep("DPMSolverMultistepScheduler", solver_order=3,
+                                                             algorithm_type="dpmsolver++"),
+              "diffusers-unipc": anchors._make_multistep("UniPCMultistepScheduler", solver_order=2, solver_type="bh2")}
+    return makers[anchor_name](process, ts, dtype, False)
+
+
+def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5) -> list[dict]:
+    """Seconds per step of each solver's own arithmetic (a model returning a fixed tensor)
+    against diffusers' ``step()`` fed the same tensor, interleaved; the fastest of ``repeats``
+    passes after one warm-up pass (the usual estimate of cost on a shared machine)."""
+    from diffusers.utils import logging as diffusers_logging
+    diffusers_logging.set_verbosity_error()  # EulerDiscrete warns when step() runs without scale_model_input
+    process = di.VP("linear")
+    out = torch.zeros(shape)  # the zero-cost model's output
+    den = di.Denoiser(lambda x, t: out, process, prediction="x0", check=False)
+    ts = timesteps.logsnr(process, steps)
+    x0 = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for solver, opts, anchor in OVERHEAD_PAIRS:
+        ours, theirs = [], []
+        for _ in range(repeats + 1):  # the first pass warms up and is dropped
+            s = di.solvers.get(solver, **opts)
+            x = x0.clone()
+            t0 = time.perf_counter()
+            state = s.init(den, x, ts)
+            for i in range(steps):
+                x, state = s.step(den, x, i, state)
+            ours.append((time.perf_counter() - t0) / steps)
+            sched = _diffusers_scheduler(anchor, process, ts, torch.float32)
+            x = x0.clone()
+            t0 = time.perf_counter()
+            for i in range(steps):
+                x = sched.step(out, sched.timesteps[i], x, return_dict=False)[0]
+            theirs.append((time.perf_counter() - t0) / steps)
+        a, b = min(ours[1:]), min(theirs[1:])
+        rows.append({"solver": solver, "anchor": anchor, "ours_us_per_step": 1e6 * a,
+                     "diffusers_us_per_step": 1e6 * b, "ratio": a / b})
+    return rows
+
+
+def digits_wall_time(nfe: int = 10, n: int = 500) -> dict | None:
+    """Whole-sampling wall time with the digits model: diffinfer's dpmpp-2m vs diffusers'."""
+    base, null = load_digits()
+    if base is None:
+        return None
+    den = base.bind(label=torch.full((n,), null, dtype=torch.int64))
+    x_T = starting_noise(base.process, n, tuple(base.shape), seed=3, dtype=torch.float32)
+    ts = timesteps.default(base.process, nfe)
+    times = {"diffinfer dpmpp-2m": [], "diffusers-dpmpp-2m": []}
+    with torch.no_grad():
+        for _ in range(3):
+            t0 = time.perf_counter()
+            di.sample(den, x_T, solver="dpmpp-2m", ts=ts)
+            times["diffinfer dpmpp-2m"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            anchors.run("diffusers-dpmpp-2m", den, x_T, ts)
+            times["diffusers-dpmpp-2m"].append(time.perf_counter() - t0)
+    return {"nfe": nfe, "n": n, **{k: min(v) for k, v in times.items()}}
+
+
+# --- summary ---------------------------------------------------------------------------
+def summarise(rows: list[dict], metric_of: dict) -> list[dict]:
+    """Per model and NFE: the best diffinfer method and the best anchor (any grid family) by
+    the model's goal metric, their ratio, and whether the goal (ratio <= 1/2) is met."""
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        metric = metric_of.get(model, "rmse")
+        for nfe in sorted({r["budget"] for r in rows if r["model"] == model}):
+            here = [r for r in rows if r["model"] == model and r["budget"] == nfe
+                    and math.isfinite(r.get(metric, math.nan))]
+            ours = [r for r in here if r["library"] == "diffinfer"]
+            theirs = [r for r in here if r["library"] != "diffinfer"]
+            if not ours or not theirs:
+                continue
+            bo = min(ours, key=lambda r: r[metric])
+            bt = min(theirs, key=lambda r: r[metric])
+            ratio = bo[metric] / bt[metric] if bt[metric] > 0 else math.inf
+            out.append({"model": model, "nfe": nfe, "metric": metric,
+                        "best_diffinfer": f"{bo['method']} @ {bo['grid']}", "diffinfer": bo[metric],
+                        "best_anchor": f"{bt['method']} @ {bt['grid']}", "anchor": bt[metric], "ratio": ratio,
+                        "goal_met": (ratio <= GOAL_RATIO) if nfe in GOAL_NFES else None})
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Solver benchmark: diffinfer vs diffusers and k-diffusion", "",
+             f"Command: `{report['meta']['command']}` ({report['meta']['seconds']:.0f} s on "
+             f"{report['meta']['machine']}, torch {report['meta']['torch']}, diffusers {report['meta']['diffusers']}, "
+             f"k-diffusion: {report['meta']['k_diffusion']}).", "",
+             "Same model, same starting noise, same grids (anchors and plain solvers on each grid family; "
+             "`unipc+opt-grid` on a grid fitted per model and NFE to a 200-step teacher from other noise). "
+             f"Goal: at NFE 4-10 the best diffinfer method has at most {GOAL_RATIO:g}x the error of the best anchor.", "",
+             "## Goal per model and NFE", "",
+             "| model | NFE | metric | best diffinfer | value | best anchor | value | ratio | goal |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in report["summary"]:
+        goal = "-" if s["goal_met"] is None else ("met" if s["goal_met"] else "**not met**")
+        lines.append(f"| {s['model']} | {s['nfe']} | {s['metric']} | {s['best_diffinfer']} | {s['diffinfer']:.3g} | "
+                     f"{s['best_anchor']} | {s['anchor']:.3g} | {s['ratio']:.2f} | {goal} |")
+    for model in sorted({r["model"] for r in report["results"]}):
+        metric = report["metric_of"].get(model, "rmse")
+        rows = [r for r in report["results"] if r["model"] == model]
+        nfes = sorted({r["budget"] for r in rows})
+        lines += ["", f"## {model}: {metric} by method, grid and NFE budget (Heun uses the largest odd NFE "
+                  "within the budget)", "",
+                  "| method | grid | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                  "|---|---|" + "---|" * len(nfes)]
+        keys = sorted({(r["library"] != "diffinfer", r["method"], r["grid"]) for r in rows})
+        for _, method, grid in keys:
+            vals = {r["budget"]: r[metric] for r in rows if r["method"] == method and r["grid"] == grid}
+            lines.append(f"| {method} | {grid} | " + " | ".join(f"{vals[n]:.3g}" if n in vals else "" for n in nfes) + " |")
+    if report.get("overhead"):
+        lines += ["", "## Per-step overhead (zero-cost model, batch "
+                  f"{report['meta']['overhead_shape']})", "",
+                  "| diffinfer solver | diffusers scheduler | diffinfer us/step | diffusers us/step | ratio |",
+                  "|---|---|---|---|---|"]
+        for o in report["overhead"]:
+            lines.append(f"| {o['solver']} | {o['anchor']} | {o['ours_us_per_step']:.0f} | "
+                         f"{o['diffusers_us_per_step']:.0f} | {o['ratio']:.2f} |")
+    if report.get("digits_wall"):
+        w = report["digits_wall"]
+        lines += ["", f"Whole sampling with digits ({w['n']} samples, NFE {w['nfe']}): "
+                  f"diffinfer dpmpp-2m {w['diffinfer dpmpp-2m']:.2f} s, diffusers {w['diffusers-dpmpp-2m']:.2f} s."]
+    for note in report.get("notes", []):
+        lines += ["", f"Note: {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, out_dir: pathlib.Path, stem: str = "solvers") -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    for model in sorted({r["model"] for r in report["results"]}):
+        metric = report["metric_of"].get(model, "rmse")
+        rows = [r for r in report["results"] if r["model"] == model]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        best = {}
+        for r in rows:  # one curve per method: its best grid family at each NFE
+            key = (r["library"], r["method"])
+            if r["nfe"] not in best.setdefault(key, {}) or r[metric] < best[key][r["nfe"]]:
+                best[key][r["nfe"]] = r[metric]  # the actual NFE (Heun: odd)
+        colours = plt.get_cmap("tab20").colors
+        finite = sorted(v for vals in best.values() for v in vals.values() if math.isfinite(v) and v > 0)
+        for k, ((lib, method), vals) in enumerate(sorted(best.items())):
+            n = sorted(vals)
+            style = "-" if lib == "diffinfer" else "--"
+            lw = 3.0 if "opt" in method else 1.2
+            ax.plot(n, [vals[j] for j in n], style, marker="o", ms=3, lw=lw, label=method,
+                    color="black" if "opt" in method else colours[k % len(colours)])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if finite:  # a diverging low-NFE curve (Heun at 2 steps) must not flatten the others
+            ax.set_ylim(0.5 * finite[0], 2.0 * finite[int(0.9 * (len(finite) - 1))])
+        ax.set_xlabel("NFE (model calls)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{model}: {metric} vs NFE (solid: diffinfer, dashed: anchors; best grid family)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out_dir / f"{stem}_{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
+    return paths
+
+
+# --- driver ------------------------------------------------------------------------------
+def run(quick: bool = False, models=None, out_dir=None, compute_grids: bool | None = None, n_eval: int | None = None,
+        digits_samples: int | None = None, log=None) -> dict:
+    """Run the benchmark; write ``solvers.json``, ``solvers.md`` and ``solvers_<model>.png``
+    to ``out_dir`` (``solvers_quick.*`` for a quick run)."""
+    log = log or (lambda msg: print(msg, flush=True))
+    torch.set_num_threads(1)  # small linear algebra: extra threads only contend (100x slower when shared)
+    start = time.perf_counter()
+    out_dir = pathlib.Path(out_dir) if out_dir is not None else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grids_dir = RESULTS / "grids"
+    nfes = QUICK_NFES if quick else NFES
+    n_eval = n_eval or (64 if quick else 256)
+    compute_grids = (not quick) if compute_grids is None else compute_grids
+    models = list(models) if models else (QUICK_MODELS if quick else list(TOY_MODELS) + ["digits"])
+    unknown = [m for m in models if m not in TOY_MODELS and m != "digits"]
+    if unknown:
+        raise ValueError(f"unknown benchmark model(s) {unknown}; valid: {', '.join(list(TOY_MODELS) + ['digits'])}")
+    rows, notes = [], []
+    metric_of = {m: "rmse" for m in TOY_MODELS}
+    for model in models:
+        log(f"{model} ...")
+        if model == "digits":
+            metric_of["digits"] = "fd_digits"
+            digits_rows, reason = run_digits(DIGITS_NFES, digits_samples or (200 if quick else 2000),
+                                             grids_dir, compute_grids, log)
+            if reason:
+                notes.append(f"digits skipped: {reason}")
+            rows += digits_rows
+        else:
+            rows += run_toy(model, nfes, n_eval, grids_dir, compute_grids, "default" if quick else "all", log)
+    for name in anchors.ANCHORS:
+        reason = anchors.unavailable_reason(name)
+        if reason:
+            notes.append(f"anchor {name} skipped: {reason}")
+    shape = (2, 4, 16, 16) if quick else (4, 4, 32, 32)
+    over = overhead(shape=shape, steps=10 if quick else 20, repeats=3 if quick else 5)
+    wall = None if quick else digits_wall_time()
+    try:
+        import diffusers
+        dver = diffusers.__version__
+    except ImportError:
+        dver = "absent"
+    report = {
+        "meta": {"command": "python bench/solvers.py" + (" --quick" if quick else ""), "quick": quick,
+                 "seconds": time.perf_counter() - start, "machine": f"{platform.machine()} CPU, "
+                 f"{torch.get_num_threads()} threads", "torch": torch.__version__, "diffusers": dver,
+                 "k_diffusion": anchors.k_diffusion_status(),
+                 "n_eval": n_eval, "nfes": nfes, "t_ref": T_REF, "overhead_shape": list(shape),
+                 "optimized_method": OPTIMIZED[2], "goal_ratio": GOAL_RATIO},
+        "metric_of": metric_of,
+        "results": rows,
+        "summary": summarise(rows, metric_of),
+        "overhead": over,
+        "digits_wall": wall,
+        "notes": notes,
+    }
+    stem = "solvers_quick" if quick else "solvers"  # a quick run never overwrites the full results
+    report["plots"] = plot(report, out_dir, stem)
+    report["meta"]["seconds"] = time.perf_counter() - start
+    report["meta"]["files"] = [f"{stem}.json", f"{stem}.md"]
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float))
+    (out_dir / f"{stem}.md").write_text(markdown(report))
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a subset in under a minute")
+    parser.add_argument("--models", nargs="+", help=f"models (default all: {', '.join(list(TOY_MODELS) + ['digits'])})")
+    parser.add_argument("--out", default=None, help="output directory (default bench/results)")
+    parser.add_argument("--n-eval", type=int, default=None, help="starting noises per toy model")
+    parser.add_argument("--fit-grids", dest="fit_grids", action="store_true", default=None,
+                        help="fit missing optimised grids (default: yes unless --quick)")
+    parser.add_argument("--no-fit-grids", dest="fit_grids", action="store_false")
+
+
+def main_from_args(args) -> int:
+    report = run(quick=args.quick, models=args.models, out_dir=args.out, compute_grids=args.fit_grids,
+                 n_eval=args.n_eval)
+    print(markdown(report).split("\n## ")[1] if report["summary"] else "no comparable results")
+    json_name, md_name = report["meta"]["files"]
+    print(f"wrote {args.out or RESULTS}/{json_name}, {md_name} and {len(report['plots'])} plots "
+          f"in {report['meta']['seconds']:.0f}s")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Shared pieces of the scaling drivers: per-sample cost counting, results, rollouts.
+
+Cost unit: the papers on inference-time scaling (Ma et al. 2025; Singhal et al. 2025;
+Jain et al. 2025) count *per-sample* network evaluations: denoising ``B`` particles for
+one step costs ``B``. ``Tap`` counts that (``rows``) while the wrapped model's own NFE
+counter (one per batched call) keeps counting as usual.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import solvers as solver_registry
+from .. import timesteps
+from ..denoiser import DenoiserBase, Prediction
+from ..process import Process, as_time, expand_to
+from ..rng import SampleRNG
+
+Tensor = torch.Tensor
+
+
+class Tap(DenoiserBase):
+    """A pass-through wrapper that counts per-sample evaluations (``rows``) and remembers
+    the first prediction since ``clear()`` (the solver's prediction at the start of a
+    step, which SMC reuses for its potentials at no extra cost)."""
+
+    def __init__(self, den: DenoiserBase):
+        if not isinstance(den, DenoiserBase):
+            raise TypeError(f"expected a Denoiser (or wrapper), got {type(den).__name__}")
+        self.den = den
+        self.process = den.process
+        self._counter = den._counter
+        self.rows = 0
+        self.first: tuple[Tensor, Prediction] | None = None
+
+    def clear(self) -> None:
+        self.first = None
+
+    def predict(self, x: Tensor, t) -> Prediction:
+        pred = self.den.predict(x, t)
+        self.rows += x.shape[0]
+        if self.first is None:
+            self.first = (x, pred)
+        return pred
+
+    def x0_at(self, x: Tensor, t) -> Tensor:
+        """``x0_hat(x, t)``: the remembered prediction if it was made at this very ``x``,
+        else a fresh evaluation."""
+        if self.first is not None and self.first[0] is x:
+            return self.first[1].x0
+        return self.predict(x, t).x0
+
+    def select(self, idx: Tensor) -> "Tap":
+        new = Tap(self.den.select(idx))
+        new.rows = self.rows
+        return new
+
+
+class Unconditional(DenoiserBase):
+    """A class-conditional ``Denoiser`` run unconditionally: every call binds ``null_label``
+    for its own batch size, so drivers may resize and resample batches freely."""
+
+    def __init__(self, base, null_label: int):
+        if not hasattr(base, "bind"):
+            raise TypeError("Unconditional needs a conditional Denoiser (with bind)")
+        self.base, self.null, self.process, self._counter = base, int(null_label), base.process, base._counter
+
+    def predict(self, x: Tensor, t) -> Prediction:
+        return self.base.bind(label=torch.full((x.shape[0],), self.null, dtype=torch.int64, device=x.device)).predict(x, t)
+
+
+@dataclass
+class ScalingResult:
+    """``x``: the returned samples ``[B, ...]``; ``reward``: their rewards ``[B]``;
+    ``nfe``: per-sample network evaluations spent; ``verifier_calls``: samples scored;
+    ``info``: method-specific diagnostics (histories, weights, ESS, ...)."""
+
+    x: Tensor
+    reward: Tensor
+    nfe: int
+    verifier_calls: int
+    method: str
+    info: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def cost(self) -> int:
+        """NFE plus verifier calls: the budget axis of the scaling benchmark."""
+        return self.nfe + self.verifier_calls
+
+
+def grid(process: Process, steps: int, ts=None) -> Tensor:
+    """The time grid a driver uses: ``ts`` checked, or ``timesteps.default``."""
+    return timesteps.validate(ts) if ts is not None else timesteps.default(process, steps)
+
+
+def sample_shape(shape) -> tuple[int, ...]:
+    """One sample's shape (no batch dimension), checked."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or min(shape) < 1:
+        raise ValueError(f"shape must be one sample's shape with positive sizes, got {shape}")
+    return shape
+
+
+def rollout(den: DenoiserBase, solver, x: Tensor, ts: Tensor, start: int = 0, stop: int | None = None,
+            rng: SampleRNG | None = None, state: dict | None = None) -> tuple[Tensor, dict]:
+    """Run ``solver`` from grid index ``start`` to ``stop`` (default the end), starting a
+    fresh solver state on ``ts[start:]`` unless ``state`` (for ``ts``) is given."""
+    stop = ts.numel() - 1 if stop is None else stop
+    if state is None:
+        sub = ts[start:]
+        state = solver.init(den, x, sub, rng)
+        offset = start
+    else:
+        offset = 0
+    for i in range(start, stop):
+        x, state = solver.step(den, x, i - offset, state)
+    return x, state
+
+
+def renoise(process: Process, x: Tensor, t, t_up, noise: Tensor) -> Tensor:
+    """Forward-noise ``x_t`` to ``x_{t_up}`` (``t_up >= t``) with the process's transition
+    ``x' = (a'/a) x + sqrt(s'^2 - (a' s / a)^2) z`` (the marginal at ``t_up`` is exact)."""
+    t, t_up = as_time(t), as_time(t_up)
+    a, s = process.alpha(t), process.sigma(t)
+    a1, s1 = process.alpha(t_up), process.sigma(t_up)
+    ratio = a1 / a
+    std = torch.sqrt(torch.clamp(s1 * s1 - (ratio * s) ** 2, min=0.0))
+    return expand_to(ratio, x) * x + expand_to(std, x) * noise
+
+
+def check_solver(solver, **options):
+    return solver_registry.get(solver, **options)
+
+
+def stochastic_solver_names() -> list[str]:
+    return [row["name"] for row in solver_registry.describe() if row["stochastic"]]

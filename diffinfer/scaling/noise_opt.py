@@ -1,0 +1,94 @@
+"""Noise optimisation: gradient ascent on a differentiable reward through the sampler.
+
+Karunratanakul et al. 2024, "Optimizing Diffusion Noise Can Serve As Universal Motion
+Priors" (DNO) and Novack et al. 2024, "DITTO: Diffusion Inference-Time T-Optimization":
+treat the starting noise ``x_T`` as the parameter, run the whole (deterministic) sampler,
+and back-propagate ``reward(x_0)`` to ``x_T``. Each solver step is wrapped in
+``torch.utils.checkpoint`` (DITTO section 3.3), so memory holds one step's activations
+plus the ``x_i`` between steps instead of the whole graph; the steps are recomputed in the
+backward pass (counted in the NFE). ``norm_project`` keeps the noise on the sphere of
+radius ``sqrt(D)`` (DNO), where Gaussian noise concentrates.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .. import solvers as solver_registry
+from ..denoiser import DenoiserBase
+from .common import ScalingResult, Tap, grid
+
+Tensor = torch.Tensor
+
+
+def _copy_state(state: dict) -> dict:
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+
+
+def differentiable_sample(den: DenoiserBase, x_T: Tensor, solver="euler", steps: int = 20, ts=None,
+                          use_checkpoint: bool = True) -> Tensor:
+    """Run a deterministic solver from ``x_T`` keeping the autograd graph (``[B, ...]``).
+
+    With ``use_checkpoint`` each step is recomputed in the backward pass instead of stored.
+    """
+    solver = solver_registry.get(solver)
+    if solver.stochastic:
+        raise ValueError(f"noise optimisation needs a deterministic solver (checkpointed steps are "
+                         f"recomputed and must repeat exactly); {solver.name!r} is stochastic")
+    ts = grid(den.process, steps, ts)
+    x = x_T
+    state = solver.init(den, x, ts, None)
+    for i in range(ts.numel() - 1):
+        if use_checkpoint and x.requires_grad:
+            frozen, holder = _copy_state(state), {}
+
+            def run(x_in, i=i, frozen=frozen, holder=holder):
+                x_out, new_state = solver.step(den, x_in, i, _copy_state(frozen))
+                holder.setdefault("state", new_state)  # keep the first (forward) state
+                return x_out
+
+            x = checkpoint(run, x, use_reentrant=False)
+            state = holder["state"]
+        else:
+            x, state = solver.step(den, x, i, state)
+    return x
+
+
+def optimize_noise(den: DenoiserBase, reward, x_T: Tensor, solver="euler", steps: int = 20, ts=None,
+                   iterations: int = 20, lr: float = 0.05, use_checkpoint: bool = True,
+                   norm_project: bool = True) -> ScalingResult:
+    """Maximise ``reward(sample(x_T))`` over ``x_T`` ``[B, ...]`` with Adam.
+
+    ``reward`` must be differentiable (``[B]`` out). Returns the final samples; ``info``
+    has the reward ``history`` (mean per iteration, before each update) and ``x_T``.
+    """
+    if int(iterations) < 0 or not lr > 0:
+        raise ValueError(f"need iterations >= 0 and lr > 0, got {iterations}, {lr}")
+    tap = Tap(den)
+    scale = float(den.process.sigma(grid(den.process, steps, ts)[0]))
+    z = (x_T.detach() / scale).clone().requires_grad_(True)  # unit-variance noise
+    radius = math.sqrt(z[0].numel())
+    opt = torch.optim.Adam([z], lr=lr)
+    history, calls = [], 0
+    for _ in range(int(iterations)):
+        opt.zero_grad()
+        with torch.enable_grad():
+            x0 = differentiable_sample(tap, z * scale, solver, steps, ts, use_checkpoint)
+            r = reward(x0)
+            calls += x0.shape[0]
+            (-r.sum()).backward()
+        history.append(float(r.detach().mean()))
+        opt.step()
+        if norm_project:
+            with torch.no_grad():
+                flat = z.reshape(z.shape[0], -1)
+                flat.mul_(radius / flat.norm(dim=1, keepdim=True))
+    with torch.no_grad():
+        x0 = differentiable_sample(tap, z.detach() * scale, solver, steps, ts, False)
+        r = reward(x0)
+        calls += x0.shape[0]
+    history.append(float(r.mean()))
+    return ScalingResult(x=x0, reward=r, nfe=tap.rows, verifier_calls=calls, method="noise-opt",
+                         info={"history": history, "x_T": z.detach() * scale})

@@ -1,0 +1,182 @@
+"""Search over starting noise and paths, scored by a verifier.
+
+Ma et al. 2025, "Inference-Time Scaling for Diffusion Models beyond Scaling Denoising
+Steps", section 3: a verifier scores candidates and an algorithm proposes them.
+
+- ``best_of_n``: draw ``N`` samples, keep the best (any solver).
+- ``random_search``: best-of-N over starting noises with a deterministic solver, so the
+  winning noise is returned and reproduces its sample.
+- ``zero_order_search``: start from a pivot noise; each round scores ``N`` neighbours on
+  the sphere of radius ``step * sqrt(D)`` around the pivot and moves the pivot to the best
+  of them if it improves (Ma et al., "Zero-Order Search").
+- ``path_search``: run ``N`` paths to an intermediate time; repeatedly branch each into
+  ``M`` copies, re-noise them forward ``forward`` grid steps, denoise ``backward`` steps
+  (``backward > forward``), score ``x0_hat`` and keep the best ``N``; finish the survivors
+  and return the best (Ma et al., "Search over Paths").
+
+Costs are per-sample network evaluations and verifier calls (``ScalingResult.cost``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import solvers as solver_registry
+from ..denoiser import DenoiserBase
+from ..rng import SampleRNG
+from ..sample import initial_noise, sample
+from .common import ScalingResult, Tap, grid, renoise, rollout, sample_shape
+from .verifiers import as_verifier
+
+Tensor = torch.Tensor
+
+
+def _sample_batches(tap: Tap, n: int, shape, solver, ts, seed: int, batch_size: int, dtype, device,
+                    offset: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` samples and their starting noises, row ``j`` from stream ``(seed, offset + j)``."""
+    xs, noises = [], []
+    for start in range(0, n, batch_size):
+        idx = list(range(offset + start, offset + min(n, start + batch_size)))
+        rng = SampleRNG.from_seed(seed, indices=idx, device=device)
+        x_T = initial_noise(tap, (len(idx),) + shape, ts, rng, dtype=dtype, device=device)
+        # step noise (stochastic solvers) from streams disjoint from the starting-noise streams
+        res = sample(tap, x_T=x_T, solver=solver, ts=ts, seed=(seed, [i + 10**9 for i in idx]))
+        xs.append(res.x)
+        noises.append(x_T)
+    return torch.cat(xs), torch.cat(noises)
+
+
+def best_of_n(den: DenoiserBase, reward, n: int, shape, solver="euler", steps: int = 20, ts=None,
+              seed: int = 0, batch_size: int = 256, keep: int = 1, dtype=torch.float32, device="cpu",
+              **solver_options) -> ScalingResult:
+    """Draw ``n`` samples and return the ``keep`` best by ``reward`` (Ma et al. 2025; the
+    rejection-style baseline of every scaling paper).
+
+    ``info`` holds ``all_rewards`` ``[n]`` and the winners' starting noise ``x_T``.
+    """
+    if int(n) < 1 or not 1 <= int(keep) <= int(n):
+        raise ValueError(f"need n >= 1 and 1 <= keep <= n, got n={n}, keep={keep}")
+    solver = solver_registry.get(solver, **solver_options)
+    verifier = as_verifier(reward)
+    calls0 = verifier.calls
+    tap = Tap(den)
+    ts = grid(den.process, steps, ts)
+    x, x_T = _sample_batches(tap, int(n), sample_shape(shape), solver, ts, seed, int(batch_size), dtype, device)
+    r = verifier(x)
+    top = torch.topk(r.double(), int(keep)).indices
+    return ScalingResult(x=x[top], reward=r[top], nfe=tap.rows, verifier_calls=verifier.calls - calls0,
+                         method="best-of-n", info={"all_rewards": r, "x_T": x_T[top]})
+
+
+def random_search(den: DenoiserBase, reward, n: int, shape, solver="euler", steps: int = 20, ts=None,
+                  seed: int = 0, batch_size: int = 256, dtype=torch.float32, device="cpu",
+                  **solver_options) -> ScalingResult:
+    """Random search over starting noise (Ma et al. 2025): best-of-N with a deterministic
+    solver, so ``info['x_T']`` (the best noise) regenerates the best sample exactly."""
+    solver = solver_registry.get(solver, **solver_options)
+    if solver.stochastic:
+        raise ValueError(f"random search is over starting noise and needs a deterministic solver; "
+                         f"{solver.name!r} is stochastic (use best_of_n for stochastic solvers)")
+    res = best_of_n(den, reward, n, shape, solver=solver, steps=steps, ts=ts, seed=seed,
+                    batch_size=batch_size, dtype=dtype, device=device)
+    res.method = "random-search"
+    return res
+
+
+def zero_order_search(den: DenoiserBase, reward, n_neighbors: int, iterations: int, shape, step: float = 0.5,
+                      solver="euler", steps: int = 20, ts=None, seed: int = 0, dtype=torch.float32,
+                      device="cpu", **solver_options) -> ScalingResult:
+    """Zero-order search over starting noise (Ma et al. 2025, section 3.2).
+
+    Round 0 scores a random pivot; each of ``iterations`` rounds scores ``n_neighbors``
+    noises ``pivot + step * sqrt(D) * u`` (``u`` uniform on the unit sphere) and moves the
+    pivot to the best one if it beats the pivot. Cost: ``(1 + iterations * n_neighbors)``
+    sampler runs and as many verifier calls. ``info['history']`` is the best reward per round.
+    """
+    if int(n_neighbors) < 1 or int(iterations) < 0 or not step > 0:
+        raise ValueError(f"need n_neighbors >= 1, iterations >= 0, step > 0; got {n_neighbors}, {iterations}, {step}")
+    solver = solver_registry.get(solver, **solver_options)
+    if solver.stochastic:
+        raise ValueError(f"zero-order search moves the starting noise and needs a deterministic solver; "
+                         f"{solver.name!r} is stochastic")
+    verifier = as_verifier(reward)
+    calls0 = verifier.calls
+    tap = Tap(den)
+    ts = grid(den.process, steps, ts)
+    shape = sample_shape(shape)
+    scale = float(den.process.sigma(ts[0]))
+    rng = SampleRNG.from_seed(seed, batch=1, device=device)
+    pivot = rng.randn(shape, dtype=dtype, device=device)  # [1, *shape], unit-variance noise
+    best_x = sample(tap, x_T=pivot * scale, solver=solver, ts=ts).x
+    best_r = verifier(best_x)
+    history = [float(best_r)]
+    dim = math.prod(shape)
+    for k in range(int(iterations)):
+        u = SampleRNG.from_seed(seed, indices=[(k + 1) * 100003 + j for j in range(int(n_neighbors))],
+                                device=device).randn(shape, dtype=dtype, device=device)  # [M, *shape]
+        u = u / u.reshape(u.shape[0], -1).norm(dim=1).reshape((-1,) + (1,) * len(shape))
+        cand = pivot + step * math.sqrt(dim) * u
+        xs = sample(tap, x_T=cand * scale, solver=solver, ts=ts).x
+        r = verifier(xs)
+        j = int(torch.argmax(r.double()))
+        if float(r[j]) > float(best_r):
+            pivot, best_x, best_r = cand[j:j + 1], xs[j:j + 1], r[j:j + 1]
+        history.append(float(best_r))
+    return ScalingResult(x=best_x, reward=best_r.reshape(1), nfe=tap.rows, verifier_calls=verifier.calls - calls0,
+                         method="zero-order", info={"history": history, "x_T": pivot * scale})
+
+
+def path_search(den: DenoiserBase, reward, n_paths: int, branch: int, shape, solver="euler", steps: int = 20,
+                ts=None, start: int | None = None, forward: int = 1, backward: int = 3, seed: int = 0,
+                dtype=torch.float32, device="cpu", **solver_options) -> ScalingResult:
+    """Search over paths (Ma et al. 2025, section 3.2).
+
+    ``n_paths`` noises are denoised to grid index ``start`` (default a quarter of the
+    way). Then, until the grid's last interval: each survivor is copied ``branch`` times,
+    re-noised forward ``forward`` grid steps with fresh noise (``renoise``: the exact
+    forward transition), denoised ``backward`` steps, scored on ``x0_hat``; the best
+    ``n_paths`` survive. The survivors are finished and the best returned.
+    """
+    if int(backward) <= int(forward) or int(forward) < 1:
+        raise ValueError(f"need backward > forward >= 1 so paths progress, got forward={forward}, backward={backward}")
+    if int(n_paths) < 1 or int(branch) < 1:
+        raise ValueError(f"need n_paths >= 1 and branch >= 1, got {n_paths}, {branch}")
+    solver = solver_registry.get(solver, **solver_options)
+    verifier = as_verifier(reward)
+    calls0 = verifier.calls
+    tap = Tap(den)
+    ts = grid(den.process, steps, ts)
+    n_int = ts.numel() - 1
+    start = max(1, n_int // 4) if start is None else int(start)
+    if not 0 <= start < n_int:
+        raise ValueError(f"start must index the grid's intervals [0, {n_int}), got {start}")
+    shape = sample_shape(shape)
+    n = int(n_paths)
+
+    def step_rng(tag: int, rows: int):
+        return SampleRNG.from_seed(seed, indices=[tag * 1000003 + j for j in range(rows)], device=device)
+
+    rng0 = step_rng(0, n)
+    x = initial_noise(tap, (n,) + shape, ts, rng0, dtype=dtype, device=device)
+    x, _ = rollout(tap, solver, x, ts, 0, start, rng=rng0 if solver.stochastic else None)
+    i, rounds, history = start, 0, []
+    while i + backward - forward < n_int:
+        rounds += 1
+        j = max(i - int(forward), 0)
+        k = i + int(backward) - int(forward)
+        cand = x.repeat_interleave(int(branch), dim=0)  # [N*M, ...]
+        rng = step_rng(rounds, cand.shape[0])
+        cand = renoise(tap.process, cand, ts[i], ts[j], rng.randn_like(cand))
+        cand, _ = rollout(tap, solver, cand, ts, j, k, rng=rng if solver.stochastic else None)
+        r = verifier(tap.x0(cand, ts[k]))
+        keep = torch.topk(r.double(), min(n, cand.shape[0])).indices
+        x, i = cand[keep], k
+        history.append(float(r[keep].max()))
+    rng = step_rng(rounds + 1, x.shape[0])
+    x, _ = rollout(tap, solver, x, ts, i, n_int, rng=rng if solver.stochastic else None)
+    r = verifier(x)
+    best = int(torch.argmax(r.double()))
+    return ScalingResult(x=x[best:best + 1], reward=r[best:best + 1], nfe=tap.rows,
+                         verifier_calls=verifier.calls - calls0, method="paths",
+                         info={"history": history, "rounds": rounds, "final_rewards": r})

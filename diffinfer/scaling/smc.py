@@ -1,0 +1,176 @@
+"""Sequential Monte Carlo steering (Feynman-Kac steering) on the solver protocol.
+
+Singhal et al. 2025, "A General Framework for Inference-time Scaling and Steering of
+Diffusion Models" (FK steering), after Wu et al. 2023 (TDS) and Del Moral 2004: run
+``N`` particles through a *stochastic* solver; after each step multiply each particle's
+weight by a potential ``G_i`` built from intermediate rewards ``r_i = r(x0_hat(x_i))``;
+resample when the effective sample size falls below ``ess_threshold * N`` and otherwise
+carry the weights to the next step. Potentials (``lam`` the tilt strength):
+
+==============  =====================================================
+``difference``  ``log G_i = lam (r_i - r_{i-1})`` (telescopes)
+``max``         ``log G_i = lam max_{j<=i} r_j``
+``sum``         ``log G_i = lam sum_{j<=i} r_j``
+``immediate``   ``log G_i = lam r_i``
+==============  =====================================================
+
+At the end each lineage gets ``lam r(x_0) - sum_i log G_i``, so the product of all
+potentials is exactly ``exp(lam r(x_0))`` and the weighted particles target
+``p(x_0) exp(lam r(x_0))`` for any potential as ``N`` grows (FK steering, section 3).
+The intermediate reward uses the solver's own prediction at the start of each step
+(``Tap``), so steering costs no extra network evaluations.
+
+Deterministic solvers: resampled copies of a particle would stay identical forever, so
+``smc`` refuses them with an error naming the stochastic solvers, unless
+``allow_deterministic=True`` (a warning is issued; diversity then comes only from the
+initial noise).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .. import solvers as solver_registry
+from ..denoiser import DenoiserBase
+from ..rng import SampleRNG
+from ..sample import initial_noise
+from .common import ScalingResult, Tap, grid, sample_shape, stochastic_solver_names
+from .verifiers import as_verifier
+
+Tensor = torch.Tensor
+POTENTIALS = ("difference", "max", "sum", "immediate")
+RESAMPLERS = ("multinomial", "systematic")
+
+
+def effective_sample_size(log_w: Tensor) -> float:
+    """``(sum w)^2 / sum w^2`` for log-weights ``[N]``."""
+    w = torch.softmax(log_w.double(), 0)
+    return float(1.0 / (w * w).sum())
+
+
+def multinomial_resample(log_w: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` indices drawn i.i.d. with probabilities ``softmax(log_w)`` (``[n]``, long)."""
+    w = torch.softmax(log_w.double(), 0)
+    return torch.multinomial(w, n, replacement=True, generator=generator)
+
+
+def systematic_resample(log_w: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """Systematic resampling (Kitagawa 1996; Douc & Cappe 2005): one uniform ``u``, points
+    ``(u + j)/n``, inverted through the weights' CDF. Lower variance than multinomial."""
+    w = torch.softmax(log_w.double(), 0)
+    cdf = torch.cumsum(w, 0)
+    cdf[-1] = 1.0
+    u = (torch.rand((), dtype=torch.float64, generator=generator) + torch.arange(n, dtype=torch.float64)) / n
+    return torch.searchsorted(cdf, u).clamp(max=log_w.numel() - 1)
+
+
+RESAMPLE = {"multinomial": multinomial_resample, "systematic": systematic_resample}
+
+
+def _log_potential(kind: str, lam: float, r: Tensor, memo: dict) -> Tensor:
+    """``log G_i`` ``[N]`` for the current rewards ``r`` and the lineage memory ``memo``
+    (updated in place: previous reward, running max, running sum)."""
+    if kind == "difference":
+        out = lam * (r - memo["prev"])
+        memo["prev"] = r
+    elif kind == "max":
+        memo["max"] = torch.maximum(memo["max"], r)
+        out = lam * memo["max"]
+    elif kind == "sum":
+        memo["sum"] = memo["sum"] + r
+        out = lam * memo["sum"]
+    else:
+        out = lam * r
+    return out
+
+
+def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, solver="ddpm",
+        steps: int = 50, ts=None, potential: str = "difference", resample: str = "systematic",
+        ess_threshold: float = 0.5, every: int = 1, seed: int = 0, allow_deterministic: bool = False,
+        return_weighted: bool = False, dtype=torch.float32, device="cpu", **solver_options) -> ScalingResult:
+    """FK-steering SMC targeting ``p(x) exp(lam reward(x))``.
+
+    Args:
+        den: the model; ``reward``: a verifier ``x0 [B, ...] -> [B]``.
+        n_particles: ``N``; ``shape``: one sample's shape (e.g. ``(2,)`` or ``(1, 8, 8)``).
+        solver: a *stochastic* solver name or instance (``ddpm``, ``dpmpp-2m-sde``, ...).
+        potential: one of ``difference``, ``max``, ``sum``, ``immediate``.
+        resample: ``systematic`` or ``multinomial``.
+        ess_threshold: resample when ``ESS < ess_threshold * N`` (1: every step, 0: only at the end).
+        every: apply potentials (and consider resampling) every ``every`` steps only, as
+            FK steering's resampling interval; fewer verifier calls, same exact target.
+        return_weighted: return the final particles with their weights (``info['log_weights']``)
+            instead of resampling them to equal weight.
+    Returns:
+        ``ScalingResult`` with ``N`` samples; ``info`` holds ``ess`` per step,
+        ``resampled`` (step indices), ``log_weights`` (final, before the last resampling).
+    """
+    if potential not in POTENTIALS:
+        raise ValueError(f"unknown potential {potential!r}; valid: {', '.join(POTENTIALS)}")
+    if resample not in RESAMPLERS:
+        raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLERS)}")
+    if not 0.0 <= ess_threshold <= 1.0:
+        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    if int(every) < 1:
+        raise ValueError(f"every must be a positive integer, got {every}")
+    if int(n_particles) < 1:
+        raise ValueError(f"n_particles must be >= 1, got {n_particles}")
+    solver = solver_registry.get(solver, **solver_options)
+    if not solver.stochastic:
+        msg = (f"SMC needs a stochastic solver, but {solver.name!r} is deterministic: resampled copies "
+               f"of a particle would never part. Use one of: {', '.join(stochastic_solver_names())} "
+               f"(or pass allow_deterministic=True)")
+        if not allow_deterministic:
+            raise ValueError(msg)
+        warnings.warn(msg.replace(" (or pass allow_deterministic=True)", "; going on as asked"), stacklevel=2)
+    verifier = as_verifier(reward)
+    calls0 = verifier.calls
+    tap = Tap(den)
+    ts = grid(den.process, steps, ts)
+    n = int(n_particles)
+    rng = SampleRNG.from_seed(seed, batch=n, device=device)
+    x = initial_noise(den, (n,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
+    state = solver.init(tap, x, ts, rng)
+    gen = torch.Generator().manual_seed(int(seed) ^ 0x5EED)
+    zeros = torch.zeros(n, dtype=torch.float64)
+    memo = {"prev": zeros, "max": torch.full((n,), -float("inf"), dtype=torch.float64), "sum": zeros}
+    applied = zeros.clone()  # sum of log potentials along each lineage
+    log_w = zeros.clone()
+    ess_hist, resampled = [], []
+    n_steps = ts.numel() - 1
+    for i in range(n_steps):
+        tap.clear()
+        x_prev = x
+        x, state = solver.step(tap, x, i, state)
+        if i == n_steps - 1:
+            break
+        if (i + 1) % int(every) != 0:
+            continue
+        # potential from the solver's prediction at the start of this step (x_prev at ts[i])
+        r = verifier(tap.x0_at(x_prev, ts[i])).double()
+        log_g = _log_potential(potential, lam, r, memo)
+        applied = applied + log_g
+        log_w = log_w + log_g
+        ess = effective_sample_size(log_w)
+        ess_hist.append(ess)
+        if ess < ess_threshold * n:
+            idx = RESAMPLE[resample](log_w, n, gen)
+            x = x[idx]
+            state = solver_registry.select(state, idx)
+            if state.get("rng") is not None:
+                state["rng"] = state["rng"].fork(i + 1)  # copies of one particle part ways
+            tap = tap.select(idx)
+            memo = {k: v[idx] for k, v in memo.items()}
+            applied = applied[idx]
+            log_w = torch.zeros(n, dtype=torch.float64)
+            resampled.append(i)
+    r_final = verifier(x).double()
+    log_w = log_w + lam * r_final - applied
+    info = {"ess": ess_hist, "resampled": resampled, "log_weights": log_w.clone(),
+            "final_ess": effective_sample_size(log_w), "potential": potential, "solver": solver.name}
+    if not return_weighted:
+        idx = RESAMPLE[resample](log_w, n, gen)
+        x, r_final = x[idx], r_final[idx]
+    return ScalingResult(x=x, reward=r_final.to(x.dtype), nfe=tap.rows, verifier_calls=verifier.calls - calls0,
+                         method="smc", info=info)

@@ -1,0 +1,153 @@
+"""Inference-time scaling for masked-diffusion text: verifiers, best-of-N, SMC.
+
+- Verifiers on token canvases ``[B, L]`` (higher is better): ``RegexScore`` (matches of
+  a pattern in the decoded text), ``KeywordScore`` (occurrences of keywords),
+  ``TokenCount`` (occurrences of one token id), ``ARLogLikelihood`` (log-likelihood under
+  a causal model such as the bundled ``shakespeare-ar``, per token or summed).
+- ``text_best_of_n``: ``N`` decodes with ``diffinfer.mdm.decode``, keep the best.
+- ``text_smc``: FK-steering SMC over masked-diffusion decoding steps (Singhal et al. 2025,
+  applied to text there too): ``N`` canvases are decoded in random order, ``k`` positions
+  per step, each drawn from the model's conditional given the unmasked tokens; after each
+  step the potential uses the reward of the canvas completed greedily from the same logits
+  (no extra model call), and the final weight corrects the lineage to
+  ``exp(lam r(x))``. With exact conditionals and ``k = 1`` the unweighted decoder samples
+  the model exactly, so the particles target ``p(x) exp(lam r(x))`` (checked against a
+  Markov chain by enumeration in the tests).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..mdm.model import as_masked_model
+from ..mdm.sampling import filter_logits, propose_tokens
+from ..mdm.unmasking import top_k_mask
+from ..rng import SampleRNG
+from .common import ScalingResult
+from .smc import POTENTIALS, RESAMPLE, _log_potential, effective_sample_size
+from .verifiers import as_verifier
+
+Tensor = torch.Tensor
+
+
+class TokenCount:
+    """Occurrences of ``token`` in each canvas ``[B]``."""
+
+    def __init__(self, token: int):
+        self.token = int(token)
+        self.name = f"count:{self.token}"
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return (tokens == self.token).sum(1).double()
+
+
+class RegexScore:
+    """Matches of ``pattern`` in ``decode(row)`` ``[B]`` (``decode`` maps ids to text)."""
+
+    def __init__(self, pattern: str, decode):
+        self.pattern, self.decode = re.compile(pattern), decode
+        self.name = f"regex:{pattern}"
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return torch.tensor([float(len(self.pattern.findall(self.decode(row)))) for row in tokens.tolist()],
+                            dtype=torch.float64)
+
+
+class KeywordScore:
+    """Occurrences of any of ``keywords`` in ``decode(row)`` ``[B]``."""
+
+    def __init__(self, keywords, decode):
+        if isinstance(keywords, str):
+            keywords = [keywords]
+        if not keywords:
+            raise ValueError("give at least one keyword")
+        self.keywords, self.decode = list(keywords), decode
+        self.name = "keywords"
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        texts = [self.decode(row) for row in tokens.tolist()]
+        return torch.tensor([float(sum(t.count(k) for k in self.keywords)) for t in texts], dtype=torch.float64)
+
+
+class ARLogLikelihood:
+    """``log p(x_1..x_{L-1} | x_0)`` under a causal model (``logits[:, i]`` predicts token
+    ``i + 1``), summed or per token ``[B]``."""
+
+    def __init__(self, causal_model, per_token: bool = True):
+        self.model, self.per_token = causal_model, per_token
+        self.name = "ar-loglik"
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        with torch.no_grad():
+            logp = torch.log_softmax(self.model.logits(tokens).double(), -1)  # [B, L, V]
+        ll = logp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1).sum(1)
+        return ll / (tokens.shape[1] - 1) if self.per_token else ll
+
+
+def text_best_of_n(model, reward, n: int, length: int, prompt=None, seed: int = 0, **decode_options) -> ScalingResult:
+    """Decode ``n`` canvases with ``diffinfer.mdm.decode`` and keep the best one."""
+    from ..mdm.decode import decode
+    verifier = as_verifier(reward)
+    calls0 = verifier.calls
+    res = decode(model, prompt=prompt, length=length, batch=n if prompt is None else None, seed=seed, **decode_options)
+    r = verifier(res.tokens)
+    j = int(torch.argmax(r.double()))
+    return ScalingResult(x=res.tokens[j:j + 1], reward=r[j:j + 1], nfe=int(res.nfe_per_row.sum()),
+                         verifier_calls=verifier.calls - calls0, method="text-best-of-n",
+                         info={"all_rewards": r, "decode": res})
+
+
+def text_smc(model, reward, n_particles: int, length: int, lam: float = 1.0, tokens_per_step: int = 1,
+             potential: str = "difference", resample: str = "systematic", ess_threshold: float = 0.5,
+             temperature: float = 1.0, seed: int = 0) -> ScalingResult:
+    """FK-steering SMC over masked-diffusion decoding of ``length`` tokens (no prompt).
+
+    Each step reveals ``tokens_per_step`` positions per canvas (random order, one model
+    call per canvas); see the module docstring for the weights.
+    """
+    if potential not in POTENTIALS:
+        raise ValueError(f"unknown potential {potential!r}; valid: {', '.join(POTENTIALS)}")
+    if resample not in RESAMPLE:
+        raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLE)}")
+    if int(tokens_per_step) < 1 or int(length) < 1 or int(n_particles) < 1:
+        raise ValueError("need n_particles, length and tokens_per_step >= 1")
+    model = as_masked_model(model)
+    verifier = as_verifier(reward)
+    calls0 = verifier.calls
+    n, L, mask = int(n_particles), int(length), model.mask_id
+    tokens = torch.full((n, L), mask, dtype=torch.long)
+    rng = SampleRNG.from_seed(seed, batch=n)
+    gen = torch.Generator().manual_seed(int(seed) ^ 0x7E57)
+    zeros = torch.zeros(n, dtype=torch.float64)
+    memo = {"prev": zeros, "max": torch.full((n,), -float("inf"), dtype=torch.float64), "sum": zeros}
+    applied, log_w = zeros.clone(), zeros.clone()
+    nfe, step, resampled = 0, 0, []
+    k = torch.full((n,), int(tokens_per_step), dtype=torch.long)
+    while bool((tokens == mask).any()):
+        logp = filter_logits(model.logits(tokens), mask, temperature)  # [N, L, V]
+        nfe += n
+        masked = tokens == mask
+        x0 = propose_tokens(logp, rng, greedy=temperature == 0)  # [N, L]
+        order = rng.rand((L,), dtype=torch.float64)  # random decoding order, per row
+        commit = top_k_mask(order, masked, k)
+        tokens = torch.where(commit, x0, tokens)
+        step += 1
+        if not bool((tokens == mask).any()):
+            break
+        greedy_fill = torch.where(tokens == mask, logp.argmax(-1), tokens)
+        log_g = _log_potential(potential, lam, verifier(greedy_fill).double(), memo)
+        applied, log_w = applied + log_g, log_w + log_g
+        if effective_sample_size(log_w) < ess_threshold * n:
+            idx = RESAMPLE[resample](log_w, n, gen)
+            tokens, applied = tokens[idx], applied[idx]
+            memo = {key: v[idx] for key, v in memo.items()}
+            rng = rng.select(idx).fork(step)
+            log_w = torch.zeros(n, dtype=torch.float64)
+            resampled.append(step)
+    r = verifier(tokens).double()
+    log_w = log_w + lam * r - applied
+    idx = RESAMPLE[resample](log_w, n, gen)
+    return ScalingResult(x=tokens[idx], reward=r[idx], nfe=nfe, verifier_calls=verifier.calls - calls0,
+                         method="text-smc", info={"resampled": resampled, "log_weights": log_w,
+                                                  "final_ess": effective_sample_size(log_w)})

@@ -1,0 +1,109 @@
+"""The solver benchmark: anchors agree with diffinfer where they run the same algorithm,
+and the ``--quick`` path writes the promised JSON, markdown and plots with sane values."""
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+import torch
+
+import diffinfer as di
+from diffinfer import timesteps
+from diffinfer.toys import ring2d
+
+pytest.importorskip("diffusers")
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench import anchors  # noqa: E402
+
+F64 = torch.float64
+
+
+def _compare(process, names, ts, tol):
+    den = ring2d().denoiser(process)
+    x_T = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(3)) * float(process.sigma(ts[0]))
+    checked = []
+    for name in names:
+        if anchors.unavailable_reason(name, process):
+            continue
+        solver, opts = anchors.ANCHORS[name].equivalent
+        theirs = anchors.run(name, den, x_T, ts)
+        ours = di.sample(den, x_T, solver=solver, ts=ts, **opts).x
+        assert theirs.shape == ours.shape
+        err = float((theirs - ours).abs().max())
+        assert err < tol, f"{name} vs diffinfer {solver} {opts}: max difference {err:.3g}"
+        checked.append(name)
+    return checked
+
+
+@pytest.mark.parametrize("grid", ["logsnr", "karras"])
+def test_vp_anchors_agree_with_the_same_diffinfer_algorithm(grid):
+    """diffusers upcasts part of its arithmetic to float32 (DPM-Solver, Euler), hence 1e-6."""
+    process = di.VP("linear")
+    ts = timesteps.get(grid, process, 7)
+    names = [n for n in anchors.ANCHORS if "vp" in anchors.ANCHORS[n].kinds]
+    checked = _compare(process, names, ts, tol=1e-6)
+    assert {"diffusers-ddim", "diffusers-euler", "diffusers-dpmpp-2m", "diffusers-dpmpp-3m",
+            "diffusers-unipc"} <= set(checked)
+
+
+def test_flow_anchors_agree_with_the_same_diffinfer_algorithm():
+    process = di.RectifiedFlow()
+    checked = _compare(process, ["diffusers-flow-euler", "diffusers-dpmpp-2m"], timesteps.uniform(process, 7), tol=1e-6)
+    assert len(checked) == 2
+    # from alpha = 0 (t = 1) the two libraries differ by design: diffinfer drops the history
+    # point at lambda = -inf and lowers the order (3M) or takes the exact h -> inf limit of the
+    # corrector (UniPC), where diffusers runs its formulas on inf; from t < 1 they agree
+    checked = _compare(process, ["diffusers-dpmpp-3m", "diffusers-unipc"], timesteps.uniform(process, 7, t_max=0.98),
+                       tol=1e-6)
+    assert len(checked) == 2
+
+
+def test_k_diffusion_anchors_agree_or_skip():
+    module, reason = anchors.load_k_diffusion()
+    if module is None:
+        pytest.skip(reason)
+    process = di.VP("linear")
+    checked = _compare(process, ["kdiff-euler", "kdiff-heun", "kdiff-dpmpp-2m"], timesteps.logsnr(process, 6), tol=1e-9)
+    assert len(checked) == 3
+
+
+def test_unknown_anchor_lists_valid_names():
+    with pytest.raises(ValueError, match="valid: .*diffusers-unipc"):
+        anchors.unavailable_reason("nope")
+
+
+def test_quick_benchmark_writes_promised_fields(tmp_path):
+    from diffinfer.cli import main
+    assert main(["bench", "solvers", "--quick", "--no-fit-grids", "--n-eval", "32", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "solvers_quick.json").read_text())
+    assert {"meta", "metric_of", "results", "summary", "overhead", "notes", "plots"} <= set(report)
+    assert report["meta"]["quick"] is True and report["meta"]["seconds"] < 120
+    rows = report["results"]
+    assert {r["model"] for r in rows} == {"molrg-vp", "molrg-rf"}
+    for r in rows:
+        assert {"method", "library", "grid", "budget", "nfe", "steps", "rmse", "sw", "logp"} <= set(r)
+        assert 1 <= r["nfe"] <= r["budget"]
+        if r["method"] != "heun":  # a 2-step Heun is far off at NFE 4; everything else finite
+            assert math.isfinite(r["rmse"]) and r["rmse"] >= 0 and r["sw"] >= 0
+    libraries = {r["library"] for r in rows}
+    assert {"diffinfer", "diffusers"} <= libraries
+    # the same algorithm on the same grid and noise gives the same numbers in the report
+    by = {(r["model"], r["method"], r["grid"], r["budget"]): r["rmse"] for r in rows}
+    for (model, method, grid, budget), value in by.items():
+        if method == "diffusers-dpmpp-2m":
+            assert value == pytest.approx(by[(model, "dpmpp-2m", grid, budget)], rel=1e-5)
+    # errors fall with NFE for a second-order method
+    for model in ("molrg-vp", "molrg-rf"):
+        assert by[(model, "unipc", "logsnr" if model.endswith("vp") else "uniform", 10)] < \
+            by[(model, "unipc", "logsnr" if model.endswith("vp") else "uniform", 4)]
+    for s in report["summary"]:
+        assert s["ratio"] == pytest.approx(s["diffinfer"] / s["anchor"])
+        assert s["goal_met"] == (s["ratio"] <= 0.5)
+    assert len(report["overhead"]) == 5 and all(o["ratio"] > 0 for o in report["overhead"])
+    for p in report["plots"]:
+        path = pathlib.Path(p) if pathlib.Path(p).is_absolute() else ROOT / p
+        assert path.read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "solvers_quick.md").read_text()
+    assert "| molrg-vp | 4 |" in md and "Per-step overhead" in md

@@ -1,0 +1,90 @@
+"""Best-of-N, random, zero-order and path search; verifiers and cost counting."""
+import pytest
+import torch
+
+from diffinfer import VP, sample
+from diffinfer.scaling import search
+from diffinfer.scaling.verifiers import (ClassLogProb, Ensemble, LogDensity, Normalized, RegionIndicator,
+                                         Verifier, get_verifier)
+from diffinfer.toys.tilted import tilted_example
+
+F64 = torch.float64
+
+
+def _setup():
+    prior, reward, _ = tilted_example(1.0)
+    return prior, prior.denoiser(VP()), reward
+
+
+def test_best_of_n_returns_the_best_and_counts_per_sample_cost():
+    prior, den, reward = _setup()
+    res = search.best_of_n(den, reward, 64, (2,), steps=10, seed=0, batch_size=16, keep=3, dtype=F64)
+    allr = res.info["all_rewards"]
+    assert torch.equal(res.reward, torch.sort(allr, descending=True).values[:3])
+    assert res.nfe == 64 * 10 and res.verifier_calls == 64 and res.cost == 64 * 11
+    # the batch size does not change the candidates (per-sample streams)
+    res2 = search.best_of_n(den, reward, 64, (2,), steps=10, seed=0, batch_size=64, keep=3, dtype=F64)
+    assert torch.equal(res.x, res2.x)
+
+
+def test_random_search_noise_reproduces_the_winner():
+    prior, den, reward = _setup()
+    res = search.random_search(den, reward, 32, (2,), steps=8, seed=1, dtype=F64)
+    again = sample(den, x_T=res.info["x_T"], solver="euler", steps=8).x
+    assert torch.allclose(again, res.x)
+    with pytest.raises(ValueError, match="deterministic"):
+        search.random_search(den, reward, 4, (2,), solver="ddpm")
+
+
+def test_zero_order_search_never_gets_worse_and_counts():
+    prior, den, reward = _setup()
+    res = search.zero_order_search(den, reward, n_neighbors=8, iterations=6, shape=(2,), step=0.3, steps=8,
+                                   seed=0, dtype=F64)
+    h = res.info["history"]
+    assert all(b >= a for a, b in zip(h, h[1:])) and h[-1] == float(res.reward)
+    assert res.nfe == (1 + 6 * 8) * 8 and res.verifier_calls == 1 + 6 * 8
+    assert torch.allclose(sample(den, x_T=res.info["x_T"], solver="euler", steps=8).x, res.x)
+
+
+def test_search_methods_beat_the_mean_reward_of_plain_sampling():
+    prior, den, reward = _setup()
+    plain = float(reward(sample(den, shape=(256, 2), solver="euler", steps=10, seed=5, dtype=F64).x).mean())
+    for seed in range(3):
+        zo = search.zero_order_search(den, reward, 8, 4, (2,), steps=10, seed=seed, dtype=F64)
+        ps = search.path_search(den, reward, n_paths=4, branch=4, shape=(2,), steps=10, forward=1, backward=3,
+                                seed=seed, dtype=F64)
+        assert float(zo.reward) > plain and float(ps.reward) > plain
+
+
+def test_path_search_rounds_and_errors():
+    prior, den, reward = _setup()
+    res = search.path_search(den, reward, n_paths=3, branch=2, shape=(2,), steps=12, start=2, forward=1,
+                             backward=3, seed=0, dtype=F64)
+    assert res.info["rounds"] == 4 and res.x.shape == (1, 2)
+    assert torch.allclose(reward(res.x), res.reward)
+    with pytest.raises(ValueError, match="backward > forward"):
+        search.path_search(den, reward, 2, 2, (2,), forward=2, backward=2)
+
+
+def test_verifiers():
+    prior, den, reward = _setup()
+    x = prior.sample(10, seed=0)
+    v = Verifier(LogDensity(prior))
+    assert torch.allclose(v(x), prior.log_prob(x)) and v.calls == 10
+    ind = RegionIndicator([0.0, 0.0], 1.0)(torch.tensor([[0.5, 0.5], [1.0, 1.0]]))
+    assert ind.tolist() == [1.0, 0.0]
+    clf = lambda z: torch.stack([z[:, 0], -z[:, 0]], 1)  # noqa: E731
+    lp = ClassLogProb(clf, 1)(x)
+    assert torch.allclose(lp.exp() + ClassLogProb(clf, 0)(x).exp(), torch.ones(10, dtype=F64))
+    n = Normalized.fit(reward, prior.sample(1000, seed=1))
+    r = n(prior.sample(1000, seed=1))
+    assert abs(float(r.mean())) < 1e-9 and abs(float(r.std()) - 1) < 1e-9
+    ens = Ensemble([reward, LogDensity(prior)], [2.0, 1.0])
+    assert torch.allclose(ens(x), 2 * reward(x) + prior.log_prob(x))
+    with pytest.raises(ValueError, match="NaN"):
+        Verifier(lambda z: torch.full((z.shape[0],), float("nan")))(x)
+    with pytest.raises(ValueError, match="shape"):
+        Verifier(lambda z: torch.zeros(3))(x)
+    with pytest.raises(ValueError, match="valid: class:K, density, region:RADIUS"):
+        get_verifier("nope")
+    assert get_verifier("class:3", classifier=clf).label == 3
