@@ -52,11 +52,10 @@ def _coeffs(process: Process, t: Tensor, x: Tensor) -> _Coeffs:
 
 class CoefficientMemo:
     """A bounded memo of ``_coeffs(process, t, x)`` for a scalar CPU ``t``, keyed by the float
-    value of ``t`` and ``x``'s dtype and device. ``Solver.init`` enters its grid's coefficients
-    (``remember``), so ``predict`` on the solver's grid reads the values the solver's own
-    steps use instead of evaluating the process four times per call; any other time is
-    computed by ``_coeffs`` on first use and kept. Entries are pure functions of ``t`` (the
-    process is treated as immutable), so a hit gives the numbers a miss would. ``t = 0``
+    value of ``t`` and ``x``'s dtype and device: a time is computed by ``_coeffs`` on first
+    use and kept, so repeated passes over a grid do not evaluate the process four times per
+    call. Entries are pure functions of ``t`` (the process is treated as immutable), so a
+    hit gives the numbers a miss would. ``t = 0``
     (``-0.0`` would share its key), NaN, ``[B]`` times and times on an accelerator (reading
     them would synchronise) are not memoised. At ``capacity`` entries the memo starts over.
     """
@@ -66,25 +65,6 @@ class CoefficientMemo:
     def __init__(self, process: Process, capacity: int = 1024):
         self.process, self.capacity = process, int(capacity)
         self._entries: dict = {}
-
-    def remember(self, grid, x: Tensor) -> None:
-        """Enter the coefficients of a solver's grid (``GridCoefficients`` of this process)
-        for ``x``'s dtype and device, so a single pass over a new grid hits too. Entry ``k`` is
-        ``grid``'s vectorised evaluation at ``ts[k]``: the process's methods are elementwise,
-        so it equals the evaluation at the 0-d ``ts[k]``, and the solver steps use these same
-        values."""
-        if grid.process is not self.process or grid.t.device.type != "cpu":
-            return
-        keys = [(value, x.dtype, x.device) for value in grid.t.tolist()]
-        todo = [k for k, key in enumerate(keys)
-                if key[0] != 0.0 and key[0] == key[0] and key not in self._entries]
-        if not todo:
-            return
-        if len(self._entries) + len(todo) > self.capacity:
-            self._entries.clear()
-        columns = [grid.cast_views(name, x) for name in ("alpha", "sigma", "d_alpha", "d_sigma")]
-        for k in todo[:self.capacity]:
-            self._entries[keys[k]] = _Coeffs(*(column[k] for column in columns))
 
     def __call__(self, t: Tensor, x: Tensor) -> _Coeffs:
         if t.dim() != 0 or t.device.type != "cpu":
@@ -191,10 +171,6 @@ class DenoiserBase:
         """``alpha, sigma`` and their derivatives at ``t`` (float64 ``t``), cast for ``x``."""
         return _coeffs(self.process, t, x)
 
-    def remember_grid(self, grid, x: Tensor) -> None:
-        """A solver's ``init`` hands over its grid's coefficients (``GridCoefficients``) so
-        that ``predict`` on that grid need not evaluate the process; a no-op here."""
-
     def v(self, x: Tensor, t) -> Tensor:
         return self.as_prediction(x, t, "v")
 
@@ -284,10 +260,6 @@ class Denoiser(DenoiserBase):
         """``alpha, sigma`` and their derivatives at ``t``, cast for ``x`` (memoised for scalar
         CPU ``t``; see ``CoefficientMemo``)."""
         return self._current_memo()(t, x)
-
-    def remember_grid(self, grid, x: Tensor) -> None:
-        """Seed the coefficient memo with a solver's grid (``CoefficientMemo.remember``)."""
-        self._current_memo().remember(grid, x)
 
     def _current_memo(self) -> CoefficientMemo:
         if self._memo.process is not self.process:  # the process was replaced after construction

@@ -39,11 +39,7 @@ class Solver:
         if self.stochastic and rng is None:
             raise ValueError(f"solver {self.name!r} is stochastic: pass seed= to sample() or an rng to init()")
         ts = as_time(ts)
-        grid = den.process.on_grid(ts)
-        remember = getattr(den, "remember_grid", None)
-        if remember is not None:  # the denoiser's conversion then reads the same coefficients
-            remember(grid, x)
-        return {"ts": ts, "grid": grid, "rng": rng}
+        return {"ts": ts, "grid": den.process.on_grid(ts), "rng": rng}
 
     def step(self, den: DenoiserBase, x: Tensor, i: int, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
