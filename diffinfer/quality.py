@@ -156,23 +156,46 @@ def unigram_entropy(tokens: Tensor, vocab_size: int | None = None) -> float:
     return metrics.unigram_entropy(tokens, vocab_size)
 
 
-def sample_text(model=None, n: int = 16, length: int = 256, seed: int = 0, batch: int = 16) -> Tensor:
+TEXT_ORDERS = ("random", "left-to-right")
+
+
+def sample_text(model=None, n: int = 16, length: int = 256, seed: int = 0, batch: int = 16,
+                order: str = "random") -> Tensor:
     """``[n, length]`` samples of a masked-diffusion model (default ``shakespeare-char``),
-    one token per step in a uniformly random order, each drawn from the model's softmax
-    (mask token excluded) at temperature 1: the exact ancestral sampler of a time-free
-    masked-diffusion model with as many steps as tokens (Ou et al. 2024, "RADD"), run by
-    ``diffinfer.mdm.decode`` with the ``random`` policy. Row ``i`` uses stream ``(seed, i)``."""
+    one token per step, each drawn from the model's softmax (mask token excluded) at
+    temperature 1, by ``diffinfer.mdm.decode`` with the ``random`` policy. ``order="random"``
+    unmasks positions in a uniformly random order over the whole canvas: the exact ancestral
+    sampler of a time-free masked-diffusion model with as many steps as tokens (Ou et al.
+    2024, "RADD"). ``order="left-to-right"`` decodes blocks of one token (LLaDA's
+    semi-autoregressive decoding, Nie et al. 2025, at block length 1). Row ``i`` uses stream
+    ``(seed, i)``."""
     from .mdm.decode import decode
+    if order not in TEXT_ORDERS:
+        raise ValueError(f"unknown order {order!r}; valid: {', '.join(TEXT_ORDERS)}")
     model = zoo.load("shakespeare-char") if model is None else model
     if length > model.max_len:
         raise ValueError(f"length {length} exceeds the model's max_len {model.max_len}")
+    block = 1 if order == "left-to-right" else None
     out = []
     for start in range(0, n, batch):
         rows = list(range(start, min(n, start + batch)))
         res = decode(model, length=length, policy="random", batch=len(rows), seed=(seed, rows),
-                     temperature=1.0)
+                     temperature=1.0, block=block)
         out.append(res.tokens[:, -length:])
     return torch.cat(out)
+
+
+def mdm_elbo(model, tokens: Tensor, draws: int = 8, seed: int = 0) -> float:
+    """Masked-diffusion ELBO (nats per character; an upper bound on the NLL) of ``tokens``
+    ``[N, L]`` under a time-free masked model, averaged over ``draws`` stratified draws of
+    the masking times (``train.masked_diffusion_loss``, MDLM / MD4's continuous-time bound)."""
+    from .train import masked_diffusion_loss
+    total = 0.0
+    with torch.no_grad():
+        for k in range(draws):
+            gen = torch.Generator().manual_seed(seed * 1000 + k)
+            total += float(masked_diffusion_loss(model.logits, tokens, model.mask_id, generator=gen, stratified=True))
+    return total / draws
 
 
 def text_report(samples: Tensor, n_reference: int = 64, seed: int = 0) -> dict:
