@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .process import Process, as_time, expand_to
+from .process import PointCoefficients, Process, as_time, expand_to
 
 Tensor = torch.Tensor
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
@@ -87,23 +87,35 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
-def to_x0_eps(y: Tensor, prediction: str, x: Tensor, c: _Coeffs) -> Prediction:
-    """Convert a network output ``y`` of the given type at ``x`` into ``(x0, eps)``."""
+def to_x0(y: Tensor, prediction: str, x: Tensor, c: _Coeffs) -> Tensor:
+    """The data prediction ``x0`` from a network output ``y`` of the given type at ``x``
+    (the table above). ``c`` holds tensors broadcastable to ``x`` or Python floats (a
+    solver's grid, ``Denoiser.x0_on_grid``); an ``x0`` output is returned as it is."""
     a, s, da, ds = c
-    if prediction == "eps":
-        return Prediction((x - s * y) / a, y)
-    if prediction == "score":
-        eps = -s * y
-        return Prediction((x - s * eps) / a, eps)
-    if prediction == "velocity":
-        det = a * ds - s * da
-        return Prediction((ds * x - s * y) / det, (a * y - da * x) / det)
     if prediction == "x0":
-        x0 = y
-    elif prediction == "v":
-        x0 = (a * x - s * y) / (a * a + s * s)
-    else:
-        raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTIONS)}")
+        return y
+    if prediction == "eps":
+        return (x - s * y) / a
+    if prediction == "score":
+        return (x + (s * s) * y) / a
+    if prediction == "velocity":
+        return (ds * x - s * y) / (a * ds - s * da)
+    if prediction == "v":
+        return (a * x - s * y) / (a * a + s * s)
+    raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTIONS)}")
+
+
+def to_x0_eps(y: Tensor, prediction: str, x: Tensor, c: _Coeffs) -> Prediction:
+    """Convert a network output ``y`` of the given type at ``x`` into ``(x0, eps)``; ``eps``
+    is read from the output where it holds it (exact where ``alpha = 0``)."""
+    a, s, da, ds = c
+    x0 = to_x0(y, prediction, x, c)
+    if prediction == "eps":
+        return Prediction(x0, y)
+    if prediction == "score":
+        return Prediction(x0, -s * y)
+    if prediction == "velocity":
+        return Prediction(x0, (a * y - da * x) / (a * ds - s * da))
     return Prediction(x0, (x - a * x0) / s)
 
 
@@ -157,6 +169,12 @@ class DenoiserBase:
 
     def x0(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t).x0
+
+    def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
+        """The data prediction at a point of a solver's grid (``GridCoefficients[k]``); what
+        solver steps call. Here ``predict(x, point.t).x0``; ``Denoiser`` answers from the
+        grid's precomputed coefficients without reading a tensor (see ``Denoiser.x0_on_grid``)."""
+        return self.predict(x, point.t).x0
 
     def eps(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t).eps
@@ -237,8 +255,15 @@ class Denoiser(DenoiserBase):
         tb = t.expand(x.shape[0]) if t.dim() == 0 else t
         if tb.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or shaped [B]={x.shape[0]}, got {tuple(t.shape)}")
+        return self._call_net(x, self._time_input(tb, x), t)
+
+    def _time_input(self, tb: Tensor, x: Tensor):
+        """What the network takes as time for float64 times ``tb`` ``[B]``, cast for ``x``."""
         t_in = self.time_input(tb) if self.time_input is not None else tb
-        t_in = t_in.to(device=x.device, dtype=x.dtype) if isinstance(t_in, Tensor) else t_in
+        return t_in.to(device=x.device, dtype=x.dtype) if isinstance(t_in, Tensor) else t_in
+
+    def _call_net(self, x: Tensor, t_in, t: Tensor) -> Tensor:
+        """``net(x, t_in, **cond)``, counted and (with ``check``) checked; ``t`` names the time in errors."""
         y = self.net(x, t_in, **self.cond)
         self._counter.n += 1
         if self.check:
@@ -255,6 +280,26 @@ class Denoiser(DenoiserBase):
         t = as_time(t)
         y = self.raw(x, t)
         return to_x0_eps(y, self.prediction, x, self.coefficients(t, x))
+
+    def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
+        """The data prediction at grid point ``point`` with nothing read from a tensor: the
+        network's time is the grid's time cast once per grid (``cast_views('t', x)``; with a
+        ``time_input`` that map runs per call, as in ``raw``) and the conversion's
+        coefficients are the grid's Python floats (``GridCoefficients.host``). Equals
+        ``predict(x, point.t).x0`` up to float round-off. A grid of another process takes
+        that path."""
+        grid, k = point.grid, point.k
+        if grid.process is not self.process:
+            return super().x0_on_grid(x, point)
+        if self.time_input is None:
+            t_in = grid.cast_views("t", x)[k].expand(x.shape[0])  # [B]
+        else:
+            t_in = self._time_input(point.t.expand(x.shape[0]), x)
+        y = self._call_net(x, t_in, point.t)
+        if self.prediction == "x0":
+            return y
+        h = grid.host()
+        return to_x0(y, self.prediction, x, _Coeffs(h.alpha[k], h.sigma[k], h.d_alpha[k], h.d_sigma[k]))
 
     def coefficients(self, t: Tensor, x: Tensor) -> _Coeffs:
         """``alpha, sigma`` and their derivatives at ``t``, cast for ``x`` (memoised for scalar

@@ -89,10 +89,28 @@ class Process:
             hi = torch.where(above, hi, mid)
         return 0.5 * (lo + hi)
 
+    #: how many grids ``on_grid`` keeps per process
+    GRID_MEMO_SIZE = 8
+
     def on_grid(self, ts) -> "GridCoefficients":
         """Every coefficient a solver needs on the time grid ``ts`` ``[N+1]``, computed once
-        with one vectorised call each (see ``GridCoefficients``)."""
-        return GridCoefficients(self, ts)
+        with one vectorised call each (see ``GridCoefficients``).
+
+        The newest ``GRID_MEMO_SIZE`` grids are kept per process, keyed by the grid's values
+        and device, so sampling again on the same grid reuses its evaluation and casts (a
+        process is treated as immutable, as ``Denoiser``'s coefficient memo does; the grid's
+        values are read once here)."""
+        ts = as_time(ts)
+        if ts.dim() != 1 or ts.requires_grad:
+            return GridCoefficients(self, ts)  # raises with the shape / not kept
+        memo = self.__dict__.setdefault("_grid_memo", {})
+        key = (ts.device, tuple(ts.tolist()))
+        grid = memo.get(key)
+        if grid is None:
+            if len(memo) >= self.GRID_MEMO_SIZE:
+                del memo[next(iter(memo))]  # the oldest
+            grid = memo[key] = GridCoefficients(self, ts.clone())
+        return grid
 
     def at(self, t) -> "TimeCoefficients":
         """The coefficients at one time ``t``, each evaluated on first use (the same fields
@@ -199,14 +217,35 @@ class GridCoefficients(TimeCoefficients):
             found = self._views[key] = getattr(self, name).to(device=x.device, dtype=x.dtype).unbind()
         return found
 
-    def finite(self, name: str) -> tuple[bool, ...]:
-        """Whether each entry of coefficient ``name`` is finite, as ``N+1`` Python bools
-        (read once per grid)."""
-        key = ("finite", name)
+    def host(self) -> "HostCoefficients":
+        """``t``, ``alpha``, ``sigma``, their derivatives and ``lam`` as Python floats (float64
+        values read from the grid once, on first use): what solver steps and the denoiser's
+        prediction-type conversion combine with the sample, so a step reads no tensor."""
+        found = self._views.get("host")
+        if found is None:
+            columns = torch.stack([getattr(self, name) for name in HostCoefficients._fields])  # [6, N+1]
+            found = self._views["host"] = HostCoefficients(*(tuple(c) for c in columns.tolist()))
+        return found
+
+    def sigma_ratios(self, x: Tensor) -> tuple[Tensor, ...]:
+        """``sigma(ts[k+1]) / sigma(ts[k])`` for the ``N`` steps, as 0-d tensors of ``x``'s dtype
+        and device (computed in float64, cast once per grid, dtype and device): the weight of
+        the current sample in every data-prediction update (``x' = (s'/s) x + ...``)."""
+        key = ("sigma_ratio", x.dtype, x.device)
         found = self._views.get(key)
         if found is None:
-            found = self._views[key] = tuple(torch.isfinite(getattr(self, name)).tolist())
+            s = self.sigma  # [N+1]
+            found = self._views[key] = (s[1:] / s[:-1]).to(device=x.device, dtype=x.dtype).unbind()
         return found
+
+    def prepare(self, x: Tensor) -> "GridCoefficients":
+        """Read and cast, once, what steps on ``x``'s dtype and device use (``host``,
+        ``sigma_ratios``, the times as ``cast_views('t', x)``), so that a step converts no tensor
+        to Python and copies nothing to the device. Returns the grid."""
+        self.host()
+        self.sigma_ratios(x)
+        self.cast_views("t", x)
+        return self
 
     def __getitem__(self, k: int) -> "PointCoefficients":
         return self._points[k]
@@ -216,6 +255,17 @@ class GridCoefficients(TimeCoefficients):
 
     def __repr__(self) -> str:
         return f"GridCoefficients({self.process!r}, N+1={len(self)})"
+
+
+class HostCoefficients(NamedTuple):
+    """A grid's coefficients as Python floats, entry ``k`` at ``ts[k]`` (``GridCoefficients.host``)."""
+
+    t: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+    d_alpha: tuple[float, ...]
+    d_sigma: tuple[float, ...]
+    lam: tuple[float, ...]
 
 
 class PointCoefficients:

@@ -106,3 +106,33 @@ def test_wrong_shape_and_nan_are_clear_errors():
         di.Denoiser(lambda x, t: x, "vp")
     with pytest.raises(ValueError, match=r"t must be a scalar or shaped \[B\]"):
         di.Denoiser(lambda x, t: x, di.VP()).x0(torch.randn(2, 3), torch.rand(3))
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("with_time_input", [False, True])
+def test_x0_on_grid_equals_predict(any_process, prediction, with_time_input):
+    """``x0_on_grid`` (host coefficients, cast grid times) answers what ``predict`` does at the
+    point's time, for every process and prediction type, with and without ``time_input``;
+    a grid of another process takes the ``predict`` path."""
+    seen = []
+
+    def net(x, t):  # a network of the given type whose x0 is tanh(x) * (1 + t)
+        seen.append(t)
+        t64 = t.to(F64) / 1000.0 if with_time_input else t.to(F64)
+        c = _coeffs(any_process, t64, x)
+        x0 = torch.tanh(x) * (1 + t64[:, None])
+        return from_x0_eps(x0, (x - c.a * x0) / c.s, prediction, c)
+
+    time_input = (lambda t: t * 1000.0) if with_time_input else None
+    den = di.Denoiser(net, any_process, prediction=prediction, time_input=time_input)
+    ts = torch.linspace(min(any_process.t_max, 0.95), max(any_process.t_min, 0.05), 5, dtype=F64)
+    grid = any_process.on_grid(ts)
+    x = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(2))
+    for k in range(ts.numel()):
+        got = den.x0_on_grid(x, grid[k])
+        torch.testing.assert_close(seen[-1], torch.full((3,), float(ts[k]) * (1000.0 if with_time_input else 1.0),
+                                                        dtype=F64))
+        torch.testing.assert_close(got, den.predict(x, ts[k]).x0, rtol=1e-12, atol=1e-12)
+    other = di.VP("linear") if not isinstance(any_process, di.VP) else di.VE()
+    assert den.nfe == 2 * ts.numel()
+    torch.testing.assert_close(den.x0_on_grid(x, other.on_grid(ts)[2]), den.predict(x, ts[2]).x0, rtol=0, atol=0)

@@ -80,3 +80,29 @@ def test_bad_process_input():
         di.DiscreteVP(torch.tensor([0.5, 0.9]))
     with pytest.raises(ValueError, match="scaled_linear"):
         beta_table("squared")
+
+
+def test_grid_memo_host_values_and_sigma_ratios():
+    """``on_grid`` returns the kept grid for equal values (a new one for other values, not
+    changed by mutating the caller's tensor); ``host()`` holds the grid's columns as Python
+    floats and ``sigma_ratios`` the per-step ratios cast for a sample."""
+    p = di.VP("linear")
+    ts = torch.linspace(1.0, 0.0, 6, dtype=F64)
+    grid = p.on_grid(ts)
+    assert p.on_grid(ts.clone()) is grid
+    assert p.on_grid(torch.linspace(1.0, 0.1, 6, dtype=F64)) is not grid
+    assert di.VP("linear").on_grid(ts) is not grid  # per process
+    ts[1] = 0.5
+    assert grid.t[1] != 0.5 and p.on_grid(ts) is not grid
+    host = grid.host()
+    for name in host._fields:
+        assert list(getattr(host, name)) == getattr(grid, name).tolist()
+    assert host.lam[-1] == float("inf")  # t = 0: sigma = 0
+    x = torch.zeros(2, 3, dtype=torch.float32)
+    ratios = grid.sigma_ratios(x)
+    assert len(ratios) == 5 and all(r.dtype == torch.float32 and r.dim() == 0 for r in ratios)
+    torch.testing.assert_close(torch.stack(ratios), (grid.sigma[1:] / grid.sigma[:-1]).float())
+    assert grid.prepare(x) is grid and grid.sigma_ratios(x) is ratios
+    for _ in range(p.GRID_MEMO_SIZE):  # the oldest grid is dropped
+        p.on_grid(torch.rand(4, dtype=F64).sort(descending=True).values)
+    assert p.on_grid(grid.t) is not grid

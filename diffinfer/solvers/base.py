@@ -6,12 +6,18 @@ the batch first (or is shared: the grid ``ts`` and its coefficients ``grid``), s
 branch particles mid-trajectory. A step to ``t = 0`` returns the denoised estimate.
 
 ``init`` evaluates the process once on the whole grid (``state['grid']``, a
-``GridCoefficients``); steps read ``alpha``, ``sigma``, their derivatives and the half
-log-SNR by grid index (``points(state, i)``) instead of re-evaluating the process.
+``GridCoefficients``) and prepares it for ``x`` (``GridCoefficients.prepare``: its
+coefficients as Python floats, ``host()``, and the per-step ``sigma`` ratios and times
+cast once to ``x``'s dtype and device). Steps read them by grid index instead of
+re-evaluating the process. The deterministic solvers write every update in data-prediction
+form, ``x' = w_x x + sum_j w_j m_j`` over the current and past data predictions ``m_j``,
+with weights computed on the host in float64 and applied by ``combine`` (one multiply and
+one fused ``add_`` per term): a step converts no tensor to a Python number and copies
+nothing to the device, so it never waits for an accelerator.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -39,7 +45,7 @@ class Solver:
         if self.stochastic and rng is None:
             raise ValueError(f"solver {self.name!r} is stochastic: pass seed= to sample() or an rng to init()")
         ts = as_time(ts)
-        return {"ts": ts, "grid": den.process.on_grid(ts), "rng": rng}
+        return {"ts": ts, "grid": den.process.on_grid(ts).prepare(x), "rng": rng}
 
     def step(self, den: DenoiserBase, x: Tensor, i: int, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
@@ -62,6 +68,18 @@ def points(state: State, i: int) -> tuple[PointCoefficients, PointCoefficients]:
     """The process's coefficients at ``(t_i, t_{i+1})`` from the state's precomputed grid."""
     grid: GridCoefficients = state["grid"]
     return grid[i], grid[i + 1]
+
+
+def combine(x: Tensor, w_x, preds: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """``w_x * x + sum_j weights[j] * preds[j]``: one multiply, then one in-place fused
+    ``add_(m, alpha=w)`` per nonzero weight on that fresh tensor (so nothing the caller
+    holds is modified). ``w_x``: a 0-d tensor of ``x``'s dtype and device (cheapest, e.g.
+    ``GridCoefficients.sigma_ratios(x)[i]``) or a Python float; ``weights``: Python floats."""
+    out = torch.mul(x, w_x)
+    for m, w in zip(preds, weights):
+        if w != 0.0:
+            out.add_(m, alpha=w)
+    return out
 
 
 def select(state: State, idx: Tensor) -> State:

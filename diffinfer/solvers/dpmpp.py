@@ -24,11 +24,13 @@ the lower order the remaining points allow; for 2M this is exactly what diffuser
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..process import as_time, expand_to
-from .base import Solver, State, points
-from .ddim import ddim_step
+from ..process import as_time
+from .base import Solver, State, combine
+from .ddim import ddim_weights
 
 Tensor = torch.Tensor
 
@@ -51,17 +53,16 @@ def push_history(state: State, x0: Tensor, i: int, keep: int) -> None:
     state["history_i"] = (idx[-older:] if older else []) + [i]
 
 
-def usable_history(state: State) -> tuple[list[Tensor], list[Tensor]]:
-    """The history's data predictions and their ``lambda`` (newest last, read from the state's
-    grid coefficients), without points at ``lambda = -inf`` (they carry no slope
+def usable_history(state: State) -> tuple[list[Tensor], list[float]]:
+    """The history's data predictions and their ``lambda`` (Python floats from the grid's
+    ``host()``; newest last), without points at ``lambda = -inf`` (they carry no slope
     information; see the module docstring)."""
-    grid = state["grid"]
-    finite = grid.finite("lam")
+    lam = state["grid"].host().lam
     preds, lams = [], []
     for m, k in zip(state["history"], state["history_i"]):
-        if finite[k]:
+        if math.isfinite(lam[k]):
             preds.append(m)
-            lams.append(grid[k].lam)
+            lams.append(lam[k])
     return preds, lams
 
 
@@ -80,33 +81,31 @@ def multistep_order(order: int, n_usable: int, i: int, n_steps: int, lower_order
 THIRD_ORDER_FORMS = ("taylor", "diffusers")
 
 
-def dpmpp_correction(order: int, h: Tensor, m: list[Tensor], lams: list[Tensor],
-                     third_order: str = "taylor") -> tuple[list[float], list[Tensor]]:
-    """Coefficients ``c_k`` (float64, of ``alpha_next``) and differences ``D_k`` of the
-    DPM-Solver++ multistep correction of order 2 (midpoint form) or 3.
+def dpmpp_correction(order: int, h: float, lams: list[float], third_order: str = "taylor") -> list[float]:
+    """Weights of the DPM-Solver++ multistep correction of order 2 (midpoint form) or 3, per
+    data prediction (newest last, ``lams`` their ``lambda``; ``h`` the step in ``lambda``,
+    finite): the correction is ``alpha_next * sum_j w_j m_j`` (Python floats, float64).
 
-    ``m``: data predictions newest last (``m[-1]`` at the current point); ``lams``: their
-    ``lambda``; ``h``: the step in ``lambda`` (finite).
-
-    Third order: ``D2 = (D1_0 - D1_1) / (r0 + r1)`` estimates ``h^2 x0''/2``, while its
-    weight ``-(phi_2/h - 1/2)`` is that of ``h^2 x0''``: ``'taylor'`` doubles the weight,
-    so the update is exact for an ``x0_hat`` quadratic in ``lambda`` (third order);
-    ``'diffusers'`` keeps the single weight of diffusers' ``DPMSolverMultistepScheduler``
-    and of the DPM-Solver reference code (bit-compatible, but only second order)."""
-    em1 = torch.expm1(-h)  # exp(-h) - 1
-    m0, m1 = m[-1], m[-2]
-    r0 = float((lams[-1] - lams[-2]) / h)
-    d1_0 = (m0 - m1) / r0
+    With ``r0 = (lam_0 - lam_1)/h``, ``r1 = (lam_1 - lam_2)/h`` and the divided differences
+    ``d1_0 = (m0 - m1)/r0``, ``d1_1 = (m1 - m2)/r1``: order 2 is ``-(e^{-h} - 1)/2 d1_0``;
+    order 3 is ``c1 D1 + c2 D2`` with ``D1 = d1_0 + r0/(r0 + r1) (d1_0 - d1_1)``,
+    ``D2 = (d1_0 - d1_1)/(r0 + r1)``, ``c1 = (e^{-h} - 1)/h + 1``. ``D2`` estimates
+    ``h^2 x0''/2`` while the weight ``c2 = -(phi_2/h - 1/2)`` is that of ``h^2 x0''``:
+    ``'taylor'`` doubles it, so the update is exact for an ``x0_hat`` quadratic in ``lambda``
+    (third order); ``'diffusers'`` keeps the single weight of diffusers'
+    ``DPMSolverMultistepScheduler`` and of the DPM-Solver reference code (bit-compatible up to
+    round-off, but only second order)."""
+    em1 = math.expm1(-h)  # exp(-h) - 1
+    r0 = (lams[-1] - lams[-2]) / h
     if order == 2:
-        return [float(-0.5 * em1)], [d1_0]
-    m2 = m[-3]
-    r1 = float((lams[-2] - lams[-3]) / h)
-    d1_1 = (m1 - m2) / r1
-    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r0 + r1)
+        c = -0.5 * em1 / r0  # times d1_0 * r0 = m0 - m1
+        return [-c, c]
+    r1 = (lams[-2] - lams[-3]) / h
     c1 = em1 / h + 1.0
     c2 = -((em1 + h) / (h * h) - 0.5) * (2.0 if third_order == "taylor" else 1.0)
-    return [float(c1), float(c2)], [d1, d2]
+    a = (c1 * r0 + c2) / (r0 + r1)  # correction = (c1 + a) d1_0 - a d1_1
+    w0, w1 = (c1 + a) / r0, a / r1
+    return [w1, -w0 - w1, w0]
 
 
 class DPMSolverPP(Solver):
@@ -146,32 +145,35 @@ class DPMSolverPP(Solver):
         state["history"], state["history_i"] = [], []
         return state
 
-    def _noise(self, state: State, x: Tensor, t_next: Tensor):
-        return None
+    def _first_order(self, x: Tensor, i: int, state: State) -> tuple[object, float, float]:
+        """``(w_x, w_x0, w_z)`` of the first-order (DDIM, ``eta = 0``) part; ``w_x`` the grid's
+        ``sigma`` ratio as a 0-d tensor of ``x``'s dtype."""
+        _, w_x0, _ = ddim_weights(state["grid"].host(), i)
+        return state["grid"].sigma_ratios(x)[i], w_x0, 0.0
 
-    def _first_order(self, x, here, there, x0, eps, noise):
-        return ddim_step(x, here, there, x0, eps)
-
-    def _coefficients(self, order, h, m, lams):
-        return dpmpp_correction(order, h, m, lams, self.third_order)
+    def _correction(self, order: int, h: float, lams: list[float]) -> list[float]:
+        return dpmpp_correction(order, h, lams, self.third_order)
 
     def step(self, den, x: Tensor, i: int, state: State):
-        here, there = points(state, i)
-        x0, eps = den.predict(x, here.t)  # [B, ...] each
+        grid = state["grid"]
+        host = grid.host()
+        x0 = den.x0_on_grid(x, grid[i])  # [B, ...]
         push_history(state, x0, i, self.order)
-        noise = self._noise(state, x, there.t)
-        x_next = self._first_order(x, here, there, x0, eps, noise)
-        if float(there.t) == 0.0:  # the denoised estimate
-            return x_next, state
+        if host.t[i + 1] == 0.0:  # the denoised estimate
+            return x0, state
+        w_x, w_x0, w_z = self._first_order(x, i, state)
         m, lams = usable_history(state)
-        n_steps = state["ts"].numel() - 1
-        order = multistep_order(self.order, len(m), i, n_steps, self.lower_order_final)
+        order = multistep_order(self.order, len(m), i, len(host.t) - 1, self.lower_order_final)
+        preds, weights = [x0], [w_x0]
         if order > 1:
-            h = there.lam - here.lam  # finite: both ends finite here
-            coeffs, diffs = self._coefficients(order, h, m[-order:], lams[-order:])
-            a1 = there.cast("alpha", x)
-            for c, d in zip(coeffs, diffs):
-                x_next = x_next + a1 * c * d
+            h = host.lam[i + 1] - host.lam[i]  # finite: both ends finite here
+            a1 = host.alpha[i + 1]
+            preds = m[-order:]
+            weights = [a1 * w for w in self._correction(order, h, lams[-order:])]
+            weights[-1] += w_x0  # m[-1] is x0
+        x_next = combine(x, w_x, preds, weights)
+        if self.stochastic:  # per-row noise (DPMSolverPP2MSDE)
+            x_next.add_(state["rng"].randn_like(x), alpha=w_z)
         return x_next, state
 
 
@@ -196,15 +198,14 @@ class DPMSolverPP2MSDE(DPMSolverPP):
     def options(self) -> dict:
         return {"lower_order_final": self.lower_order_final}
 
-    def _noise(self, state: State, x: Tensor, t_next: Tensor):
-        return state["rng"].randn_like(x) if float(t_next) > 0 else None
+    def _first_order(self, x: Tensor, i: int, state: State) -> tuple[object, float, float]:
+        """The exact Gaussian step with the prediction frozen: DDIM with ``eta = 1``."""
+        return ddim_weights(state["grid"].host(), i, eta=1.0)
 
-    def _first_order(self, x, here, there, x0, eps, noise):
-        return ddim_step(x, here, there, x0, eps, eta=1.0, noise=noise)
-
-    def _coefficients(self, order, h, m, lams):
-        r0 = float((lams[-1] - lams[-2]) / h)
-        return [float(-0.5 * torch.expm1(-2.0 * h))], [(m[-1] - m[-2]) / r0]
+    def _correction(self, order: int, h: float, lams: list[float]) -> list[float]:
+        """``0.5 (1 - e^{-2h}) D1`` with ``D1 = (m0 - m1) / r0``."""
+        c = -0.5 * math.expm1(-2.0 * h) / ((lams[-1] - lams[-2]) / h)
+        return [-c, c]
 
 
 def dpmpp_2m(**options) -> DPMSolverPP:

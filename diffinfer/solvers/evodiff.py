@@ -32,11 +32,13 @@ returns the denoised estimate.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..process import expand_to
-from .base import State, points
-from .ddim import ddim_step
+from .base import State, combine
+from .ddim import ddim_weights
 from .dpmpp import dpmpp_correction, usable_history
 from .unipc import UniPC
 
@@ -70,32 +72,35 @@ class EVODiff(UniPC):
 
     def _correct(self, x: Tensor, m_new: Tensor, i: int, state: State) -> Tensor:
         """Refine the prediction at ``ts[i]`` with the model output there (see module doc)."""
-        prev, here = points(state, i - 1)
-        h = here.lam - prev.lam
-        m0 = state["history"][-1]
-        out = self._first_order_again(i, state)
-        weight = (torch.expm1(-h) + h) / h if bool(torch.isfinite(h)) else torch.ones((), dtype=torch.float64)
+        host = state["grid"].host()
+        h = host.lam[i] - host.lam[i - 1]
+        x_prev = state["last_x"]
+        _, w_m0, _ = ddim_weights(host, i - 1)  # the first-order step from ts[i - 1] with m0
+        m0, older, rks = self._older(state, i - 1, h)
+        out = combine(x_prev, state["grid"].sigma_ratios(x_prev)[i - 1], (m0,), (w_m0,))
+        weight = (math.expm1(-h) + h) / h if math.isfinite(h) else 1.0
         d_forward = m_new - m0  # h * D_f
-        _, rks, diffs = self._differences(state, h, prev.lam)
-        if rks:  # diffs[0] = (m_{-1} - m0) / r_1 with r_1 = -h_{-1} / h: this is h * D_b
-            d_backward = diffs[0]
+        if rks:  # (m_{-1} - m0) / r_1 with r_1 = -h_{-1} / h: this is h * D_b
+            d_backward = (older[0] - m0) / rks[0]
             eta = expand_to(variance_optimal_eta(d_forward, d_backward), x)
             slope = (1 - eta) * d_forward + eta * d_backward
         else:
             slope = d_forward
-        return out + here.cast("alpha", x) * float(weight) * slope
+        return out.add_(slope, alpha=host.alpha[i] * weight)
 
-    def _predict(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, state: State) -> Tensor:
+    def _predict(self, x: Tensor, x0: Tensor, i: int, state: State) -> Tensor:
         """DPM-Solver++(2M) prediction from ``ts[i]`` to ``ts[i + 1]``."""
-        here, there = points(state, i)
-        x_next = ddim_step(x, here, there, x0, eps)
-        h = there.lam - here.lam
+        host = state["grid"].host()
+        _, w_m0, _ = ddim_weights(host, i)
         m, lams = usable_history(state)
         state["last_order"] = min(len(m), 2)
+        preds, weights = [x0], [w_m0]
         if len(m) >= 2:
-            (c,), (d,) = dpmpp_correction(2, h, m[-2:], lams[-2:])
-            x_next = x_next + there.cast("alpha", x) * c * d
-        return x_next
+            a1 = host.alpha[i + 1]
+            preds = m[-2:]  # m[-1] is x0
+            weights = [a1 * w for w in dpmpp_correction(2, host.lam[i + 1] - host.lam[i], lams[-2:])]
+            weights[-1] += w_m0
+        return combine(x, state["grid"].sigma_ratios(x)[i], preds, weights)
 
 
 __all__ = ["EVODiff", "variance_optimal_eta"]

@@ -20,22 +20,23 @@ new point's prediction. History points at ``lambda = -inf`` are dropped as in ``
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..process import expand_to
-from .base import Solver, State, points
-from .ddim import ddim_step
+from .base import Solver, State, combine
+from .ddim import ddim_weights
 from .dpmpp import push_history
 
 Tensor = torch.Tensor
 VARIANTS = ("bh1", "bh2")
 
 
-def _phi_products(h: Tensor, order: int) -> list[Tensor]:
+def _phi_products(h: float, order: int) -> list[float]:
     """``g_k = k! * h * phi_{k+1}`` terms of diffusers' recursion for ``k = 1..order``
-    (float64; finite for ``h = inf``)."""
+    (Python floats; finite for ``h = inf``)."""
     hh = -h
-    h_phi = torch.expm1(hh) / hh - 1.0
+    h_phi = math.expm1(hh) / hh - 1.0
     out, factorial = [], 1
     for k in range(1, order + 1):
         out.append(h_phi * factorial)
@@ -44,33 +45,61 @@ def _phi_products(h: Tensor, order: int) -> list[Tensor]:
     return out
 
 
-def _b_of_h(h: Tensor, variant: str) -> Tensor:
-    return -h if variant == "bh1" else torch.expm1(-h)
+def _b_of_h(h: float, variant: str) -> float:
+    return -h if variant == "bh1" else math.expm1(-h)
 
 
-def unipc_weights(h: Tensor, rks: list[Tensor], order: int, variant: str, corrector: bool) -> list[float]:
-    """The weights ``B(h) rho_k`` multiplying the divided differences.
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """``a^{-1} b`` for a small dense system (Gaussian elimination with partial pivoting)."""
+    n = len(b)
+    rows = [list(r) + [v] for r, v in zip(a, b)]  # [n, n + 1] augmented
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(rows[r][col]))
+        if rows[pivot][col] == 0.0:
+            raise ValueError("UniPC: singular ratio matrix (repeated log-SNR values on the grid)")
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(col + 1, n):
+            f = rows[r][col] / rows[col][col]
+            rows[r] = [u - f * v for u, v in zip(rows[r], rows[col])]
+    out = [0.0] * n
+    for r in reversed(range(n)):
+        out[r] = (rows[r][n] - sum(rows[r][c] * out[c] for c in range(r + 1, n))) / rows[r][r]
+    return out
+
+
+def unipc_weights(h: float, rks: list[float], order: int, variant: str, corrector: bool) -> list[float]:
+    """The weights ``B(h) rho_k`` multiplying the divided differences (Python floats).
 
     Predictor (``corrector=False``): ``order - 1`` history ratios ``rks``; corrector: the
-    same plus the new point (ratio 1), ``order`` weights in all."""
+    same plus the new point (ratio 1), ``order`` weights in all. ``B(h) rho`` solves the
+    Vandermonde system ``R (B(h) rho) = g`` (``R[k][j] = r_j^k``)."""
     n = len(rks) + (1 if corrector else 0)
     if n == 0:
         return []
     simplified = (not corrector and order == 2) or (corrector and order == 1)
-    if simplified and bool(torch.isfinite(h)):
-        return [float(0.5 * _b_of_h(h, variant))] * n
-    g = _phi_products(h, n)
-    ratios = list(rks) + ([torch.ones((), dtype=torch.float64)] if corrector else [])
-    R = torch.stack([torch.stack([r ** k for r in ratios]) for k in range(n)])  # [n, n]
-    sol = torch.linalg.solve(R, torch.stack(g))
-    return [float(v) for v in sol]
+    if simplified and math.isfinite(h):
+        return [0.5 * _b_of_h(h, variant)] * n
+    ratios = list(rks) + ([1.0] if corrector else [])
+    return _solve([[r ** k for r in ratios] for k in range(n)], _phi_products(h, n))
+
+
+def difference_weights(w_m0: float, a1: float, ws: list[float], ratios: list[float]) -> list[float]:
+    """Weights over ``[m_0, p_1, ..., p_n]`` of ``w_m0 m_0 - a1 sum_j ws[j] (p_j - m_0) / ratios[j]``:
+    a first-order step's prediction term minus the UniPC divided-difference terms."""
+    out = [w_m0]
+    for w, r in zip(ws, ratios):
+        c = a1 * w / r
+        out[0] += c
+        out.append(-c)
+    return out
 
 
 class UniPC(Solver):
     """UniPC (Zhao et al. 2023): UniP-p predictor + UniC corrector, data prediction,
     ``variant='bh1'|'bh2'``, ``order=2|3`` (the predictor's order; the corrector adds one
     on interior steps). Warm-up and ``lower_order_final`` as diffusers (the step ``i`` of
-    ``n`` uses order ``min(order, n - i)``); 1 NFE per step.
+    ``n`` uses order ``min(order, n - i)``); 1 NFE per step. Corrector and predictor are each
+    one ``combine`` of a sample and the data predictions (weights: Python floats).
     """
 
     stochastic = False
@@ -96,77 +125,59 @@ class UniPC(Solver):
         return state
 
     @staticmethod
-    def _differences(state: State, h: Tensor, lam0: Tensor):
-        """The newest prediction ``m_0`` and the divided differences ``(m_k - m_0) / r_k``
-        with ratios ``r_k = (lambda_k - lambda_0) / h`` of the older usable history
-        (newest first; it stops at a point with ``lambda = -inf``)."""
-        grid = state["grid"]
+    def _older(state: State, k0: int, h: float) -> tuple[Tensor, list[Tensor], list[float]]:
+        """The newest prediction ``m_0`` (at grid point ``k0``), the older usable predictions
+        (newest first; they stop at a point with ``lambda = -inf``) and their ratios
+        ``r_k = (lambda_k - lambda_{k0}) / h``."""
+        lam = state["grid"].host().lam
         hist, idx = state["history"], state["history_i"]
-        m0 = hist[-1]
-        rks, diffs = [], []
-        finite = grid.finite("lam")
+        older, rks = [], []
         for m, k in zip(reversed(hist[:-1]), reversed(idx[:-1])):
-            if not finite[k]:
+            if not math.isfinite(lam[k]):
                 break
-            lam = grid[k].lam
-            rk = (lam - lam0) / h
-            rks.append(rk)
-            diffs.append((m - m0) / float(rk))
-        return m0, rks, diffs
-
-    @staticmethod
-    def _first_order_again(i: int, state: State) -> Tensor:
-        """The first-order (DDIM) step from the previous point ``state['last_x']`` at
-        ``ts[i - 1]`` to ``ts[i]`` with its prediction ``m_0``: the base both correctors build on."""
-        prev, here = points(state, i - 1)
-        x_prev, m0 = state["last_x"], state["history"][-1]
-        eps_prev = (x_prev - prev.cast("alpha", x_prev) * m0) / prev.cast("sigma", x_prev)
-        return ddim_step(x_prev, prev, here, m0, eps_prev)
+            older.append(m)
+            rks.append((lam[k] - lam[k0]) / h)
+        return hist[-1], older, rks
 
     def _correct(self, x: Tensor, m_new: Tensor, i: int, state: State) -> Tensor:
         """UniC: correct ``x`` (the prediction at ``ts[i]``) with the model output there."""
+        host = state["grid"].host()
         order = state["last_order"]
-        prev, here = points(state, i - 1)
-        h = here.lam - prev.lam
-        m0, rks, diffs = self._differences(state, h, prev.lam)
-        rks, diffs = rks[:order - 1], diffs[:order - 1]
-        weights = unipc_weights(h, rks, len(rks) + 1, self.variant, corrector=True)
-        out = self._first_order_again(i, state)
-        a1 = here.cast("alpha", x)
-        for w, d in zip(weights, diffs + [m_new - m0]):
-            out = out - a1 * w * d
-        return out
+        h = host.lam[i] - host.lam[i - 1]
+        m0, older, rks = self._older(state, i - 1, h)
+        older, rks = older[:order - 1], rks[:order - 1]
+        ws = unipc_weights(h, rks, len(rks) + 1, self.variant, corrector=True)
+        _, w_m0, _ = ddim_weights(host, i - 1)
+        weights = difference_weights(w_m0, host.alpha[i], ws, rks + [1.0])
+        return combine(state["last_x"], state["grid"].sigma_ratios(x)[i - 1], [m0] + older + [m_new], weights)
 
     def step(self, den, x: Tensor, i: int, state: State):
         """Evaluate at the predicted point, correct it (``i > 0``), predict the next point."""
-        here, there = points(state, i)
-        x0, eps = den.predict(x, here.t)  # [B, ...]: the model at the (uncorrected) point
+        grid = state["grid"]
+        x0 = den.x0_on_grid(x, grid[i])  # [B, ...]: the model at the (uncorrected) point
         if i > 0 and state["last_x"] is not None:
             x = self._correct(x, x0, i, state)
         push_history(state, x0, i, max(self.order, 2))
         state["last_x"] = x
-        if float(there.t) == 0.0:  # the denoised estimate
+        if grid.host().t[i + 1] == 0.0:  # the denoised estimate
             state["last_order"] = 1
             return x0, state
-        if not bool(here.alpha == 0):  # eps consistent with the corrected x
-            eps = (x - here.cast("alpha", x) * x0) / here.cast("sigma", x)
-        return self._predict(x, x0, eps, i, state), state
+        return self._predict(x, x0, i, state), state
 
-    def _predict(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, state: State) -> Tensor:
+    def _predict(self, x: Tensor, x0: Tensor, i: int, state: State) -> Tensor:
         """UniP-p from ``ts[i]`` (corrected ``x``, its prediction ``x0``) to ``ts[i + 1]``."""
-        here, there = points(state, i)
-        n_steps = state["ts"].numel() - 1
+        host = state["grid"].host()
+        n_steps = len(host.t) - 1
         order = min(self.order, n_steps - i) if self.lower_order_final else self.order
-        h = there.lam - here.lam
-        _, rks, diffs = self._differences(state, h, here.lam)
+        h = host.lam[i + 1] - host.lam[i]
+        _, older, rks = self._older(state, i, h)
         order = max(1, min(order, len(rks) + 1))
         state["last_order"] = order
-        x_next = ddim_step(x, here, there, x0, eps)
-        weights = unipc_weights(h, rks[:order - 1], order, self.variant, corrector=False)
-        a1 = there.cast("alpha", x)
-        for w, d in zip(weights, diffs[:order - 1]):
-            x_next = x_next - a1 * w * d
-        return x_next
+        older, rks = older[:order - 1], rks[:order - 1]
+        ws = unipc_weights(h, rks, order, self.variant, corrector=False)
+        _, w_m0, _ = ddim_weights(host, i)
+        weights = difference_weights(w_m0, host.alpha[i + 1], ws, rks)
+        return combine(x, state["grid"].sigma_ratios(x)[i], [x0] + older, weights)
 
 
-__all__ = ["UniPC", "unipc_weights", "VARIANTS"]
+__all__ = ["UniPC", "unipc_weights", "difference_weights", "VARIANTS"]
