@@ -66,6 +66,34 @@ def test_path_search_rounds_and_errors():
         search.path_search(den, reward, 2, 2, (2,), forward=2, backward=2)
 
 
+@pytest.mark.parametrize("n,branch,start,fwd,bwd,keep,refine", [(3, 2, 2, 1, 3, None, 0), (5, 3, 3, 1, 2, 2, 0),
+                                                                 (4, 4, 3, 1, 2, 2, 3), (2, 3, 1, 2, 3, 1, 2)])
+def test_paths_cost_is_exact(n, branch, start, fwd, bwd, keep, refine):
+    prior, den, reward = _setup()
+    res = search.path_search(den, reward, n, branch, (2,), steps=8, start=start, forward=fwd, backward=bwd, keep=keep,
+                             refine=refine, refine_forward=2, seed=0, dtype=F64)
+    assert res.cost == search.paths_cost(n, branch, 8, start, fwd, bwd, keep, refine, refine_forward=2)
+
+
+def test_path_search_keep_and_refine():
+    prior, den, reward = _setup()
+    for seed in range(3):
+        kw = dict(steps=8, start=2, forward=1, backward=2, keep=2, seed=seed, dtype=F64)
+        plain = search.path_search(den, reward, 6, 3, (2,), **kw)
+        refined = search.path_search(den, reward, 6, 3, (2,), refine=4, **kw)
+        # the same search, then refinement rounds that only accept a better clean sample
+        assert torch.equal(refined.info["final_rewards"], plain.info["final_rewards"])
+        assert float(refined.reward) >= float(plain.reward)
+        hist = refined.info["history"][-4:]
+        assert hist == sorted(hist) and hist[-1] == float(refined.reward)
+        assert torch.allclose(reward(refined.x), refined.reward)
+        assert plain.info["final_rewards"].shape == (2,)  # `keep` survivors are finished
+    with pytest.raises(ValueError, match="keep >= 1"):
+        search.path_search(den, reward, 2, 2, (2,), keep=0)
+    with pytest.raises(ValueError, match="refine_forward must be at most"):
+        search.path_search(den, reward, 2, 2, (2,), steps=4, refine=1, refine_forward=5)
+
+
 def test_verifiers():
     prior, den, reward = _setup()
     x = prior.sample(10, seed=0)

@@ -1,6 +1,7 @@
 """Text SMC over masked-diffusion decoding reaches the exact tilted law of a Markov chain
 (enumerated: 3 states, length 6); text verifiers and best-of-N."""
 import itertools
+import re
 
 import pytest
 import torch
@@ -72,3 +73,29 @@ def test_bundled_text_models():
     res = text_smc(mdm, verifier, 16, 32, lam=2.0, tokens_per_step=4, seed=0)
     assert res.x.shape == (16, 32) and float(res.reward.max()) >= float(plain)
     assert torch.isfinite(ARLogLikelihood(ar)(res.x)).all()
+
+
+def test_run_text_sizes_each_method_to_the_budget_exactly():
+    from diffinfer.scaling.text import decoding_plan, run_text
+    assert decoding_plan(30, 8) == (4, 8) and decoding_plan(32, 20) == (2, 16) and decoding_plan(6, 3) == (2, 3)
+    chain = _chain()
+    bon = run_text("best-of-n", chain, TokenCount(0), 70, L, steps=3, seed=0)  # N = 70 // 4 = 17
+    assert (bon.nfe, bon.verifier_calls) == (17 * 3, 17) and bon.info["all_rewards"].shape == (17,)
+    smc = run_text("smc", chain, TokenCount(0), 70, L, steps=3, seed=0)  # N = 70 // 6 = 11
+    assert (smc.nfe, smc.verifier_calls) == (11 * 3, 11 * 3) and smc.x.shape == (11, L)
+    with pytest.raises(ValueError, match="valid: best-of-n, smc"):
+        run_text("dts", chain, TokenCount(0), 70, L)
+    with pytest.raises(ValueError, match="below one smc sample"):
+        run_text("smc", chain, TokenCount(0), 5, L, steps=3)
+
+
+def test_get_text_verifier_parses_the_cli_specs():
+    from diffinfer.scaling.text import get_text_verifier
+    decode = lambda ids: "".join("ab "[i] for i in ids)  # noqa: E731
+    tokens = torch.tensor([[0, 1, 2, 0, 1], [1, 1, 1, 2, 2]])
+    assert get_text_verifier("regex:a.", decode)(tokens).tolist() == [2.0, 0.0]
+    assert get_text_verifier("keyword:ab,bb", decode)(tokens).tolist() == [2.0, 1.0]  # "bbb": one, not overlapping
+    for bad, msg in [("nope", "valid: regex:PATTERN"), ("regex:", "non-empty pattern"), ("keyword:,", "at least one"),
+                     ("regex:(", "bad regular expression")]:
+        with pytest.raises(ValueError, match=re.escape(msg) if "(" in msg else msg):
+            get_text_verifier(bad, decode)

@@ -10,7 +10,8 @@ method          size from the budget ``C`` with ``S`` sampler steps
 best-of-n       ``N = C // (S + 1)`` samples (stochastic ``ddpm`` steps)
 random-search   ``N = C // (S + 1)`` noises (deterministic ``euler``)
 zero-order      ``1 + k M`` runs with ``M = 4`` neighbours per round
-paths           the largest ``N`` paths (``M = 4`` branches) that fit
+paths           the largest ``N`` paths (``M = 4`` branches) that fit (``search.paths_cost``;
+                options ``start``, ``forward``, ``backward``, ``keep``, ``refine``)
 smc             ``N = C // (2 S)`` particles (an NFE and a verifier call per step)
 dts / dts*      rollouts (batches of 8) until the cost would pass ``C``
 rbf             ``C // 2`` candidates for one sample (Rollover Budget Forcing)
@@ -19,19 +20,12 @@ rbf             ``C // 2`` candidates for one sample (Rollover Budget Forcing)
 from __future__ import annotations
 
 from . import search
+from .search import paths_cost
 from .flows import rollover_budget_forcing
 from .smc import smc
 from .tree import DiffusionTree, tree_result
 
 METHODS = ("best-of-n", "random-search", "zero-order", "paths", "smc", "dts", "dts*", "rbf")
-
-
-def _paths_cost(n: int, branch: int, n_int: int, start: int, forward: int, backward: int) -> int:
-    cost, i = n * start, start
-    while i + backward - forward < n_int:
-        cost += n * branch * (backward + 2)  # the denoising steps, x0_hat, the verifier
-        i += backward - forward
-    return cost + n * (n_int - i + 1)
 
 
 def run(method: str, den, reward, budget: int, shape, steps: int = 20, seed: int = 0, lam: float = 1.0,
@@ -53,18 +47,23 @@ def run(method: str, den, reward, budget: int, shape, steps: int = 20, seed: int
         return search.zero_order_search(den, reward, m, (budget // per_run - 1) // m, shape, steps=steps,
                                         seed=seed, **options)
     if method == "paths":
-        branch, fwd, bwd = options.pop("branch", 4), options.pop("forward", 1), options.pop("backward", 3)
+        size = {"forward": options.pop("forward", 1), "backward": options.pop("backward", 3),
+                "keep": options.pop("keep", None), "refine": options.pop("refine", 0),
+                "refine_forward": options.pop("refine_forward", 3)}
+        branch, start = options.pop("branch", 4), options.pop("start", max(1, steps // 4))
         n_int = steps  # default grids have `steps` intervals
-        start = max(1, n_int // 4)
-        while branch > 1 and _paths_cost(1, branch, n_int, start, fwd, bwd) > budget:
+
+        def cost(n, m):
+            return paths_cost(n, m, n_int, start, **size)
+        while branch > 1 and cost(1, branch) > budget:
             branch -= 1
-        if _paths_cost(1, branch, n_int, start, fwd, bwd) > budget:
+        if cost(1, branch) > budget:
             raise ValueError(f"budget {budget} is below one path search with {steps} steps")
         n = 1
-        while _paths_cost(n + 1, branch, n_int, start, fwd, bwd) <= budget:
+        while cost(n + 1, branch) <= budget:
             n += 1
-        return search.path_search(den, reward, n, branch, shape, steps=steps, start=start, forward=fwd,
-                                  backward=bwd, seed=seed, **options)
+        return search.path_search(den, reward, n, branch, shape, steps=steps, start=start, seed=seed,
+                                  **size, **options)
     if method == "smc":
         n = max(budget // (2 * steps), 1)
         return smc(den, reward, n, shape, lam=lam, solver=options.pop("solver", "ddpm"), steps=steps,

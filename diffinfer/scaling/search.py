@@ -128,20 +128,32 @@ def zero_order_search(den: DenoiserBase, reward, n_neighbors: int, iterations: i
 
 
 def path_search(den: DenoiserBase, reward, n_paths: int, branch: int, shape, solver="euler", steps: int = 20,
-                ts=None, start: int | None = None, forward: int = 1, backward: int = 3, seed: int = 0,
-                dtype=torch.float32, device="cpu", **solver_options) -> ScalingResult:
+                ts=None, start: int | None = None, forward: int = 1, backward: int = 3, keep: int | None = None,
+                refine: int = 0, refine_forward: int = 3, seed: int = 0, dtype=torch.float32, device="cpu",
+                **solver_options) -> ScalingResult:
     """Search over paths (Ma et al. 2025, section 3.2).
 
     ``n_paths`` noises are denoised to grid index ``start`` (default a quarter of the
     way). Then, until the grid's last interval: each survivor is copied ``branch`` times,
     re-noised forward ``forward`` grid steps with fresh noise (``renoise``: the exact
     forward transition), denoised ``backward`` steps, scored on ``x0_hat``; the best
-    ``n_paths`` survive. The survivors are finished and the best returned.
+    ``keep`` survive (default ``n_paths``, the paper's setting; ``keep < n_paths`` explores
+    widely in the first round and refines few paths after it). The survivors are finished
+    and the best kept.
+
+    ``refine`` rounds then search paths at the end of the grid: the best clean sample is
+    copied ``branch`` times, re-noised from ``t = 0`` to ``ts[-1 - refine_forward]`` and
+    denoised back to ``t = 0``; the best of the copies replaces it only if it scores higher
+    (copies and parent are clean samples, so their rewards compare exactly and the
+    returned reward never decreases). ``refine = 0`` is Ma et al.'s algorithm.
+    Cost: ``paths_cost``.
     """
     if int(backward) <= int(forward) or int(forward) < 1:
         raise ValueError(f"need backward > forward >= 1 so paths progress, got forward={forward}, backward={backward}")
-    if int(n_paths) < 1 or int(branch) < 1:
-        raise ValueError(f"need n_paths >= 1 and branch >= 1, got {n_paths}, {branch}")
+    if int(refine) < 0 or not 1 <= int(refine_forward):
+        raise ValueError(f"need refine >= 0 and refine_forward >= 1, got {refine}, {refine_forward}")
+    if int(n_paths) < 1 or int(branch) < 1 or (keep is not None and int(keep) < 1):
+        raise ValueError(f"need n_paths >= 1, branch >= 1 and keep >= 1, got {n_paths}, {branch}, {keep}")
     solver = solver_registry.get(solver, **solver_options)
     verifier = as_verifier(reward)
     calls0 = verifier.calls
@@ -151,8 +163,11 @@ def path_search(den: DenoiserBase, reward, n_paths: int, branch: int, shape, sol
     start = max(1, n_int // 4) if start is None else int(start)
     if not 0 <= start < n_int:
         raise ValueError(f"start must index the grid's intervals [0, {n_int}), got {start}")
+    if int(refine) > 0 and int(refine_forward) > n_int:
+        raise ValueError(f"refine_forward must be at most the grid's {n_int} intervals, got {refine_forward}")
     shape = sample_shape(shape)
     n = int(n_paths)
+    survivors = n if keep is None else int(keep)
 
     def step_rng(tag: int, rows: int):
         return SampleRNG.from_seed(seed, indices=[tag * 1000003 + j for j in range(rows)], device=device)
@@ -170,13 +185,41 @@ def path_search(den: DenoiserBase, reward, n_paths: int, branch: int, shape, sol
         cand = renoise(tap.process, cand, ts[i], ts[j], rng.randn_like(cand))
         cand, _ = rollout(tap, solver, cand, ts, j, k, rng=rng if solver.stochastic else None)
         r = verifier(tap.x0(cand, ts[k]))
-        keep = torch.topk(r.double(), min(n, cand.shape[0])).indices
-        x, i = cand[keep], k
-        history.append(float(r[keep].max()))
+        best = torch.topk(r.double(), min(survivors, cand.shape[0])).indices
+        x, i = cand[best], k
+        history.append(float(r[best].max()))
     rng = step_rng(rounds + 1, x.shape[0])
     x, _ = rollout(tap, solver, x, ts, i, n_int, rng=rng if solver.stochastic else None)
     r = verifier(x)
     best = int(torch.argmax(r.double()))
-    return ScalingResult(x=x[best:best + 1], reward=r[best:best + 1], nfe=tap.rows,
-                         verifier_calls=verifier.calls - calls0, method="paths",
-                         info={"history": history, "rounds": rounds, "final_rewards": r})
+    final_rewards, x, r = r, x[best:best + 1], r[best:best + 1]
+    j = n_int - int(refine_forward)
+    for m in range(int(refine)):
+        rng = step_rng(rounds + 2 + m, int(branch))
+        cand = x.repeat_interleave(int(branch), dim=0)  # [M, ...] copies of the best clean sample
+        cand = renoise(tap.process, cand, ts[n_int], ts[j], rng.randn_like(cand))
+        cand, _ = rollout(tap, solver, cand, ts, j, n_int, rng=rng if solver.stochastic else None)
+        rc = verifier(cand)
+        top = int(torch.argmax(rc.double()))
+        if float(rc[top]) > float(r):
+            x, r = cand[top:top + 1], rc[top:top + 1]
+        history.append(float(r))
+    return ScalingResult(x=x, reward=r, nfe=tap.rows, verifier_calls=verifier.calls - calls0, method="paths",
+                         info={"history": history, "rounds": rounds, "final_rewards": final_rewards})
+
+
+def paths_cost(n_paths: int, branch: int, n_int: int, start: int, forward: int = 1, backward: int = 3,
+               keep: int | None = None, refine: int = 0, refine_forward: int = 3) -> int:
+    """The exact cost (per-sample NFE + verifier calls) of ``path_search`` on a grid of
+    ``n_int`` intervals: ``start`` steps per path, the denoising steps back from the re-noised
+    level (``backward``, fewer where re-noising stops at the grid's start) plus ``x0_hat`` plus a
+    verifier call per candidate and round, the survivors' last steps plus their scores, and
+    ``refine_forward`` steps plus a score per refinement copy."""
+    n, keep = int(n_paths), int(n_paths if keep is None else keep)
+    cost, i = n * int(start), int(start)
+    while i + backward - forward < n_int:
+        k = i + backward - forward
+        cost += n * branch * (k - max(i - forward, 0) + 2)  # the denoising steps, x0_hat, the verifier
+        n = min(keep, n * branch)
+        i = k
+    return cost + n * (n_int - i + 1) + int(refine) * branch * (int(refine_forward) + 1)

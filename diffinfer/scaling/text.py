@@ -5,6 +5,9 @@
   ``TokenCount`` (occurrences of one token id), ``ARLogLikelihood`` (log-likelihood under
   a causal model such as the bundled ``shakespeare-ar``, per token or summed).
 - ``text_best_of_n``: ``N`` decodes with ``diffinfer.mdm.decode``, keep the best.
+- ``get_text_verifier``: the CLI reward specs ``regex:PATTERN``, ``keyword:W1,W2``, ``ar-loglik``.
+- ``run_text``: ``best-of-n`` or ``smc`` sized to a budget of per-sample NFE plus verifier
+  calls (the text counterpart of ``budget.run``).
 - ``text_smc``: FK-steering SMC over masked-diffusion decoding steps (Singhal et al. 2025,
   applied to text there too): ``N`` canvases are decoded in random order, ``k`` positions
   per step, each drawn from the model's conditional given the unmasked tokens; after each
@@ -16,6 +19,7 @@
 """
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -151,3 +155,66 @@ def text_smc(model, reward, n_particles: int, length: int, lam: float = 1.0, tok
     return ScalingResult(x=tokens[idx], reward=r[idx], nfe=nfe, verifier_calls=verifier.calls - calls0,
                          method="text-smc", info={"resampled": resampled, "log_weights": log_w,
                                                   "final_ess": effective_sample_size(log_w)})
+
+
+TEXT_REWARDS = ("regex:PATTERN", "keyword:WORD[,WORD...]", "ar-loglik")
+TEXT_METHODS = ("best-of-n", "smc")
+
+
+def get_text_verifier(spec: str, decode, ar_model=None):
+    """A text verifier from a CLI spec: ``regex:PATTERN`` (matches of a Python regex),
+    ``keyword:W1,W2`` (occurrences of the comma-separated words), ``ar-loglik`` (per-token
+    log-likelihood under ``ar_model``, by default the bundled ``shakespeare-ar``).
+    ``decode`` maps a row of ids to text."""
+    name, sep, arg = str(spec).partition(":")
+    if name == "regex" and sep:
+        if not arg:
+            raise ValueError("reward 'regex:PATTERN' needs a non-empty pattern")
+        try:
+            return RegexScore(arg, decode)
+        except re.error as e:
+            raise ValueError(f"bad regular expression in reward {spec!r}: {e}") from None
+    if name == "keyword" and sep:
+        words = [w for w in arg.split(",") if w]
+        if not words:
+            raise ValueError("reward 'keyword:WORD[,WORD...]' needs at least one non-empty word")
+        return KeywordScore(words, decode)
+    if spec == "ar-loglik":
+        if ar_model is None:
+            from .. import zoo
+            ar_model = zoo.load("shakespeare-ar")
+        return ARLogLikelihood(ar_model)
+    raise ValueError(f"unknown text reward {spec!r}; valid: {', '.join(TEXT_REWARDS)}")
+
+
+def decoding_plan(length: int, steps: int) -> tuple[int, int]:
+    """``(tokens_per_step k, decoding steps S)`` for ``length`` tokens in at most ``steps``
+    steps: ``k = ceil(length / steps)``, ``S = ceil(length / k)`` (so ``S <= steps``)."""
+    if int(length) < 1 or int(steps) < 1:
+        raise ValueError(f"need length >= 1 and steps >= 1, got length={length}, steps={steps}")
+    k = math.ceil(int(length) / int(steps))
+    return k, math.ceil(int(length) / k)
+
+
+def run_text(method: str, model, reward, budget: int, length: int, steps: int = 16, seed: int = 0,
+             lam: float = 1.0) -> ScalingResult:
+    """Run a text ``method`` within ``budget`` (per-sample NFE plus verifier calls).
+
+    Both methods decode ``length`` tokens in random order, ``k`` per step (``decoding_plan``),
+    one model call per canvas and step, so an unsteered canvas costs ``S`` NFE:
+
+    - ``best-of-n``: ``N = budget // (S + 1)`` canvases (``S`` NFE and one verifier call each);
+    - ``smc``: ``N = budget // (2 S)`` particles (per particle ``S`` NFE, ``S - 1``
+      intermediate verifier calls and one final one).
+    """
+    if method not in TEXT_METHODS:
+        raise ValueError(f"unknown text scaling method {method!r}; valid: {', '.join(TEXT_METHODS)}")
+    k, S = decoding_plan(length, steps)
+    per = S + 1 if method == "best-of-n" else 2 * S
+    n = int(budget) // per
+    if n < 1:
+        raise ValueError(f"budget {budget} is below one {method} sample ({per} = {S} decoding steps "
+                         f"{'+ 1 verifier call' if method == 'best-of-n' else 'x (1 NFE + 1 verifier call)'})")
+    if method == "best-of-n":
+        return text_best_of_n(model, reward, n, length, seed=seed, policy="random", steps=S)
+    return text_smc(model, reward, n, length, lam=lam, tokens_per_step=k, seed=seed)
