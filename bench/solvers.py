@@ -9,11 +9,15 @@ Your Steps / LD3), whose last step returns the denoised estimate at a noise leve
 chooses.
 
 Models: the exact Gaussian mixtures ``ring2d`` (2-D) and ``molrg`` (64-D) under VP
-(linear) and rectified flow, and the bundled ``digits`` model when ``diffinfer.zoo`` has it.
+(linear) and rectified flow, and the bundled ``digits`` model when ``diffinfer.zoo`` has it,
+sampled class-conditionally with balanced labels ``i % 10`` and no guidance (its null-label
+samples are poor even when converged, which hid the solver error; ``run_digits`` says more).
 Quality on the mixtures: RMSE (per entry) to the exact probability-flow endpoint from the
 same noise (SciPy DOP853 to ``t = 1e-5``, then the exact denoiser), sliced Wasserstein to
-exact samples, and the exact mean log-density; on digits, ``fd_digits`` and RMSE to a
-500-step endpoint. Overhead: time per step of each solver's own arithmetic with a model
+exact samples, and the exact mean log-density; on digits, ``fd_digits`` of 2,000 samples
+and RMSE to a 500-step endpoint, both in the goal table (FD is not monotone in the solver
+error there; the RMSE is). On digits the method is the best of several solvers, each on
+its own fitted grid, picked by training loss (``grid_opt.fit_candidates``). Overhead: time per step of each solver's own arithmetic with a model
 that costs nothing, against diffusers' ``step()`` of the same algorithm, as a ratio in
 one run.
 
@@ -125,30 +129,44 @@ def toy_scores(toy, x: Tensor, x_ref: Tensor, exact_samples: Tensor) -> dict:
 
 
 # --- optimised grids -------------------------------------------------------------------
+def method_label(solver: str, opts: dict) -> str:
+    """``unipc+opt-grid`` / ``unipc[order=3]+opt-grid``: the row name of a fitted-grid method."""
+    return grid_opt.grid_key(solver, 0, opts).rsplit("/", 1)[0] + "+opt-grid"
+
+
 def optimized_grid(model: str, den, sample_shape, steps: int, grids_dir: pathlib.Path, compute: bool,
-                   n_train: int = 128, evals_per_step: int = 60, dtype=F64):
-    """The saved grid for (model, solver, steps), fitted now (and saved) if missing and
-    ``compute``; ``None`` if missing and not ``compute``. The fit starts from the process's
-    default and Karras grids and from the largest saved shorter grid, grown to ``steps``."""
-    solver, opts, _ = OPTIMIZED
+                   candidates=None, n_train: int = 128, evals_per_step: int = 60, dtype=F64, meta=None,
+                   **fit_options):
+    """The saved best grid for (model, steps) among ``candidates`` (``[(solver, options)]``,
+    default ``OPTIMIZED``'s solver), as ``(solver, options, grid)``, fitted now (and saved)
+    if missing and ``compute``; ``None`` if missing and not ``compute``. The fit
+    (``grid_opt.fit_candidates``, training seed 777) starts from the process's default and
+    Karras grids and from the best saved shorter grid, grown to ``steps``."""
+    candidates = candidates or [OPTIMIZED[:2]]
     path = grids_dir / f"{model}.json"
+    saved = grid_opt.load(path) if path.exists() else {}
     try:
-        return grid_opt.load(path, solver, steps, **opts).grid
-    except (FileNotFoundError, KeyError):
+        g = grid_opt.best(saved, steps, candidates)
+        return g.solver, g.solver_options, g.grid
+    except KeyError:
         if not compute:
             return None
     starts = grid_opt.initial_grids(den.process, steps)
-    saved = grid_opt.load(path) if path.exists() else {}
-    shorter = [g for g in saved.values() if g.solver == solver and g.solver_options == opts and 2 <= g.steps < steps]
+    shorter = [g for g in saved.values() if 2 <= g.steps < steps
+               and (g.solver, g.solver_options) in [(n, dict(o)) for n, o in candidates]]
     if shorter:
-        starts.append(grid_opt.grow(max(shorter, key=lambda g: g.steps).grid, steps))
-    g = grid_opt.optimize(den, solver, steps, shape=sample_shape, n_train=n_train, seed=777,
-                          max_evals=evals_per_step * steps, init=starts, dtype=dtype, **opts)
-    grid_opt.save(path, g, meta={"model": model, "teacher": "dpmpp-3m, 200 steps, default grid",
-                                 "train_seed": 777, "n_train": n_train,
-                                 "starts": "default and Karras grids, and the largest shorter fitted grid grown"})
-    print(f"  fitted {model} {g.key}: loss {g.initial_loss:.3g} -> {g.loss:.3g} in {g.seconds:.1f}s", flush=True)
-    return g.grid
+        longest = max(g.steps for g in shorter)
+        starts.append(grid_opt.grow(grid_opt.best(shorter, longest).grid, steps))
+    fits = grid_opt.fit_candidates(den, candidates, steps, shape=sample_shape, n_train=n_train, seed=777,
+                                   max_evals=evals_per_step * steps, init=starts, dtype=dtype, **fit_options)
+    grid_opt.save(path, fits, meta={"model": model, "teacher": "dpmpp-3m, 200 steps, default grid",
+                                    "train_seed": 777, "n_train": n_train,
+                                    "starts": "default and Karras grids, and the best shorter fitted grid grown; "
+                                              "later candidates from the best grid fitted so far",
+                                    **(meta or {})})
+    for g in fits:
+        print(f"  fitted {model} {g.key}: loss {g.initial_loss:.3g} -> {g.loss:.3g} in {g.seconds:.1f}s", flush=True)
+    return fits[0].solver, fits[0].solver_options, fits[0].grid
 
 
 # --- one toy model ----------------------------------------------------------------------
@@ -198,54 +216,128 @@ def run_toy(model: str, nfes, n_eval: int, grids_dir: pathlib.Path, compute_grid
                     continue
                 record(name, a.library, fam_name, a.nfe(steps), steps, x, time.perf_counter() - t0)
         if nfe <= OPTIMIZED_UP_TO:
-            ts = optimized_grid(model, den, shape, nfe, grids_dir, compute_grids)
-            if ts is not None:
-                solver, opts, label = OPTIMIZED
+            fitted = optimized_grid(model, den, shape, nfe, grids_dir, compute_grids)
+            if fitted is not None:
+                solver, opts, ts = fitted
                 t0 = time.perf_counter()
                 x = di.sample(den, x_T, solver=solver, ts=ts, **opts).x
-                record(label, "diffinfer", "optimized", nfe, nfe, x, time.perf_counter() - t0)
+                record(method_label(solver, opts), "diffinfer", "optimized", nfe, nfe, x, time.perf_counter() - t0)
     return rows
 
 
 # --- digits -----------------------------------------------------------------------------
 def load_digits():
-    """``(den, None)`` or ``(None, reason)``: the bundled ``digits`` model, unconditional."""
+    """``(base, None)`` or ``(None, reason)``: the bundled class-conditional ``digits`` model."""
     try:
         from diffinfer import quality, zoo  # noqa: F401
-        base = zoo.load("digits")
+        return zoo.load("digits"), None
     except Exception as e:  # noqa: BLE001 - the checkpoint may not exist yet
         return None, f"digits model unavailable: {type(e).__name__}: {e}"
-    null = int(base.config.get("null_label", 10)) if hasattr(base, "config") else 10
-    return base, null
+
+
+def digits_labels(n: int) -> Tensor:
+    """Balanced class labels ``i % 10`` (``[n]``): every digits run samples class-conditionally
+    without guidance (see ``run_digits`` for why not the null label)."""
+    return torch.arange(int(n), dtype=torch.int64) % 10
 
 
 #: digits is ~1,000x costlier per call than the mixtures: one anchor per distinct algorithm
 #: (diffusers' Euler and k-diffusion's Euler / DPM++(2M) are the same updates as DDIM and
-#: DPM-Solver++(2M) on the same grid, checked on the mixtures), NFE in the goal range
-DIGITS_NFES = [4, 6, 10]
+#: DPM-Solver++(2M) on the same grid, checked on the mixtures), on both VP grid families,
+#: at the NFEs of the goal range that the mixtures report
+DIGITS_NFES = [4, 5, 6, 8, 10]
 DIGITS_ANCHORS = ["diffusers-ddim", "diffusers-dpmpp-2m", "diffusers-dpmpp-3m", "diffusers-unipc"]
 DIGITS_REFERENCE_ROWS = 250  # the 500-step reference endpoint (RMSE) is computed for these rows
+DIGITS_REFERENCE_STEPS = 500
+#: the converged-FD row: DPM-Solver++(3M) with this many steps on every row (library "reference")
+DIGITS_CONVERGED_STEPS = 50
+DIGITS_CONVERGED_LABEL = "dpmpp-3m converged"
+#: fitted-grid candidates on digits; the one with the lowest training loss is evaluated
+DIGITS_CANDIDATES = [("unipc", {}), ("unipc", {"order": 3})]
+DIGITS_FIT = {"n_train": 64, "evals_per_step": 20}
+#: digits is judged on two metrics: fd_digits (the issue's) and RMSE to the reference endpoint
+DIGITS_METRICS = ["fd_digits", "rmse"]
+
+
+DIGITS_CHUNK = 500  # rows per call: the same samples (every method here is per-sample), ~25% faster on CPU
+
+
+def by_chunks(fn, den, x_T: Tensor, chunk: int = DIGITS_CHUNK) -> Tensor:
+    """``fn(den, x_T)`` run on row chunks of ``x_T`` (``[N, ...]``, conditioning indexed alike by
+    ``den.select``) and concatenated: for deterministic per-sample samplers the same result."""
+    return torch.cat([fn(den.select(idx), x_T[idx]) for idx in torch.arange(x_T.shape[0]).split(int(chunk))])
+
+
+def digits_reference(den, x_T: Tensor) -> Tensor:
+    """The digits reference endpoint: DPM-Solver++(3M), ``DIGITS_REFERENCE_STEPS`` steps of the
+    default grid down to the network's smallest training time ``t_min``, then ``t = 0`` (the
+    grid fits' teacher, ``grid_opt.teacher_endpoint``, with more steps)."""
+    return grid_opt.teacher_endpoint(den, x_T, DIGITS_REFERENCE_STEPS, "dpmpp-3m", t_end=den.process.t_min)
+
+
+def digits_grid(base, nfe: int, grids_dir: pathlib.Path, compute: bool):
+    """``(solver, options, grid)``: the best saved fitted grid of ``DIGITS_CANDIDATES`` for
+    ``nfe`` steps (fitted now if missing and ``compute``, else ``None``), fitted to
+    ``digits_reference`` on ``DIGITS_FIT["n_train"]`` noises of seed 777 with labels
+    ``i % 10``, never querying the network below its ``t_min``."""
+    n_train, process = DIGITS_FIT["n_train"], base.process
+    with torch.no_grad():
+        return optimized_grid("digits", base.bind(label=digits_labels(n_train)), tuple(base.shape), nfe, grids_dir,
+                              compute, candidates=DIGITS_CANDIDATES, n_train=n_train,
+                              evals_per_step=DIGITS_FIT["evals_per_step"], dtype=torch.float32,
+                              t_lo=process.t_min, teacher_steps=DIGITS_REFERENCE_STEPS,
+                              meta={"teacher": f"dpmpp-3m, {DIGITS_REFERENCE_STEPS} steps, default grid to t_min, "
+                                    "then 0 (digits_reference)", "labels": "i % 10, no guidance",
+                                    "t_lo": process.t_min})
+
+
+DIGITS_NOTE = (
+    "digits is sampled class-conditionally (labels i % 10, no guidance; the same labels and noise for every "
+    "method): its null-label samples are poor even when converged (FD 1.47, 3x two real halves), so every "
+    "solver sat at that floor by NFE 10. It is judged by `fd_digits` (2,000 samples vs the real digits) and by "
+    f"RMSE to a {DIGITS_REFERENCE_STEPS}-step DPM-Solver++(3M) endpoint (first {DIGITS_REFERENCE_ROWS} samples). "
+    f"FD is not monotone in solver error: converged samples (the `{DIGITS_CONVERGED_LABEL}` row, NFE "
+    f"{DIGITS_CONVERGED_STEPS}) score higher FD than some few-step anchors at NFE 6-10 that are far from the "
+    "converged endpoint (large RMSE), so an FD below the converged value rewards a departure from the "
+    "probability-flow solution, not accuracy; the RMSE is the solver error. diffinfer's digits method is the "
+    "lowest-training-loss candidate (" + ", ".join(method_label(n, o) for n, o in DIGITS_CANDIDATES)
+    + ") on grids fitted to the reference sampler from other noise and labels.")
 
 
 def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: bool, log=print) -> tuple[list[dict], str | None]:
-    """The bundled ``digits`` model, unconditional (null label): ``fd_digits`` of
+    """The bundled ``digits`` model, class-conditional with balanced labels ``i % 10`` and no
+    guidance, the same labels and starting noise for every method: ``fd_digits`` of
     ``n_samples`` samples against the real digits, and RMSE to a 500-step DPM-Solver++(3M)
-    endpoint on the first ``DIGITS_REFERENCE_ROWS`` of them."""
-    base, null = load_digits()
+    endpoint (``digits_reference``) on the first ``DIGITS_REFERENCE_ROWS`` of them.
+
+    Why conditional: null-label (unconditional) samples of this model are poor even when
+    converged (FD 1.47 at 50 steps, 3x the FD of two halves of the real data), so there
+    every solver met the model's floor by NFE 10 and FD stopped measuring the solver.
+    The FD of converged conditional samples is measured too (``DIGITS_CONVERGED_STEPS`` steps of
+    DPM-Solver++(3M) on all rows, library ``reference``, never an anchor). FD is still not
+    monotone in solver error: some few-step anchors land *below* the converged FD at NFE 6-10
+    while far from the converged endpoint, so where FD is under the converged value it rewards
+    a particular departure from the probability-flow solution, not accuracy. The RMSE to the
+    reference is the solver error; both are reported and summarised.
+
+    Anchors run on both VP grid families (log-SNR and Karras). diffinfer's method is the
+    best of ``DIGITS_CANDIDATES`` on a grid fitted per NFE to the reference sampler from
+    other noise (seed 777) and labels ``i % 10`` (``grid_opt.fit_candidates``), the pick
+    made by training loss; the network is never queried below its ``t_min``."""
+    base, reason = load_digits()
     if base is None:
-        return [], null
+        return [], reason
     from diffinfer import quality
     process = base.process
     shape = tuple(base.shape)
-    den = base.bind(label=torch.full((n_samples,), null, dtype=torch.int64))
+    den = base.bind(label=digits_labels(n_samples))
     x_T = starting_noise(process, n_samples, shape, seed=0, dtype=torch.float32)
     n_ref = min(n_samples, DIGITS_REFERENCE_ROWS)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        x_ref = di.sample(den.select(torch.arange(n_ref)), x_T[:n_ref], solver="dpmpp-3m", steps=500).x
-    log(f"  digits: 500-step reference of {n_ref} samples in {time.perf_counter() - t0:.1f}s")
+    x_ref = by_chunks(digits_reference, den.select(torch.arange(n_ref)), x_T[:n_ref])
+    log(f"  digits: {DIGITS_REFERENCE_STEPS}-step reference of {n_ref} samples in {time.perf_counter() - t0:.1f}s")
     rows = []
-    builder = timesteps.default_builder(process)
+    fams = grid_families(process)
     anchor_names = [n for n in DIGITS_ANCHORS if n in anchors.available(process)]
 
     def record(method, library, grid, nfe, steps, x, seconds):
@@ -255,30 +347,33 @@ def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: boo
                      "rmse": rmse(x[:n_ref], x_ref) if ok else float("nan"),
                      "fd_digits": quality.fd_digits(x) if ok else float("nan")})
 
-    n_train = 32
-    train_den = base.bind(label=torch.full((n_train,), null, dtype=torch.int64))
+    budget = DIGITS_CONVERGED_STEPS
+    t1 = time.perf_counter()
+    x = by_chunks(lambda d, x0: grid_opt.teacher_endpoint(d, x0, DIGITS_CONVERGED_STEPS, "dpmpp-3m",
+                                                          t_end=process.t_min), den, x_T)
+    record(DIGITS_CONVERGED_LABEL, "reference", "default", DIGITS_CONVERGED_STEPS, DIGITS_CONVERGED_STEPS, x,
+           time.perf_counter() - t1)
     for nfe in nfes:
         budget = nfe
-        for name in anchor_names:
-            a = anchors.ANCHORS[name]
-            steps = a.steps_for(nfe)
-            t1 = time.perf_counter()
-            try:
-                x = anchors.run(name, den, x_T, builder(process, steps))
-            except Exception as e:  # noqa: BLE001
-                log(f"  digits {name} nfe {nfe}: failed: {type(e).__name__}: {e}")
-                continue
-            record(name, a.library, builder.__name__, a.nfe(steps), steps, x, time.perf_counter() - t1)
-        if nfe <= OPTIMIZED_UP_TO:
-            with torch.no_grad():
-                ts = optimized_grid("digits", train_den, shape, nfe, grids_dir, compute_grids, n_train=n_train,
-                                    evals_per_step=20, dtype=torch.float32)
-            if ts is not None:
-                solver, opts, label = OPTIMIZED
+        for fam_name, builder in fams.items():
+            for name in anchor_names:
+                a = anchors.ANCHORS[name]
+                steps = a.steps_for(nfe)
                 t1 = time.perf_counter()
-                with torch.no_grad():
-                    x = di.sample(den, x_T, solver=solver, ts=ts, **opts).x
-                record(label, "diffinfer", "optimized", nfe, nfe, x, time.perf_counter() - t1)
+                try:
+                    ts = builder(process, steps)
+                    x = by_chunks(lambda d, x0: anchors.run(name, d, x0, ts), den, x_T)
+                except Exception as e:  # noqa: BLE001
+                    log(f"  digits {name} nfe {nfe} {fam_name}: failed: {type(e).__name__}: {e}")
+                    continue
+                record(name, a.library, fam_name, a.nfe(steps), steps, x, time.perf_counter() - t1)
+        if nfe <= OPTIMIZED_UP_TO:
+            fitted = digits_grid(base, nfe, grids_dir, compute_grids)
+            if fitted is not None:
+                solver, opts, ts = fitted
+                t1 = time.perf_counter()
+                x = by_chunks(lambda d, x0: grid_opt.solve(d, x0, solver, ts, **opts), den, x_T)
+                record(method_label(solver, opts), "diffinfer", "optimized", nfe, nfe, x, time.perf_counter() - t1)
     return rows, None
 
 
@@ -335,10 +430,10 @@ def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5) -> list[di
 
 def digits_wall_time(nfe: int = 10, n: int = 500) -> dict | None:
     """Whole-sampling wall time with the digits model: diffinfer's dpmpp-2m vs diffusers'."""
-    base, null = load_digits()
+    base, _ = load_digits()
     if base is None:
         return None
-    den = base.bind(label=torch.full((n,), null, dtype=torch.int64))
+    den = base.bind(label=digits_labels(n))
     x_T = starting_noise(base.process, n, tuple(base.shape), seed=3, dtype=torch.float32)
     ts = timesteps.default(base.process, nfe)
     times = {"diffinfer dpmpp-2m": [], "diffusers-dpmpp-2m": []}
@@ -355,16 +450,16 @@ def digits_wall_time(nfe: int = 10, n: int = 500) -> dict | None:
 
 # --- summary ---------------------------------------------------------------------------
 def summarise(rows: list[dict], metric_of: dict) -> list[dict]:
-    """Per model and NFE: the best diffinfer method and the best anchor (any grid family) by
-    the model's goal metric, their ratio, and whether the goal (ratio <= 1/2) is met."""
+    """Per model, goal metric (``metric_of[model]``, a list) and NFE: the best diffinfer
+    method and the best anchor (any grid family), their ratio, and whether the goal
+    (ratio <= 1/2) is met."""
     out = []
-    for model in sorted({r["model"] for r in rows}):
-        metric = metric_of.get(model, "rmse")
+    for model, metric in [(m, k) for m in sorted({r["model"] for r in rows}) for k in metric_of.get(m, ["rmse"])]:
         for nfe in sorted({r["budget"] for r in rows if r["model"] == model}):
             here = [r for r in rows if r["model"] == model and r["budget"] == nfe
                     and math.isfinite(r.get(metric, math.nan))]
             ours = [r for r in here if r["library"] == "diffinfer"]
-            theirs = [r for r in here if r["library"] != "diffinfer"]
+            theirs = [r for r in here if r["library"] not in ("diffinfer", "reference")]
             if not ours or not theirs:
                 continue
             bo = min(ours, key=lambda r: r[metric])
@@ -383,17 +478,19 @@ def markdown(report: dict) -> str:
              f"{report['meta']['machine']}, torch {report['meta']['torch']}, diffusers {report['meta']['diffusers']}, "
              f"k-diffusion: {report['meta']['k_diffusion']}).", "",
              "Same model, same starting noise, same grids (anchors and plain solvers on each grid family; "
-             "`unipc+opt-grid` on a grid fitted per model and NFE to a 200-step teacher from other noise). "
-             f"Goal: at NFE 4-10 the best diffinfer method has at most {GOAL_RATIO:g}x the error of the best anchor.", "",
-             "## Goal per model and NFE", "",
+             "`*+opt-grid` on a grid fitted per model and NFE to a high-step teacher from other noise). "
+             f"Goal: at NFE 4-10 the best diffinfer method has at most {GOAL_RATIO:g}x the error of the best anchor.", ""]
+    if "digits" in report["metric_of"]:
+        lines += [DIGITS_NOTE, ""]
+    lines += ["## Goal per model and NFE", "",
              "| model | NFE | metric | best diffinfer | value | best anchor | value | ratio | goal |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in report["summary"]:
         goal = "-" if s["goal_met"] is None else ("met" if s["goal_met"] else "**not met**")
         lines.append(f"| {s['model']} | {s['nfe']} | {s['metric']} | {s['best_diffinfer']} | {s['diffinfer']:.3g} | "
                      f"{s['best_anchor']} | {s['anchor']:.3g} | {s['ratio']:.2f} | {goal} |")
-    for model in sorted({r["model"] for r in report["results"]}):
-        metric = report["metric_of"].get(model, "rmse")
+    for model, metric in [(m, k) for m in sorted({r["model"] for r in report["results"]})
+                          for k in report["metric_of"].get(m, ["rmse"])]:
         rows = [r for r in report["results"] if r["model"] == model]
         nfes = sorted({r["budget"] for r in rows})
         lines += ["", f"## {model}: {metric} by method, grid and NFE budget (Heun uses the largest odd NFE "
@@ -427,36 +524,43 @@ def plot(report: dict, out_dir: pathlib.Path, stem: str = "solvers") -> list[str
     import matplotlib.pyplot as plt
     paths = []
     for model in sorted({r["model"] for r in report["results"]}):
-        metric = report["metric_of"].get(model, "rmse")
+        metrics_here = report["metric_of"].get(model, ["rmse"])
         rows = [r for r in report["results"] if r["model"] == model]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        best = {}
-        for r in rows:  # one curve per method: its best grid family at each NFE
-            key = (r["library"], r["method"])
-            if r["nfe"] not in best.setdefault(key, {}) or r[metric] < best[key][r["nfe"]]:
-                best[key][r["nfe"]] = r[metric]  # the actual NFE (Heun: odd)
-        colours = plt.get_cmap("tab20").colors
-        finite = sorted(v for vals in best.values() for v in vals.values() if math.isfinite(v) and v > 0)
-        for k, ((lib, method), vals) in enumerate(sorted(best.items())):
-            n = sorted(vals)
-            style = "-" if lib == "diffinfer" else "--"
-            lw = 3.0 if "opt" in method else 1.2
-            ax.plot(n, [vals[j] for j in n], style, marker="o", ms=3, lw=lw, label=method,
-                    color="black" if "opt" in method else colours[k % len(colours)])
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        if finite:  # a diverging low-NFE curve (Heun at 2 steps) must not flatten the others
-            ax.set_ylim(0.5 * finite[0], 2.0 * finite[int(0.9 * (len(finite) - 1))])
-        ax.set_xlabel("NFE (model calls)")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{model}: {metric} vs NFE (solid: diffinfer, dashed: anchors; best grid family)")
-        ax.legend(fontsize=7, ncol=2)
+        fig, axes = plt.subplots(1, len(metrics_here), figsize=(7 * len(metrics_here), 4.5), squeeze=False)
+        for ax, metric in zip(axes[0], metrics_here):
+            _plot_metric(ax, model, metric, rows)
         fig.tight_layout()
         path = out_dir / f"{stem}_{model}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
     return paths
+
+
+def _plot_metric(ax, model: str, metric: str, rows: list[dict]) -> None:
+    """One panel: ``metric`` against NFE, one curve per method (its best grid family per NFE)."""
+    import matplotlib.pyplot as plt
+    best = {}
+    for r in rows:  # one curve per method: its best grid family at each NFE; one for the fitted grids
+        key = (r["library"], "best fitted grid" if r["grid"] == "optimized" else r["method"])
+        if r["nfe"] not in best.setdefault(key, {}) or r[metric] < best[key][r["nfe"]]:
+            best[key][r["nfe"]] = r[metric]  # the actual NFE (Heun: odd)
+    colours = plt.get_cmap("tab20").colors
+    finite = sorted(v for vals in best.values() for v in vals.values() if math.isfinite(v) and v > 0)
+    for k, ((lib, method), vals) in enumerate(sorted(best.items())):
+        n = sorted(vals)
+        style = "-" if lib == "diffinfer" else "--"
+        lw = 3.0 if "fitted" in method else 1.2
+        ax.plot(n, [vals[j] for j in n], style, marker="o", ms=3, lw=lw, label=method,
+                color="black" if "fitted" in method else colours[k % len(colours)])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if finite:  # a diverging low-NFE curve (Heun at 2 steps) must not flatten the others
+        ax.set_ylim(0.5 * finite[0], 2.0 * finite[int(0.9 * (len(finite) - 1))])
+    ax.set_xlabel("NFE (model calls)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{model}: {metric} vs NFE (solid: diffinfer, dashed: anchors; best grid family)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
 
 
 # --- driver ------------------------------------------------------------------------------
@@ -478,11 +582,11 @@ def run(quick: bool = False, models=None, out_dir=None, compute_grids: bool | No
     if unknown:
         raise ValueError(f"unknown benchmark model(s) {unknown}; valid: {', '.join(list(TOY_MODELS) + ['digits'])}")
     rows, notes = [], []
-    metric_of = {m: "rmse" for m in TOY_MODELS}
+    metric_of = {m: ["rmse"] for m in TOY_MODELS}
     for model in models:
         log(f"{model} ...")
         if model == "digits":
-            metric_of["digits"] = "fd_digits"
+            metric_of["digits"] = list(DIGITS_METRICS)
             digits_rows, reason = run_digits(DIGITS_NFES, digits_samples or (200 if quick else 2000),
                                              grids_dir, compute_grids, log)
             if reason:

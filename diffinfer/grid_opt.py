@@ -20,6 +20,11 @@ search is derivative-free: Nelder-Mead (scipy) from the process's default grid (
 second start, the Karras grid where it is finite), keeping the best. With ``n - 1 <= 9``
 parameters it converges in a few hundred solves.
 
+Which solver suits a model at a given NFE is itself an empirical question (on the digits
+UNet a fitted UniPC wins at 4 steps, where DDIM wins on fixed grids): ``fit_candidates``
+fits one grid per candidate solver on the *same* training noise and teacher, so their
+losses compare, and ``best`` picks the lowest, a choice made on training noise only.
+
 Results are ``OptimizedGrid`` records; ``save`` / ``load`` keep them in one JSON file per
 model (``grids_path`` puts it beside a bundled checkpoint), keyed by solver and steps.
 """
@@ -170,6 +175,32 @@ def default_t_lo(process: Process) -> float:
     return 0.1 * process.t_min if process.t_min > 0 else 1e-4
 
 
+def training_set(den, x_T: Tensor | None = None, teacher: Tensor | None = None, n_train: int = 128, shape=None,
+                 seed: int = 20240, teacher_steps: int = 200, teacher_solver: str = "dpmpp-3m",
+                 t_lo: float | None = None, dtype=torch.float64) -> tuple[Tensor, Tensor]:
+    """The fit's training noises ``x_T`` ``[B, ...]`` and teacher endpoints ``[B, ...]``.
+
+    ``x_T`` defaults to ``n_train`` rows of ``shape`` drawn with ``seed`` and scaled by
+    ``sigma(t_max)``; ``teacher`` to ``teacher_endpoint`` with ``teacher_steps`` of
+    ``teacher_solver`` ending at ``t_lo`` (``default_t_lo``), the smallest last noise level
+    the student may choose, so the teacher never stops later than the student can."""
+    process = den.process
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give x_T or shape (the sample shape without the batch)")
+        g = torch.Generator().manual_seed(int(seed))
+        x_T = torch.randn((int(n_train), *shape), generator=g, dtype=dtype) * float(
+            process.sigma(as_time(float(process.t_max))))
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN or Inf")
+    if teacher is None:
+        t_end = default_t_lo(process) if t_lo is None else float(t_lo)
+        teacher = teacher_endpoint(den, x_T, teacher_steps, teacher_solver, t_end=t_end)
+    if teacher.shape != x_T.shape:
+        raise ValueError(f"teacher has shape {tuple(teacher.shape)}, x_T {tuple(x_T.shape)}")
+    return x_T, teacher
+
+
 def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, teacher: Tensor | None = None,
              n_train: int = 128, shape=None, seed: int = 20240, teacher_steps: int = 200,
              teacher_solver: str = "dpmpp-3m", t_lo: float | None = None, t_end_max: float | None = None,
@@ -184,8 +215,9 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
         x_T: training noises ``[B, ...]`` at ``t_max``; else ``n_train`` rows of ``shape``
             (``[...]`` without the batch) drawn with ``seed`` and scaled by ``sigma(t_max)``.
         teacher: the target endpoints ``[B, ...]`` for ``x_T``; else ``teacher_endpoint``
-            with ``teacher_steps`` of ``teacher_solver``.
-        t_lo: the smallest allowed last noise level (``default_t_lo``).
+            with ``teacher_steps`` of ``teacher_solver``, ending at ``t_lo`` (``training_set``).
+        t_lo: the smallest allowed last noise level (``default_t_lo``; for a trained
+            network, its smallest training time, so it is never queried below it).
         t_end_max: the largest allowed last noise level (default: any). A squared-error
             objective rewards stopping early at a blurry posterior mean; for perceptual
             quality (FD) cap the last noise level.
@@ -208,17 +240,7 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
     process = den.process
     t_max = float(process.t_max)
     t_lo = default_t_lo(process) if t_lo is None else float(t_lo)
-    if x_T is None:
-        if shape is None:
-            raise ValueError("give x_T or shape (the sample shape without the batch)")
-        g = torch.Generator().manual_seed(int(seed))
-        x_T = torch.randn((int(n_train), *shape), generator=g, dtype=dtype) * float(process.sigma(as_time(t_max)))
-    if not bool(torch.isfinite(x_T).all()):
-        raise ValueError("x_T contains NaN or Inf")
-    if teacher is None:
-        teacher = teacher_endpoint(den, x_T, teacher_steps, teacher_solver)
-    if teacher.shape != x_T.shape:
-        raise ValueError(f"teacher has shape {tuple(teacher.shape)}, x_T {tuple(x_T.shape)}")
+    x_T, teacher = training_set(den, x_T, teacher, n_train, shape, seed, teacher_steps, teacher_solver, t_lo, dtype)
     start = time.perf_counter()
     evals = 0
 
@@ -264,6 +286,46 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
                          evals=evals, seconds=time.perf_counter() - start, n_train=int(x_T.shape[0]))
 
 
+def fit_candidates(den, candidates, steps: int, x_T: Tensor | None = None, teacher: Tensor | None = None,
+                   n_train: int = 128, shape=None, seed: int = 20240, teacher_steps: int = 200,
+                   teacher_solver: str = "dpmpp-3m", t_lo: float | None = None, init: list | None = None,
+                   dtype=torch.float64, **optimize_options) -> list[OptimizedGrid]:
+    """One fitted grid of ``steps`` steps per candidate solver, best (lowest loss) first.
+
+    ``candidates``: ``[(solver_name, options), ...]``. All are fitted on the same training
+    noise and teacher (``training_set``), so their losses compare. The first candidate
+    starts from ``init`` (default ``initial_grids``), each later one from the best grid
+    fitted so far (a good grid for one multistep solver is a good start for another, and
+    one start keeps the cost of a candidate to one Nelder-Mead run).
+    ``optimize_options`` (``max_evals``, ``t_end_max``, ``distance``) go to ``optimize``."""
+    candidates = [(str(name), dict(opts or {})) for name, opts in candidates]
+    if not candidates:
+        raise ValueError("give at least one (solver, options) candidate")
+    t_lo = default_t_lo(den.process) if t_lo is None else float(t_lo)
+    x_T, teacher = training_set(den, x_T, teacher, n_train, shape, seed, teacher_steps, teacher_solver, t_lo, dtype)
+    starts = [timesteps.validate(g) for g in (init or initial_grids(den.process, steps))]
+    fitted = []
+    for name, opts in candidates:
+        init_k = starts if not fitted else [min(fitted, key=lambda f: f.loss).grid]
+        fitted.append(optimize(den, name, steps, x_T=x_T, teacher=teacher, t_lo=t_lo, init=init_k,
+                               **optimize_options, **opts))
+    return sorted(fitted, key=lambda f: f.loss)
+
+
+def best(records, steps: int, candidates=None) -> OptimizedGrid:
+    """The lowest-loss record of ``steps`` steps among ``records`` (a list, or ``load``'s
+    dict), optionally only those whose ``(solver, options)`` is in ``candidates``. Losses
+    compare only between records fitted on one training set (``fit_candidates``)."""
+    records = list(records.values()) if isinstance(records, dict) else list(records)
+    allowed = None if candidates is None else {grid_key(n, 1, o) for n, o in candidates}
+    pool = [r for r in records if r.steps == int(steps)
+            and (allowed is None or grid_key(r.solver, 1, r.solver_options) in allowed)]
+    if not pool:
+        raise KeyError(f"no fitted grid of {int(steps)} steps"
+                       + ("" if candidates is None else f" for {sorted(allowed)}"))
+    return min(pool, key=lambda r: r.loss)
+
+
 # --- storage ---------------------------------------------------------------------------
 def grids_path(model_name: str) -> pathlib.Path:
     """Where a bundled model's grids live: beside its checkpoint, ``NAME.grids.json``."""
@@ -304,5 +366,5 @@ def load(path, solver: str | None = None, steps: int | None = None, **solver_opt
     return records[key]
 
 
-__all__ = ["OptimizedGrid", "optimize", "save", "load", "grids_path", "grid_key", "teacher_endpoint",
+__all__ = ["OptimizedGrid", "optimize", "fit_candidates", "best", "training_set", "save", "load", "grids_path", "grid_key", "teacher_endpoint",
            "grid_from_params", "params_from_grid", "initial_grids", "grow", "default_t_lo"]

@@ -107,3 +107,25 @@ def test_quick_benchmark_writes_promised_fields(tmp_path):
         assert path.read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "solvers_quick.md").read_text()
     assert "| molrg-vp | 4 |" in md and "Per-step overhead" in md
+
+
+def test_summary_per_goal_metric_and_digits_helpers():
+    """A model judged on two metrics gets one goal row per metric and NFE, each comparing
+    the best diffinfer row with the best anchor row by that metric alone."""
+    from bench import solvers as bench
+    rows = [{"model": "digits", "budget": 4, "library": "diffinfer", "method": "a+opt-grid", "grid": "optimized",
+             "fd_digits": 0.3, "rmse": 0.2},
+            {"model": "digits", "budget": 4, "library": "diffusers", "method": "x", "grid": "logsnr",
+             "fd_digits": 1.0, "rmse": 0.3},
+            {"model": "digits", "budget": 4, "library": "diffusers", "method": "y", "grid": "karras",
+             "fd_digits": 0.5, "rmse": 0.9}]
+    summary = bench.summarise(rows, {"digits": ["fd_digits", "rmse"]})
+    by = {s["metric"]: s for s in summary}
+    assert set(by) == {"fd_digits", "rmse"}
+    assert by["fd_digits"]["best_anchor"] == "y @ karras" and by["fd_digits"]["ratio"] == pytest.approx(0.6)
+    assert by["fd_digits"]["goal_met"] is False
+    assert by["rmse"]["best_anchor"] == "x @ logsnr" and by["rmse"]["ratio"] == pytest.approx(0.2 / 0.3)
+    labels = bench.digits_labels(25)
+    assert labels.dtype == torch.int64 and torch.equal(torch.bincount(labels[:20]), torch.full((10,), 2))
+    assert bench.method_label("unipc", {}) == "unipc+opt-grid"
+    assert bench.method_label("unipc", {"order": 3}) == "unipc[order=3]+opt-grid"

@@ -130,3 +130,52 @@ def test_bad_input():
         grid_opt.optimize(den, "unipc", 3, x_T=torch.full((4, 2), float("nan"), dtype=F64))
     with pytest.raises(ValueError, match="ends at t = 0"):
         grid_opt.params_from_grid(torch.tensor([1.0, 0.5, 0.1], dtype=F64), 1e-4)
+
+
+def test_training_set_teacher_ends_at_the_smallest_allowed_level():
+    """The teacher is the high-step solver down to ``t_lo`` (then the denoised estimate), so
+    a student may stop no earlier than the teacher; the noise is reproducible by seed."""
+    den = ring2d().denoiser(di.VP("linear"))
+    x_T, teacher = grid_opt.training_set(den, n_train=8, shape=(2,), seed=3, teacher_steps=20, t_lo=2e-3)
+    again, _ = grid_opt.training_set(den, n_train=8, shape=(2,), seed=3, teacher_steps=2)
+    torch.testing.assert_close(x_T, again, rtol=0, atol=0)
+    expected = grid_opt.teacher_endpoint(den, x_T, 20, "dpmpp-3m", t_end=2e-3)
+    torch.testing.assert_close(teacher, expected, rtol=0, atol=0)
+    ts = timesteps.logsnr(den.process, 20, t_min=2e-3)
+    assert float(ts[-2]) == 2e-3 and float(ts[-1]) == 0.0
+    torch.testing.assert_close(teacher, di.sample(den, x_T, solver="dpmpp-3m", ts=ts).x, rtol=0, atol=0)
+
+
+def test_fit_candidates_compare_on_one_training_set_and_chain_starts():
+    """Every candidate is scored on the same noise and teacher (its losses recomputed here
+    from scratch), the list comes back best first, the second candidate starts from the
+    first one's fitted grid, and ``best`` picks the lowest loss (optionally per candidate)."""
+    den = ring2d().denoiser(di.VP("linear"))
+    cands = [("ddim", {}), ("unipc", {"order": 3})]
+    fits = grid_opt.fit_candidates(den, cands, 3, shape=(2,), n_train=16, seed=4, teacher_steps=40, max_evals=30)
+    assert [f.loss for f in fits] == sorted(f.loss for f in fits)
+    by = {(f.solver, tuple(f.solver_options.items())): f for f in fits}
+    ddim, unipc = by[("ddim", ())], by[("unipc", (("order", 3),))]
+    x_T, teacher = grid_opt.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
+    mse = lambda s, ts, **o: float(((grid_opt.solve(den, x_T, s, ts, **o) - teacher) ** 2).mean())  # noqa: E731
+    assert ddim.loss == pytest.approx(mse("ddim", ddim.grid), rel=1e-12)
+    assert unipc.loss == pytest.approx(mse("unipc", unipc.grid, order=3), rel=1e-12)
+    assert ddim.initial_loss == pytest.approx(mse("ddim", grid_opt.initial_grids(den.process, 3)[0]), rel=1e-12)
+    assert unipc.initial_loss == pytest.approx(mse("unipc", ddim.grid, order=3), rel=1e-12)  # chained start
+    assert grid_opt.best(fits, 3) is fits[0]
+    assert grid_opt.best(fits, 3, [("ddim", {})]) is ddim
+    with pytest.raises(KeyError, match="no fitted grid of 4 steps"):
+        grid_opt.best(fits, 4)
+    with pytest.raises(ValueError, match="at least one"):
+        grid_opt.fit_candidates(den, [], 3, shape=(2,))
+
+
+def test_best_reads_a_saved_file(tmp_path):
+    recs = [grid_opt.OptimizedGrid(ts=[1.0, 0.3, 0.0], solver="unipc", steps=2, loss=2.0),
+            grid_opt.OptimizedGrid(ts=[1.0, 0.2, 0.0], solver="unipc", steps=2, solver_options={"order": 3}, loss=1.0),
+            grid_opt.OptimizedGrid(ts=[1.0, 0.5, 0.1, 0.0], solver="ddim", steps=3, loss=0.1)]
+    saved = grid_opt.load(grid_opt.save(tmp_path / "g.json", recs))
+    assert grid_opt.best(saved, 2).key == "unipc[order=3]/2"
+    assert grid_opt.best(saved, 2, [("unipc", {})]).key == "unipc/2"
+    with pytest.raises(KeyError, match="unipc"):
+        grid_opt.best(saved, 3, [("unipc", {})])
