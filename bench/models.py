@@ -126,7 +126,6 @@ def bench_sunspots(steps: int) -> dict:
                         "autocorr_lag1": _autocorr(s, 1), "autocorr_lag5": _autocorr(s, 5),
                         "autocorr_lag11": _autocorr(s, 11)}
     from diffinfer.metrics import sliced_wasserstein
-    other = real[torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(0))]
     return {"solver": res.solver, "steps": steps, "nfe": res.nfe, "n": int(real.shape[0]), **stats,
             "sliced_wasserstein_to_real": sliced_wasserstein(fake.flatten(1).double(), real.flatten(1).double()),
             "_samples": fake[:6]}
@@ -184,7 +183,7 @@ def write_card(name: str, measured: dict, extra_md: str = "") -> pathlib.Path:
     lines = [f"# {name}", "", zoo.MODELS[name] + ".", "",
              f"- **Data:** {data}.",
              f"- **Data license:** {license_}.",
-             f"- **Networks:** " + "; ".join(f"`{k}`: {v['arch']} {json.dumps(v['kwargs'])}"
+             "- **Networks:** " + "; ".join(f"`{k}`: {v['arch']} {json.dumps(v['kwargs'])}"
                                                for k, v in config["networks"].items()),
              f"- **Parameters:** {_param_count(nets.values()):,}; file {size / 1e6:.2f} MB (safetensors, EMA weights).",
              ]

@@ -229,7 +229,7 @@ def run_toy(model: str, nfes, n_eval: int, grids_dir: pathlib.Path, compute_grid
 def load_digits():
     """``(base, None)`` or ``(None, reason)``: the bundled class-conditional ``digits`` model."""
     try:
-        from diffinfer import quality, zoo  # noqa: F401
+        from diffinfer import zoo
         return zoo.load("digits"), None
     except Exception as e:  # noqa: BLE001 - the checkpoint may not exist yet
         return None, f"digits model unavailable: {type(e).__name__}: {e}"

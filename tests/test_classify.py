@@ -1,5 +1,4 @@
 """Diffusion classifier against the exact Bayes classifier; denoised-smoothing certificates."""
-import math
 
 import pytest
 import torch

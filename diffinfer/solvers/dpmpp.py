@@ -28,7 +28,6 @@ import math
 
 import torch
 
-from ..process import as_time
 from .base import Solver, State, combine
 from .ddim import ddim_weights
 
@@ -36,12 +35,6 @@ Tensor = torch.Tensor
 
 #: diffusers lowers the order of the last steps only for grids shorter than this
 LOWER_ORDER_FINAL_BELOW = 15
-
-
-def half_logsnr(process, t) -> Tensor:
-    """``lambda(t) = log(alpha/sigma)`` as a float64 0-d tensor (``-inf`` where ``alpha = 0``,
-    ``+inf`` where ``sigma = 0``)."""
-    return 0.5 * process.logsnr(as_time(t))
 
 
 def push_history(state: State, x0: Tensor, i: int, keep: int) -> None:
@@ -217,5 +210,5 @@ def dpmpp_3m(**options) -> DPMSolverPP:
     return DPMSolverPP(order=3, **options)
 
 
-__all__ = ["THIRD_ORDER_FORMS", "DPMSolverPP", "DPMSolverPP2MSDE", "dpmpp_2m", "dpmpp_3m", "half_logsnr",
+__all__ = ["THIRD_ORDER_FORMS", "DPMSolverPP", "DPMSolverPP2MSDE", "dpmpp_2m", "dpmpp_3m",
            "push_history", "usable_history", "dpmpp_correction", "multistep_order", "LOWER_ORDER_FINAL_BELOW"]
