@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from diffinfer import metrics, quality  # noqa: E402
 from diffinfer.mdm import decode  # noqa: E402
 from diffinfer.mdm.metrics import bigram_tv, nll_per_token  # noqa: E402
 from diffinfer.toys.markov_chain import MarkovChain  # noqa: E402
@@ -119,20 +120,6 @@ def _load(name):
         return None, f"{type(e).__name__}: {e}"
 
 
-@torch.no_grad()
-def generative_perplexity(ar, tokens: torch.Tensor, start: int) -> float:
-    """``exp`` of the mean next-token NLL of ``tokens[:, start:]`` under the causal model ``ar``."""
-    logp = ar.logits(tokens[:, :-1]).double().log_softmax(-1)  # [B, L-1, V]
-    nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]  # [B, L-1]
-    return math.exp(float(nll[:, start - 1:].mean()))
-
-
-def unigram_entropy_bits(tokens: torch.Tensor) -> float:
-    counts = torch.bincount(tokens.flatten()).double()
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log2()).sum())
-
-
 def run_text(quick: bool) -> dict:
     model, err = _load("shakespeare-char")
     if model is None:
@@ -167,9 +154,9 @@ def run_text(quick: bool) -> dict:
         r = decode(model, prompt=prompt, length=length, batch=batch, policy=policy, seed=0, **opts)
         gen = r.tokens[:, len(prompt):len(prompt) + length]
         row = {"config": label, "tokens_per_nfe": round(r.tokens_per_nfe, 3), "nfe": r.nfe,
-               "wall_s": round(r.wall_time, 3), "unigram_entropy_bits": round(unigram_entropy_bits(gen), 4)}
+               "wall_s": round(r.wall_time, 3), "unigram_entropy_bits": round(metrics.unigram_entropy(gen) / math.log(2), 4)}
         if ar is not None:
-            row["gen_ppl"] = round(generative_perplexity(ar, r.tokens[:, :len(prompt) + length], len(prompt)), 3)
+            row["gen_ppl"] = round(quality.generative_perplexity(r.tokens[:, :len(prompt) + length], start=len(prompt)), 3)
         walls[label] = r.wall_time
         rows.append(row)
         print(f"[text] {label:40s} tpn={row['tokens_per_nfe']:6.2f} ppl={row.get('gen_ppl')} "

@@ -130,25 +130,27 @@ def heldout_windows(n: int = 64, length: int = 256, seed: int = 0) -> Tensor:
     return random_windows(shakespeare_tokens("heldout"), length, n, torch.Generator().manual_seed(seed))
 
 
-def ar_nll(tokens: Tensor, batch: int = 32) -> Tensor:
+def ar_nll(tokens: Tensor, batch: int = 32, start: int = 1) -> Tensor:
     """Per-sequence mean NLL (nats per character) of ``tokens`` ``[N, L]`` under
-    ``shakespeare-ar``, scoring characters ``1..L-1`` given their prefixes."""
+    ``shakespeare-ar``, scoring characters ``start..L-1`` given their prefixes (``start`` > 1
+    skips a prompt)."""
     ar = zoo.load("shakespeare-ar")
-    if tokens.dim() != 2 or tokens.shape[1] < 2:
-        raise ValueError(f"tokens must be [N, L] with L >= 2, got {tuple(tokens.shape)}")
+    if tokens.dim() != 2 or not 1 <= start < tokens.shape[1]:
+        raise ValueError(f"tokens must be [N, L] with 1 <= start={start} < L, got {tuple(tokens.shape)}")
     if bool((tokens == ar.mask_id).any()):
         raise ValueError("text to score still contains mask tokens")
     out = []
     for i in range(0, tokens.shape[0], batch):
         chunk = tokens[i:i + batch]
         logp = torch.log_softmax(ar.logits(chunk[:, :-1]).double(), dim=-1)  # [b, L-1, V]
-        out.append(-logp.gather(-1, chunk[:, 1:].unsqueeze(-1)).squeeze(-1).mean(1))
+        out.append(-logp.gather(-1, chunk[:, 1:].unsqueeze(-1)).squeeze(-1)[:, start - 1:].mean(1))
     return torch.cat(out)
 
 
-def generative_perplexity(tokens: Tensor) -> float:
-    """``exp(mean NLL per character)`` of ``tokens`` ``[N, L]`` under ``shakespeare-ar``."""
-    return math.exp(float(ar_nll(tokens).mean()))
+def generative_perplexity(tokens: Tensor, start: int = 1) -> float:
+    """``exp(mean NLL per character)`` of ``tokens`` ``[N, L]`` under ``shakespeare-ar``
+    (characters ``start..L-1``, see ``ar_nll``)."""
+    return math.exp(float(ar_nll(tokens, start=start).mean()))
 
 
 def unigram_entropy(tokens: Tensor, vocab_size: int | None = None) -> float:

@@ -108,3 +108,14 @@ def test_mdm_elbo_is_below_unigram_entropy_and_orders_text():
     shuffled = real.flatten()[torch.randperm(real.numel(), generator=torch.Generator().manual_seed(0))].view_as(real)
     elbo_real, elbo_shuffled = quality.mdm_elbo(mdm, real, draws=4), quality.mdm_elbo(mdm, shuffled, draws=4)
     assert elbo_real < quality.unigram_entropy(real) < elbo_shuffled, (elbo_real, elbo_shuffled)
+
+
+def test_ar_nll_start_skips_a_prompt():
+    """Characters before ``start`` are left out: with a causal scorer, the full NLL sum splits
+    exactly into the prompt's (scored on its own) and the rest's."""
+    t, s = quality.heldout_windows(3, 40, seed=2), 9
+    L = t.shape[1]
+    whole, rest, prompt = quality.ar_nll(t), quality.ar_nll(t, start=s), quality.ar_nll(t[:, :s])
+    torch.testing.assert_close((L - 1) * whole, (L - s) * rest + (s - 1) * prompt, rtol=1e-6, atol=1e-5)  # float32 net
+    with pytest.raises(ValueError, match="start"):
+        quality.ar_nll(t, start=L)
