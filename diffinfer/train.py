@@ -381,10 +381,12 @@ SHAKESPEARE_NET = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_len": 256}
 def _shakespeare_recipe(causal: bool, steps: int, seed: int, lr: float = 2e-3, warmup: int = 100,
                         init_from: str | None = None) -> Recipe:
     from .data import random_windows, shakespeare_tokens, shakespeare_vocab
+    from .mdm.model import shift_right
     from .nets.char_transformer import CharTransformer
     vocab = shakespeare_vocab()
     stream = shakespeare_tokens("train")
-    kwargs = {"vocab_size": vocab.size, **SHAKESPEARE_NET, "causal": causal, "shift": init_from is not None}
+    kwargs = {"vocab_size": vocab.size, **SHAKESPEARE_NET, "causal": causal}
+    shift = init_from is not None  # Dream's logit shift keeps the causal model's next-token head
     net = CharTransformer(**kwargs)
     if init_from is not None:  # start from another bundled model with the same shapes
         from . import zoo
@@ -395,13 +397,15 @@ def _shakespeare_recipe(causal: bool, steps: int, seed: int, lr: float = 2e-3, w
         tokens = random_windows(stream, length + (1 if causal else 0), batch, gen)  # [B, L(+1)]
         if causal:
             return autoregressive_loss(model["net"], tokens)
-        return masked_diffusion_loss(model["net"], tokens, vocab.mask_id, generator=gen, stratified=True)
+        net = model["net"]
+        logits = (lambda x: shift_right(net(x))) if shift else net
+        return masked_diffusion_loss(logits, tokens, vocab.mask_id, generator=gen, stratified=True)
 
     cfg = TrainConfig(steps=steps, lr=lr, warmup=warmup, ema_decay=0.99, seed=seed,
                       final_lr_fraction=0.05, checkpoint_every=100)
     config = {"kind": "text", "causal": causal, "vocab": vocab.chars, "mask_id": vocab.mask_id,
               "batch": batch, "length": length, "split": "first 90% of each play (train), rest held out",
-              "init_from": init_from,
+              "init_from": init_from, "shift_logits": shift,
               "networks": {"net": {"arch": "char-transformer", "kwargs": kwargs}}}
     return Recipe({"net": net}, loss_fn, cfg, config)
 

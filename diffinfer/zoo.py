@@ -161,10 +161,13 @@ class DigitsClassifiers:
 
 class TextModel:
     """A character model: ``logits(tokens [B, L]) -> [B, L, V]``, ``vocab`` (a
-    ``data.CharVocab``), ``mask_id``, ``causal`` (autoregressive) and ``max_len``."""
+    ``data.CharVocab``), ``mask_id``, ``causal`` (autoregressive), ``max_len`` and
+    ``shift_logits`` (a masked model initialised from a causal one reads position ``i``'s
+    logits off position ``i - 1``: the masked-model protocol's Dream shift, ``mdm.shift_right``)."""
 
     def __init__(self, net: nn.Module, vocab, causal: bool, config: dict):
         self.net, self.vocab, self.causal, self.config = net, vocab, causal, config
+        self.shift_logits = bool(config.get("shift_logits", False))
         self.mask_id = vocab.mask_id
         self.vocab_size = vocab.size
         self.max_len = int(config["networks"]["net"]["kwargs"].get("max_len", 256))
@@ -175,7 +178,11 @@ class TextModel:
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds max_len {self.max_len}")
         with torch.no_grad():
-            return self.net(tokens)
+            out = self.net(tokens)
+        if self.shift_logits:
+            from .mdm.model import shift_right
+            out = shift_right(out)
+        return out
 
     __call__ = logits
 

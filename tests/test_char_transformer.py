@@ -7,10 +7,10 @@ from diffinfer.nets.char_transformer import CharTransformer
 torch.set_num_threads(1)
 
 
-def _model(causal=False, shift=False):
+def _model(causal=False):
     torch.manual_seed(0)
     return CharTransformer(vocab_size=11, d_model=32, n_layers=2, n_heads=4, max_len=24,
-                           causal=causal, shift=shift).double().eval()
+                           causal=causal).double().eval()
 
 
 def _tokens(B=3, L=20, seed=1):
@@ -37,10 +37,9 @@ def test_causal_ignores_future_bidirectional_does_not():
         assert not torch.allclose(bi(x)[:, :12], bi(y)[:, :12])
 
 
-@pytest.mark.parametrize("shift", [False, True])
-@pytest.mark.parametrize("start,end", [(8, 20), (8, 14), (0, 20), (0, 5), (19, 20)])
-def test_window_forward_equals_full_forward(start, end, shift):
-    m, x = _model(shift=shift), _tokens()
+@pytest.mark.parametrize("start,end", [(8, 20), (8, 14), (0, 20), (19, 20)])
+def test_window_forward_equals_full_forward(start, end):
+    m, x = _model(), _tokens()
     with torch.no_grad():
         full, cache = m.forward_with_cache(x)
         win = m.forward_window(x[:, start:end], start, cache)
@@ -62,23 +61,3 @@ def test_window_outside_cache_is_an_error():
     _, cache = m.forward_with_cache(x)
     with pytest.raises(ValueError, match="outside"):
         m.forward_window(x[:, :5], 18, cache)
-
-
-def test_shift_moves_logits_one_position_right():
-    plain, shifted, x = _model(), _model(shift=True), _tokens()  # same weights (same seed)
-    with torch.no_grad():
-        a, b = plain(x), shifted(x)
-    torch.testing.assert_close(b[:, 1:], a[:, :-1], rtol=0, atol=0)
-    torch.testing.assert_close(b[:, 0], a[:, 0], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="shift"):
-        _model(causal=True, shift=True)
-
-
-def test_shifted_window_needs_the_cached_hidden_state():
-    m, x = _model(shift=True), _tokens()
-    with torch.no_grad():
-        _, cache = m.forward_with_cache(x)
-        cache.hidden = None
-        with pytest.raises(ValueError, match="last block"):
-            m.forward_window(x[:, 8:], 8, cache)
-        m.forward_window(x[:, :8], 0, cache)  # a window at the start reads nothing before it

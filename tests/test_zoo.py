@@ -151,3 +151,19 @@ def test_sunspots_training_windows_leave_the_forecast_tails_out():
     assert torch.equal(train[-1, 0], series[cut - 32:cut])  # the last window ends at the cut
     with pytest.raises(ValueError, match="valid: 'all', 'train'"):
         sunspots_windows(32, split="test")
+
+
+def test_shakespeare_char_keeps_its_logit_shift_in_every_path():
+    """The bundled text model was trained with Dream's shift (initialised from shakespeare-ar):
+    ``logits``, the decode adapter and its key/value-cache window all apply it."""
+    from diffinfer.mdm import as_masked_model, shift_right
+    from diffinfer.quality import heldout_windows
+    m = zoo.load("shakespeare-char")
+    assert m.shift_logits and not zoo.load("shakespeare-ar").shift_logits
+    x = heldout_windows(2, 48, seed=3)
+    adapter = as_masked_model(m)
+    full, cache = adapter.logits_with_cache(x)
+    torch.testing.assert_close(m.logits(x), shift_right(m.net(x)), rtol=0, atol=0)
+    torch.testing.assert_close(full, m.logits(x), rtol=0, atol=0)
+    window = adapter.logits_window(x[:, 20:], 20, cache, tokens=x)
+    torch.testing.assert_close(window, full[:, 20:], rtol=1e-5, atol=1e-5)

@@ -70,11 +70,13 @@ class CharTransformerModel(MaskedModel):
 
     supports_kv_cache = True
 
-    def __init__(self, net: nn.Module, mask_id: int):
+    def __init__(self, net: nn.Module, mask_id: int, shift_logits: bool | None = None):
         super().__init__(mask_id, net.vocab_size)
         if getattr(net, "causal", False):
             raise ValueError("a causal CharTransformer is an autoregressive model, not a masked one")
         self.net = net
+        if shift_logits is not None:  # e.g. the zoo's shakespeare-char, trained from shakespeare-ar
+            self.shift_logits = bool(shift_logits)
 
     @torch.no_grad()
     def raw_logits(self, tokens: Tensor) -> Tensor:
@@ -101,7 +103,8 @@ def as_masked_model(model, mask_id: int | None = None):
         return CharTransformerModel(model, mask_id)
     net = getattr(model, "net", None)
     if isinstance(net, CharTransformer) and not net.causal and hasattr(model, "mask_id"):
-        return CharTransformerModel(net, model.mask_id)  # e.g. zoo "shakespeare-char": adds the KV cache
+        # e.g. zoo "shakespeare-char": adds the KV cache, keeps its logit shift
+        return CharTransformerModel(net, model.mask_id, getattr(model, "shift_logits", False))
     if not callable(getattr(model, "logits", None)) or not hasattr(model, "mask_id"):
         raise TypeError(f"{type(model).__name__} is not a masked model: it needs logits(tokens) and mask_id")
     if mask_id is not None and mask_id != model.mask_id:

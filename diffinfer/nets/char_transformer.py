@@ -11,12 +11,6 @@ KV cache and parallel decoding", arXiv:2505.22618): ``forward_with_cache`` runs 
 canvas and keeps every layer's keys and values; ``forward_window`` recomputes only the
 positions ``[start, end)`` and reads the other positions' keys and values from the cache.
 ``end = L`` is the prefix cache, ``end < L`` the dual cache.
-
-``shift=True`` (bidirectional only) reads the logits of position ``i`` off the output at
-position ``i - 1`` (position 0 off its own): the logit shift of Dream (Ye et al. 2025,
-"Dream 7B: Diffusion Large Language Models", arXiv:2508.15487), which keeps an
-autoregressive model's next-token head meaningful when a masked-diffusion model is
-initialised from it, so training starts from the causal model's predictions.
 """
 from __future__ import annotations
 
@@ -31,12 +25,10 @@ Tensor = torch.Tensor
 
 @dataclass
 class KVCache:
-    """Per-layer keys and values of a whole canvas, each ``[B, H, L, D/H]``, and the last
-    block's output ``[B, L, D]`` (read by the shifted model for the position before a window)."""
+    """Per-layer keys and values of a whole canvas, each ``[B, H, L, D/H]``."""
 
     keys: list[Tensor]
     values: list[Tensor]
-    hidden: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -44,8 +36,7 @@ class KVCache:
 
     def select(self, idx: Tensor) -> "KVCache":
         """Rows ``idx`` of the cache (batch first, like solver state)."""
-        hidden = None if self.hidden is None else self.hidden[idx]
-        return KVCache([k[idx] for k in self.keys], [v[idx] for v in self.values], hidden)
+        return KVCache([k[idx] for k in self.keys], [v[idx] for v in self.values])
 
 
 class SelfAttention(nn.Module):
@@ -113,15 +104,12 @@ class Block(nn.Module):
 
 
 class CharTransformer(nn.Module):
-    """Token + learned position embeddings, ``n_layers`` blocks, a final norm and a linear
-    head; ``shift`` moves the logits one position right (Dream's logit shift, see above)."""
+    """Token + learned position embeddings, ``n_layers`` blocks, a final norm and a linear head."""
 
     def __init__(self, vocab_size: int, d_model: int = 256, n_layers: int = 6, n_heads: int = 8,
-                 max_len: int = 256, causal: bool = False, dropout: float = 0.0, shift: bool = False):
+                 max_len: int = 256, causal: bool = False, dropout: float = 0.0):
         super().__init__()
-        if causal and shift:
-            raise ValueError("shift=True is for the bidirectional model; a causal model already predicts the next token")
-        self.vocab_size, self.max_len, self.causal, self.shift = vocab_size, max_len, causal, shift
+        self.vocab_size, self.max_len, self.causal = vocab_size, max_len, causal
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Embedding(max_len, d_model)
         self.drop = nn.Dropout(dropout)
@@ -152,10 +140,7 @@ class CharTransformer(nn.Module):
             x, k, v = block(x)
             keys.append(k)
             values.append(v)
-        logits = self.head(self.ln_f(x))  # [B, L, V]
-        if self.shift:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits, KVCache(keys, values, x)
+        return self.head(self.ln_f(x)), KVCache(keys, values)
 
     def forward_window(self, tokens: Tensor, start: int, cache: KVCache) -> Tensor:
         """Logits ``[B, W, V]`` for ``tokens`` ``[B, W]`` at positions ``[start, start+W)``,
@@ -172,12 +157,4 @@ class CharTransformer(nn.Module):
         x = self._embed(tokens, start)
         for block, k, v in zip(self.blocks, cache.keys, cache.values):
             x = block.forward_window(x, start, k, v)
-        if not self.shift:
-            return self.head(self.ln_f(x))
-        if start > 0:  # the window's first logits come from the cached position before it
-            if cache.hidden is None:
-                raise ValueError("the shifted model's window needs a cache with the last block's output")
-            x = torch.cat([cache.hidden[:, start - 1:start], x[:, :-1]], dim=1)
-        else:
-            x = torch.cat([x[:, :1], x[:, :-1]], dim=1)
-        return self.head(self.ln_f(x))  # [B, W, V]
+        return self.head(self.ln_f(x))
