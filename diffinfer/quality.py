@@ -130,6 +130,13 @@ def heldout_windows(n: int = 64, length: int = 256, seed: int = 0) -> Tensor:
     return random_windows(shakespeare_tokens("heldout"), length, n, torch.Generator().manual_seed(seed))
 
 
+def next_token_logp(causal_model, tokens: Tensor) -> Tensor:
+    """``log p(x_i | x_<i)`` for ``i = 1..L-1`` (float64 ``[N, L-1]``) of ``tokens`` ``[N, L]``
+    under a causal model whose ``logits(tokens)[:, i]`` predicts token ``i + 1``."""
+    logp = torch.log_softmax(causal_model.logits(tokens[:, :-1]).double(), dim=-1)  # [N, L-1, V]
+    return logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
 def ar_nll(tokens: Tensor, batch: int = 32, start: int = 1) -> Tensor:
     """Per-sequence mean NLL (nats per character) of ``tokens`` ``[N, L]`` under
     ``shakespeare-ar``, scoring characters ``start..L-1`` given their prefixes (``start`` > 1
@@ -139,12 +146,7 @@ def ar_nll(tokens: Tensor, batch: int = 32, start: int = 1) -> Tensor:
         raise ValueError(f"tokens must be [N, L] with 1 <= start={start} < L, got {tuple(tokens.shape)}")
     if bool((tokens == ar.mask_id).any()):
         raise ValueError("text to score still contains mask tokens")
-    out = []
-    for i in range(0, tokens.shape[0], batch):
-        chunk = tokens[i:i + batch]
-        logp = torch.log_softmax(ar.logits(chunk[:, :-1]).double(), dim=-1)  # [b, L-1, V]
-        out.append(-logp.gather(-1, chunk[:, 1:].unsqueeze(-1)).squeeze(-1)[:, start - 1:].mean(1))
-    return torch.cat(out)
+    return torch.cat([-next_token_logp(ar, chunk)[:, start - 1:].mean(1) for chunk in tokens.split(batch)])
 
 
 def generative_perplexity(tokens: Tensor, start: int = 1) -> float:

@@ -45,6 +45,14 @@ def test_text_best_of_n_keeps_the_best():
     assert res.verifier_calls == 32 and res.nfe > 0
 
 
+def test_text_best_of_n_with_a_prompt_decodes_n_candidates():
+    """One prompt is repeated over the ``n`` rows (it once decoded a single canvas)."""
+    chain = _chain()
+    res = text_best_of_n(chain, TokenCount(0), 8, L, prompt=[1, 2], seed=0)
+    assert res.info["all_rewards"].shape == (8,) and res.verifier_calls == 8
+    assert res.x.shape == (1, L + 2) and res.x[0, :2].tolist() == [1, 2]
+
+
 def test_text_verifiers():
     vocab = "abc "
     decode = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731

@@ -83,9 +83,9 @@ class ARLogLikelihood:
         self.name = "ar-loglik"
 
     def __call__(self, tokens: Tensor) -> Tensor:
+        from ..quality import next_token_logp
         with torch.no_grad():
-            logp = torch.log_softmax(self.model.logits(tokens).double(), -1)  # [B, L, V]
-        ll = logp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1).sum(1)
+            ll = next_token_logp(self.model, tokens).sum(1)  # [B]
         return ll / (tokens.shape[1] - 1) if self.per_token else ll
 
 
@@ -94,7 +94,7 @@ def text_best_of_n(model, reward, n: int, length: int, prompt=None, seed: int = 
     from ..mdm.decode import decode
     verifier = as_verifier(reward)
     calls0 = verifier.calls
-    res = decode(model, prompt=prompt, length=length, batch=n if prompt is None else None, seed=seed, **decode_options)
+    res = decode(model, prompt=prompt, length=length, batch=n, seed=seed, **decode_options)  # one prompt: n rows
     r = verifier(res.tokens)
     j = int(torch.argmax(r.double()))
     return ScalingResult(x=res.tokens[j:j + 1], reward=r[j:j + 1], nfe=int(res.nfe_per_row.sum()),
