@@ -107,14 +107,6 @@ def params_from_grid(ts: Tensor, t_lo: float) -> Tensor:
     return torch.log(gaps[:-1]) - torch.log(gaps[-1])
 
 
-def _ending_at_zero(builder, process: Process, steps: int, **kw) -> Tensor:
-    """A builder's grid of ``steps`` intervals whose last point is ``0``."""
-    ts = builder(process, steps, **kw)
-    if float(ts[-1]) != 0.0:
-        ts = builder(process, steps, final_zero=True, **kw)
-    return ts
-
-
 def grow(ts: Tensor, steps: int) -> Tensor:
     """A fitted grid extended to ``steps`` steps by splitting, one at a time, its widest
     interval between positive points in ``log t`` at the geometric mean (a warm start
@@ -134,9 +126,9 @@ def grow(ts: Tensor, steps: int) -> Tensor:
 
 def initial_grids(process: Process, steps: int) -> list[Tensor]:
     """Starting points: the default grid of the process, and the Karras grid where finite."""
-    grids = [_ending_at_zero(timesteps.default_builder(process), process, steps)]
+    grids = [timesteps.default_builder(process)(process, steps)]  # builders end at 0 (final_zero)
     try:
-        karras = _ending_at_zero(timesteps.karras, process, steps)
+        karras = timesteps.karras(process, steps)
         if not any(torch.allclose(karras, g) for g in grids):
             grids.append(karras)
     except ValueError:  # infinite log-SNR at an end (rectified flow at t = 1)
@@ -162,7 +154,7 @@ def teacher_endpoint(den, x_T: Tensor, steps: int = 200, solver: str = "dpmpp-3m
     if t_end is None and den.process.t_min > 0:
         t_end = default_t_lo(den.process)
     kw = {} if t_end is None else {"t_min": float(t_end)}
-    return solve(den, x_T, solver, _ending_at_zero(builder, den.process, steps, **kw), **solver_options)
+    return solve(den, x_T, solver, builder(den.process, steps, **kw), **solver_options)
 
 
 def default_t_lo(process: Process) -> float:

@@ -21,7 +21,7 @@ import math
 import os
 import pathlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -159,7 +159,6 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 50
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -314,9 +313,7 @@ def recipe_digits_classifier() -> Recipe:
     from .nets.unet import UNetClassifier
     from .process import get_process
     x, y = digits()
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(1234))
-    n_train = int(0.9 * x.shape[0])
-    train_idx = perm[:n_train]
+    train_idx, _ = digits_classifier_split()
     kw = {"in_channels": 1, "channels": [32, 64, 64], "emb_dim": 128, "num_classes": 10}
     noisy = UNetClassifier(**kw, time_conditional=True)
     clean = UNetClassifier(**kw, time_conditional=False)
@@ -329,7 +326,7 @@ def recipe_digits_classifier() -> Recipe:
         return pad[:, :, dy:dy + 8, dx:dx + 8]
 
     def loss_fn(model, gen):
-        idx = train_idx[torch.randint(0, n_train, (batch,), generator=gen)]
+        idx = train_idx[torch.randint(0, train_idx.numel(), (batch,), generator=gen)]
         x0 = shift(x[idx], gen)
         t = sample_times(process, batch, gen)
         x_t = process.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
@@ -346,8 +343,9 @@ def recipe_digits_classifier() -> Recipe:
 
 def digits_classifier_split() -> tuple[Tensor, Tensor]:
     """Indices (train, held out) of the digits split the classifiers use."""
-    perm = torch.randperm(1797, generator=torch.Generator().manual_seed(1234))
-    n_train = int(0.9 * 1797)
+    n = 1797  # scikit-learn's digits
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1234))
+    n_train = int(0.9 * n)
     return perm[:n_train], perm[n_train:]
 
 
@@ -446,6 +444,7 @@ def train_model(name: str, steps: int | None = None, out_dir=None, work_dir=None
         raise ValueError(f"no training recipe for {name!r}; valid: {', '.join(sorted(RECIPES))}")
     if threads:
         torch.set_num_threads(int(threads))
+    torch.manual_seed(0)  # the networks' initial weights (built by the recipe), so a retrain from scratch is determined
     recipe = RECIPES[name]()
     if steps is not None:
         recipe.cfg.steps = int(steps)

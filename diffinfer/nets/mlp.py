@@ -55,7 +55,9 @@ class TimeLabelEmbedding(nn.Module):
             label = label.expand(t.shape[0])
         if label.shape != t.shape or label.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"label must be integer [B]={t.shape[0]}, got {label.dtype} {tuple(label.shape)}")
-        if bool(((label < 0) | (label > self.num_classes)).any()):
+        # checked on the host only: on an accelerator the check would wait for the device at
+        # every model call, and the embedding lookup itself rejects an index out of range
+        if label.device.type == "cpu" and bool(((label < 0) | (label > self.num_classes)).any()):
             raise ValueError(f"labels must lie in [0, {self.num_classes}] ({self.num_classes} is the null class)")
         return emb + self.label_emb(label.long())
 
