@@ -108,11 +108,21 @@ class Anchor:
     needs: str = "diffusers"
 
     def nfe(self, steps: int) -> int:
-        return steps * self.evals_per_step - (self.evals_per_step - 1)  # Heun: last step is Euler
+        return nfe_of(steps, self.evals_per_step)
 
     def steps_for(self, nfe: int) -> int:
         """The most steps whose NFE fits ``nfe``."""
-        return max(1, (nfe + self.evals_per_step - 1) // self.evals_per_step)
+        return steps_for(nfe, self.evals_per_step)
+
+
+def steps_for(nfe: int, evals_per_step: int) -> int:
+    """The most steps whose model calls fit ``nfe`` (Heun's last step is one call)."""
+    return max(1, (nfe + evals_per_step - 1) // evals_per_step)
+
+
+def nfe_of(steps: int, evals_per_step: int) -> int:
+    """Model calls of ``steps`` steps (Heun: the last step is Euler, one call)."""
+    return steps * evals_per_step - (evals_per_step - 1)
 
 
 def _diffusers_loop(make_scheduler, output: str):
@@ -146,6 +156,7 @@ def _diffusers_loop(make_scheduler, output: str):
             x = x * float(process.alpha(ts[-1]))
         return x
 
+    run.make_scheduler = make_scheduler  # the configured scheduler (the overhead benchmark times its step)
     return run
 
 

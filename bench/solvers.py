@@ -61,15 +61,9 @@ GOAL_RATIO = 0.5
 OPTIMIZED_UP_TO = 10  # NFE up to which the optimised grids are fitted (the goal range)
 T_REF = 1e-5  # the exact endpoint: PF-ODE to here, then the exact denoiser
 
-#: diffinfer's deterministic solvers: (label, registry name, options, model calls per step)
-OUR_SOLVERS = [
-    ("ddim", "ddim", {}, 1),
-    ("heun", "heun", {}, 2),
-    ("dpmpp-2m", "dpmpp-2m", {}, 1),
-    ("dpmpp-3m", "dpmpp-3m", {}, 1),
-    ("unipc", "unipc", {}, 1),
-    ("evodiff", "evodiff", {}, 1),
-]
+#: diffinfer's deterministic solvers: (label, registry name, options)
+OUR_SOLVERS = [("ddim", "ddim", {}), ("heun", "heun", {}), ("dpmpp-2m", "dpmpp-2m", {}),
+               ("dpmpp-3m", "dpmpp-3m", {}), ("unipc", "unipc", {}), ("evodiff", "evodiff", {})]
 #: the optimised method: solver, options, label
 OPTIMIZED = ("unipc", {}, "unipc+opt-grid")
 
@@ -106,15 +100,6 @@ def exact_endpoint(den, x_T: Tensor) -> Tensor:
     from diffinfer.toys.reference import pf_ode_solution
     x_ref = pf_ode_solution(den, x_T, den.process.t_max, T_REF, rtol=1e-9, atol=1e-9)
     return den.x0(x_ref, T_REF)
-
-
-def steps_for(nfe: int, evals_per_step: int) -> int:
-    """The most steps whose model calls fit ``nfe`` (Heun's last step is one call)."""
-    return max(1, (nfe + evals_per_step - 1) // evals_per_step)
-
-
-def nfe_of(steps: int, evals_per_step: int) -> int:
-    return steps * evals_per_step - (evals_per_step - 1)
 
 
 def rmse(a: Tensor, b: Tensor) -> float:
@@ -198,12 +183,13 @@ def run_toy(model: str, nfes, n_eval: int, grids_dir: pathlib.Path, compute_grid
     for nfe in nfes:
         budget = nfe
         for fam_name, builder in fams.items():
-            for label, solver, opts, per in OUR_SOLVERS:
-                steps = steps_for(nfe, per)
+            for label, solver, opts in OUR_SOLVERS:
+                per = di.solvers.get(solver, **opts).evals_per_step
+                steps = anchors.steps_for(nfe, per)
                 ts = builder(process, steps)
                 t0 = time.perf_counter()
                 x = di.sample(den, x_T, solver=solver, ts=ts, **opts).x
-                record(label, "diffinfer", fam_name, nfe_of(steps, per), steps, x, time.perf_counter() - t0)
+                record(label, "diffinfer", fam_name, anchors.nfe_of(steps, per), steps, x, time.perf_counter() - t0)
             for name in anchor_names:
                 a = anchors.ANCHORS[name]
                 steps = a.steps_for(nfe)
@@ -378,20 +364,8 @@ def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: boo
 
 
 # --- overhead -------------------------------------------------------------------------
-OVERHEAD_PAIRS = [("ddim", {}, "diffusers-ddim"), ("euler", {}, "diffusers-euler"),
-                  ("dpmpp-2m", {}, "diffusers-dpmpp-2m"), ("dpmpp-3m", {"third_order": "diffusers"}, "diffusers-dpmpp-3m"),
-                  ("unipc", {}, "diffusers-unipc")]
-
-
-def _diffusers_scheduler(anchor_name: str, process, ts: Tensor, dtype):
-    """The configured scheduler of a diffusers anchor on grid ``ts`` (for timing ``step``)."""
-    makers = {"diffusers-ddim": anchors._make_ddim, "diffusers-euler": anchors._make_euler,
-              "diffusers-dpmpp-2m": anchors._make_multistep("DPMSolverMultistepScheduler", solver_order=2,
-                                                             algorithm_type="dpmsolver++"),
-              "diffusers-dpmpp-3m": anchors._make_multistep("DPMSolverMultistepScheduler", solver_order=3,
-                                                             algorithm_type="dpmsolver++"),
-              "diffusers-unipc": anchors._make_multistep("UniPCMultistepScheduler", solver_order=2, solver_type="bh2")}
-    return makers[anchor_name](process, ts, dtype, False)
+#: diffusers schedulers timed against the diffinfer solver each is equivalent to (``Anchor.equivalent``)
+OVERHEAD_ANCHORS = ["diffusers-ddim", "diffusers-euler", "diffusers-dpmpp-2m", "diffusers-dpmpp-3m", "diffusers-unipc"]
 
 
 def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5) -> list[dict]:
@@ -406,7 +380,8 @@ def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5) -> list[di
     ts = timesteps.logsnr(process, steps)
     x0 = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     rows = []
-    for solver, opts, anchor in OVERHEAD_PAIRS:
+    for anchor in OVERHEAD_ANCHORS:
+        solver, opts = anchors.ANCHORS[anchor].equivalent
         ours, theirs = [], []
         for _ in range(repeats + 1):  # the first pass warms up and is dropped
             s = di.solvers.get(solver, **opts)
@@ -416,7 +391,7 @@ def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5) -> list[di
             for i in range(steps):
                 x, state = s.step(den, x, i, state)
             ours.append((time.perf_counter() - t0) / steps)
-            sched = _diffusers_scheduler(anchor, process, ts, torch.float32)
+            sched = anchors.ANCHORS[anchor].run.make_scheduler(process, ts, torch.float32, False)
             x = x0.clone()
             t0 = time.perf_counter()
             for i in range(steps):
