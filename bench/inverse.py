@@ -196,7 +196,7 @@ def run_digit_guidance(quick: bool) -> dict:
     for kind, scales in (("classifier guidance", [0.0, 1.0, 3.0]), ("classifier-free guidance", [1.0, 2.0])):
         for scale in scales:
             if kind.startswith("classifier guidance"):
-                den = ClassifierGuidance(base.bind(label=torch.full((n,), null)), clf.noisy, labels, scale=scale)
+                den = ClassifierGuidance(base, clf.noisy, labels, scale=scale)  # base: no label, the null class
             else:
                 den = ClassifierFreeGuidance(base.bind(label=labels), scale, null)
             res = di.sample(den, shape=(n, *base.shape), solver="ddpm", steps=50, seed=0)

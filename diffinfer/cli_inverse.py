@@ -45,14 +45,6 @@ def measurement_view(op: inverse.LinearOperator, y: torch.Tensor) -> torch.Tenso
     return op.pinv(y) if not isinstance(op, inverse.GaussianBlur) else y
 
 
-def unconditional_digits(model: str):
-    """The bundled digits ``Denoiser`` bound to its null label (unconditional)."""
-    from . import zoo
-    base = zoo.load(model)
-    null = int(base.config.get("null_label", 10))
-    return base, null
-
-
 #: Gaussian DPS scale per task (tuned on the bundled digits model at noise 0.05: the
 #: gradient grows with the number of measurements, and past these values DPS diverges)
 DPS_SCALES = {"inpaint": 0.03, "superres": 0.1, "deblur": 0.1, "mri": 0.03}
@@ -67,16 +59,16 @@ def restore_digits(model: str, task: str, method: str, x: torch.Tensor, noise_st
     Defaults: DPS at ``DPS_SCALES[task]`` (unless ``scale``), guided for ``t < 0.6`` on
     ``x0_hat`` clamped to ``[-1, 1]``; RED-Diff on deblurring starts from zeros with
     ``lr = 0.03`` (``A^+ y`` of a blur amplifies the noise)."""
-    base, null = unconditional_digits(model)
-    den = base.bind(label=torch.full((x.shape[0],), null, dtype=torch.int64))
-    op = inverse.task_operator(task, base.shape, noise_std)
+    from . import zoo
+    den = zoo.load(model)  # no label bound: the network uses its null class (unconditional)
+    op = inverse.task_operator(task, den.shape, noise_std)
     y = op.measure(x, seed=seed + 1)
     if method == "dps":
         options = {"interval": (0.0, GUIDANCE_T_MAX), "clip": DATA_RANGE, **options}
     if method == "reddiff" and task == "deblur":
         options = {"init": torch.zeros_like(x), "lr": 0.03, **options}
     scale = DPS_SCALES[task] if scale is None else scale
-    out, nfe = inverse.restore(den, op, y, base.shape, method, steps=steps, seed=seed, scale=scale, **options)
+    out, nfe = inverse.restore(den, op, y, den.shape, method, steps=steps, seed=seed, scale=scale, **options)
     return out.clamp(-1.0, 1.0), y, op, nfe
 
 
