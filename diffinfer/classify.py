@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .denoiser import DenoiserBase
+from .denoiser import DenoiserBase, summed_counter
 from .process import Process, as_time
 
 Tensor = torch.Tensor
@@ -86,9 +86,9 @@ class DiffusionClassifier:
         eps = torch.randn((n,) + tuple(x.shape), generator=g, dtype=torch.float64).to(x.dtype)
         return t, eps
 
-    def _errors(self, c: int, x: Tensor, rows: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """Weighted squared noise-prediction errors ``[len(rows), n_pairs]`` of class ``c``."""
-        den = self._get(c)
+    def _errors(self, den: DenoiserBase, x: Tensor, rows: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Weighted squared noise-prediction errors ``[len(rows), n_pairs]`` of one class's
+        denoiser ``den``."""
         if rows.numel() != x.shape[0]:
             den = den.select(rows)
         xr = x[rows]
@@ -115,7 +115,9 @@ class DiffusionClassifier:
         sums = torch.zeros(B, C, dtype=torch.float64)
         counts = torch.zeros(B, C, dtype=torch.float64)
         alive = torch.ones(B, C, dtype=torch.bool)
-        nfe0 = self._get(0).nfe
+        dens = [self._get(c) for c in range(C)]
+        counter = summed_counter(dens)  # the denoisers may or may not share a counter
+        nfe0 = counter.n
         start = 0
         for n_round, keep in rounds:
             sl = slice(start, start + n_round)
@@ -123,7 +125,7 @@ class DiffusionClassifier:
                 rows = alive[:, c].nonzero().squeeze(1)
                 if rows.numel() == 0:
                     continue
-                err = self._errors(c, x, rows, t[sl], eps[sl])  # [rows, n_round]
+                err = self._errors(dens[c], x, rows, t[sl], eps[sl])  # [rows, n_round]
                 sums[rows, c] += err.sum(1)
                 counts[rows, c] += n_round
             start += n_round
@@ -132,7 +134,7 @@ class DiffusionClassifier:
                 cut = torch.topk(score, min(int(keep), C), dim=1).indices
                 alive = torch.zeros_like(alive).scatter_(1, cut, True) & alive
         score = torch.where(alive, -sums / counts.clamp(min=1) + self.log_prior, torch.full_like(sums, -math.inf))
-        return ClassifierResult(labels=score.argmax(1), scores=score, pairs=counts.long(), nfe=self._get(0).nfe - nfe0)
+        return ClassifierResult(labels=score.argmax(1), scores=score, pairs=counts.long(), nfe=counter.n - nfe0)
 
 
 # --- denoised smoothing ----------------------------------------------------------------

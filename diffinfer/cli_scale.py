@@ -18,7 +18,6 @@ import argparse
 import torch
 
 from .scaling import METHODS, run
-from .scaling.common import Unconditional
 from .scaling.text import TEXT_METHODS, TEXT_REWARDS, decoding_plan, get_text_verifier, run_text
 from .scaling.verifiers import get_verifier
 from .toys import gaussian_mixture
@@ -48,8 +47,8 @@ def load_problem(model: str, reward_spec: str | None, lam: float):
         except Exception as e:  # noqa: BLE001 - report any missing checkpoint plainly
             raise ValueError(f"cannot load bundled model {model!r} or its classifier: {e}") from None
         reward = get_verifier(reward_spec or "class:0", classifier=clf.clean)
-        den = Unconditional(base, base.config.get("null_label", 10))
-        return den, reward, tuple(base.shape), None, None
+        # no label bound: the network uses its null class (unconditional) at every batch size
+        return base, reward, tuple(base.shape), None, None
     raise ValueError(f"unknown model {model!r}; valid: {', '.join(ALL_MODELS)}")
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from . import timesteps
-from .denoiser import DenoiserBase
+from .denoiser import DenoiserBase, summed_counter
+from .likelihood import gaussian_prior
 from .process import Process, expand_to
 from .rng import SampleRNG
 from .sample import initial_noise
@@ -75,11 +76,6 @@ def _em_drift(process: Process, x: Tensor, t, h: float, score: Tensor, noise: Te
     return h * (g2 * score - f * x) + math.sqrt(g2 * h) * noise
 
 
-def _gaussian_logp(x: Tensor, std: float) -> Tensor:
-    flat = x.reshape(x.shape[0], -1)
-    return -0.5 * (flat * flat).sum(1) / std ** 2 - flat.shape[1] * math.log(std * math.sqrt(2 * math.pi))
-
-
 def superpose(den1: DenoiserBase, den2: DenoiserBase, shape, mode: str = "or", steps: int = 200, ts=None,
               seed: int = 0, weights=(0.5, 0.5), x_T: Tensor | None = None, dtype=torch.float32,
               device="cpu") -> SuperpositionResult:
@@ -104,9 +100,9 @@ def superpose(den1: DenoiserBase, den2: DenoiserBase, shape, mode: str = "or", s
     shape = tuple(int(s) for s in shape)
     rng = SampleRNG.from_seed(seed, batch=shape[0], device=device)
     x = initial_noise(den1, shape, ts, rng, dtype=dtype, device=device) if x_T is None else x_T
-    std_T = float(process.sigma(ts[0]))
-    log_q = _gaussian_logp(x, std_T).double().unsqueeze(1).repeat(1, 2)  # [B, 2]: both start at N(0, s^2)
-    nfe0 = den1.nfe + (den2.nfe if den2._counter is not den1._counter else 0)
+    log_q = gaussian_prior(process)(x, ts[0]).double().unsqueeze(1).repeat(1, 2)  # [B, 2]: both start at N(0, s^2)
+    counter = summed_counter([den1, den2])
+    nfe0 = counter.n
     kappas = []
     log_w = torch.log(w / w.sum())
     for i in range(ts.numel() - 1):
@@ -136,7 +132,7 @@ def superpose(den1: DenoiserBase, den2: DenoiserBase, shape, mode: str = "or", s
         k = expand_to(kappas[-1], x) if mode == "and" else expand_to(torch.softmax(log_q + log_w, 1)[:, 0], x)
         a, s = process.coeffs(ts[-1], x)
         x = (x + s * s * (k * s1 + (1 - k) * s2)) / a  # Tweedie with the combined score
-    nfe = den1.nfe + (den2.nfe if den2._counter is not den1._counter else 0) - nfe0
+    nfe = counter.n - nfe0
     return SuperpositionResult(x=x, log_q=log_q, kappa=torch.stack(kappas), t_end=float(ts[-1]), nfe=nfe, x_end=x_end)
 
 

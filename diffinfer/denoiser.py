@@ -19,7 +19,7 @@ which is exact where ``a = 0``, e.g. rectified flow at ``t = 1``).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -140,6 +140,33 @@ class _Counter:
 
     def __init__(self):
         self.n = 0
+
+
+class SumCounter:
+    """The NFE of several models together: ``n`` reads the sum over their distinct counters;
+    setting ``n`` puts the value on the first and zeroes the others (``reset_nfe``)."""
+
+    def __init__(self, *counters):
+        self.counters = counters
+
+    @property
+    def n(self) -> int:
+        return sum(c.n for c in self.counters)
+
+    @n.setter
+    def n(self, value: int) -> None:
+        for k, c in enumerate(self.counters):
+            c.n = int(value) if k == 0 else 0
+
+
+def summed_counter(dens: Sequence["DenoiserBase"]):
+    """One NFE counter for the models ``dens``: their shared counter when they all share
+    one (wrappers, ``bind`` copies), else a ``SumCounter`` of the distinct ones."""
+    counters = []
+    for den in dens:
+        if not any(den._counter is c for c in counters):
+            counters.append(den._counter)
+    return counters[0] if len(counters) == 1 else SumCounter(*counters)
 
 
 class DenoiserBase:

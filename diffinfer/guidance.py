@@ -290,8 +290,10 @@ class RewardGuidance(GradientGuidance):
         if self.backward_steps == 0:
             return pred
         t = as_time(t)
-        active = in_interval(t, self.interval, x.shape[0]).to(x.dtype)  # [B]: the interval applies too
-        active = active.reshape((x.shape[0],) + (1,) * (x.dim() - 1))
+        inside = in_interval(t, self.interval, x.shape[0])  # [B]: the interval applies too
+        if not bool(inside.any()):
+            return pred
+        active = inside.to(x.dtype).reshape((x.shape[0],) + (1,) * (x.dim() - 1))
         a, s = self.process.coeffs(t, x)
         delta = self.backward_delta(pred.x0) * active
         s_safe = torch.where(s == 0, torch.ones_like(s), s)

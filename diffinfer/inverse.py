@@ -39,11 +39,11 @@ import torch
 
 from . import solvers as solver_registry
 from . import timesteps
-from .denoiser import DenoiserBase, Prediction
+from .denoiser import DenoiserBase, Prediction, summed_counter
 from .guidance import GradientGuidance
-from .process import as_time, expand_to
 from .rng import SampleRNG
 from .sample import SampleResult, initial_noise, make_rng, sample
+from .scaling.common import renoise
 
 Tensor = torch.Tensor
 
@@ -176,9 +176,6 @@ class Downsample(LinearOperator):
     def pinv(self, y: Tensor, damping: float = 0.0, **_) -> Tensor:
         f2 = self.factor ** 2
         return self.adjoint(y) * (f2 / (1.0 + damping * f2))
-
-    def matrix(self, x_shape, dtype=torch.float64) -> Tensor:
-        return super().matrix(x_shape, dtype)
 
 
 class GaussianBlur(LinearOperator):
@@ -386,15 +383,6 @@ def red_diff(den: DenoiserBase, op: LinearOperator, y: Tensor, steps: int = 500,
 
 
 # --- projection / replacement with RePaint resampling ----------------------------------
-def forward_noise(process, x: Tensor, t, t_up, noise: Tensor) -> Tensor:
-    """Sample ``q(x_{t_up} | x_t)`` for ``t_up > t``: ``(a'/a) x + sqrt(s'^2 - (a'/a)^2 s^2) z``."""
-    a, s = process.alpha(as_time(t)), process.sigma(as_time(t))
-    a1, s1 = process.alpha(as_time(t_up)), process.sigma(as_time(t_up))
-    ratio = a1 / a
-    std = torch.sqrt(torch.clamp(s1 * s1 - ratio * ratio * s * s, min=0.0))
-    return expand_to(ratio, x) * x + expand_to(std, x) * noise
-
-
 def repaint_schedule(n_steps: int, resample: int = 1, jump: int = 1) -> list[tuple[int, int]]:
     """The RePaint index moves ``(i, j)``: ``j = i + 1`` a solver step down, ``j < i`` a jump
     back up by forward noising. Every block of ``jump`` steps is done ``resample`` times
@@ -419,7 +407,7 @@ def sample_with_resampling(den: DenoiserBase, shape: Sequence[int], solver="ddpm
                            **solver_options) -> SampleResult:
     """A sampling loop on the solver protocol with RePaint's time travel (Lugmayr et al.
     2022): every block of ``jump`` steps is redone ``resample`` times, jumping back by the
-    forward process ``q(x_{t'} | x_t)`` (``forward_noise``) and restarting the solver there.
+    forward process ``q(x_{t'} | x_t)`` (``scaling.renoise``) and restarting the solver there.
     ``jump = 1`` is universal guidance's per-step self-recurrence (Bansal et al. 2023,
     Algorithm 1). ``after_step(x, t, rng) -> x`` runs after every solver step (e.g. a
     projection). Randomness comes from each row's stream."""
@@ -433,7 +421,7 @@ def sample_with_resampling(den: DenoiserBase, shape: Sequence[int], solver="ddpm
     state, base = solver.init(den, x, ts, rng), 0
     for i, j in repaint_schedule(ts.numel() - 1, resample, jump):
         if j < i:  # jump back up by the forward process, restart the solver there
-            x = forward_noise(p, x, ts[i], ts[j], rng.randn_like(x))
+            x = renoise(p, x, ts[i], ts[j], rng.randn_like(x))
             state, base = solver.init(den, x, ts[j:], rng), j
             continue
         x, state = solver.step(den, x, i - base, state)
@@ -469,21 +457,6 @@ def projection_sample(den: DenoiserBase, op: LinearOperator, y: Tensor, shape: S
 
 
 # --- two diffusion priors for y = x + h ------------------------------------------------
-class _SumCounter:
-    """NFE of two models together (``n`` reads the sum; setting ``n = 0`` resets both)."""
-
-    def __init__(self, a, b):
-        self.a, self.b = a, b
-
-    @property
-    def n(self) -> int:
-        return self.a.n + self.b.n
-
-    @n.setter
-    def n(self, value: int) -> None:
-        self.a.n, self.b.n = int(value), 0
-
-
 class StackedPriors(DenoiserBase):
     """Two independent priors on a stacked state ``z = [B, 2, *shape]``: ``z[:, 0]`` is
     denoised by ``den_x``, ``z[:, 1]`` by ``den_h`` (both on one process, so ``z_t`` is the
@@ -495,8 +468,7 @@ class StackedPriors(DenoiserBase):
             raise ValueError(f"the two priors must share a process, got {den_x.process!r} and {den_h.process!r}")
         self.den_x, self.den_h = den_x, den_h
         self.process = den_x.process
-        self._counter = den_x._counter if den_x._counter is den_h._counter else _SumCounter(den_x._counter,
-                                                                                            den_h._counter)
+        self._counter = summed_counter([den_x, den_h])
 
     def predict(self, z: Tensor, t) -> Prediction:
         if z.dim() < 3 or z.shape[1] != 2:

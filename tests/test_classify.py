@@ -44,6 +44,17 @@ def test_adaptive_pruning_spends_fewer_pairs_and_keeps_accuracy():
     assert bool(torch.isinf(pruned.scores).sum(1).eq(2).all())  # one class survives per row
 
 
+def test_reported_nfe_is_the_number_of_model_calls():
+    """Distinct denoisers are summed, a shared counter is read once."""
+    x, _ = _data(50, 3)
+    dens = [c.denoiser(P) for c in _classes()]
+    res = DiffusionClassifier(dens, log_prior=LOG_PRIOR).classify(x, prune=[(4, 2), (6, 1)], seed=0)
+    assert res.nfe == sum(d.nfe for d in dens) > dens[0].nfe
+    one = _classes()[0].denoiser(P)
+    res = DiffusionClassifier([one] * 3).classify(x, n_pairs=5, seed=0)
+    assert res.nfe == one.nfe == 3 * 5
+
+
 def test_noise_level_of_denoised_smoothing():
     den = _classes()[0].denoiser(P)
     sm = DenoisedSmoothing(den, lambda z: z, sigma=0.5)
@@ -98,9 +109,8 @@ def test_digits_diffusion_classifier_beats_chance_by_far():
 def test_digits_denoised_smoothing_certifies():
     base, clf = _zoo_or_skip("digits", "digits-classifier")
     from diffinfer.data import digits
-    from diffinfer.scaling.common import Unconditional
     x, y = digits()
-    sm = DenoisedSmoothing(Unconditional(base, base.config.get("null_label", 10)), clf.clean, sigma=0.25)
+    sm = DenoisedSmoothing(base, clf.clean, sigma=0.25)  # unbound: the null class
     cert = sm.certify(x[:8], n0=20, n=100, alpha=0.01, n_classes=10)
     ok = cert.labels != ABSTAIN
     assert bool((cert.radius[ok] > 0).all()) and bool((cert.radius[~ok] == 0).all())

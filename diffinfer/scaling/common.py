@@ -14,7 +14,7 @@ import torch
 from .. import solvers as solver_registry
 from .. import timesteps
 from ..denoiser import DenoiserBase, Prediction
-from ..process import Process, as_time, expand_to
+from ..process import PointCoefficients, Process, as_time, expand_to
 from ..rng import SampleRNG
 
 Tensor = torch.Tensor
@@ -22,8 +22,9 @@ Tensor = torch.Tensor
 
 class Tap(DenoiserBase):
     """A pass-through wrapper that counts per-sample evaluations (``rows``) and remembers
-    the first prediction since ``clear()`` (the solver's prediction at the start of a
-    step, which SMC reuses for its potentials at no extra cost)."""
+    the first data prediction since ``clear()`` (the solver's prediction at the start of a
+    step, which SMC reuses for its potentials at no extra cost). Solver steps reach the
+    wrapped model's ``x0_on_grid`` fast path through it."""
 
     def __init__(self, den: DenoiserBase):
         if not isinstance(den, DenoiserBase):
@@ -32,42 +33,37 @@ class Tap(DenoiserBase):
         self.process = den.process
         self._counter = den._counter
         self.rows = 0
-        self.first: tuple[Tensor, Prediction] | None = None
+        self.first: tuple[Tensor, Tensor] | None = None  # (x, x0_hat(x))
 
     def clear(self) -> None:
         self.first = None
 
-    def predict(self, x: Tensor, t) -> Prediction:
-        pred = self.den.predict(x, t)
+    def _seen(self, x: Tensor, x0: Tensor) -> None:
         self.rows += x.shape[0]
         if self.first is None:
-            self.first = (x, pred)
+            self.first = (x, x0)
+
+    def predict(self, x: Tensor, t) -> Prediction:
+        pred = self.den.predict(x, t)
+        self._seen(x, pred.x0)
         return pred
+
+    def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
+        x0 = self.den.x0_on_grid(x, point)
+        self._seen(x, x0)
+        return x0
 
     def x0_at(self, x: Tensor, t) -> Tensor:
         """``x0_hat(x, t)``: the remembered prediction if it was made at this very ``x``,
         else a fresh evaluation."""
         if self.first is not None and self.first[0] is x:
-            return self.first[1].x0
+            return self.first[1]
         return self.predict(x, t).x0
 
     def select(self, idx: Tensor) -> "Tap":
         new = Tap(self.den.select(idx))
         new.rows = self.rows
         return new
-
-
-class Unconditional(DenoiserBase):
-    """A class-conditional ``Denoiser`` run unconditionally: every call binds ``null_label``
-    for its own batch size, so drivers may resize and resample batches freely."""
-
-    def __init__(self, base, null_label: int):
-        if not hasattr(base, "bind"):
-            raise TypeError("Unconditional needs a conditional Denoiser (with bind)")
-        self.base, self.null, self.process, self._counter = base, int(null_label), base.process, base._counter
-
-    def predict(self, x: Tensor, t) -> Prediction:
-        return self.base.bind(label=torch.full((x.shape[0],), self.null, dtype=torch.int64, device=x.device)).predict(x, t)
 
 
 @dataclass
@@ -127,10 +123,6 @@ def renoise(process: Process, x: Tensor, t, t_up, noise: Tensor) -> Tensor:
     ratio = a1 / a
     std = torch.sqrt(torch.clamp(s1 * s1 - (ratio * s) ** 2, min=0.0))
     return expand_to(ratio, x) * x + expand_to(std, x) * noise
-
-
-def check_solver(solver, **options):
-    return solver_registry.get(solver, **options)
 
 
 def stochastic_solver_names() -> list[str]:

@@ -151,17 +151,22 @@ class DiffusionTree:
         return ids
 
     def _backup(self, leaves: list[int], rewards: Tensor) -> None:
+        """Give the new ``leaves`` their rewards, add their visits along their paths, and
+        recompute the soft value of every ancestor they touch once, deepest first."""
+        touched: dict[int, int] = {}  # ancestor -> new leaves below it
         for k, r in zip(leaves, rewards.tolist()):
             self.nodes[k].value = float(r)
             self.nodes[k].visits = 1
             self.leaves.append(k)
             p = self.nodes[k].parent
             while p != -1:
-                node = self.nodes[p]
-                node.visits += 1
-                vals = torch.tensor([self.nodes[c].value for c in node.children], dtype=torch.float64)
-                node.value = float((torch.logsumexp(self.lam * vals, 0) - math.log(len(vals))) / self.lam)
-                p = node.parent
+                touched[p] = touched.get(p, 0) + 1
+                p = self.nodes[p].parent
+        for p in sorted(touched, key=lambda q: self.nodes[q].level, reverse=True):
+            node = self.nodes[p]
+            node.visits += touched[p]
+            vals = torch.tensor([self.nodes[c].value for c in node.children], dtype=torch.float64)
+            node.value = float((torch.logsumexp(self.lam * vals, 0) - math.log(len(vals))) / self.lam)
 
     def grow(self, rollouts: int, batch: int = 32) -> "DiffusionTree":
         """Add ``rollouts`` rollouts, ``batch`` selections at a time."""

@@ -49,9 +49,6 @@ class Verifier:
         self.calls += x0.shape[0]
         return r
 
-    def reset_calls(self) -> None:
-        self.calls = 0
-
     def __repr__(self) -> str:
         return f"Verifier({self.name}, calls={self.calls})"
 
