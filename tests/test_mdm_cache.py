@@ -125,3 +125,39 @@ def test_cfg_follows_llada_formula():
     assert torch.allclose(out[..., 0], torch.full((1, 4), uncond + 2.5 * (cond - uncond), dtype=torch.float64))
     assert torch.allclose(out[..., 1], torch.ones(1, 4, dtype=torch.float64))
     assert ev.nfe.tolist() == [2]
+
+
+class _RowChecked(CharTransformerModel):
+    """Checks that every row of a window call reads the keys the block-start forward made for it
+    (rows are told apart by their prompts, the first three tokens)."""
+
+    def logits_with_cache(self, tokens):
+        logits, cache = super().logits_with_cache(tokens)
+        self.made = {tuple(row[:3].tolist()): k for row, k in zip(tokens, cache.keys[0])}
+        return logits, cache
+
+    def logits_window(self, tokens_window, start, cache, tokens=None):
+        assert len(cache.keys[0]) == len(tokens)
+        for row, k in zip(tokens, cache.keys[0]):
+            assert torch.equal(k, self.made[tuple(row[:3].tolist())])
+        return super().logits_window(tokens_window, start, cache, tokens=tokens)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_kv_cache_is_cut_once_per_change_of_rows(cache, monkeypatch):
+    """Rows finishing at different times: the cache keeps only the rows still active, copied once
+    each time a row finishes (not at every step), and every row keeps reading its own keys."""
+    from diffinfer.nets.char_transformer import KVCache
+
+    kept = []
+    select = KVCache.select
+    monkeypatch.setattr(KVCache, "select", lambda self, idx: kept.append(len(idx)) or select(self, idx))
+    m = _RowChecked(_net(), mask_id=11)
+    canvas = torch.zeros(4, 16, dtype=torch.long)
+    canvas[:, :3] = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 1, 2]])
+    for row, n in enumerate([2, 5, 9, 13]):
+        canvas[row, 3:3 + n] = 11
+    out = decode(m, canvas=canvas, policy="threshold", seed=0, cache=cache)
+    assert (out.tokens != 11).all()
+    assert out.nfe_per_row.tolist() == [2, 5, 9, 13]  # one token per step: rows finish apart
+    assert kept == [3, 2, 1]  # one copy per finished row

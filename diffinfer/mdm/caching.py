@@ -55,7 +55,7 @@ class LogitsEvaluator:
         self.nfe = torch.zeros(batch, dtype=torch.long)  # model calls per row
         self.last: Tensor | None = None  # [B, L, V]
         self.last_tokens: Tensor | None = None  # [B, L]
-        self.kv = None
+        self.kv = None  # keys/values of the rows kv_rows (those still active), from the block start
         self.kv_rows: Tensor | None = None
 
     # ---- one call of the model on some rows ---------------------------------------------
@@ -108,12 +108,13 @@ class LogitsEvaluator:
             self.nfe[rows] += 1
             self._store(rows, logits, tokens)
             return self.last
-        # rows of the cache that are still active (rows only ever finish, never restart)
-        where = torch.searchsorted(self.kv_rows, rows)
-        kv = self.kv if len(where) == len(self.kv_rows) else self.kv.select(where)
+        if len(rows) != len(self.kv_rows):
+            # rows only ever finish, never restart: keep the cache of the rows still active
+            self.kv = self.kv.select(torch.searchsorted(self.kv_rows, rows))
+            self.kv_rows = rows
         start = int(block_start[rows].min())
         end = tokens.shape[1] if self.mode == "prefix" else int(block_end[rows].max())
-        window = self.model.logits_window(tokens[rows, start:end], start, kv, tokens=tokens[rows])
+        window = self.model.logits_window(tokens[rows, start:end], start, self.kv, tokens=tokens[rows])
         self.nfe[rows] += 1
         self.last[rows, start:end] = window.to(self.last.dtype)
         self.last_tokens[rows] = tokens[rows]

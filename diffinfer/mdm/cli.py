@@ -12,6 +12,9 @@ import sys
 
 import torch
 
+from .caching import CACHE_MODES
+from .sampling import SCORES
+from .schedules import SCHEDULES
 from .unmasking import policy_names
 
 MARKOV_ALPHABET = string.ascii_lowercase[:8]
@@ -128,12 +131,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("--policy", default="threshold", choices=policy_names())
     p.add_argument("--threshold", type=float, default=0.9, help="threshold / confident policies")
     p.add_argument("--factor", type=float, default=1.0, help="factor policy (Fast-dLLM)")
-    p.add_argument("--score", default=None, choices=["confidence", "max", "margin", "entropy"],
+    p.add_argument("--score", default=None, choices=SCORES,
                    help="score for threshold / factor / confident / rcr")
     p.add_argument("--steps", type=int, default=None, help="steps for scheduled policies (default: length)")
     p.add_argument("--block", default="none", help="block length, 'adaptive' or 'none'")
-    p.add_argument("--cache", default="none", choices=["none", "reuse", "prefix", "dual"])
-    p.add_argument("--schedule", default="linear", choices=["linear", "cosine", "loglinear"])
+    p.add_argument("--cache", default="none", choices=CACHE_MODES)
+    p.add_argument("--schedule", default="linear", choices=sorted(SCHEDULES))
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)

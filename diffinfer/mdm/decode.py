@@ -24,9 +24,8 @@ from ..sample import make_rng
 from .blocks import get_block_policy
 from .caching import LogitsEvaluator
 from .model import as_masked_model
-from .remasking import RunningConfidenceRemasking
 from .sampling import filter_logits, propose_tokens
-from .schedules import get_schedule
+from .schedules import get_schedule, reveal_probabilities, revealed_counts
 from .unmasking import StepContext, get_policy
 
 Tensor = torch.Tensor
@@ -150,17 +149,12 @@ def _build_canvas(model, prompt, length, canvas, batch, pad_id):
 
 
 def _schedule_counts(schedule, n_block: Tensor, steps_block: Tensor, step: Tensor, remaining: Tensor):
-    """This step's scheduled count ``k`` ``[B]`` and ancestral reveal probability ``[B]`` for
-    rows at ``step`` of ``steps_block`` in a block that started with ``n_block`` masks."""
-    S = steps_block.double().clamp_min(1)
-    s = step.double()
-    rev = lambda j: schedule.revealed_fraction((1 - j / S).clamp(0, 1))  # noqa: E731
-    cum = lambda j: torch.floor(n_block.double() * rev(j) + 0.5)  # noqa: E731
-    last = step + 1 >= steps_block
-    k = torch.where(last, remaining, (cum(s + 1) - cum(s)).long().clamp_min(0))
-    a = lambda j: schedule.alpha((1 - j / S).clamp(0, 1))  # noqa: E731
-    p = ((a(s + 1) - a(s)) / (1 - a(s)).clamp_min(1e-12)).clamp(0, 1)
-    return k, torch.where(last, torch.ones_like(p), p)
+    """This step's scheduled count ``k`` ``[B]`` (the ``remaining`` candidates at a block's last
+    step) and ancestral reveal probability ``[B]`` for rows at ``step`` of ``steps_block`` in a
+    block that started with ``n_block`` masks."""
+    done, due = (revealed_counts(n_block, s, steps_block, schedule) for s in (step, step + 1))
+    k = torch.where(step + 1 >= steps_block, remaining, (due - done).clamp_min(0))
+    return k, reveal_probabilities(step, steps_block, schedule)
 
 
 @torch.no_grad()
@@ -201,8 +195,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     t0 = time.perf_counter()
     model = as_masked_model(model, mask_id)
     policy = get_policy(policy, **policy_options)
-    if isinstance(policy, RunningConfidenceRemasking):
-        policy.reset()
+    policy.reset()
     schedule = get_schedule(schedule)
     blocks = get_block_policy(block, delimiters)
     mask = model.mask_id
@@ -260,8 +253,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         candidates = masked & in_block & active[:, None]
         k, reveal_p = _schedule_counts(schedule, n_block, steps_block, step_in_block, candidates.sum(-1))
         ctx = StepContext(probs=probs, x0=x0, candidates=candidates, k=k, reveal_p=reveal_p, uniform=uniform,
-                          decoded=in_block & ~given & ~masked & active[:, None], tokens=tokens,
-                          block_start=block_start)
+                          decoded=in_block & ~given & ~masked & active[:, None], block_start=block_start)
         sel = policy.select(ctx)
         commit = sel.commit & candidates
         tokens = torch.where(commit, x0, tokens)

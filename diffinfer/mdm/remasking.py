@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .sampling import SCORES, token_scores
-from .unmasking import Selection, StepContext, UnmaskPolicy, top_k_mask
+from .unmasking import POLICIES, Selection, StepContext, UnmaskPolicy, top_k_mask
 
 Tensor = torch.Tensor
 
@@ -44,3 +44,6 @@ class RunningConfidenceRemasking(UnmaskPolicy):
         remask = ctx.decoded & ~keep
         self.running = self.running.masked_fill(remask, 0.0)
         return Selection(keep & masked, remask)
+
+
+POLICIES["rcr"] = RunningConfidenceRemasking

@@ -18,10 +18,10 @@ def filter_logits(logits: Tensor, mask_id: int, temperature: float = 1.0, top_k:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if torch.isnan(logits).any():
         raise ValueError("the model returned NaN logits")
-    x = logits.double().clone()
+    x = logits.to(torch.float64, copy=True)  # one copy, never the caller's tensor
     x[..., mask_id] = -torch.inf
-    if temperature > 0:
-        x = x / temperature
+    if temperature > 0 and temperature != 1:
+        x /= temperature
     if top_k is not None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")

@@ -84,30 +84,44 @@ def get_schedule(schedule) -> MaskSchedule:
     return SCHEDULES[schedule]()
 
 
+def _grid_time(step: Tensor, steps: Tensor) -> Tensor:
+    """``t_s = 1 - s / steps`` on the uniform time grid, clamped to ``[0, 1]`` (float64)."""
+    return (1 - step.double() / steps.double()).clamp(0, 1)
+
+
+def revealed_counts(n_masked: Tensor, step: Tensor, steps: Tensor, schedule="linear") -> Tensor:
+    """How many of ``n_masked`` tokens (masked at ``t = 1``) are revealed by ``step`` of ``steps``
+    on the uniform time grid: ``n_masked * revealed_fraction(t_step)`` rounded half up (long).
+    The arguments broadcast against each other."""
+    frac = get_schedule(schedule).revealed_fraction(_grid_time(step, steps))
+    return torch.floor(n_masked.double() * frac + 0.5).long()
+
+
+def reveal_probabilities(step: Tensor, steps: Tensor, schedule="linear") -> Tensor:
+    """MDLM / RADD ancestral step ``t_s -> t_{s+1}``: a masked token is revealed with probability
+    ``(alpha(t_{s+1}) - alpha(t_s)) / (1 - alpha(t_s))``, 1 at the last step (``s >= steps - 1``);
+    ``step`` and ``steps`` broadcast (float64)."""
+    sched = get_schedule(schedule)
+    a_s, a_n = sched.alpha(_grid_time(step, steps)), sched.alpha(_grid_time(step + 1, steps))
+    p = ((a_n - a_s) / (1 - a_s).clamp_min(1e-12)).clamp(0, 1)
+    return torch.where(step + 1 >= steps, torch.ones_like(p), p)
+
+
 def transfer_counts(n_masked: Tensor, steps: int, schedule="linear") -> Tensor:
     """How many of ``n_masked`` ``[B]`` tokens to reveal at each of ``steps`` steps on the
     uniform time grid ``t_s = 1 - s / steps``: ``[B, steps]``, each row summing to its count.
     With the linear schedule this is LLaDA's equal split (remainder spread by rounding)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    sched = get_schedule(schedule)
-    t = 1 - torch.arange(steps + 1, dtype=torch.float64) / steps  # [S+1], 1 -> 0
-    frac = sched.revealed_fraction(t)  # [S+1], 0 -> 1
-    cum = torch.floor(n_masked.double()[:, None] * frac[None, :] + 0.5).long()  # [B, S+1]
+    s = torch.arange(steps + 1)  # [S+1]
+    cum = revealed_counts(n_masked[:, None], s[None, :], torch.tensor(steps), schedule)  # [B, S+1]
     cum[:, -1] = n_masked
     return cum.diff(dim=1).clamp_min(0)
 
 
 def reveal_probability(step: int, steps: int, schedule="linear") -> float:
-    """MDLM / RADD ancestral step ``t_s -> t_{s+1}``: a masked token is revealed with
-    probability ``(alpha(t_{s+1}) - alpha(t_s)) / (1 - alpha(t_s))`` (1 at the last step)."""
-    if step >= steps - 1:
-        return 1.0
-    sched = get_schedule(schedule)
-    t_s = torch.tensor(1 - step / steps, dtype=torch.float64)
-    t_n = torch.tensor(1 - (step + 1) / steps, dtype=torch.float64)
-    a_s, a_n = sched.alpha(t_s), sched.alpha(t_n)
-    return float(((a_n - a_s) / (1 - a_s)).clamp(0, 1))
+    """``reveal_probabilities`` for one ``step`` of ``steps``."""
+    return float(reveal_probabilities(torch.tensor(step), torch.tensor(steps), schedule))
 
 
 def forward_mask(tokens: Tensor, t, mask_id: int, schedule="linear", rng: SampleRNG | None = None,

@@ -2,8 +2,8 @@
 
 Each policy sees a ``StepContext`` and returns a ``Selection`` (positions to commit and,
 for remasking policies, decoded positions to mask again). Policies that follow a schedule
-(``needs_steps``) get ``ctx.k`` ``[B]`` tokens per row from ``transfer_counts``; the others
-decide the number themselves and always commit at least one candidate per row.
+use ``ctx.k`` ``[B]``, each row's count this step from the schedule; the others decide the
+number themselves and always commit at least one candidate per row.
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ class StepContext:
     ``candidates`` ``[B, L]``: masked positions in the current block; ``k`` ``[B]``: the
     schedule's count this step; ``reveal_p`` ``[B]``: the ancestral reveal probability;
     ``uniform`` ``[B, L]``: per-row uniforms; ``decoded`` ``[B, L]``: positions decoded (not
-    given) in the current block; ``tokens`` ``[B, L]``: the canvas before this step;
-    ``block_start`` ``[B]``: first position of each row's block."""
+    given) in the current block; ``block_start`` ``[B]``: first position of each row's block."""
 
     probs: Tensor
     x0: Tensor
@@ -32,7 +31,6 @@ class StepContext:
     reveal_p: Tensor | None = None
     uniform: Tensor | None = None
     decoded: Tensor | None = None
-    tokens: Tensor | None = None
     block_start: Tensor | None = None
 
 
@@ -59,8 +57,10 @@ def at_least_one(commit: Tensor, score: Tensor, candidates: Tensor) -> Tensor:
 
 class UnmaskPolicy:
     name = "base"
-    needs_steps = True
     needs_uniform = False
+
+    def reset(self) -> None:
+        """Forget any state kept from an earlier decode (``decode`` calls it first)."""
 
     def select(self, ctx: StepContext) -> Selection:
         raise NotImplementedError
@@ -114,7 +114,6 @@ class Threshold(UnmaskPolicy):
     candidate whose score exceeds ``threshold``, and the best one if none does."""
 
     name = "threshold"
-    needs_steps = False
 
     def __init__(self, threshold: float = 0.9, score: str = "confidence"):
         if not 0 <= threshold <= 1:
@@ -133,7 +132,6 @@ class Factor(UnmaskPolicy):
     and commit the largest ``n`` with ``(n + 1) (1 - c_(n)) < factor`` (at least one)."""
 
     name = "factor"
-    needs_steps = False
 
     def __init__(self, factor: float = 1.0, score: str = "confidence"):
         if factor <= 0:
@@ -184,7 +182,6 @@ class Dilated(UnmaskPolicy):
     tokens of a step are conditionally independent and the sampler is exact."""
 
     name = "dilated"
-    needs_steps = False
 
     def select(self, ctx):
         B, L = ctx.candidates.shape
@@ -205,20 +202,17 @@ POLICIES = {
     "threshold": Threshold,
     "factor": Factor,
     "confident": Confident,
-}
+}  # remasking.py adds "rcr" (the package imports it)
 
 
 def get_policy(policy, **options) -> UnmaskPolicy:
     """A policy from itself or its name (options such as ``threshold=0.9`` go to it)."""
     if isinstance(policy, UnmaskPolicy):
         return policy
-    from .remasking import RunningConfidenceRemasking
-
-    table = dict(POLICIES, rcr=RunningConfidenceRemasking)
-    if policy not in table:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(table)}")
-    return table[policy](**options)
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {policy_names()}")
+    return POLICIES[policy](**options)
 
 
 def policy_names() -> list[str]:
-    return sorted(POLICIES) + ["rcr"]
+    return sorted(POLICIES)
