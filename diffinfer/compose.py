@@ -65,7 +65,7 @@ def ito_increment(process: Process, x: Tensor, dx: Tensor, t, h: float, score: T
 
 
 def _positive_grid(process: Process, steps: int, ts) -> tuple[Tensor, bool]:
-    ts = timesteps.validate(ts) if ts is not None else timesteps.default(process, steps)
+    ts = timesteps.resolve(process, steps, ts)
     ends_at_zero = float(ts[-1]) == 0.0
     return (ts[:-1] if ends_at_zero else ts), ends_at_zero
 

@@ -413,7 +413,7 @@ def sample_with_resampling(den: DenoiserBase, shape: Sequence[int], solver="ddpm
     projection). Randomness comes from each row's stream."""
     solver = solver_registry.get(solver, **solver_options)
     p = den.process
-    ts = timesteps.validate(ts) if ts is not None else timesteps.default(p, steps)
+    ts = timesteps.resolve(p, steps, ts)
     shape = tuple(int(v) for v in shape)
     rng = make_rng(seed, shape[0], device)
     x = initial_noise(den, shape, ts, rng, dtype=dtype, device=device)

@@ -58,7 +58,7 @@ def ddim_invert(den: DenoiserBase, x0: Tensor, steps: int = 50, ts: Tensor | Non
     if fixed_point_iters < 0:
         raise ValueError(f"fixed_point_iters must be >= 0, got {fixed_point_iters}")
     p = den.process
-    ts = timesteps.validate(ts) if ts is not None else timesteps.default(p, steps)
+    ts = timesteps.resolve(p, steps, ts)
     nfe0 = den.nfe
     x = x0
     traj = [x]

@@ -139,6 +139,11 @@ def default(process: Process, steps: int) -> Tensor:
     return default_builder(process)(process, steps)
 
 
+def resolve(process: Process, steps: int, ts=None) -> Tensor:
+    """The grid a sampler runs on: ``ts`` checked (``validate``) if given, else ``default``."""
+    return validate(ts) if ts is not None else default(process, steps)
+
+
 # Grids fitted per model, solver and NFE (Align Your Steps / LD3): ``diffinfer.grid_opt``.
 # Imported last: grid_opt uses the builders above and imports the sampling loop lazily.
 from .grid_opt import optimize  # noqa: E402,F401

@@ -85,9 +85,8 @@ class ScalingResult:
         return self.nfe + self.verifier_calls
 
 
-def grid(process: Process, steps: int, ts=None) -> Tensor:
-    """The time grid a driver uses: ``ts`` checked, or ``timesteps.default``."""
-    return timesteps.validate(ts) if ts is not None else timesteps.default(process, steps)
+#: the time grid a driver uses: ``ts`` checked, or ``timesteps.default``
+grid = timesteps.resolve
 
 
 def sample_shape(shape) -> tuple[int, ...]:
