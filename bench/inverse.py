@@ -213,27 +213,23 @@ def run_sunspots(quick: bool, out_dir: pathlib.Path) -> dict:
     den, err = _load("sunspots")
     if den is None:
         return {"skipped": f"bundled sunspots model unavailable ({err})"}
-    from diffinfer.cli_inverse import DATA_RANGE, GUIDANCE_T_MAX, SUNSPOT_PERIOD, forecast_plot
-    from diffinfer.data import sunspots_from_unit, sunspots_series
-    s = sunspots_series(torch.float32)
+    from diffinfer.cli_inverse import forecast_plot, forecast_scores, forecast_sunspots
+    from diffinfer.data import sunspots_series
+    last = sunspots_series(torch.float32).numel()
     window, horizon = int(den.shape[-1]), 24
     n = 16 if quick else 64
-    origins = [s.numel()] if quick else [s.numel() - k for k in (0, 6, 12, 18, 24, 30)]
+    origins = [last] if quick else [last - k for k in (0, 6, 12, 18, 24, 30)]
     methods = {"TSDiff (mse)": "mse", "TSDiff (quantile)": "quantile"}
     scores = {m: [] for m in list(methods) + ["seasonal naive"]}
     for end in origins:
-        hist = s[end - window:end - horizon].reshape(1, window - horizon)
-        truth = s[end - horizon:end]
-        naive = inverse.seasonal_naive(s[:end - horizon], horizon, SUNSPOT_PERIOD)
-        scores["seasonal naive"].append(float((sunspots_from_unit(naive) - sunspots_from_unit(truth)).abs().mean()))
         for name, loss in methods.items():
-            fc = inverse.tsdiff_forecast(den, hist, horizon, n_samples=n, scale=4.0, loss=loss, steps=50, seed=0,
-                                         interval=(0.0, GUIDANCE_T_MAX), clip=DATA_RANGE)
-            fc = fc.reshape(n, horizon)
-            scores[name].append(inverse.crps_samples(sunspots_from_unit(fc.double()), sunspots_from_unit(truth.double())))
-            if end == s.numel() and loss == "mse":
-                forecast_plot(str(out_dir / "inverse_sunspots.png"), s[:end], truth, fc, naive,
+            fc, series, _, truth = forecast_sunspots(den, horizon, "tsdiff", n, 4.0, loss, 50, 0, end=end)
+            crps, naive_mae, naive = forecast_scores(fc, series, truth)
+            scores[name].append(crps)
+            if end == last and loss == "mse":
+                forecast_plot(str(out_dir / "inverse_sunspots.png"), series, truth, fc, naive,
                               f"sunspots | TSDiff (mse) | last {horizon} years")
+        scores["seasonal naive"].append(naive_mae)
     res = {"horizon": horizon, "history": window - horizon, "n_samples": n,
            "origins_years": [1700 + e - horizon for e in origins],
            "crps": {k: round(sum(v) / len(v), 2) for k, v in scores.items()},

@@ -95,24 +95,33 @@ def cmd_restore(args) -> int:
 
 
 # --- forecasting ------------------------------------------------------------------------
-def sunspot_split(horizon: int, window: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(series, history [1, window - horizon], truth [horizon])`` on the model's scale: the
-    last ``horizon`` years are the truth to forecast from the ``window - horizon`` before."""
+def sunspot_split(horizon: int, window: int = 32, end: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(series, history [1, window - horizon], truth [horizon])`` on the model's scale for a
+    forecast whose last year is ``end`` (an index into the yearly series; default its end):
+    ``series`` is the series up to ``end``, the last ``horizon`` years of it are the truth to
+    forecast from the ``window - horizon`` before."""
     from .data import sunspots_series
     s = sunspots_series(torch.float32)
+    end = s.numel() if end is None else int(end)
     if not 0 < horizon < window:
         raise ValueError(f"horizon must be in (0, {window}) for a {window}-year model, got {horizon}")
+    if not window <= end <= s.numel():
+        raise ValueError(f"forecast end must be in [{window}, {s.numel()}], got {end}")
+    s = s[:end]
     hist = s[-window:-horizon].reshape(1, window - horizon)
     return s, hist, s[-horizon:]
 
 
-def forecast_sunspots(model: str, horizon: int, method: str, n: int, scale: float, loss: str, steps: int,
-                      seed: int, t_max: float = GUIDANCE_T_MAX) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forecast samples ``[n, horizon]`` (model scale), with the series, history and truth."""
+def forecast_sunspots(model, horizon: int, method: str, n: int, scale: float, loss: str, steps: int,
+                      seed: int, t_max: float = GUIDANCE_T_MAX, end: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forecast samples ``[n, horizon]`` (model scale), with the series, history and truth
+    (``sunspot_split``). ``model`` is a bundled model's name or a loaded denoiser."""
     from . import zoo
-    den = zoo.load(model)
+    den = zoo.load(model) if isinstance(model, str) else model
     window = int(den.shape[-1])
-    series, hist, truth = sunspot_split(horizon, window)
+    series, hist, truth = sunspot_split(horizon, window, end)
     fc = inverse.tsdiff_forecast(den, hist, horizon, n_samples=n, scale=scale, loss=loss, steps=steps, seed=seed,
                                  interval=(0.0, t_max), clip=DATA_RANGE)
     if method == "tsdiff-refine":
@@ -122,6 +131,16 @@ def forecast_sunspots(model: str, horizon: int, method: str, n: int, scale: floa
         base = torch.cat([hist.expand(n, 1, -1), fc], -1)
         fc = inverse.tsdiff_refine(den, base, mask, y, steps=steps, seed=seed)[:, :, window - horizon:]
     return fc.reshape(n, horizon), series, hist, truth
+
+
+def forecast_scores(fc: torch.Tensor, series: torch.Tensor, truth: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """``(CRPS of the samples fc [n, horizon], MAE of the seasonal-naive forecast, that
+    forecast [horizon])`` in sunspot numbers; a point forecast's CRPS is its MAE."""
+    from .data import sunspots_from_unit
+    horizon = truth.numel()
+    naive = inverse.seasonal_naive(series[:-horizon], horizon, SUNSPOT_PERIOD)
+    crps = inverse.crps_samples(sunspots_from_unit(fc.double()), sunspots_from_unit(truth.double()))
+    return crps, float((sunspots_from_unit(naive) - sunspots_from_unit(truth)).abs().mean()), naive
 
 
 def forecast_plot(path: str, series: torch.Tensor, truth: torch.Tensor, fc: torch.Tensor, naive: torch.Tensor,
@@ -154,14 +173,11 @@ def forecast_plot(path: str, series: torch.Tensor, truth: torch.Tensor, fc: torc
 
 
 def cmd_forecast(args) -> int:
-    from .data import sunspots_from_unit
     if args.method not in ("tsdiff", "tsdiff-refine"):
         raise ValueError(f"unknown method {args.method!r}; valid: tsdiff, tsdiff-refine")
     fc, series, hist, truth = forecast_sunspots(args.model, args.horizon, args.method, args.n, args.scale,
                                                 args.loss, args.steps, args.seed, args.t_max)
-    naive = inverse.seasonal_naive(series[:-args.horizon], args.horizon, SUNSPOT_PERIOD)
-    crps = inverse.crps_samples(sunspots_from_unit(fc.double()), sunspots_from_unit(truth.double()))
-    crps_naive = float((sunspots_from_unit(naive) - sunspots_from_unit(truth)).abs().mean())
+    crps, crps_naive, naive = forecast_scores(fc, series, truth)
     print(f"model={args.model} method={args.method} horizon={args.horizon} n={args.n} loss={args.loss} scale={args.scale}")
     print(f"CRPS={crps:.2f} sunspots (seasonal naive, point forecast: {crps_naive:.2f})")
     if args.out:

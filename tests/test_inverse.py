@@ -294,3 +294,19 @@ def test_cli_forecast(tmp_path, capsys):
     out = tmp_path / "forecast.png"
     assert main(["forecast", "--horizon", "24", "--n", "4", "--steps", "5", "--out", str(out)]) == 0
     assert out.exists() and "CRPS" in capsys.readouterr().out
+
+
+def test_sunspot_split_at_an_earlier_forecast_origin():
+    """History and truth are the contiguous last ``window`` years before ``end``."""
+    from diffinfer.cli_inverse import sunspot_split
+    from diffinfer.data import sunspots_series
+    s = sunspots_series(torch.float32)
+    end = s.numel() - 12
+    series, hist, truth = sunspot_split(24, 32, end)
+    assert torch.equal(series, s[:end])
+    assert torch.equal(torch.cat([hist.reshape(-1), truth]), s[end - 32:end])
+    assert torch.equal(sunspot_split(24, 32)[2], s[-24:])
+    with pytest.raises(ValueError, match="forecast end"):
+        sunspot_split(24, 32, 10)
+    with pytest.raises(ValueError, match="horizon"):
+        sunspot_split(32, 32)
