@@ -56,10 +56,16 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).reshape(a.shape[0], -1).sum(1)
 
 
-def ito_increment(process: Process, x: Tensor, dx: Tensor, t, h: float, score: Tensor) -> Tensor:
+def sde_coefficients(process: Process, t) -> tuple[float, float]:
+    """``(f, g^2)`` of the forward SDE at ``t`` as host floats (read once per step)."""
+    f, g2 = process.sde(t)
+    return float(f), float(g2)
+
+
+def ito_increment(x: Tensor, dx: Tensor, h: float, score: Tensor, f: float, g2: float) -> Tensor:
     """``d log q(x_t)`` ``[B]`` along an Euler-Maruyama step ``dx`` of the reverse SDE
-    from ``t`` to ``t - h`` (Ito density estimator, SuperDiff Theorem 1)."""
-    f, g2 = (float(v) for v in process.sde(t))
+    from ``t`` to ``t - h``, with ``(f, g2) = sde_coefficients(process, t)`` (Ito density
+    estimator, SuperDiff Theorem 1)."""
     dim = x[0].numel()
     return _dot(score, dx) + h * (dim * f + f * _dot(x, score) - 0.5 * g2 * _dot(score, score))
 
@@ -70,9 +76,8 @@ def _positive_grid(process: Process, steps: int, ts) -> tuple[Tensor, bool]:
     return (ts[:-1] if ends_at_zero else ts), ends_at_zero
 
 
-def _em_drift(process: Process, x: Tensor, t, h: float, score: Tensor, noise: Tensor) -> Tensor:
+def _em_drift(x: Tensor, h: float, score: Tensor, noise: Tensor, f: float, g2: float) -> Tensor:
     """The reverse-SDE Euler-Maruyama increment ``h (g^2 s - f x) + g sqrt(h) z``."""
-    f, g2 = (float(v) for v in process.sde(t))
     return h * (g2 * score - f * x) + math.sqrt(g2 * h) * noise
 
 
@@ -108,22 +113,21 @@ def superpose(den1: DenoiserBase, den2: DenoiserBase, shape, mode: str = "or", s
     for i in range(ts.numel() - 1):
         t, h = ts[i], float(ts[i] - ts[i + 1])
         s1, s2 = den1.score(x, t), den2.score(x, t)
-        noise = rng.randn_like(x)
-        base = _em_drift(process, x, t, h, s2, noise)  # dx with kappa = 0
-        f, g2 = (float(v) for v in process.sde(t))
+        f, g2 = sde_coefficients(process, t)
+        base = _em_drift(x, h, s2, rng.randn_like(x), f, g2)  # dx with kappa = 0
         diff = s1 - s2
         if mode == "or":
             kappa = torch.softmax(log_q + log_w, 1)[:, 0]
         else:
-            c = (ito_increment(process, x, torch.zeros_like(x), t, h, s1)
-                 - ito_increment(process, x, torch.zeros_like(x), t, h, s2)).double()
+            still = torch.zeros_like(x)
+            c = (ito_increment(x, still, h, s1, f, g2) - ito_increment(x, still, h, s2, f, g2)).double()
             num = (log_q[:, 0] - log_q[:, 1]) + c + _dot(diff, base).double()
             den = h * g2 * _dot(diff, diff).double()
             kappa = torch.where(den > 1e-12, -num / den.clamp(min=1e-12), torch.full_like(num, 0.5))
         k = expand_to(kappa, x)
         dx = base + h * g2 * k * diff
-        log_q = log_q + torch.stack([ito_increment(process, x, dx, t, h, s1),
-                                     ito_increment(process, x, dx, t, h, s2)], 1).double()
+        log_q = log_q + torch.stack([ito_increment(x, dx, h, s1, f, g2),
+                                     ito_increment(x, dx, h, s2, f, g2)], 1).double()
         x = x + dx
         kappas.append(kappa)
     x_end = x
@@ -148,7 +152,8 @@ def ito_log_density(den: DenoiserBase, x_T: Tensor, steps: int = 200, ts=None, s
     for i in range(ts.numel() - 1):
         t, h = ts[i], float(ts[i] - ts[i + 1])
         s = den.score(x, t)
-        dx = _em_drift(process, x, t, h, s, rng.randn_like(x))
-        delta = delta + ito_increment(process, x, dx, t, h, s).double()
+        f, g2 = sde_coefficients(process, t)
+        dx = _em_drift(x, h, s, rng.randn_like(x), f, g2)
+        delta = delta + ito_increment(x, dx, h, s, f, g2).double()
         x = x + dx
     return x, delta
