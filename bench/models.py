@@ -12,7 +12,7 @@ Bars (issue 3):
   (``fd_unconditional``); the same guided samples classified correctly >= 90% of the time
   by ``digits-classifier``.
 - shakespeare-char: generative perplexity of 256-character samples (one token per step,
-  random order; left-to-right order reported beside it) <= 1.5 x the held-out text's perplexity under ``shakespeare-ar``, and
+  random order; the left-to-right, entropy and low-confidence orders reported beside it) <= 1.5 x the held-out text's perplexity under ``shakespeare-ar``, and
   unigram entropy within 5% of the held-out text's.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def bench_classifier() -> dict:
 
 def bench_text(n: int) -> dict:
     """The bars on samples in random order (the model's exact law, the headline numbers) and,
-    beside them, in left-to-right order; plus the model's own held-out ELBO."""
+    beside them, in the other orders of ``quality.TEXT_ORDERS``; plus the held-out ELBO."""
     mdm = zoo.load("shakespeare-char")
     report, samples = {}, {}
     for order in quality.TEXT_ORDERS:

@@ -160,19 +160,25 @@ def unigram_entropy(tokens: Tensor, vocab_size: int | None = None) -> float:
     return metrics.unigram_entropy(tokens, vocab_size)
 
 
-TEXT_ORDERS = ("random", "left-to-right")
+TEXT_ORDERS = ("random", "left-to-right", "entropy", "low-confidence")
 
 
 def sample_text(model=None, n: int = 16, length: int = 256, seed: int = 0, batch: int = 16,
                 order: str = "random") -> Tensor:
     """``[n, length]`` samples of a masked-diffusion model (default ``shakespeare-char``),
     one token per step, each drawn from the model's softmax (mask token excluded) at
-    temperature 1, by ``diffinfer.mdm.decode`` with the ``random`` policy. ``order="random"``
-    unmasks positions in a uniformly random order over the whole canvas: the exact ancestral
-    sampler of a time-free masked-diffusion model with as many steps as tokens (Ou et al.
-    2024, "RADD"). ``order="left-to-right"`` decodes blocks of one token (LLaDA's
-    semi-autoregressive decoding, Nie et al. 2025, at block length 1). Row ``i`` uses stream
-    ``(seed, i)``."""
+    temperature 1, by ``diffinfer.mdm.decode``. The order in which positions are unmasked:
+
+    - ``"random"``: uniformly random over the whole canvas, the exact ancestral sampler of a
+      time-free masked-diffusion model with as many steps as tokens (Ou et al. 2024, "RADD");
+    - ``"left-to-right"``: blocks of one token (LLaDA's semi-autoregressive decoding, Nie et
+      al. 2025, at block length 1);
+    - ``"entropy"``: the masked position whose predictive distribution has the lowest entropy
+      first (Dream's default, Ye et al. 2025);
+    - ``"low-confidence"``: the position whose sampled token has the highest probability
+      first (LLaDA's low-confidence remasking, Nie et al. 2025).
+
+    Row ``i`` uses stream ``(seed, i)``."""
     from .mdm.decode import decode
     if order not in TEXT_ORDERS:
         raise ValueError(f"unknown order {order!r}; valid: {', '.join(TEXT_ORDERS)}")
@@ -180,10 +186,11 @@ def sample_text(model=None, n: int = 16, length: int = 256, seed: int = 0, batch
     if length > model.max_len:
         raise ValueError(f"length {length} exceeds the model's max_len {model.max_len}")
     block = 1 if order == "left-to-right" else None
+    policy = "random" if order in ("random", "left-to-right") else order
     out = []
     for start in range(0, n, batch):
         rows = list(range(start, min(n, start + batch)))
-        res = decode(model, length=length, policy="random", batch=len(rows), seed=(seed, rows),
+        res = decode(model, length=length, policy=policy, steps=length, batch=len(rows), seed=(seed, rows),
                      temperature=1.0, block=block)
         out.append(res.tokens[:, -length:])
     return torch.cat(out)

@@ -68,7 +68,7 @@ def test_text_samples_are_seeded_per_row():
 def text_reports():
     """Both decoding orders of the bundled model on the same 8 seeds (one token per step)."""
     return {order: quality.text_report(quality.sample_text(n=8, seed=1, order=order), n_reference=32)
-            for order in quality.TEXT_ORDERS}
+            for order in ("random", "left-to-right")}
 
 
 @pytest.mark.parametrize("order", ["random", "left-to-right"])
@@ -98,6 +98,24 @@ def test_sample_text_orders():
     decode(mdm, length=12, policy="random", batch=1, seed=(3, [0]), block=1,
            callback=lambda step, tokens, info: seen.append((tokens[0] != mdm.mask_id).nonzero().flatten().tolist()))
     assert seen == [list(range(k + 1)) for k in range(12)]
+
+
+@pytest.mark.parametrize("order", ["entropy", "low-confidence"])
+def test_sample_text_score_orders_unmask_one_token_per_step(order, monkeypatch):
+    """Dream's entropy and LLaDA's confidence orders: ``length`` steps, one new token each."""
+    import sys
+    decode_module = sys.modules["diffinfer.mdm.decode"]  # the package re-exports the function under that name
+    mdm, counts = zoo.load("shakespeare-char"), []
+    real_decode = decode_module.decode
+
+    def spy(*args, **kw):
+        assert kw["policy"] == order and kw["steps"] == 10
+        return real_decode(*args, **kw, callback=lambda step, tokens, info: counts.append(
+            int((tokens != mdm.mask_id).sum(-1).min())))
+    monkeypatch.setattr(decode_module, "decode", spy)
+    tokens = quality.sample_text(mdm, n=2, length=10, seed=1, order=order)
+    assert tokens.shape == (2, 10) and not bool((tokens == mdm.mask_id).any())
+    assert counts == list(range(1, 11))
 
 
 def test_mdm_elbo_is_below_unigram_entropy_and_orders_text():
