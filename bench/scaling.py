@@ -10,7 +10,8 @@ Cost is per-sample NFE plus verifier calls (``ScalingResult.cost``). Problems:
 
 Search methods (one returned sample, reward averaged over seeds) are compared with
 best-of-N: the bar is a method reaching best-of-N's mean reward at its largest budget
-with at least 5x less cost. Sampling methods (SMC, DTS) are scored by their distance to
+with at least 5x less cost; on digits the passing method is rerun on 48 other seeds
+(``HELD_OUT_SEEDS``) to show whether the bar holds beyond the benchmark's 16. Sampling methods (SMC, DTS) are scored by their distance to
 the exact tilted target (mean, covariance, mode weights, sliced Wasserstein) against
 cost, with the tolerances of ``tests/test_scaling_smc.py``.
 
@@ -137,7 +138,10 @@ def summarise(rows):
 # Digits search methods: (label, method, sampler steps, options). Every cost counts each model
 # call and each verifier call. "paths" is Ma et al.'s setting; the tuned row searches the
 # 8-step grid from its 4th level (t = 0.44, where the digit's class is settled), keeps the best
-# 2 of the candidates each round, and refines the best clean sample at the end.
+# 2 of the candidates each round, and refines the best clean sample at the end. "guided-search"
+# proposes samples with reward-gradient guidance at t >= 0.4 (a guided step costs 3 NFE and 3
+# verifier calls) and refines the best 2 by path search (``scaling.search.guided_search``); its
+# settings were picked on seeds 200-231, none of the benchmark's.
 DIGITS_METHODS = [
     ("best-of-n", "best-of-n", 10, {}),
     ("zero-order", "zero-order", 10, {}),
@@ -145,7 +149,9 @@ DIGITS_METHODS = [
     ("paths-refine (8 steps)", "paths", 8, {"start": 3, "forward": 1, "backward": 2, "branch": 4, "keep": 2,
                                             "refine": 5, "refine_forward": 3}),
     ("smc", "smc", 10, {}),
+    ("guided-search (8 steps)", "guided-search", 8, {}),
 ]
+DIGITS_MAX_BUDGET = {"guided-search (8 steps)": 350}  # it meets the bar below this; larger budgets cost ~50 s
 BON_STEPS = (5, 8)  # best-of-N is also run with these step counts at its largest budget
 
 
@@ -155,10 +161,11 @@ def digits_problem():
     return den, reward, shape
 
 
-def digits_row(den, reward, shape, label, method, steps, options, budget, seeds):
+def digits_row(den, reward, shape, label, method, steps, options, budget, seeds, seed_list=None):
+    """One row over seeds ``0 .. seeds - 1`` (or ``seed_list``)."""
     t0 = time.perf_counter()
     rs, costs = [], []
-    for s in range(seeds):
+    for s in (seed_list if seed_list is not None else range(seeds)):
         res = run(method, den, reward, budget, shape, steps=steps, seed=s, **options)
         # search methods return their best sample; SMC's particles are a sample of the tilted law
         rs.append(float(res.reward.double().max()) if method != "smc" else float(res.reward.double().mean()))
@@ -179,12 +186,40 @@ def digits_rows(budgets, seeds):
     rows = []
     with torch.no_grad():
         for label, method, steps, options in DIGITS_METHODS:
-            for b in budgets:
+            for b in (b for b in budgets if b <= DIGITS_MAX_BUDGET.get(label, b)):
                 rows.append(digits_row(den, reward, shape, label, method, steps, options, b, seeds))
         extra = [digits_row(den, reward, shape, "best-of-n", "best-of-n", st, {}, max(budgets), seeds)
                  for st in BON_STEPS]
+    _DIGITS_ROWS[:] = rows
     tops = [r for r in rows if r["method"] == "best-of-n" and r["budget"] == max(budgets)] + extra
     return rows, {"reference": max(tops, key=lambda r: r["mean_reward"]), "best_of_n_steps": tops}, None
+
+
+HELD_OUT_SEEDS = range(100, 148)  # digits seeds apart from the benchmark's, for the robustness check
+
+
+def digits_held_out(bar_row, seeds=HELD_OUT_SEEDS):
+    """Does the bar hold on other seeds? Rerun the bar's method on ``seeds`` (the benchmark's
+    16 are one draw; a seed that finds no 7 dominates a mean) from its passing budget up the
+    budgets it ran, until its mean reward reaches best-of-N's again. Returns that row (with its
+    cost ratio) or ``None``."""
+    label = bar_row.get("method")
+    spec = next((m for m in DIGITS_METHODS if m[0] == label), None)
+    if spec is None:
+        return None
+    den, reward, shape = digits_problem()
+    _, method, steps, options = spec
+    budgets = sorted(b for b in {r["budget"] for r in _DIGITS_ROWS if r["method"] == label} if b >= bar_row["budget"])
+    with torch.no_grad():
+        for b in budgets:
+            row = digits_row(den, reward, shape, label, method, steps, options, b, 0, seeds)
+            if row["mean_reward"] >= bar_row["best_of_n_reward"]:
+                return {**row, "ratio": bar_row["best_of_n_cost"] / row["mean_cost"],
+                        "seeds": f"{seeds.start}-{seeds.stop - 1}"}
+    return None
+
+
+_DIGITS_ROWS: list = []  # the digits rows of this run (digits_held_out reruns their budgets)
 
 
 def plot(search_rows, sampling_summary, smc_x, target, path_prefix):
@@ -283,6 +318,13 @@ def main(argv=None):
     digits_note = "skipped: " + d_err if d_err else "included in the tables above (problem 'digits class:7')."
     if d_rows:
         bars.append(bar(search_rows, "digits class:7", d_ref["reference"]))
+        if bars[-1]["passes"] and not args.quick:
+            held = digits_held_out(bars[-1])
+            digits_note += (f" Held-out check ({len(HELD_OUT_SEEDS)} other seeds): " + (
+                f"{held['method']} reaches best-of-N's reward on seeds {held['seeds']} at budget {held['budget']} "
+                f"(mean cost {held['mean_cost']:.0f}, {held['ratio']:.1f}x; mean {held['mean_reward']:.4g}, median "
+                f"{held['median_reward']:.4g}, worst {held['worst_reward']:.4g})." if held else
+                f"{bars[-1]['method']} does not reach it at any budget it ran."))
         digits_note += " Best-of-N at its largest budget by sampler steps: " + ", ".join(
             f"{r['steps']} steps {r['mean_reward']:.4g}" for r in d_ref["best_of_n_steps"]) + \
             "; the bar uses the strongest."

@@ -11,7 +11,7 @@ from diffinfer.toys.tilted import tilted_example
 from diffinfer import VP
 
 
-@pytest.mark.parametrize("method", ["smc", "dts", "zero-order"])
+@pytest.mark.parametrize("method", ["smc", "dts", "zero-order", "guided-search"])
 def test_scale_command_prints_reward_nfe_and_verifier_calls(method, capsys, tmp_path):
     out = tmp_path / "s.png"
     assert main(["scale", "--model", "tilted", "--method", method, "--budget", "600", "--steps", "10",
@@ -45,6 +45,12 @@ def test_digits_class_reward(tmp_path, capsys):
     assert main(["scale", "--model", "digits", "--method", "best-of-n", "--reward", "class:7", "--budget", "220",
                  "--steps", "10", "--n", "4", "--out", str(out)]) == 0
     assert "verifier_calls=20" in capsys.readouterr().out and out.exists()
+    # gradient guidance under the command's no_grad: the class reward is differentiated inside;
+    # 1 proposal (4 guided steps: 8 + 2 * 4 NFE, 1 + 3 * 4 calls), then (100 - 29) // 10 = 7 rounds
+    # of 1 x 2 copies (4 NFE + 1 call each)
+    assert main(["scale", "--model", "digits", "--method", "guided-search", "--reward", "class:7", "--budget", "100",
+                 "--steps", "8"]) == 0
+    assert "NFE=72 verifier_calls=27 cost=99" in capsys.readouterr().out
 
 
 def _text_models():

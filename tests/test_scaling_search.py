@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from diffinfer import VP, sample
-from diffinfer.scaling import search
+from diffinfer.scaling import run, search
+from diffinfer.scaling.common import grid
 from diffinfer.scaling.verifiers import (ClassLogProb, Ensemble, LogDensity, Normalized, RegionIndicator,
                                          Verifier, get_verifier)
 from diffinfer.toys.tilted import tilted_example
@@ -116,3 +117,67 @@ def test_verifiers():
     with pytest.raises(ValueError, match="valid: class:K, density, region:RADIUS"):
         get_verifier("nope")
     assert get_verifier("class:3", classifier=clf).label == 3
+
+
+def test_guided_search_cost_is_exact():
+    prior, den, reward = _setup()
+    n, refine, branch, keep, fwd = 5, 3, 2, 2, 3
+    res = search.guided_search(den, reward, n, (2,), refine=refine, branch=branch, keep=keep, refine_forward=fwd,
+                               steps=8, seed=0, dtype=F64)
+    g = search.guided_steps(grid(den.process, 8), 0.4)
+    assert g == 4 and res.info["guided_rows"] == n * g
+    # forward passes of every step, the backward passes of the guided ones (2 NFE each), refinement
+    assert res.nfe == n * 8 + 2 * n * g + refine * keep * branch * fwd
+    # a score per proposal, 3 per differentiated reward row, a score per refinement copy
+    assert res.verifier_calls == n + 3 * n * g + refine * keep * branch
+    assert res.cost == search.guided_cost(n, 8, g, refine, branch, fwd, keep)
+
+
+def test_guided_search_raises_the_reward_toward_its_known_optimum():
+    prior, den, reward = _setup()  # the reward is a Gaussian log-likelihood: 0 is its maximum
+    plain = reward(sample(den, shape=(256, 2), solver="ddim", steps=8, seed=5, dtype=F64).x)
+    proposals = []
+    for seed in range(4):
+        res = search.guided_search(den, reward, 6, (2,), refine=4, branch=2, keep=2, steps=8, seed=seed, dtype=F64)
+        proposals.append(res.info["proposal_rewards"])
+        h = res.info["history"]
+        assert h == sorted(h) and h[-1] == float(res.reward) and h[0] == float(res.info["proposal_rewards"].max())
+        assert torch.allclose(reward(res.x), res.reward) and -0.01 < float(res.reward) <= 0.0
+    assert float(torch.cat(proposals).mean()) > float(plain.mean()) + 0.3  # guidance moves the proposals
+
+
+def test_guided_search_errors():
+    prior, den, reward = _setup()
+    with pytest.raises(ValueError, match="not differentiable"):
+        search.guided_search(den, lambda x: reward(x.detach()), 2, (2,), steps=4, dtype=F64)
+    with pytest.raises(ValueError, match="keep <= n"):
+        search.guided_search(den, reward, 2, (2,), keep=3, steps=4, dtype=F64)
+    with pytest.raises(ValueError, match="refine_forward must lie"):
+        search.guided_search(den, reward, 2, (2,), refine=1, refine_forward=5, steps=4, dtype=F64)
+    with pytest.raises(ValueError, match="scale > 0"):
+        search.guided_search(den, reward, 2, (2,), scale=0.0, steps=4, dtype=F64)
+    with pytest.raises(ValueError, match="below one guided sample"):
+        run("guided-search", den, reward, 20, (2,), steps=8, dtype=F64)
+    with pytest.raises(ValueError, match="one-evaluation solvers"):
+        run("guided-search", den, reward, 500, (2,), steps=8, solver="heun", dtype=F64)
+
+
+def test_guided_search_budget_sizing():
+    prior, den, reward = _setup()
+    for budget in (29, 100, 351):
+        res = run("guided-search", den, reward, budget, (2,), steps=8, seed=1, dtype=F64)
+        n = max(1, (budget // 2) // 29)  # 29 = 6 * 4 guided + 4 unguided steps + 1 score
+        assert res.info["proposal_rewards"].shape == (n,) and budget - 20 < res.cost <= budget
+
+
+def test_class_log_prob_follows_the_grad_mode():
+    lin = torch.nn.Linear(2, 3).double()  # parameters require grad
+    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    lp = ClassLogProb(lin, 2)
+    assert lp(x).grad_fn is None  # x does not require grad: no graph, whatever the parameters
+    xg = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        assert lp(xg).grad_fn is None
+    (g,) = torch.autograd.grad(lp(xg).sum(), xg)
+    p = torch.softmax(lin(x), 1).detach()  # d log p_2 / dx = W_2 - sum_c p_c W_c
+    assert torch.allclose(g, lin.weight[2].detach() - p @ lin.weight.detach())

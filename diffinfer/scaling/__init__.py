@@ -8,7 +8,7 @@ from .budget import METHODS, run
 from .common import ScalingResult, Tap, renoise
 from .flows import FlowSDE, PathConversion, rollover_budget_forcing
 from .noise_opt import differentiable_sample, optimize_noise
-from .search import best_of_n, path_search, random_search, zero_order_search
+from .search import best_of_n, guided_search, path_search, random_search, zero_order_search
 from .smc import POTENTIALS, effective_sample_size, multinomial_resample, smc, systematic_resample
 from .tree import DiffusionTree, dts, dts_star, tree_result
 from .verifiers import (ClassLogProb, Ensemble, LinearGaussian, LogDensity, Normalized, RegionIndicator,
@@ -17,7 +17,7 @@ from .verifiers import (ClassLogProb, Ensemble, LinearGaussian, LogDensity, Norm
 __all__ = [
     "METHODS", "run", "ScalingResult", "Tap", "renoise",
     "FlowSDE", "PathConversion", "rollover_budget_forcing", "differentiable_sample", "optimize_noise",
-    "best_of_n", "random_search", "zero_order_search", "path_search",
+    "best_of_n", "random_search", "zero_order_search", "path_search", "guided_search",
     "smc", "POTENTIALS", "effective_sample_size", "multinomial_resample", "systematic_resample",
     "DiffusionTree", "dts", "dts_star", "tree_result",
     "Verifier", "as_verifier", "get_verifier", "LogDensity", "RegionIndicator", "LinearGaussian",

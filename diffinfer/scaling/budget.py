@@ -15,17 +15,26 @@ paths           the largest ``N`` paths (``M = 4`` branches) that fit (``search.
 smc             ``N = C // (2 S)`` particles (an NFE and a verifier call per step)
 dts / dts*      rollouts (batches of 8) until the cost would pass ``C``
 rbf             ``C // 2`` candidates for one sample (Rollover Budget Forcing)
+guided-search   ``N = (C // 2) // P`` guided proposals, ``P = 6 G + (S - G) + 1`` each
+                (``G`` steps with ``t >= t_min`` guided: forward 1 + backward 2 NFE and
+                3 verifier calls each), then ``(C - N P) // (K M (F + 1))`` refine rounds
+                on the best ``K = 2`` with ``M = 2`` branches each, re-noised ``F = S // 2``
+                steps (``search.guided_cost``; options ``scale``, ``t_min``, ``keep``,
+                ``branch``, ``refine_forward``, ``solver``)
 ==============  ==========================================================
+
+Gradient-based methods count a backward pass through the model as 2 NFE and a
+differentiable verifier call with its backward pass as 3 verifier calls.
 """
 from __future__ import annotations
 
 from . import search
-from .search import paths_cost
+from .search import guided_cost, guided_steps, paths_cost
 from .flows import rollover_budget_forcing
 from .smc import smc
 from .tree import DiffusionTree, tree_result
 
-METHODS = ("best-of-n", "random-search", "zero-order", "paths", "smc", "dts", "dts*", "rbf")
+METHODS = ("best-of-n", "random-search", "zero-order", "paths", "smc", "dts", "dts*", "rbf", "guided-search")
 
 
 def run(method: str, den, reward, budget: int, shape, steps: int = 20, seed: int = 0, lam: float = 1.0,
@@ -80,5 +89,31 @@ def run(method: str, den, reward, budget: int, shape, steps: int = 20, seed: int
                 break
             tree.grow(min(batch, room), batch=batch)
         return tree_result(tree, method, n_samples)
+    if method == "guided-search":
+        return _guided_search(den, reward, budget, shape, steps, seed, options)
     # each candidate costs one NFE and one verifier call
     return rollover_budget_forcing(den, reward, budget // 2, shape, steps=steps, seed=seed, **options)
+
+
+def _guided_search(den, reward, budget: int, shape, steps: int, seed: int, options: dict):
+    """``guided_search`` sized to ``budget``: half of it on guided proposals, the rest on
+    refine rounds (see the table above)."""
+    from .. import solvers as solver_registry
+    from .common import grid
+    solver = solver_registry.get(options.pop("solver", "ddim"))
+    if solver.evals_per_step != 1:
+        raise ValueError(f"guided-search sizes its budget for one-evaluation solvers; {solver.name!r} "
+                         f"makes {solver.evals_per_step} per step")
+    t_min, branch, keep = float(options.pop("t_min", 0.4)), int(options.pop("branch", 2)), int(options.pop("keep", 2))
+    ts = grid(den.process, steps, options.pop("ts", None))
+    n_int = ts.numel() - 1
+    fwd = int(options.pop("refine_forward", max(1, n_int // 2)))
+    g = guided_steps(ts, t_min)
+    per_sample = guided_cost(1, n_int, g)
+    if budget < per_sample:
+        raise ValueError(f"budget {budget} is below one guided sample ({per_sample} with {g} guided steps)")
+    n = max(1, (budget // 2) // per_sample)
+    keep = min(keep, n)
+    rounds = (budget - guided_cost(n, n_int, g)) // guided_cost(0, n_int, g, 1, branch, fwd, keep)
+    return search.guided_search(den, reward, n, shape, refine=rounds, branch=branch, keep=keep, refine_forward=fwd,
+                                t_min=t_min, solver=solver, ts=ts, seed=seed, **options)

@@ -13,6 +13,8 @@ Steps", section 3: a verifier scores candidates and an algorithm proposes them.
   ``M`` copies, re-noise them forward ``forward`` grid steps, denoise ``backward`` steps
   (``backward > forward``), score ``x0_hat`` and keep the best ``N``; finish the survivors
   and return the best (Ma et al., "Search over Paths").
+- ``guided_search``: gradient-guided proposals (universal guidance, Bansal et al. 2023), the
+  best polished by path search at the end of the grid (``refine_sample``).
 
 Costs are per-sample network evaluations and verifier calls (``ScalingResult.cost``).
 """
@@ -24,15 +26,16 @@ import torch
 
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
+from ..guidance import RewardGuidance
 from ..rng import SampleRNG
 from ..sample import initial_noise, sample
 from .common import ScalingResult, Tap, grid, renoise, rollout, sample_shape
-from .verifiers import as_verifier
+from .verifiers import Verifier, as_verifier
 
 Tensor = torch.Tensor
 
 
-def _sample_batches(tap: Tap, n: int, shape, solver, ts, seed: int, batch_size: int, dtype, device,
+def _sample_batches(tap: DenoiserBase, n: int, shape, solver, ts, seed: int, batch_size: int, dtype, device,
                     offset: int = 0) -> tuple[Tensor, Tensor]:
     """``n`` samples and their starting noises, row ``j`` from stream ``(seed, offset + j)``."""
     xs, noises = [], []
@@ -193,19 +196,147 @@ def path_search(den: DenoiserBase, reward, n_paths: int, branch: int, shape, sol
     r = verifier(x)
     best = int(torch.argmax(r.double()))
     final_rewards, x, r = r, x[best:best + 1], r[best:best + 1]
-    j = n_int - int(refine_forward)
-    for m in range(int(refine)):
-        rng = step_rng(rounds + 2 + m, int(branch))
-        cand = x.repeat_interleave(int(branch), dim=0)  # [M, ...] copies of the best clean sample
-        cand = renoise(tap.process, cand, ts[n_int], ts[j], rng.randn_like(cand))
-        cand, _ = rollout(tap, solver, cand, ts, j, n_int, rng=rng if solver.stochastic else None)
-        rc = verifier(cand)
-        top = int(torch.argmax(rc.double()))
-        if float(rc[top]) > float(r):
-            x, r = cand[top:top + 1], rc[top:top + 1]
-        history.append(float(r))
+    x, r = refine_sample(tap, verifier, solver, ts, x, r, int(refine), int(branch), int(refine_forward),
+                         lambda m, rows: step_rng(rounds + 2 + m, rows), history)
     return ScalingResult(x=x, reward=r, nfe=tap.rows, verifier_calls=verifier.calls - calls0, method="paths",
                          info={"history": history, "rounds": rounds, "final_rewards": final_rewards})
+
+
+def refine_sample(tap: Tap, verifier, solver, ts: Tensor, x: Tensor, r: Tensor, rounds: int, branch: int,
+                  refine_forward: int, round_rng, history: list | None = None) -> tuple[Tensor, Tensor]:
+    """Search over paths at the end of the grid (``path_search``'s ``refine`` rounds), on a
+    population of ``P`` clean samples ``x`` ``[P, ...]`` with rewards ``r`` ``[P]``.
+
+    Each of ``rounds`` rounds copies every sample ``branch`` times, re-noises the copies from
+    ``t = 0`` to ``ts[-1 - refine_forward]`` with the exact forward transition (``renoise``;
+    noise from ``round_rng(m, rows)``, a ``SampleRNG`` of ``P * branch`` rows) and denoises them
+    back to ``t = 0``; the best ``P`` of parents and copies survive (a parent wins a tie), so
+    the best reward never decreases. With ``P = 1`` a copy replaces the sample only if it
+    scores higher. Appends the best reward after each round to ``history``; returns the
+    population sorted by reward (best first). Cost: ``rounds * P * branch * (refine_forward
+    * evals_per_step + 1)``.
+    """
+    n_int = ts.numel() - 1
+    j = n_int - int(refine_forward)
+    pop = x.shape[0]
+    for m in range(int(rounds)):
+        cand = x.repeat_interleave(int(branch), dim=0)  # [P*M, ...] copies of the population
+        rng = round_rng(m, cand.shape[0])
+        cand = renoise(tap.process, cand, ts[n_int], ts[j], rng.randn_like(cand))
+        cand, _ = rollout(tap, solver, cand, ts, j, n_int, rng=rng if solver.stochastic else None)
+        rc = verifier(cand)  # [P*M]
+        pool_x, pool_r = torch.cat([x, cand]), torch.cat([r, rc])
+        keep = torch.sort(pool_r.double(), descending=True, stable=True).indices[:pop]
+        x, r = pool_x[keep], pool_r[keep]
+        if history is not None:
+            history.append(float(r.max()))
+    order = torch.sort(r.double(), descending=True, stable=True).indices
+    return x[order], r[order]
+
+
+class GradientCounter:
+    """A reward evaluated with its gradient (``reward(x0) -> [B]``), counting the rows.
+
+    Honest cost of one row: the reward's forward and backward pass are 3 verifier calls, and
+    the backward pass through the model that produced ``x0`` is 2 NFE (its forward pass is
+    counted where it runs). Raises if the reward does not depend differentiably on an
+    ``x0`` that requires grad (a reward computed under ``no_grad`` would silently give a
+    zero gradient)."""
+
+    VERIFIER_CALLS_PER_ROW = 3
+    NFE_PER_ROW = 2
+
+    def __init__(self, reward):
+        self.verifier = Verifier(reward)  # a counter of its own, apart from the plain scoring
+        self.name = self.verifier.name
+
+    @property
+    def rows(self) -> int:
+        return self.verifier.calls
+
+    def __call__(self, x0: Tensor) -> Tensor:
+        r = self.verifier(x0)  # [B]
+        if x0.requires_grad and not r.requires_grad:
+            raise ValueError(f"reward {self.name!r} is not differentiable in x0 (computed under no_grad, or "
+                             f"not a torch function of x0); gradient-guided search needs a differentiable reward")
+        return r
+
+
+def guided_steps(ts: Tensor, t_min: float) -> int:
+    """How many of a grid's steps ``ts[i] -> ts[i + 1]`` start at ``t >= t_min`` (the guided ones)."""
+    return int((ts[:-1] >= float(t_min)).sum())
+
+
+def guided_search(den: DenoiserBase, reward, n: int, shape, refine: int = 0, branch: int = 4, keep: int = 1,
+                  refine_forward: int | None = None, scale: float = 0.3, t_min: float = 0.4, solver="ddim",
+                  steps: int = 8, ts=None, seed: int = 0, batch_size: int = 256, dtype=torch.float32,
+                  device="cpu", **solver_options) -> ScalingResult:
+    """Gradient-guided proposals, then search over paths to polish the best one.
+
+    1. Propose ``n`` samples with forward universal guidance (Bansal et al. 2023, "Universal
+       Guidance for Diffusion Models", eq. 6; ``guidance.RewardGuidance``): the score gains
+       ``scale * grad_{x_t} reward(x0_hat(x_t))`` at the grid's steps with ``t >= t_min``, where
+       a sample's coarse content (a digit's class) is decided; later steps are unguided.
+       The best proposal by ``reward`` is kept (best-of-N over guided samples).
+    2. ``refine`` rounds of path search at the end of the grid (Ma et al. 2025, "Inference-Time
+       Scaling for Diffusion Models beyond Scaling Denoising Steps", search over paths;
+       ``refine_sample``) on the best ``keep`` proposals: ``branch`` copies of each, re-noised
+       to ``ts[-1 - refine_forward]`` (default half the grid) and denoised without guidance;
+       the best ``keep`` of parents and copies survive. Returns the best one.
+
+    Gradient search finds a high-reward mode reliably but is poor at the last digits of the
+    reward; search over paths polishes a found sample but rarely finds a rare mode (a
+    population, ``keep > 1``, hedges against a sample that no copy improves). ``reward``
+    must be differentiable in ``x0`` while grad mode is on (it is enabled inside the guided
+    steps even under ``torch.no_grad``).
+
+    Cost (exact, ``guided_cost`` for one-evaluation solvers): a guided step costs 1 NFE (the
+    forward pass) + 2 NFE (its backward pass) + 3 verifier calls (the reward's forward and
+    backward pass) per row; an unguided step 1 NFE; each proposal 1 verifier call; each refine
+    round ``branch * (refine_forward + 1)``. ``info``: ``proposal_rewards`` ``[n]``, the
+    reward ``history`` (best proposal, then after each round), ``guided_rows``.
+    """
+    if int(n) < 1 or int(refine) < 0 or int(branch) < 1 or not 1 <= int(keep) <= int(n):
+        raise ValueError(f"need n >= 1, refine >= 0, branch >= 1 and 1 <= keep <= n, got n={n}, "
+                         f"refine={refine}, branch={branch}, keep={keep}")
+    if not scale > 0 or not 0.0 <= float(t_min) <= 1.0:
+        raise ValueError(f"need scale > 0 and 0 <= t_min <= 1, got scale={scale}, t_min={t_min}")
+    solver = solver_registry.get(solver, **solver_options)
+    verifier = as_verifier(reward)
+    calls0 = verifier.calls
+    tap = Tap(den)
+    ts = grid(den.process, steps, ts)
+    n_int = ts.numel() - 1
+    refine_forward = max(1, n_int // 2) if refine_forward is None else int(refine_forward)
+    if not 1 <= refine_forward <= n_int:
+        raise ValueError(f"refine_forward must lie in [1, {n_int}] (the grid's intervals), got {refine_forward}")
+    grad_reward = GradientCounter(verifier.fn)
+    guided = RewardGuidance(tap, grad_reward, scale=float(scale), interval=(float(t_min), 1.0))
+    x, _ = _sample_batches(guided, int(n), sample_shape(shape), solver, ts, seed, int(batch_size), dtype, device)
+    r = verifier(x)  # [n]
+    top = torch.sort(r.double(), descending=True, stable=True).indices[:int(keep)]
+    proposals, x, r = r, x[top], r[top]  # the best `keep` proposals [P, ...]
+    history = [float(r.max())]
+    x, r = refine_sample(tap, verifier, solver, ts, x, r, int(refine), int(branch), refine_forward,
+                         lambda m, rows: SampleRNG.from_seed(seed, indices=[(m + 1) * 1000003 + 10**8 + j
+                                                                            for j in range(rows)], device=device),
+                         history)
+    x, r = x[:1], r[:1]
+    g = grad_reward.rows
+    return ScalingResult(x=x, reward=r, nfe=tap.rows + GradientCounter.NFE_PER_ROW * g,
+                         verifier_calls=verifier.calls - calls0 + GradientCounter.VERIFIER_CALLS_PER_ROW * g,
+                         method="guided-search",
+                         info={"proposal_rewards": proposals, "history": history, "guided_rows": g})
+
+
+def guided_cost(n: int, n_int: int, n_guided: int, refine: int = 0, branch: int = 4, refine_forward: int = 1,
+                keep: int = 1) -> int:
+    """The exact cost of ``guided_search`` with a one-evaluation solver on a grid of ``n_int``
+    intervals of which ``n_guided`` are guided (``guided_steps``): per proposal ``6`` per guided
+    step (3 NFE + 3 verifier calls), ``1`` per unguided step and ``1`` verifier call; per refine
+    round ``keep * branch * (refine_forward + 1)``."""
+    per_sample = 6 * int(n_guided) + (int(n_int) - int(n_guided)) + 1
+    return int(n) * per_sample + int(refine) * int(keep) * int(branch) * (int(refine_forward) + 1)
 
 
 def paths_cost(n_paths: int, branch: int, n_int: int, start: int, forward: int = 1, backward: int = 3,

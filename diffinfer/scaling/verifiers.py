@@ -96,14 +96,18 @@ def LinearGaussian(A, y, noise_std: float = 1.0):
 
 class ClassLogProb:
     """``log softmax(classifier(x))[:, label]`` ``[B]``: a classifier's log-probability of
-    a class (``classifier`` maps ``[B, ...]`` to logits ``[B, C]``)."""
+    a class (``classifier`` maps ``[B, ...]`` to logits ``[B, C]``).
+
+    Differentiable in ``x`` exactly when ``x`` requires grad and grad mode is on (gradient
+    guidance, noise optimisation); otherwise no graph is built, even for a classifier whose
+    parameters require grad, so plain scoring stays cheap."""
 
     def __init__(self, classifier: Callable[[Tensor], Tensor], label: int):
         self.classifier, self.label = classifier, int(label)
         self.name = f"class:{self.label}"
 
     def __call__(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
             logits = self.classifier(x)
         if logits.dim() != 2 or not 0 <= self.label < logits.shape[1]:
             raise ValueError(f"class {self.label} out of range for logits of shape {tuple(logits.shape)}")
