@@ -85,6 +85,55 @@ def _log_potential(kind: str, lam: float, r: Tensor, memo: dict) -> Tensor:
     return out
 
 
+class FeynmanKacWeights:
+    """The weight bookkeeping of FK-steering SMC over ``n`` particles, shared by ``smc`` and
+    ``text.text_smc``: potentials from intermediate rewards, weights carried across steps,
+    resampling when the ESS falls below ``ess_threshold * n``, and the final correction
+    ``lam r(x_0) - sum_i log G_i`` per lineage (see the module docstring)."""
+
+    def __init__(self, n: int, potential: str, lam: float, resample: str, ess_threshold: float,
+                 generator: torch.Generator):
+        if potential not in POTENTIALS:
+            raise ValueError(f"unknown potential {potential!r}; valid: {', '.join(POTENTIALS)}")
+        if resample not in RESAMPLERS:
+            raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLERS)}")
+        if not 0.0 <= ess_threshold <= 1.0:
+            raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+        self.n, self.potential, self.lam = int(n), potential, float(lam)
+        self.resampler, self.ess_threshold, self.gen = RESAMPLE[resample], float(ess_threshold), generator
+        zeros = torch.zeros(self.n, dtype=torch.float64)
+        self.memo = {"prev": zeros, "max": torch.full((self.n,), -float("inf"), dtype=torch.float64), "sum": zeros}
+        self.applied = zeros.clone()  # [N] sum of log potentials along each lineage
+        self.log_w = zeros.clone()  # [N] carried since the last resampling
+        self.ess: list[float] = []
+
+    def update(self, r: Tensor) -> Tensor | None:
+        """Apply the potential of the intermediate rewards ``r`` ``[N]``; returns the
+        resampled lineage indices ``[N]`` when the ESS fell below the threshold (the
+        weights are then reset and the lineage memory re-indexed), else ``None``."""
+        log_g = _log_potential(self.potential, self.lam, r.double(), self.memo)
+        self.applied = self.applied + log_g
+        self.log_w = self.log_w + log_g
+        ess = effective_sample_size(self.log_w)
+        self.ess.append(ess)
+        if ess >= self.ess_threshold * self.n:
+            return None
+        idx = self.resampler(self.log_w, self.n, self.gen)
+        self.memo = {k: v[idx] for k, v in self.memo.items()}
+        self.applied = self.applied[idx]
+        self.log_w = torch.zeros(self.n, dtype=torch.float64)
+        return idx
+
+    def final(self, r: Tensor) -> Tensor:
+        """The final log-weights ``[N]`` given the clean rewards ``r`` ``[N]``: each lineage's
+        potentials replaced by ``exp(lam r)``."""
+        return self.log_w + self.lam * r.double() - self.applied
+
+    def draw(self, log_w: Tensor) -> Tensor:
+        """``N`` indices resampled by ``log_w`` (the final equal-weight sample)."""
+        return self.resampler(log_w, self.n, self.gen)
+
+
 def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, solver="ddpm",
         steps: int = 50, ts=None, potential: str = "difference", resample: str = "systematic",
         ess_threshold: float = 0.5, every: int = 1, seed: int = 0, allow_deterministic: bool = False,
@@ -106,16 +155,12 @@ def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, so
         ``ScalingResult`` with ``N`` samples; ``info`` holds ``ess`` per step,
         ``resampled`` (step indices), ``log_weights`` (final, before the last resampling).
     """
-    if potential not in POTENTIALS:
-        raise ValueError(f"unknown potential {potential!r}; valid: {', '.join(POTENTIALS)}")
-    if resample not in RESAMPLERS:
-        raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLERS)}")
-    if not 0.0 <= ess_threshold <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     if int(every) < 1:
         raise ValueError(f"every must be a positive integer, got {every}")
     if int(n_particles) < 1:
         raise ValueError(f"n_particles must be >= 1, got {n_particles}")
+    weights = FeynmanKacWeights(n_particles, potential, lam, resample, ess_threshold,
+                                torch.Generator().manual_seed(int(seed) ^ 0x5EED))
     solver = solver_registry.get(solver, **solver_options)
     if not solver.stochastic:
         msg = (f"SMC needs a stochastic solver, but {solver.name!r} is deterministic: resampled copies "
@@ -132,12 +177,7 @@ def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, so
     rng = SampleRNG.from_seed(seed, batch=n, device=device)
     x = initial_noise(den, (n,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
     state = solver.init(tap, x, ts, rng)
-    gen = torch.Generator().manual_seed(int(seed) ^ 0x5EED)
-    zeros = torch.zeros(n, dtype=torch.float64)
-    memo = {"prev": zeros, "max": torch.full((n,), -float("inf"), dtype=torch.float64), "sum": zeros}
-    applied = zeros.clone()  # sum of log potentials along each lineage
-    log_w = zeros.clone()
-    ess_hist, resampled = [], []
+    resampled = []
     n_steps = ts.numel() - 1
     for i in range(n_steps):
         tap.clear()
@@ -148,29 +188,20 @@ def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, so
         if (i + 1) % int(every) != 0:
             continue
         # potential from the solver's prediction at the start of this step (x_prev at ts[i])
-        r = verifier(tap.x0_at(x_prev, ts[i])).double()
-        log_g = _log_potential(potential, lam, r, memo)
-        applied = applied + log_g
-        log_w = log_w + log_g
-        ess = effective_sample_size(log_w)
-        ess_hist.append(ess)
-        if ess < ess_threshold * n:
-            idx = RESAMPLE[resample](log_w, n, gen)
+        idx = weights.update(verifier(tap.x0_at(x_prev, ts[i])))
+        if idx is not None:
             x = x[idx]
             state = solver_registry.select(state, idx)
             if state.get("rng") is not None:
                 state["rng"] = state["rng"].fork(i + 1)  # copies of one particle part ways
             tap = tap.select(idx)
-            memo = {k: v[idx] for k, v in memo.items()}
-            applied = applied[idx]
-            log_w = torch.zeros(n, dtype=torch.float64)
             resampled.append(i)
     r_final = verifier(x).double()
-    log_w = log_w + lam * r_final - applied
-    info = {"ess": ess_hist, "resampled": resampled, "log_weights": log_w.clone(),
+    log_w = weights.final(r_final)
+    info = {"ess": weights.ess, "resampled": resampled, "log_weights": log_w.clone(),
             "final_ess": effective_sample_size(log_w), "potential": potential, "solver": solver.name}
     if not return_weighted:
-        idx = RESAMPLE[resample](log_w, n, gen)
+        idx = weights.draw(log_w)
         x, r_final = x[idx], r_final[idx]
     return ScalingResult(x=x, reward=r_final.to(x.dtype), nfe=tap.rows, verifier_calls=verifier.calls - calls0,
                          method="smc", info=info)

@@ -29,7 +29,7 @@ from ..mdm.sampling import filter_logits, propose_tokens
 from ..mdm.unmasking import top_k_mask
 from ..rng import SampleRNG
 from .common import ScalingResult
-from .smc import POTENTIALS, RESAMPLE, _log_potential, effective_sample_size
+from .smc import FeynmanKacWeights, effective_sample_size
 from .verifiers import as_verifier
 
 Tensor = torch.Tensor
@@ -110,22 +110,16 @@ def text_smc(model, reward, n_particles: int, length: int, lam: float = 1.0, tok
     Each step reveals ``tokens_per_step`` positions per canvas (random order, one model
     call per canvas); see the module docstring for the weights.
     """
-    if potential not in POTENTIALS:
-        raise ValueError(f"unknown potential {potential!r}; valid: {', '.join(POTENTIALS)}")
-    if resample not in RESAMPLE:
-        raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLE)}")
     if int(tokens_per_step) < 1 or int(length) < 1 or int(n_particles) < 1:
         raise ValueError("need n_particles, length and tokens_per_step >= 1")
+    weights = FeynmanKacWeights(n_particles, potential, lam, resample, ess_threshold,
+                                torch.Generator().manual_seed(int(seed) ^ 0x7E57))
     model = as_masked_model(model)
     verifier = as_verifier(reward)
     calls0 = verifier.calls
     n, L, mask = int(n_particles), int(length), model.mask_id
     tokens = torch.full((n, L), mask, dtype=torch.long)
     rng = SampleRNG.from_seed(seed, batch=n)
-    gen = torch.Generator().manual_seed(int(seed) ^ 0x7E57)
-    zeros = torch.zeros(n, dtype=torch.float64)
-    memo = {"prev": zeros, "max": torch.full((n,), -float("inf"), dtype=torch.float64), "sum": zeros}
-    applied, log_w = zeros.clone(), zeros.clone()
     nfe, step, resampled = 0, 0, []
     k = torch.full((n,), int(tokens_per_step), dtype=torch.long)
     while bool((tokens == mask).any()):
@@ -140,18 +134,14 @@ def text_smc(model, reward, n_particles: int, length: int, lam: float = 1.0, tok
         if not bool((tokens == mask).any()):
             break
         greedy_fill = torch.where(tokens == mask, logp.argmax(-1), tokens)
-        log_g = _log_potential(potential, lam, verifier(greedy_fill).double(), memo)
-        applied, log_w = applied + log_g, log_w + log_g
-        if effective_sample_size(log_w) < ess_threshold * n:
-            idx = RESAMPLE[resample](log_w, n, gen)
-            tokens, applied = tokens[idx], applied[idx]
-            memo = {key: v[idx] for key, v in memo.items()}
+        idx = weights.update(verifier(greedy_fill))
+        if idx is not None:
+            tokens = tokens[idx]
             rng = rng.select(idx).fork(step)
-            log_w = torch.zeros(n, dtype=torch.float64)
             resampled.append(step)
     r = verifier(tokens).double()
-    log_w = log_w + lam * r - applied
-    idx = RESAMPLE[resample](log_w, n, gen)
+    log_w = weights.final(r)
+    idx = weights.draw(log_w)
     return ScalingResult(x=tokens[idx], reward=r[idx], nfe=nfe, verifier_calls=verifier.calls - calls0,
                          method="text-smc", info={"resampled": resampled, "log_weights": log_w,
                                                   "final_ess": effective_sample_size(log_w)})
