@@ -19,6 +19,28 @@ def test_flow_sde_keeps_the_marginals(solver):
     assert float((torch.cov(x.T) - prior.covariance()).abs().max()) < 0.05
 
 
+@pytest.mark.parametrize("process", [RectifiedFlow(), VP()], ids=["rf", "vp"])
+@pytest.mark.parametrize("solver", [FlowSDE(noise=0.7), FlowSDE(diffusion=lambda t: 0.3 + t)], ids=["sigma", "callable"])
+def test_flow_sde_step_is_the_euler_maruyama_formula(process, solver):
+    """One step from host weights equals ``x - h (v - e^2/2 score) + e sqrt(h) z`` evaluated
+    with the process's own tensors (float64)."""
+    from diffinfer.invert import ReplayNoise
+    from diffinfer.timesteps import resolve
+    prior, _, _ = tilted_example()
+    den = prior.denoiser(process)
+    ts = resolve(process, 6, None)
+    x, z = torch.randn(8, 2, dtype=F64), torch.randn(8, 2, dtype=F64)
+    for i in range(ts.numel() - 2):
+        state = solver.init(den, x, ts, ReplayNoise([z]))
+        x_new, _ = solver.step(den, x, i, state)
+        t, h = ts[i], float(ts[i] - ts[i + 1])
+        x0, eps = den.predict(x, t)
+        v = process.d_alpha(t) * x0 + process.d_sigma(t) * eps
+        score = -eps / process.sigma(t)
+        e = solver.coefficient(process, t)
+        torch.testing.assert_close(x_new, x - h * (v - 0.5 * e * e * score) + e * h ** 0.5 * z, rtol=1e-10, atol=1e-10)
+
+
 def test_flow_sde_without_noise_is_the_euler_step():
     prior, _, _ = tilted_example()
     den = prior.denoiser(RectifiedFlow())

@@ -29,7 +29,7 @@ from ..denoiser import DenoiserBase, Prediction
 from ..process import Process, as_time, expand_to
 from ..rng import SampleRNG
 from ..sample import initial_noise
-from ..solvers.base import Solver, State, times
+from ..solvers.base import Solver, State, combine
 from .common import ScalingResult, Tap, grid, sample_shape
 from .verifiers import as_verifier
 
@@ -61,20 +61,30 @@ class FlowSDE(Solver):
         t = as_time(t)
         return float(self.diffusion(t)) if self.diffusion is not None else self.noise * float(process.sigma(t))
 
+    def weights(self, host, i: int) -> tuple[float, float, float]:
+        """``(w_x, w_x0, w_z)`` of the step from grid point ``i`` in data-prediction form,
+        ``x' = w_x x + w_x0 x0 + w_z z`` (``host``: ``GridCoefficients.host()``): with
+        ``eps = (x - a x0)/s`` and ``k = s' + e^2/(2 s)``, the step below is
+        ``(1 - h k/s) x + h (k a/s - a') x0 + e sqrt(h) z``."""
+        t, a, s, da, ds = host.t[i], host.alpha[i], host.sigma[i], host.d_alpha[i], host.d_sigma[i]
+        h = t - host.t[i + 1]
+        e = (float(self.diffusion(as_time(t))) if self.diffusion is not None else self.noise * s)
+        k = ds + 0.5 * e * e / s
+        return 1.0 - h * k / s, h * (k * a / s - da), e * math.sqrt(h)
+
     def step(self, den, x: Tensor, i: int, state: State):
-        """``x' = x - h (v - eps^2/2 * score) + eps sqrt(h) z`` with ``h = t - t_next``."""
-        t, t_next = times(state, i)
-        p = den.process
-        x0, eps_hat = den.predict(x, t)
-        if float(t_next) == 0.0:
+        """``x' = x - h (v - eps^2/2 * score) + eps sqrt(h) z`` with ``h = t - t_next``,
+        ``v = a' x0 + s' eps`` and ``score = -eps / s`` from one prediction; the weights
+        (``weights``) are host floats of the grid, so a step reads no tensor."""
+        grid = state["grid"]
+        host = grid.host()
+        x0 = den.x0_on_grid(x, grid[i])  # [B, ...]
+        if host.t[i + 1] == 0.0:
             return x0, state
-        h = float(t - t_next)
-        v = expand_to(p.d_alpha(t), x) * x0 + expand_to(p.d_sigma(t), x) * eps_hat
-        score = -eps_hat / expand_to(p.sigma(t), x)
-        e = self.coefficient(p, t)
-        x_new = x - h * (v - 0.5 * e * e * score)
-        if e > 0:
-            x_new = x_new + e * math.sqrt(h) * state["rng"].randn_like(x)
+        w_x, w_x0, w_z = self.weights(host, i)
+        x_new = combine(x, w_x, (x0,), (w_x0,))
+        if w_z > 0:
+            x_new.add_(state["rng"].randn_like(x), alpha=w_z)
         return x_new, state
 
 
