@@ -35,6 +35,13 @@ from .verifiers import Verifier, as_verifier
 Tensor = torch.Tensor
 
 
+def _prepare(den: DenoiserBase, reward, solver, steps: int, ts, solver_options: dict):
+    """``(solver, verifier, verifier calls so far, Tap over den, grid)``: a search's set-up."""
+    verifier = as_verifier(reward)
+    return (solver_registry.get(solver, **solver_options), verifier, verifier.calls, Tap(den),
+            grid(den.process, steps, ts))
+
+
 def _sample_batches(tap: DenoiserBase, n: int, shape, solver, ts, seed: int, batch_size: int, dtype, device,
                     offset: int = 0) -> tuple[Tensor, Tensor]:
     """``n`` samples and their starting noises, row ``j`` from stream ``(seed, offset + j)``."""
@@ -60,11 +67,7 @@ def best_of_n(den: DenoiserBase, reward, n: int, shape, solver="euler", steps: i
     """
     if int(n) < 1 or not 1 <= int(keep) <= int(n):
         raise ValueError(f"need n >= 1 and 1 <= keep <= n, got n={n}, keep={keep}")
-    solver = solver_registry.get(solver, **solver_options)
-    verifier = as_verifier(reward)
-    calls0 = verifier.calls
-    tap = Tap(den)
-    ts = grid(den.process, steps, ts)
+    solver, verifier, calls0, tap, ts = _prepare(den, reward, solver, steps, ts, solver_options)
     x, x_T = _sample_batches(tap, int(n), sample_shape(shape), solver, ts, seed, int(batch_size), dtype, device)
     r = verifier(x)
     top = torch.topk(r.double(), int(keep)).indices
@@ -157,11 +160,7 @@ def path_search(den: DenoiserBase, reward, n_paths: int, branch: int, shape, sol
         raise ValueError(f"need refine >= 0 and refine_forward >= 1, got {refine}, {refine_forward}")
     if int(n_paths) < 1 or int(branch) < 1 or (keep is not None and int(keep) < 1):
         raise ValueError(f"need n_paths >= 1, branch >= 1 and keep >= 1, got {n_paths}, {branch}, {keep}")
-    solver = solver_registry.get(solver, **solver_options)
-    verifier = as_verifier(reward)
-    calls0 = verifier.calls
-    tap = Tap(den)
-    ts = grid(den.process, steps, ts)
+    solver, verifier, calls0, tap, ts = _prepare(den, reward, solver, steps, ts, solver_options)
     n_int = ts.numel() - 1
     start = max(1, n_int // 4) if start is None else int(start)
     if not 0 <= start < n_int:
@@ -301,11 +300,7 @@ def guided_search(den: DenoiserBase, reward, n: int, shape, refine: int = 0, bra
                          f"refine={refine}, branch={branch}, keep={keep}")
     if not scale > 0 or not 0.0 <= float(t_min) <= 1.0:
         raise ValueError(f"need scale > 0 and 0 <= t_min <= 1, got scale={scale}, t_min={t_min}")
-    solver = solver_registry.get(solver, **solver_options)
-    verifier = as_verifier(reward)
-    calls0 = verifier.calls
-    tap = Tap(den)
-    ts = grid(den.process, steps, ts)
+    solver, verifier, calls0, tap, ts = _prepare(den, reward, solver, steps, ts, solver_options)
     n_int = ts.numel() - 1
     refine_forward = max(1, n_int // 2) if refine_forward is None else int(refine_forward)
     if not 1 <= refine_forward <= n_int:
