@@ -20,6 +20,17 @@ search is derivative-free: Nelder-Mead (scipy) from the process's default grid (
 second start, the Karras grid where it is finite), keeping the best. With ``n - 1 <= 9``
 parameters it converges in a few hundred solves.
 
+Decoupled model times (LD3's decoupled variant; Li et al., "Alleviating Exposure Bias in
+Diffusion Models through Sampling with Shifted Time Steps", ICLR 2024): with
+``model_times=True`` the fit also chooses, per grid point ``k < n``, the time
+``s_k = t_k exp(delta_k)`` at which the model is evaluated there, as though the sample
+were at noise level ``s_k`` (``ModelTimes``), while the solver's coefficients stay those of
+``t_k``. A few-step solver's sample drifts off the noise level its grid time names; a
+shifted evaluation absorbs part of that drift. The ``n`` offsets ``delta`` join the grid's
+``n - 1`` parameters, fitted by block coordinate descent (the grid, then the offsets, then
+both; ``_blocks``); at ``delta = 0`` the solve is bitwise the plain solve on the grid, so
+a fit started there (from a fitted grid) never ends worse on its training batch.
+
 Which solver suits a model at a given NFE is itself an empirical question (on the digits
 UNet a fitted UniPC wins at 4 steps, where DDIM wins on fixed grids): ``fit_candidates``
 fits one grid per candidate solver on the *same* training noise and teacher, so their
@@ -36,10 +47,12 @@ import pathlib
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from . import timesteps
-from .process import DiscreteVP, Process, as_time
+from .denoiser import DenoiserBase, Prediction
+from .process import DiscreteVP, PointCoefficients, Process, as_time
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -50,8 +63,11 @@ class OptimizedGrid:
     """An optimised grid and how it was found.
 
     ``ts``: the grid (descending, ``steps + 1`` points, last ``0``); ``solver`` and
-    ``solver_options``: what it was fitted for; ``loss`` / ``initial_loss``: the training
-    objective (mean squared error per entry) after / before; ``evals``: solves used."""
+    ``solver_options``: what it was fitted for; ``model_ts``: the decoupled model times
+    (``steps`` points, ``ModelTimes``) or ``None`` (the model at the grid's times);
+    ``loss`` / ``initial_loss``: the training objective (mean squared error per entry)
+    after / before; ``holdout_loss`` / ``initial_holdout_loss``: the same on held-out
+    noise when the fit had some (``optimize``'s ``holdout``); ``evals``: solves used."""
 
     ts: list[float]
     solver: str
@@ -62,6 +78,9 @@ class OptimizedGrid:
     evals: int = 0
     seconds: float = 0.0
     n_train: int = 0
+    model_ts: list[float] | None = None
+    holdout_loss: float = float("nan")
+    initial_holdout_loss: float = float("nan")
 
     @property
     def grid(self) -> Tensor:
@@ -70,13 +89,80 @@ class OptimizedGrid:
 
     @property
     def key(self) -> str:
-        return grid_key(self.solver, self.steps, self.solver_options)
+        return grid_key(self.solver, self.steps, self.solver_options, self.model_ts is not None)
+
+    def denoiser(self, den: DenoiserBase) -> DenoiserBase:
+        """The model to solve with on ``grid``: ``den`` itself, or ``ModelTimes`` when the
+        record has decoupled model times."""
+        return den if self.model_ts is None else ModelTimes(den, self.grid, self.model_ts)
 
 
-def grid_key(solver: str, steps: int, solver_options: dict | None = None) -> str:
-    """``"unipc/6"`` or ``"unipc[order=3]/6"``: the record's name in a grids file."""
+def grid_key(solver: str, steps: int, solver_options: dict | None = None, model_times: bool = False) -> str:
+    """``"unipc/6"``, ``"unipc[order=3]/6"`` or ``"unipc+model-times/6"`` (decoupled model
+    times): the record's name in a grids file."""
     opts = ",".join(f"{k}={solver_options[k]}" for k in sorted(solver_options or {}))
-    return f"{solver}[{opts}]/{int(steps)}" if opts else f"{solver}/{int(steps)}"
+    name = f"{solver}[{opts}]" if opts else str(solver)
+    return f"{name}{'+model-times' if model_times else ''}/{int(steps)}"
+
+
+# --- decoupled model times -------------------------------------------------------------
+class ModelTimes(DenoiserBase):
+    """The model evaluated at decoupled times (see the module doc): at the point ``k`` of
+    the grid ``ts`` (``[n + 1]``, last ``0``) the data prediction is ``den``'s at
+    ``model_ts[k]`` (``[n]``), i.e. the sample read as one at noise level ``model_ts[k]``;
+    the solver's step coefficients stay those of ``ts``. At any other time ``t`` the
+    log-offset ``log(s / t)`` is interpolated linearly in ``log t`` between the grid's
+    positive points (held constant beyond them), and ``t = 0`` stays ``0``.
+
+    On a grid equal to ``ts`` a solver step reaches ``den``'s ``x0_on_grid`` fast path on
+    the grid of model times, so with ``model_ts == ts[:-1]`` the solve is bitwise the
+    plain one. Shares ``den``'s NFE counter."""
+
+    def __init__(self, den: DenoiserBase, ts, model_ts):
+        if not isinstance(den, DenoiserBase):
+            raise TypeError(f"expected a Denoiser (or wrapper), got {type(den).__name__}")
+        ts = timesteps.validate(ts)
+        model_ts = torch.as_tensor(model_ts, dtype=_F64).detach().cpu().reshape(-1)  # [n]
+        if float(ts[-1]) != 0.0 or model_ts.numel() != ts.numel() - 1:
+            raise ValueError(f"model_ts needs one time per positive grid point ({ts.numel() - 1}) of a grid "
+                             f"ending at 0; got {model_ts.numel()} for {ts.numel()} grid points")
+        if not bool(torch.isfinite(model_ts).all()) or not bool((model_ts > 0).all()) \
+                or float(model_ts.max()) > float(den.process.t_max):
+            raise ValueError(f"model times must lie in (0, t_max={den.process.t_max}]; got {model_ts.tolist()}")
+        self.den, self.process, self._counter = den, den.process, den._counter
+        self.ts, self.model_ts = ts, model_ts
+        self._model_grid = den.process.on_grid(torch.cat([model_ts, ts[-1:]]))  # [n + 1], aligned with ts
+        knots = torch.log(ts[:-1]).flip(0)  # [n] ascending log t
+        self._knots = knots.tolist()
+        self._offsets = (torch.log(model_ts) - torch.log(ts[:-1])).flip(0).tolist()  # [n] log(s / t)
+
+    def model_time(self, t) -> Tensor:
+        """The model time of ``t`` (float64, ``t``'s shape)."""
+        import numpy as np
+        t = as_time(t)
+        flat = t.detach().cpu().reshape(-1).numpy()
+        with np.errstate(divide="ignore"):
+            delta = np.interp(np.log(flat), self._knots, self._offsets)
+        s = torch.from_numpy(flat * np.exp(delta)).reshape(t.shape)
+        return torch.where(t.cpu() > 0, s, torch.zeros_like(s)).to(t.device)
+
+    def predict(self, x: Tensor, t) -> Prediction:
+        return self.den.predict(x, self.model_time(t))
+
+    def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
+        grid = point.grid
+        if point.k < len(self.model_ts) and grid.t.numel() == self.ts.numel() and torch.equal(grid.t.cpu(), self.ts):
+            return self.den.x0_on_grid(x, self._model_grid.prepare(x)[point.k])
+        return self.predict(x, point.t).x0
+
+    def select(self, idx: Tensor) -> "ModelTimes":
+        return ModelTimes(self.den.select(idx), self.ts, self.model_ts)
+
+
+def model_times_from_params(ts: Tensor, delta: Tensor, t_lo: float, t_max: float) -> Tensor:
+    """``[n]`` model times ``ts[k] exp(delta[k])`` of a grid ``ts`` ``[n + 1]``, clipped to
+    ``[t_lo, t_max]`` (the network is never queried below ``t_lo``)."""
+    return (ts[:-1] * torch.exp(torch.as_tensor(delta, dtype=_F64).reshape(-1))).clamp(min=t_lo, max=t_max)
 
 
 # --- parameterisation ------------------------------------------------------------------
@@ -197,7 +283,8 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
              n_train: int = 128, shape=None, seed: int = 20240, teacher_steps: int = 200,
              teacher_solver: str = "dpmpp-3m", t_lo: float | None = None, t_end_max: float | None = None,
              max_evals: int | None = None, init: list | None = None, dtype=torch.float64,
-             distance=None, **solver_options) -> OptimizedGrid:
+             distance=None, model_times: bool = False, restarts: int = 0, holdout: tuple | None = None,
+             **solver_options) -> OptimizedGrid:
     """Fit the grid of ``steps`` steps of ``solver`` to a teacher (Align Your Steps / LD3).
 
     Args:
@@ -218,6 +305,17 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
         distance: ``distance(endpoints, teacher) -> float`` to minimise (default the mean
             squared error per entry); e.g. a squared error in a feature space, as LD3
             uses LPIPS, when sample quality is judged there.
+        model_times: also fit the decoupled model times (``ModelTimes``; ``n`` more
+            parameters, starting at the grid's own times, ``delta = 0``).
+        restarts: Nelder-Mead runs restarted from the best point with a fresh simplex
+            after each run that improved (each with the same budget): a simplex in many
+            dimensions collapses before it converges. With ``model_times`` the grid, the
+            offsets and then both are fitted in turn (``_blocks``), each with this budget.
+        holdout: ``(x_T, teacher)`` of other training noise (``training_set`` with another
+            seed). Then the result is, among the starting point and the end of every
+            Nelder-Mead run that improved the training loss, the one with the lowest
+            held-out loss (early stopping: a fit of few noises can overfit them), and the
+            record keeps both held-out losses.
     Returns:
         ``OptimizedGrid`` with the best grid found (never worse on the training batch than
         the best starting grid).
@@ -236,16 +334,26 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
     start = time.perf_counter()
     evals = 0
 
-    def loss_of(ts: Tensor) -> float:
+    def error(ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor) -> float:
+        model = den if model_ts is None else ModelTimes(den, ts, model_ts)
+        out = solve(model, x, solver, ts, **solver_options)
+        err = float(((out - target) ** 2).mean()) if distance is None else float(distance(out, target))
+        return err if math.isfinite(err) else float("inf")
+
+    def loss_of(ts: Tensor, model_ts: Tensor | None = None) -> float:
         nonlocal evals
         if t_end_max is not None and float(ts[-2]) > t_end_max:
             return float("inf")
         if not bool((ts[1:] < ts[:-1]).all()):  # gaps underflowed to zero: not a grid
             return float("inf")
         evals += 1
-        out = solve(den, x_T, solver, ts, **solver_options)
-        err = float(((out - teacher) ** 2).mean()) if distance is None else float(distance(out, teacher))
-        return err if math.isfinite(err) else float("inf")
+        return error(ts, model_ts, x_T, teacher)
+
+    def unpack(th) -> tuple[Tensor, Tensor | None]:
+        """Nelder-Mead's vector -> (grid ``[steps + 1]``, model times ``[steps]`` or ``None``)."""
+        th = torch.from_numpy(th)
+        ts = grid_from_params(th[:steps - 1], t_max, t_lo)
+        return ts, (model_times_from_params(ts, th[steps - 1:], t_lo, t_max) if model_times else None)
 
     starts = [timesteps.validate(g) for g in (init or initial_grids(process, steps))]
     if t_end_max is not None:
@@ -255,10 +363,12 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
     for g in starts:
         if g.numel() != steps + 1 or float(g[-1]) != 0.0:
             raise ValueError(f"a starting grid must have {steps + 1} points ending at 0, got {g.tolist()}")
-    scored = [(loss_of(g), g) for g in starts]
+    scored = [(loss_of(g, g[:-1] if model_times else None), g) for g in starts]
     initial_loss = scored[0][0]
-    best_loss, best = min(scored, key=lambda r: r[0])
-    if steps >= 2:
+    best_loss, best_g = min(scored, key=lambda r: r[0])
+    best = (best_g, best_g[:-1].clone() if model_times else None)
+    visited = [(best_loss, best)]  # (training loss, (grid, model times)): the start, then each improvement
+    if _blocks(steps, model_times):
         budget = int(max_evals or 150 * steps)
         for _, g in sorted(scored, key=lambda r: r[0]):
             g = g.clone()
@@ -266,16 +376,66 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
             g[-2] = max(float(g[-2]), t_lo * 1.5)
             if not bool((g[1:] < g[:-1]).all()):
                 continue
-            theta0 = params_from_grid(g, t_lo).numpy()
-            res = minimize(lambda th: loss_of(grid_from_params(torch.from_numpy(th), t_max, t_lo)),
-                           theta0, method="Nelder-Mead",
-                           options={"maxfev": budget, "xatol": 1e-4, "fatol": 1e-12 * max(initial_loss, 1e-30),
-                                    "adaptive": steps > 4})
-            if res.fun < best_loss:
-                best_loss, best = float(res.fun), grid_from_params(torch.from_numpy(res.x), t_max, t_lo)
-    return OptimizedGrid(ts=[float(t) for t in best], solver=str(solver), steps=steps,
+            theta = params_from_grid(g, t_lo).numpy()
+            if model_times:
+                theta = np.concatenate([theta, np.zeros(steps)])
+            for free in _blocks(steps, model_times):
+                for run in range(1 + int(restarts)):
+                    x0 = theta[free]
+                    opts = {"maxfev": budget, "xatol": 1e-4, "fatol": 1e-12 * max(initial_loss, 1e-30),
+                            "adaptive": x0.size > 4}
+                    if model_times:  # scipy's default simplex for the grid, 0.05 in log t for the offsets
+                        opts["initial_simplex"] = initial_simplex(x0, int((free < steps - 1).sum()), 0.05)
+
+                    def full(sub, free=free, base=theta):
+                        th = base.copy()
+                        th[free] = sub
+                        return th
+                    res = minimize(lambda sub: loss_of(*unpack(full(sub))), x0, method="Nelder-Mead", options=opts)
+                    if not res.fun < best_loss:
+                        break
+                    theta = full(res.x)
+                    best_loss, best = float(res.fun), unpack(theta)
+                    visited.append((best_loss, best))
+    holdout_loss = initial_holdout_loss = float("nan")
+    if holdout is not None:
+        x_h, teacher_h = holdout
+        if x_h.shape[1:] != x_T.shape[1:] or teacher_h.shape != x_h.shape:
+            raise ValueError(f"holdout (x_T, teacher) must be two [B, {tuple(x_T.shape[1:])}] tensors")
+        scores = [error(*v, x_h, teacher_h) for _, v in visited]
+        initial_holdout_loss = scores[0]
+        k = min(range(len(visited)), key=lambda j: scores[j])
+        (best_loss, best), holdout_loss = visited[k], scores[k]
+    ts_best, model_best = best
+    return OptimizedGrid(ts=[float(t) for t in ts_best], solver=str(solver), steps=steps,
                          solver_options=dict(solver_options), loss=float(best_loss), initial_loss=float(initial_loss),
-                         evals=evals, seconds=time.perf_counter() - start, n_train=int(x_T.shape[0]))
+                         evals=evals, seconds=time.perf_counter() - start, n_train=int(x_T.shape[0]),
+                         model_ts=None if model_best is None else [float(t) for t in model_best],
+                         holdout_loss=holdout_loss, initial_holdout_loss=initial_holdout_loss)
+
+
+def _blocks(steps: int, model_times: bool) -> list:
+    """The parameter blocks Nelder-Mead fits in turn (index arrays into the vector of the
+    ``steps - 1`` grid parameters, then the ``steps`` model-time offsets): all at once for a
+    plain grid; with model times, the grid alone (offsets 0), then the offsets alone (grid
+    fixed), then all (block coordinate descent: each block's simplex is small enough to
+    converge within its budget, where one simplex over every parameter stalls)."""
+    n_grid = steps - 1
+    everything = np.arange(n_grid + (steps if model_times else 0))
+    if everything.size == 0:
+        return []
+    if not model_times or n_grid == 0:
+        return [everything]
+    return [np.arange(n_grid), np.arange(n_grid, n_grid + steps), everything]
+
+
+def initial_simplex(theta, n_grid: int, offset_step: float):
+    """Nelder-Mead's starting simplex ``[d + 1, d]`` around ``theta``: scipy's default for the
+    first ``n_grid`` (grid) entries (5% of a nonzero entry, else 0.00025), ``offset_step``
+    for the rest (model-time offsets, which start at 0)."""
+    d = len(theta)
+    step = np.array([(0.05 * v if v != 0 else 0.00025) if j < n_grid else offset_step for j, v in enumerate(theta)])
+    return np.vstack([theta, theta + np.diag(step)]).reshape(d + 1, d)
 
 
 def fit_candidates(den, candidates, steps: int, x_T: Tensor | None = None, teacher: Tensor | None = None,
@@ -284,34 +444,46 @@ def fit_candidates(den, candidates, steps: int, x_T: Tensor | None = None, teach
                    dtype=torch.float64, **optimize_options) -> list[OptimizedGrid]:
     """One fitted grid of ``steps`` steps per candidate solver, best (lowest loss) first.
 
-    ``candidates``: ``[(solver_name, options), ...]``. All are fitted on the same training
-    noise and teacher (``training_set``), so their losses compare. The first candidate
+    ``candidates``: ``[(solver_name, options), ...]``, or ``(solver_name, options, True)``
+    to fit the decoupled model times too (``optimize``'s ``model_times``). All are fitted
+    on the same training noise and teacher (``training_set``), so their losses compare. The first candidate
     starts from ``init`` (default ``initial_grids``), each later one from the best grid
     fitted so far (a good grid for one multistep solver is a good start for another, and
     one start keeps the cost of a candidate to one Nelder-Mead run).
     ``optimize_options`` (``max_evals``, ``t_end_max``, ``distance``) go to ``optimize``."""
-    candidates = [(str(name), dict(opts or {})) for name, opts in candidates]
+    candidates = _candidates(candidates)
     if not candidates:
         raise ValueError("give at least one (solver, options) candidate")
     t_lo = default_t_lo(den.process) if t_lo is None else float(t_lo)
     x_T, teacher = training_set(den, x_T, teacher, n_train, shape, seed, teacher_steps, teacher_solver, t_lo, dtype)
     starts = [timesteps.validate(g) for g in (init or initial_grids(den.process, steps))]
     fitted = []
-    for name, opts in candidates:
+    for name, opts, model_times in candidates:
         init_k = starts if not fitted else [min(fitted, key=lambda f: f.loss).grid]
         fitted.append(optimize(den, name, steps, x_T=x_T, teacher=teacher, t_lo=t_lo, init=init_k,
-                               **optimize_options, **opts))
+                               model_times=model_times, **optimize_options, **opts))
     return sorted(fitted, key=lambda f: f.loss)
+
+
+def _candidates(candidates) -> list[tuple[str, dict, bool]]:
+    """``(solver, options)`` or ``(solver, options, model_times)`` -> ``(solver, options, model_times)``."""
+    out = []
+    for c in candidates:
+        if len(c) not in (2, 3):
+            raise ValueError(f"a candidate is (solver, options) or (solver, options, model_times), got {c!r}")
+        out.append((str(c[0]), dict(c[1] or {}), bool(c[2]) if len(c) == 3 else False))
+    return out
 
 
 def best(records, steps: int, candidates=None) -> OptimizedGrid:
     """The lowest-loss record of ``steps`` steps among ``records`` (a list, or ``load``'s
-    dict), optionally only those whose ``(solver, options)`` is in ``candidates``. Losses
-    compare only between records fitted on one training set (``fit_candidates``)."""
+    dict), optionally only those whose ``(solver, options[, model_times])`` is in
+    ``candidates``. Losses compare only between records fitted on one training set
+    (``fit_candidates``, or ``optimize`` with the same training noise and teacher)."""
     records = list(records.values()) if isinstance(records, dict) else list(records)
-    allowed = None if candidates is None else {grid_key(n, 1, o) for n, o in candidates}
+    allowed = None if candidates is None else {grid_key(n, 1, o, m) for n, o, m in _candidates(candidates)}
     pool = [r for r in records if r.steps == int(steps)
-            and (allowed is None or grid_key(r.solver, 1, r.solver_options) in allowed)]
+            and (allowed is None or grid_key(r.solver, 1, r.solver_options, r.model_ts is not None) in allowed)]
     if not pool:
         raise KeyError(f"no fitted grid of {int(steps)} steps"
                        + ("" if candidates is None else f" for {sorted(allowed)}"))
@@ -340,7 +512,7 @@ def save(path, grids, meta: dict | None = None) -> pathlib.Path:
     return path
 
 
-def load(path, solver: str | None = None, steps: int | None = None, **solver_options):
+def load(path, solver: str | None = None, steps: int | None = None, model_times: bool = False, **solver_options):
     """All records of a grids file (``{key: OptimizedGrid}``), or, with ``solver`` and
     ``steps``, that one record (``KeyError`` naming the stored keys if absent)."""
     path = pathlib.Path(path)
@@ -352,11 +524,12 @@ def load(path, solver: str | None = None, steps: int | None = None, **solver_opt
     records = {k: OptimizedGrid(**v) for k, v in data["grids"].items()}
     if solver is None:
         return records
-    key = grid_key(solver, steps, solver_options)
+    key = grid_key(solver, steps, solver_options, model_times)
     if key not in records:
         raise KeyError(f"no grid {key!r} in {path}; stored: {', '.join(sorted(records)) or 'none'}")
     return records[key]
 
 
-__all__ = ["OptimizedGrid", "optimize", "fit_candidates", "best", "training_set", "save", "load", "grids_path", "grid_key", "teacher_endpoint",
+__all__ = ["OptimizedGrid", "ModelTimes", "model_times_from_params", "initial_simplex", "optimize", "fit_candidates",
+           "best", "training_set", "save", "load", "grids_path", "grid_key", "teacher_endpoint",
            "grid_from_params", "params_from_grid", "initial_grids", "grow", "default_t_lo"]

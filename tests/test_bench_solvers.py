@@ -129,3 +129,24 @@ def test_summary_per_goal_metric_and_digits_helpers():
     assert labels.dtype == torch.int64 and torch.equal(torch.bincount(labels[:20]), torch.full((10,), 2))
     assert bench.method_label("unipc", {}) == "unipc+opt-grid"
     assert bench.method_label("unipc", {"order": 3}) == "unipc[order=3]+opt-grid"
+
+
+def test_optimized_grid_refits_the_best_candidate_with_model_times(tmp_path):
+    """``optimized_grid(model_times=...)``: the plain candidates are fitted and saved, the best
+    one is refitted with decoupled model times from its grid on the same training set (so its
+    loss starts at the plain loss and ends no higher), saved beside it, and read back."""
+    from bench import solvers as bench
+    from diffinfer import grid_opt
+    from diffinfer.toys import gaussian_mixture
+    den = gaussian_mixture.preset("ring2d").denoiser(di.VP("linear"))
+    kw = dict(candidates=[("ddim", {}), ("unipc", {})], n_train=8, evals_per_step=4, teacher_steps=20)
+    rec = bench.optimized_grid("ring2d-vp", den, (2,), 3, tmp_path, True, model_times={"evals_per_step": 4}, **kw)
+    saved = grid_opt.load(tmp_path / "ring2d-vp.json")
+    plain = grid_opt.best(saved, 3, kw["candidates"])
+    assert rec.model_ts is not None and rec.key == plain.key.replace("/3", "+model-times/3")
+    assert rec.initial_loss == plain.loss and rec.loss <= plain.loss
+    again = bench.optimized_grid("ring2d-vp", den, (2,), 3, tmp_path, False, model_times={"evals_per_step": 4}, **kw)
+    assert again.key == rec.key and again.ts == rec.ts and again.model_ts == rec.model_ts
+    assert bench.optimized_grid("ring2d-vp", den, (2,), 3, tmp_path, False, **kw).key == plain.key
+    assert bench.record_label(rec) == bench.method_label(rec.solver, rec.solver_options, True)
+    assert bench.method_label("unipc", {}, True) == "unipc+model-times+opt-grid"

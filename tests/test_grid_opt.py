@@ -179,3 +179,129 @@ def test_best_reads_a_saved_file(tmp_path):
     assert grid_opt.best(saved, 2, [("unipc", {})]).key == "unipc/2"
     with pytest.raises(KeyError, match="unipc"):
         grid_opt.best(saved, 3, [("unipc", {})])
+
+
+# --- decoupled model times ------------------------------------------------------------
+@pytest.mark.parametrize("solver", ["unipc", "dpmpp-2m", "evodiff"])
+def test_model_times_at_the_grid_times_reproduce_the_plain_solve_bitwise(solver):
+    """``ModelTimes`` with ``model_ts = ts[:-1]`` (offsets 0, where every fit starts) is the
+    plain model: the solve is identical to the last bit, through the grid fast path."""
+    den = ring2d().denoiser(di.VP("linear"))
+    ts = timesteps.logsnr(den.process, 6)
+    x_T = torch.randn(32, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    zero = grid_opt.model_times_from_params(ts, torch.zeros(6, dtype=F64), 1e-4, 1.0)
+    torch.testing.assert_close(zero, ts[:-1], rtol=0, atol=0)
+    plain = grid_opt.solve(den, x_T, solver, ts)
+    torch.testing.assert_close(grid_opt.solve(grid_opt.ModelTimes(den, ts, zero), x_T, solver, ts), plain, rtol=0, atol=0)
+    rec = grid_opt.OptimizedGrid(ts=ts.tolist(), solver=solver, steps=6, model_ts=zero.tolist())
+    assert rec.key == f"{solver}+model-times/6" and rec.denoiser(den) is not den
+    assert grid_opt.OptimizedGrid(ts=ts.tolist(), solver=solver, steps=6).denoiser(den) is den
+
+
+def test_model_times_evaluate_the_model_at_the_shifted_time():
+    """On the fitted grid point ``k`` the prediction is the model's at ``model_ts[k]``; between
+    grid points the log-offset is interpolated in ``log t``; ``t = 0`` stays 0."""
+    den = ring2d().denoiser(di.VP("linear"))
+    ts = torch.tensor([1.0, 0.4, 0.05, 0.0], dtype=F64)
+    ms = torch.tensor([0.9, 0.5, 0.04], dtype=F64)
+    wrapped = grid_opt.ModelTimes(den, ts, ms)
+    x = torch.randn(8, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    grid = den.process.on_grid(ts).prepare(x)
+    for k in range(3):
+        torch.testing.assert_close(wrapped.x0_on_grid(x, grid[k]), den.x0(x, ms[k]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(wrapped.model_time(ts[k]), ms[k], rtol=1e-15, atol=0)
+    mid = math.sqrt(0.4 * 0.05)  # halfway in log t: the geometric mean of the two offsets
+    expected = mid * math.sqrt((0.5 / 0.4) * (0.04 / 0.05))
+    assert float(wrapped.model_time(mid)) == pytest.approx(expected, rel=1e-12)
+    assert float(wrapped.model_time(0.0)) == 0.0
+    torch.testing.assert_close(wrapped.x0(x, mid), den.x0(x, expected), rtol=1e-10, atol=1e-12)
+    before = den.nfe
+    wrapped.x0(x, 0.3)
+    assert den.nfe == before + 1  # shares the counter
+
+
+def test_model_times_fit_finds_the_exact_one_step_map_of_a_gaussian():
+    """1-D Gaussian data ``N(0, c^2)``: the exact probability-flow map is ``x_T -> k* x_T``; one
+    step to ``t = 0`` returns the denoiser ``g(s) x_T`` at the model time ``s``, with
+    ``g(s) = a c^2 / (a^2 c^2 + sigma^2)``, which no grid can change (the plain loss is fixed)
+    but the decoupled model time can match: the fit drives the loss to ~0, at the root of
+    ``g(s) = k*`` (found here by bisection, independent of the optimiser)."""
+    process, c = di.VP("linear"), 0.5
+    toy = GaussianMixture(torch.zeros(1, 1, dtype=F64), torch.full((1, 1, 1), c * c, dtype=F64))
+    den = toy.denoiser(process)
+
+    def ac(t):
+        t = torch.tensor(t, dtype=F64)
+        return float(process.alpha(t)), float(process.sigma(t))
+    a0, s0 = ac(1.0)
+    k_star = c / math.sqrt(a0 * a0 * c * c + s0 * s0)
+    g = lambda t: ac(t)[0] * c * c / (ac(t)[0] ** 2 * c * c + ac(t)[1] ** 2)  # noqa: E731 - decreasing in t
+    lo, hi = 1e-4, 1.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if g(mid) > k_star else (lo, mid)
+    x_T = torch.linspace(-2, 2, 17, dtype=F64).reshape(-1, 1)
+    plain = grid_opt.optimize(den, "ddim", 1, x_T=x_T, teacher=k_star * x_T)
+    fit = grid_opt.optimize(den, "ddim", 1, x_T=x_T, teacher=k_star * x_T, model_times=True, max_evals=200)
+    assert fit.initial_loss == plain.loss > 0.01  # starts at the plain solve, exactly
+    assert fit.loss < 1e-8 * fit.initial_loss
+    assert fit.model_ts[0] == pytest.approx(lo, rel=1e-3) and fit.ts == [1.0, 0.0]
+    again = grid_opt.solve(fit.denoiser(den), x_T, "ddim", fit.grid)
+    assert float(((again - k_star * x_T) ** 2).mean()) == pytest.approx(fit.loss, rel=1e-9, abs=1e-20)
+
+
+def test_model_times_fit_never_ends_above_its_start_and_keys_apart(tmp_path):
+    """Started from a fitted grid, the joint fit (grid and model times, with a restart) ends
+    no worse on its training batch, its loss is reproduced by its record's ``denoiser``, and
+    it is stored and picked apart from the plain record."""
+    den = ring2d().denoiser(di.VP("linear"))
+    x_T, teacher = grid_opt.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
+    plain = grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, max_evals=30)
+    fit = grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[plain.grid], model_times=True,
+                            max_evals=40, restarts=1)
+    assert fit.initial_loss == plain.loss and fit.loss <= fit.initial_loss
+    assert len(fit.model_ts) == 3 and all(1e-4 <= t <= 1.0 for t in fit.model_ts)
+    out = grid_opt.solve(fit.denoiser(den), x_T, "unipc", fit.grid)
+    assert float(((out - teacher) ** 2).mean()) == pytest.approx(fit.loss, rel=1e-12)
+    saved = grid_opt.load(grid_opt.save(tmp_path / "g.json", [plain, fit]))
+    assert set(saved) == {"unipc/3", "unipc+model-times/3"} and saved["unipc+model-times/3"].model_ts == fit.model_ts
+    assert grid_opt.best(saved, 3, [("unipc", {})]).model_ts is None
+    assert grid_opt.best(saved, 3, [("unipc", {}), ("unipc", {}, True)]).key == ("unipc+model-times/3" if fit.loss < plain.loss else "unipc/3")
+    with pytest.raises(ValueError, match="candidate is"):
+        grid_opt.best(saved, 3, [("unipc",)])
+
+
+def test_model_times_bad_input():
+    den = ring2d().denoiser(di.VP("linear"))
+    ts = torch.tensor([1.0, 0.4, 0.0], dtype=F64)
+    with pytest.raises(ValueError, match="one time per positive grid point"):
+        grid_opt.ModelTimes(den, ts, [0.9])
+    with pytest.raises(ValueError, match=r"\(0, t_max"):
+        grid_opt.ModelTimes(den, ts, [1.5, 0.3])
+    with pytest.raises(ValueError, match=r"\(0, t_max"):
+        grid_opt.ModelTimes(den, ts, [0.9, 0.0])
+    with pytest.raises(TypeError, match="Denoiser"):
+        grid_opt.ModelTimes(lambda x, t: x, ts, [0.9, 0.3])
+
+
+def test_holdout_keeps_the_checkpoint_best_on_held_out_noise():
+    """With ``holdout`` the fit returns, among its start and its improving checkpoints, the
+    one with the lowest held-out loss: a held-out teacher equal to the start's own endpoint
+    (held-out loss 0 there, > 0 anywhere else) must return the start itself, bitwise; a
+    real held-out set returns a point no worse there than the start, its losses reproduced."""
+    den = ring2d().denoiser(di.VP("linear"))
+    x_T, teacher = grid_opt.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
+    x_h, teacher_h = grid_opt.training_set(den, n_train=16, shape=(2,), seed=5, teacher_steps=40)
+    start = timesteps.logsnr(den.process, 3)
+    own = grid_opt.solve(den, x_h, "unipc", start)
+    fit = grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[start], model_times=True,
+                            max_evals=30, holdout=(x_h, own))
+    assert fit.ts == start.tolist() and fit.model_ts == start[:-1].tolist()
+    assert fit.loss == fit.initial_loss and fit.holdout_loss == fit.initial_holdout_loss == 0.0
+    fit = grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[start], model_times=True,
+                            max_evals=30, holdout=(x_h, teacher_h))
+    held = float(((grid_opt.solve(fit.denoiser(den), x_h, "unipc", fit.grid) - teacher_h) ** 2).mean())
+    assert fit.holdout_loss == pytest.approx(held, rel=1e-12) and fit.holdout_loss <= fit.initial_holdout_loss
+    assert fit.loss <= fit.initial_loss
+    with pytest.raises(ValueError, match="holdout"):
+        grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, max_evals=5, holdout=(x_h[:, :1], teacher_h))
