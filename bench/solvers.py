@@ -136,7 +136,8 @@ def optimized_grid(model: str, den, sample_shape, steps: int, grids_dir: pathlib
     (``grid_opt.fit_candidates``, training seed 777) starts from the process's default and
     Karras grids and from the best saved shorter grid, grown to ``steps``.
 
-    ``model_times`` (``{"evals_per_step": .., "restarts": ..}``): then the best candidate is
+    ``model_times`` (``{"evals_per_step": .., "restarts": ..}``, or a list of such settings,
+    of which the fit with the lowest held-out loss is kept): then the best candidate is
     refitted with decoupled model times (``grid_opt.optimize(model_times=True)``) from its
     fitted grid, on the same training noise and teacher, keeping the fit's checkpoint with
     the lowest loss on held-out training noise (seed 778; the start, the plain grid, among
@@ -160,12 +161,16 @@ def optimized_grid(model: str, den, sample_shape, steps: int, grids_dir: pathlib
             return g
     holdout = grid_opt.training_set(den, n_train=n_train, shape=sample_shape, seed=778, dtype=dtype,
                                     **{k: fit_options[k] for k in ("teacher_steps", "t_lo") if k in fit_options})
-    fit = grid_opt.optimize(den, g.solver, steps, shape=sample_shape, n_train=n_train, seed=777, init=[g.grid],
-                            max_evals=model_times["evals_per_step"] * steps, restarts=model_times.get("restarts", 0),
-                            dtype=dtype, model_times=True, holdout=holdout, **fit_options, **g.solver_options)
+    fits = []
+    for setting in ([model_times] if isinstance(model_times, dict) else list(model_times)):
+        fit = grid_opt.optimize(den, g.solver, steps, shape=sample_shape, n_train=n_train, seed=777, init=[g.grid],
+                                max_evals=setting["evals_per_step"] * steps, restarts=setting.get("restarts", 0),
+                                dtype=dtype, model_times=True, holdout=holdout, **fit_options, **g.solver_options)
+        print(f"  fitted {model} {fit.key} {setting}: loss {fit.initial_loss:.3g} -> {fit.loss:.3g}, held-out "
+              f"{fit.initial_holdout_loss:.3g} -> {fit.holdout_loss:.3g} in {fit.seconds:.1f}s", flush=True)
+        fits.append(fit)
+    fit = min(fits, key=lambda f: f.holdout_loss)  # chosen on held-out training noise, never on the bench's
     grid_opt.save(path, fit)
-    print(f"  fitted {model} {fit.key}: loss {fit.initial_loss:.3g} -> {fit.loss:.3g}, held-out "
-          f"{fit.initial_holdout_loss:.3g} -> {fit.holdout_loss:.3g} in {fit.seconds:.1f}s", flush=True)
     return fit
 
 
@@ -277,8 +282,10 @@ DIGITS_CONVERGED_LABEL = "dpmpp-3m converged"
 DIGITS_CANDIDATES = [("unipc", {}), ("unipc", {"order": 3})]
 DIGITS_FIT = {"n_train": 64, "evals_per_step": 20}
 #: then the best candidate refitted with decoupled model times (``grid_opt.ModelTimes``):
-#: Nelder-Mead budget per step and restarts
-DIGITS_MODEL_TIMES = {"evals_per_step": 50, "restarts": 0}
+#: Nelder-Mead budget per step and restarts; each setting is fitted and the one with the
+#: lowest loss on held-out training noise (seed 778) kept (Nelder-Mead's path differs, and
+#: neither setting wins at every NFE)
+DIGITS_MODEL_TIMES = [{"evals_per_step": 50, "restarts": 0}, {"evals_per_step": 50, "restarts": 1}]
 #: digits is judged on two metrics: fd_digits (the issue's) and RMSE to the reference endpoint
 DIGITS_METRICS = ["fd_digits", "rmse"]
 
