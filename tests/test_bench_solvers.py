@@ -150,3 +150,21 @@ def test_optimized_grid_refits_the_best_candidate_with_model_times(tmp_path):
     assert bench.optimized_grid("ring2d-vp", den, (2,), 3, tmp_path, False, **kw).key == plain.key
     assert bench.record_label(rec) == bench.method_label(rec.solver, rec.solver_options, True)
     assert bench.method_label("unipc", {}, True) == "unipc+model-times+opt-grid"
+
+
+def test_optimized_grid_keeps_the_model_times_setting_with_the_lowest_held_out_loss(tmp_path):
+    """With a list of fit settings each is fitted and the record with the lowest held-out loss
+    is the one saved and returned (a choice made on held-out training noise only)."""
+    from bench import solvers as bench
+    from diffinfer import grid_opt
+    from diffinfer.toys import gaussian_mixture
+    den = gaussian_mixture.preset("ring2d").denoiser(di.VP("linear"))
+    kw = dict(candidates=[("unipc", {})], n_train=8, evals_per_step=4, teacher_steps=20)
+    settings = [{"evals_per_step": 1}, {"evals_per_step": 6, "restarts": 1}]
+    fits = [bench.optimized_grid("ring2d-vp", den, (2,), 3, tmp_path / str(i), True, model_times=s, **kw)
+            for i, s in enumerate(settings)]
+    rec = bench.optimized_grid("ring2d-vp", den, (2,), 3, tmp_path / "both", True, model_times=settings, **kw)
+    assert fits[0].holdout_loss != fits[1].holdout_loss  # so the choice is a real one
+    best = min(fits, key=lambda f: f.holdout_loss)
+    assert rec.holdout_loss == best.holdout_loss and rec.model_ts == best.model_ts
+    assert grid_opt.best(grid_opt.load(tmp_path / "both" / "ring2d-vp.json"), 3, [("unipc", {}, True)]).ts == rec.ts
