@@ -46,3 +46,21 @@ def test_optimisation_raises_the_reward():
     assert res.nfe > 15 * 8 * 10  # forward passes plus recomputation
     with pytest.raises(ValueError, match="deterministic"):
         differentiable_sample(den, x_T, "ddpm", 5)
+
+
+@pytest.mark.parametrize("use_checkpoint", [False, True])
+def test_noise_optimisation_counts_backward_passes(use_checkpoint):
+    """Cost per iteration and row: S forward evaluations (+ S recomputed with checkpointing),
+    2 NFE per evaluation the backward pass goes through, 3 verifier calls per gradient row;
+    then one plain sample and scoring (``verifiers.GradientCounter``'s accounting)."""
+    prior, reward, _ = tilted_example()
+    den = prior.denoiser(VP())
+    B, S, iters = 4, 6, 3
+    x_T = torch.randn(B, 2, dtype=F64, generator=torch.Generator().manual_seed(5))
+    res = optimize_noise(den, reward, x_T, steps=S, iterations=iters, use_checkpoint=use_checkpoint)
+    exact = iters * B * (S + 2 * S) + B * S
+    if use_checkpoint:  # torch recomputes the checkpointed steps whose activations backward needs
+        assert exact < res.nfe <= exact + iters * B * S
+    else:
+        assert res.nfe == exact
+    assert res.verifier_calls == iters * B * 3 + B

@@ -6,7 +6,9 @@ treat the starting noise ``x_T`` as the parameter, run the whole (deterministic)
 and back-propagate ``reward(x_0)`` to ``x_T``. Each solver step is wrapped in
 ``torch.utils.checkpoint`` (DITTO section 3.3), so memory holds one step's activations
 plus the ``x_i`` between steps instead of the whole graph; the steps are recomputed in the
-backward pass (counted in the NFE). ``norm_project`` keeps the noise on the sphere of
+backward pass (counted in the NFE, as are the backward passes: ``verifiers.GradientCounter``'s
+accounting, 2 NFE per row and model evaluation, 3 verifier calls per differentiable reward
+row). ``norm_project`` keeps the noise on the sphere of
 radius ``sqrt(D)`` (DNO), where Gaussian noise concentrates.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
 from .common import ScalingResult, Tap, grid
+from .verifiers import GradientCounter
 
 Tensor = torch.Tensor
 
@@ -71,13 +74,15 @@ def optimize_noise(den: DenoiserBase, reward, x_T: Tensor, solver="euler", steps
     z = (x_T.detach() / scale).clone().requires_grad_(True)  # unit-variance noise
     radius = math.sqrt(z[0].numel())
     opt = torch.optim.Adam([z], lr=lr)
-    history, calls = [], 0
+    grad_reward = GradientCounter(reward)
+    history, backward_rows = [], 0
     for _ in range(int(iterations)):
         opt.zero_grad()
         with torch.enable_grad():
+            rows0 = tap.rows
             x0 = differentiable_sample(tap, z * scale, solver, steps, ts, use_checkpoint)
-            r = reward(x0)
-            calls += x0.shape[0]
+            backward_rows += tap.rows - rows0  # the evaluations the backward pass goes through
+            r = grad_reward(x0)
             (-r.sum()).backward()
         history.append(float(r.detach().mean()))
         opt.step()
@@ -88,7 +93,8 @@ def optimize_noise(den: DenoiserBase, reward, x_T: Tensor, solver="euler", steps
     with torch.no_grad():
         x0 = differentiable_sample(tap, z.detach() * scale, solver, steps, ts, False)
         r = reward(x0)
-        calls += x0.shape[0]
     history.append(float(r.mean()))
-    return ScalingResult(x=x0, reward=r, nfe=tap.rows, verifier_calls=calls, method="noise-opt",
+    nfe = tap.rows + GradientCounter.NFE_PER_ROW * backward_rows
+    calls = GradientCounter.VERIFIER_CALLS_PER_ROW * grad_reward.rows + x0.shape[0]
+    return ScalingResult(x=x0, reward=r, nfe=nfe, verifier_calls=calls, method="noise-opt",
                          info={"history": history, "x_T": z.detach() * scale})

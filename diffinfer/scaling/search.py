@@ -30,7 +30,7 @@ from ..guidance import RewardGuidance
 from ..rng import SampleRNG
 from ..sample import initial_noise, sample
 from .common import ScalingResult, Tap, grid, renoise, rollout, sample_shape
-from .verifiers import Verifier, as_verifier
+from .verifiers import GradientCounter, as_verifier
 
 Tensor = torch.Tensor
 
@@ -231,34 +231,6 @@ def refine_sample(tap: Tap, verifier, solver, ts: Tensor, x: Tensor, r: Tensor, 
             history.append(float(r.max()))
     order = torch.sort(r.double(), descending=True, stable=True).indices
     return x[order], r[order]
-
-
-class GradientCounter:
-    """A reward evaluated with its gradient (``reward(x0) -> [B]``), counting the rows.
-
-    Honest cost of one row: the reward's forward and backward pass are 3 verifier calls, and
-    the backward pass through the model that produced ``x0`` is 2 NFE (its forward pass is
-    counted where it runs). Raises if the reward does not depend differentiably on an
-    ``x0`` that requires grad (a reward computed under ``no_grad`` would silently give a
-    zero gradient)."""
-
-    VERIFIER_CALLS_PER_ROW = 3
-    NFE_PER_ROW = 2
-
-    def __init__(self, reward):
-        self.verifier = Verifier(reward)  # a counter of its own, apart from the plain scoring
-        self.name = self.verifier.name
-
-    @property
-    def rows(self) -> int:
-        return self.verifier.calls
-
-    def __call__(self, x0: Tensor) -> Tensor:
-        r = self.verifier(x0)  # [B]
-        if x0.requires_grad and not r.requires_grad:
-            raise ValueError(f"reward {self.name!r} is not differentiable in x0 (computed under no_grad, or "
-                             f"not a torch function of x0); gradient-guided search needs a differentiable reward")
-        return r
 
 
 def guided_steps(ts: Tensor, t_min: float) -> int:
