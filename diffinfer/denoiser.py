@@ -323,8 +323,6 @@ class Denoiser(DenoiserBase):
         else:
             t_in = self._time_input(point.t.expand(x.shape[0]), x)
         y = self._call_net(x, t_in, point.t)
-        if self.prediction == "x0":
-            return y
         h = grid.host()
         return to_x0(y, self.prediction, x, _Coeffs(h.alpha[k], h.sigma[k], h.d_alpha[k], h.d_sigma[k]))
 

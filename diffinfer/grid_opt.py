@@ -131,6 +131,7 @@ class ModelTimes(DenoiserBase):
             raise ValueError(f"model times must lie in (0, t_max={den.process.t_max}]; got {model_ts.tolist()}")
         self.den, self.process, self._counter = den, den.process, den._counter
         self.ts, self.model_ts = ts, model_ts
+        self._ts_host = tuple(ts.tolist())  # compared with a solver grid's ``host().t`` (no tensor read per step)
         self._model_grid = den.process.on_grid(torch.cat([model_ts, ts[-1:]]))  # [n + 1], aligned with ts
         knots = torch.log(ts[:-1]).flip(0)  # [n] ascending log t
         self._knots = knots.tolist()
@@ -138,7 +139,6 @@ class ModelTimes(DenoiserBase):
 
     def model_time(self, t) -> Tensor:
         """The model time of ``t`` (float64, ``t``'s shape)."""
-        import numpy as np
         t = as_time(t)
         flat = t.detach().cpu().reshape(-1).numpy()
         with np.errstate(divide="ignore"):
@@ -151,8 +151,8 @@ class ModelTimes(DenoiserBase):
 
     def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
         grid = point.grid
-        if point.k < len(self.model_ts) and grid.t.numel() == self.ts.numel() and torch.equal(grid.t.cpu(), self.ts):
-            return self.den.x0_on_grid(x, self._model_grid.prepare(x)[point.k])
+        if point.k < len(self.model_ts) and grid.host().t == self._ts_host:
+            return self.den.x0_on_grid(x, self._model_grid[point.k])
         return self.predict(x, point.t).x0
 
     def select(self, idx: Tensor) -> "ModelTimes":
@@ -456,10 +456,9 @@ def fit_candidates(den, candidates, steps: int, x_T: Tensor | None = None, teach
         raise ValueError("give at least one (solver, options) candidate")
     t_lo = default_t_lo(den.process) if t_lo is None else float(t_lo)
     x_T, teacher = training_set(den, x_T, teacher, n_train, shape, seed, teacher_steps, teacher_solver, t_lo, dtype)
-    starts = [timesteps.validate(g) for g in (init or initial_grids(den.process, steps))]
     fitted = []
     for name, opts, model_times in candidates:
-        init_k = starts if not fitted else [min(fitted, key=lambda f: f.loss).grid]
+        init_k = init if not fitted else [min(fitted, key=lambda f: f.loss).grid]  # None: optimize's default starts
         fitted.append(optimize(den, name, steps, x_T=x_T, teacher=teacher, t_lo=t_lo, init=init_k,
                                model_times=model_times, **optimize_options, **opts))
     return sorted(fitted, key=lambda f: f.loss)
