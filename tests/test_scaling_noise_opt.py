@@ -64,3 +64,18 @@ def test_noise_optimisation_counts_backward_passes(use_checkpoint):
     else:
         assert res.nfe == exact
     assert res.verifier_calls == iters * B * 3 + B
+
+
+def test_noise_opt_by_name_spends_at_most_its_budget():
+    """``scaling.run("noise-opt", ...)``: ``(C - (S + 1)) // (3 (S + 1))`` Adam steps, each
+    ``3 S`` NFE and 3 verifier calls, then one plain sample: the cost is exact."""
+    from diffinfer.scaling import run
+    prior, reward, _ = tilted_example()
+    den = prior.denoiser(VP())
+    S, budget = 5, 100
+    res = run("noise-opt", den, reward, budget, (2,), steps=S, seed=2, dtype=F64)
+    iters = (budget - (S + 1)) // (3 * (S + 1))
+    assert len(res.info["history"]) == iters + 1
+    assert res.nfe == iters * 3 * S + S and res.verifier_calls == iters * 3 + 1 and res.cost <= budget
+    with pytest.raises(ValueError, match="one-evaluation"):
+        run("noise-opt", den, reward, budget, (2,), steps=S, solver="heun")

@@ -21,6 +21,9 @@ guided-search   ``N = (C // 2) // P`` guided proposals, ``P = 6 G + (S - G) + 1`
                 on the best ``K = 2`` with ``M = 2`` branches each, re-noised ``F = S // 2``
                 steps (``search.guided_cost``; options ``scale``, ``t_min``, ``keep``,
                 ``branch``, ``refine_forward``, ``solver``)
+noise-opt       ``(C - (S + 1)) // (3 (S + 1))`` Adam steps on one starting noise (deterministic
+                ``euler``, no checkpointing: a step costs ``S`` forward + ``2 S`` backward NFE
+                and 3 verifier calls), then one plain sample (``noise_opt.optimize_noise``)
 ==============  ==========================================================
 
 Gradient-based methods count a backward pass through the model as 2 NFE and a
@@ -28,13 +31,16 @@ differentiable verifier call with its backward pass as 3 verifier calls.
 """
 from __future__ import annotations
 
+import torch
+
 from . import search
 from .search import guided_cost, guided_steps, paths_cost
 from .flows import rollover_budget_forcing
 from .smc import smc
 from .tree import DiffusionTree, tree_result
 
-METHODS = ("best-of-n", "random-search", "zero-order", "paths", "smc", "dts", "dts*", "rbf", "guided-search")
+METHODS = ("best-of-n", "random-search", "zero-order", "paths", "smc", "dts", "dts*", "rbf", "guided-search",
+           "noise-opt")
 
 
 def run(method: str, den, reward, budget: int, shape, steps: int = 20, seed: int = 0, lam: float = 1.0,
@@ -91,6 +97,8 @@ def run(method: str, den, reward, budget: int, shape, steps: int = 20, seed: int
         return tree_result(tree, method, n_samples)
     if method == "guided-search":
         return _guided_search(den, reward, budget, shape, steps, seed, options)
+    if method == "noise-opt":
+        return _noise_opt(den, reward, budget, shape, steps, seed, options)
     # each candidate costs one NFE and one verifier call
     return rollover_budget_forcing(den, reward, budget // 2, shape, steps=steps, seed=seed, **options)
 
@@ -117,3 +125,22 @@ def _guided_search(den, reward, budget: int, shape, steps: int, seed: int, optio
     rounds = (budget - guided_cost(n, n_int, g)) // guided_cost(0, n_int, g, 1, branch, fwd, keep)
     return search.guided_search(den, reward, n, shape, refine=rounds, branch=branch, keep=keep, refine_forward=fwd,
                                 t_min=t_min, solver=solver, ts=ts, seed=seed, **options)
+
+
+def _noise_opt(den, reward, budget: int, shape, steps: int, seed: int, options: dict):
+    """``optimize_noise`` on one starting noise sized to ``budget`` (see the table above)."""
+    from .. import solvers as solver_registry
+    from ..rng import SampleRNG
+    from ..sample import initial_noise
+    from .common import grid, sample_shape
+    from .noise_opt import optimize_noise
+    solver = solver_registry.get(options.pop("solver", "euler"))
+    if solver.evals_per_step != 1:
+        raise ValueError(f"noise-opt sizes its budget for one-evaluation solvers; {solver.name!r} "
+                         f"makes {solver.evals_per_step} per step")
+    per_run = steps + 1
+    ts = grid(den.process, steps, options.pop("ts", None))
+    x_T = initial_noise(den, (1,) + sample_shape(shape), ts, SampleRNG.from_seed(seed, batch=1),
+                        dtype=options.pop("dtype", torch.float32))
+    return optimize_noise(den, reward, x_T, solver=solver, steps=steps, ts=ts, iterations=(budget - per_run) // (3 * per_run),
+                          use_checkpoint=False, **options)
