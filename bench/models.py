@@ -114,7 +114,7 @@ def _autocorr(x: torch.Tensor, lag: int) -> float:
 
 
 def bench_sunspots(steps: int) -> dict:
-    from diffinfer.sample import sample
+    from diffinfer.loop import sample
     den = zoo.load("sunspots")
     real = sunspots_windows(den.shape[-1])
     with torch.no_grad():

@@ -3,12 +3,12 @@ from . import solvers, timesteps
 from .denoiser import PREDICTIONS, Denoiser, DenoiserBase, ModelOutputError, Prediction
 from .process import EDM, VE, VP, DiscreteVP, Interpolant, Process, RectifiedFlow, get_process
 from .rng import SampleRNG
-from .sample import SampleResult, sample
+from .loop import SampleResult, sample
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Process", "VP", "VE", "EDM", "RectifiedFlow", "DiscreteVP", "Interpolant", "get_process",
     "Denoiser", "DenoiserBase", "Prediction", "PREDICTIONS", "ModelOutputError",
-    "SampleRNG", "sample", "SampleResult", "solvers", "timesteps",
+    "SampleRNG", "sample", "iterate", "SampleResult", "solvers", "timesteps",
 ]

@@ -8,7 +8,7 @@ import torch
 
 from . import metrics, solvers, timesteps
 from .process import PROCESSES, get_process
-from .sample import sample
+from .loop import sample
 from .toys import gaussian_mixture
 
 TOYS = sorted(gaussian_mixture.PRESETS)

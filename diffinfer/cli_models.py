@@ -89,7 +89,7 @@ def _sample_text_cmd(args) -> int:
 
 def _sample_series_cmd(args) -> int:
     from .data import sunspots_from_unit, sunspots_windows
-    from .sample import sample
+    from .loop import sample
     n = int(getattr(args, "n", 64) or 64)
     den = zoo.load("sunspots")
     solver = getattr(args, "solver", None) or quality.default_solver()

@@ -1,6 +1,6 @@
 """One model view: every network, whatever it predicts, answers ``x0_hat``.
 
-This module holds the only prediction-type conversion code (DESIGN.md section 1).
+This module holds the only prediction-type conversion code (docs/architecture.md).
 With ``x_t = a x0 + s eps`` and ``a' = d alpha/dt``, ``s' = d sigma/dt``:
 
 ==========  ===============================  =====================================
@@ -19,11 +19,12 @@ which is exact where ``a = 0``, e.g. rectified flow at ``t = 1``).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from .process import PointCoefficients, Process, as_time, expand_to
+from .grids.grid import GridPoint
+from .process import Coefficients, Process, as_time
 
 Tensor = torch.Tensor
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
@@ -33,52 +34,31 @@ class ModelOutputError(RuntimeError):
     """A network returned the wrong shape or non-finite values."""
 
 
-class Prediction(NamedTuple):
-    x0: Tensor
-    eps: Tensor
+class Prediction:
+    """A model's answer at ``(x, t)``: the data prediction ``x0`` and the noise ``eps``.
 
+    ``eps`` is given, or derived on first use as ``(x - alpha x0) / sigma`` (so a solver that
+    reads only ``x0`` pays nothing for it). Unpacks as ``x0, eps = prediction``."""
 
-class _Coeffs(NamedTuple):
-    a: Tensor
-    s: Tensor
-    da: Tensor
-    ds: Tensor
+    __slots__ = ("x0", "_eps", "_derive")
 
+    def __init__(self, x0: Tensor, eps: Tensor | None = None, derive=None):
+        self.x0, self._eps, self._derive = x0, eps, derive
 
-def _coeffs(process: Process, t: Tensor, x: Tensor) -> _Coeffs:
-    return _Coeffs(expand_to(process.alpha(t), x), expand_to(process.sigma(t), x),
-                   expand_to(process.d_alpha(t), x), expand_to(process.d_sigma(t), x))
+    @property
+    def eps(self) -> Tensor:
+        if self._eps is None:
+            x, a, s = self._derive
+            self._eps = (x - a * self.x0) / s
+            self._derive = None
+        return self._eps
 
+    def __iter__(self):
+        yield self.x0
+        yield self.eps
 
-class CoefficientMemo:
-    """A bounded memo of ``_coeffs(process, t, x)`` for a scalar CPU ``t``, keyed by the float
-    value of ``t`` and ``x``'s dtype and device: a time is computed by ``_coeffs`` on first
-    use and kept, so repeated passes over a grid do not evaluate the process four times per
-    call. Entries are pure functions of ``t`` (the process is treated as immutable), so a
-    hit gives the numbers a miss would. ``t = 0``
-    (``-0.0`` would share its key), NaN, ``[B]`` times and times on an accelerator (reading
-    them would synchronise) are not memoised. At ``capacity`` entries the memo starts over.
-    """
-
-    __slots__ = ("process", "capacity", "_entries")
-
-    def __init__(self, process: Process, capacity: int = 1024):
-        self.process, self.capacity = process, int(capacity)
-        self._entries: dict = {}
-
-    def __call__(self, t: Tensor, x: Tensor) -> _Coeffs:
-        if t.dim() != 0 or t.device.type != "cpu":
-            return _coeffs(self.process, t, x)
-        value = t.item()
-        if value == 0.0 or value != value:
-            return _coeffs(self.process, t, x)
-        key = (value, x.dtype, x.device)
-        found = self._entries.get(key)
-        if found is None:
-            if len(self._entries) >= self.capacity:
-                self._entries.clear()
-            found = self._entries[key] = _coeffs(self.process, t, x)
-        return found
+    def __repr__(self) -> str:
+        return f"Prediction(x0={tuple(self.x0.shape)})"
 
 
 def check_prediction(prediction: str) -> str:
@@ -87,41 +67,31 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
-def to_x0(y: Tensor, prediction: str, x: Tensor, c: _Coeffs) -> Tensor:
-    """The data prediction ``x0`` from a network output ``y`` of the given type at ``x``
-    (the table above). ``c`` holds tensors broadcastable to ``x`` or Python floats (a
-    solver's grid, ``Denoiser.x0_on_grid``); an ``x0`` output is returned as it is."""
-    a, s, da, ds = c
-    if prediction == "x0":
-        return y
+def to_prediction(y: Tensor, prediction: str, x: Tensor, c: Coefficients) -> Prediction:
+    """Convert a network output ``y`` of the given type at ``x`` into ``(x0, eps)`` (the table
+    above). ``c`` holds ``alpha``, ``sigma`` and their derivatives as tensors broadcastable to
+    ``x`` (``Coefficients.broadcast``) or as Python floats (a grid point's host values).
+    ``eps`` is read from the output where it holds it (exact where ``alpha = 0``), else
+    derived on first use."""
+    a, s, da, ds = c.alpha, c.sigma, c.d_alpha, c.d_sigma
     if prediction == "eps":
-        return (x - s * y) / a
+        return Prediction((x - s * y) / a, y)
     if prediction == "score":
-        return (x + (s * s) * y) / a
+        return Prediction((x + (s * s) * y) / a, -s * y)
     if prediction == "velocity":
-        return (ds * x - s * y) / (a * ds - s * da)
+        det = a * ds - s * da
+        return Prediction((ds * x - s * y) / det, (a * y - da * x) / det)
+    if prediction == "x0":
+        return Prediction(y, derive=(x, a, s))
     if prediction == "v":
-        return (a * x - s * y) / (a * a + s * s)
+        return Prediction((a * x - s * y) / (a * a + s * s), derive=(x, a, s))
     raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTIONS)}")
 
 
-def to_x0_eps(y: Tensor, prediction: str, x: Tensor, c: _Coeffs) -> Prediction:
-    """Convert a network output ``y`` of the given type at ``x`` into ``(x0, eps)``; ``eps``
-    is read from the output where it holds it (exact where ``alpha = 0``)."""
-    a, s, da, ds = c
-    x0 = to_x0(y, prediction, x, c)
-    if prediction == "eps":
-        return Prediction(x0, y)
-    if prediction == "score":
-        return Prediction(x0, -s * y)
-    if prediction == "velocity":
-        return Prediction(x0, (a * y - da * x) / (a * ds - s * da))
-    return Prediction(x0, (x - a * x0) / s)
-
-
-def from_x0_eps(x0: Tensor, eps: Tensor, prediction: str, c: _Coeffs) -> Tensor:
-    """The network target of the given type for ``(x0, eps)`` (training and round trips)."""
-    a, s, da, ds = c
+def from_x0_eps(x0: Tensor, eps: Tensor, prediction: str, c: Coefficients) -> Tensor:
+    """The network target of the given type for ``(x0, eps)`` (training and round trips);
+    ``c`` as in ``to_prediction``."""
+    a, s, da, ds = c.alpha, c.sigma, c.d_alpha, c.d_sigma
     if prediction == "eps":
         return eps
     if prediction == "x0":
@@ -170,11 +140,13 @@ def summed_counter(dens: Sequence["DenoiserBase"]):
 
 
 class DenoiserBase:
-    """The protocol solvers, guidance and search see: ``predict(x, t) -> (x0, eps)``.
+    """The protocol solvers, guidance and search see: ``predict(x, t) -> Prediction``.
 
-    ``t`` is a Python float, a 0-d tensor or a ``[B]`` tensor. Every other view is
-    derived here once. Wrappers (guidance, caching, composition) subclass this and
-    implement ``predict``; they share the wrapped model's NFE counter.
+    ``t`` is a Python float, a 0-d tensor, a ``[B]`` tensor or a solver's grid point
+    (``GridPoint``; ``as_time(t)`` reads its time). Every other view is derived here once.
+    Wrappers (guidance, caching, composition) subclass this and implement ``predict``,
+    passing ``t`` on unchanged to the model they wrap, so a grid point reaches the
+    ``Denoiser``'s host-coefficient path; they share the wrapped model's NFE counter.
     """
 
     process: Process
@@ -197,12 +169,6 @@ class DenoiserBase:
     def x0(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t).x0
 
-    def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
-        """The data prediction at a point of a solver's grid (``GridCoefficients[k]``); what
-        solver steps call. Here ``predict(x, point.t).x0``; ``Denoiser`` answers from the
-        grid's precomputed coefficients without reading a tensor (see ``Denoiser.x0_on_grid``)."""
-        return self.predict(x, point.t).x0
-
     def eps(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t).eps
 
@@ -210,11 +176,7 @@ class DenoiserBase:
         """Any of the five views (``eps``, ``x0``, ``v``, ``score``, ``velocity``)."""
         check_prediction(prediction)
         p = self.predict(x, t)
-        return from_x0_eps(p.x0, p.eps, prediction, self.coefficients(as_time(t), x))
-
-    def coefficients(self, t: Tensor, x: Tensor) -> _Coeffs:
-        """``alpha, sigma`` and their derivatives at ``t`` (float64 ``t``), cast for ``x``."""
-        return _coeffs(self.process, t, x)
+        return from_x0_eps(p.x0, p.eps, prediction, self.process.at(t).broadcast(x))
 
     def v(self, x: Tensor, t) -> Tensor:
         return self.as_prediction(x, t, "v")
@@ -258,12 +220,11 @@ class Denoiser(DenoiserBase):
         self.cond = dict(cond or {})
         self.check = check
         self._counter = _Counter()
-        self._memo = CoefficientMemo(process)
 
     def bind(self, **cond) -> "Denoiser":
         """A copy with extra conditioning (``None`` removes a key); shares the NFE counter."""
         new = Denoiser(self.net, self.process, self.prediction, self.time_input, self.cond, self.check)
-        new._counter, new._memo = self._counter, self._memo
+        new._counter = self._counter
         for k, v in cond.items():
             if v is None:
                 new.cond.pop(k, None)
@@ -304,37 +265,23 @@ class Denoiser(DenoiserBase):
         return y
 
     def predict(self, x: Tensor, t) -> Prediction:
+        """``(x0, eps)`` at ``(x, t)``. At a grid point of this denoiser's process nothing is
+        read from a tensor: the network's time is the grid's time cast once per grid (with a
+        ``time_input`` that map runs per call, as in ``raw``) and the conversion uses the
+        grid's host coefficients; elsewhere the process is evaluated at ``t``. Both paths
+        agree up to float round-off."""
+        if isinstance(t, GridPoint) and t.grid.process is self.process:
+            grid, k = t.grid, t.k
+            if self.time_input is None:
+                t_in = grid.on(x).t[k].expand(x.shape[0])  # [B]
+            else:
+                t_in = self._time_input(t.time.expand(x.shape[0]), x)
+            y = self._call_net(x, t_in, t.time)
+            c = Coefficients(self.process, t.time, grid.alpha[k], grid.sigma[k], grid.d_alpha[k], grid.d_sigma[k])
+            return to_prediction(y, self.prediction, x, c)
         t = as_time(t)
         y = self.raw(x, t)
-        return to_x0_eps(y, self.prediction, x, self.coefficients(t, x))
-
-    def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
-        """The data prediction at grid point ``point`` with nothing read from a tensor: the
-        network's time is the grid's time cast once per grid (``cast_views('t', x)``; with a
-        ``time_input`` that map runs per call, as in ``raw``) and the conversion's
-        coefficients are the grid's Python floats (``GridCoefficients.host``). Equals
-        ``predict(x, point.t).x0`` up to float round-off. A grid of another process takes
-        that path."""
-        grid, k = point.grid, point.k
-        if grid.process is not self.process:
-            return super().x0_on_grid(x, point)
-        if self.time_input is None:
-            t_in = grid.cast_views("t", x)[k].expand(x.shape[0])  # [B]
-        else:
-            t_in = self._time_input(point.t.expand(x.shape[0]), x)
-        y = self._call_net(x, t_in, point.t)
-        h = grid.host()
-        return to_x0(y, self.prediction, x, _Coeffs(h.alpha[k], h.sigma[k], h.d_alpha[k], h.d_sigma[k]))
-
-    def coefficients(self, t: Tensor, x: Tensor) -> _Coeffs:
-        """``alpha, sigma`` and their derivatives at ``t``, cast for ``x`` (memoised for scalar
-        CPU ``t``; see ``CoefficientMemo``)."""
-        return self._current_memo()(t, x)
-
-    def _current_memo(self) -> CoefficientMemo:
-        if self._memo.process is not self.process:  # the process was replaced after construction
-            self._memo = CoefficientMemo(self.process)
-        return self._memo
+        return to_prediction(y, self.prediction, x, self.process.at(t).broadcast(x))
 
     def __repr__(self) -> str:
         return f"Denoiser({type(self.net).__name__}, {self.process!r}, prediction={self.prediction!r})"

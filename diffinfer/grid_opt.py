@@ -52,7 +52,8 @@ import torch
 
 from . import timesteps
 from .denoiser import DenoiserBase, Prediction
-from .process import DiscreteVP, PointCoefficients, Process, as_time
+from .grids.grid import Grid, GridPoint
+from .process import DiscreteVP, Process, as_time
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -114,7 +115,7 @@ class ModelTimes(DenoiserBase):
     log-offset ``log(s / t)`` is interpolated linearly in ``log t`` between the grid's
     positive points (held constant beyond them), and ``t = 0`` stays ``0``.
 
-    On a grid equal to ``ts`` a solver step reaches ``den``'s ``x0_on_grid`` fast path on
+    On a grid equal to ``ts`` a solver step reaches ``den``'s host-coefficient path on
     the grid of model times, so with ``model_ts == ts[:-1]`` the solve is bitwise the
     plain one. Shares ``den``'s NFE counter."""
 
@@ -131,8 +132,8 @@ class ModelTimes(DenoiserBase):
             raise ValueError(f"model times must lie in (0, t_max={den.process.t_max}]; got {model_ts.tolist()}")
         self.den, self.process, self._counter = den, den.process, den._counter
         self.ts, self.model_ts = ts, model_ts
-        self._ts_host = tuple(ts.tolist())  # compared with a solver grid's ``host().t`` (no tensor read per step)
-        self._model_grid = den.process.on_grid(torch.cat([model_ts, ts[-1:]]))  # [n + 1], aligned with ts
+        self._ts_host = tuple(ts.tolist())  # compared with a solver grid's ``t`` (no tensor read per step)
+        self._model_grid = Grid.of(den.process, torch.cat([model_ts, ts[-1:]]))  # [n + 1], aligned with ts
         knots = torch.log(ts[:-1]).flip(0)  # [n] ascending log t
         self._knots = knots.tolist()
         self._offsets = (torch.log(model_ts) - torch.log(ts[:-1])).flip(0).tolist()  # [n] log(s / t)
@@ -147,13 +148,9 @@ class ModelTimes(DenoiserBase):
         return torch.where(t.cpu() > 0, s, torch.zeros_like(s)).to(t.device)
 
     def predict(self, x: Tensor, t) -> Prediction:
+        if isinstance(t, GridPoint) and t.k < len(self.model_ts) and t.grid.t == self._ts_host:
+            return self.den.predict(x, self._model_grid.point(t.k))
         return self.den.predict(x, self.model_time(t))
-
-    def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
-        grid = point.grid
-        if point.k < len(self.model_ts) and grid.host().t == self._ts_host:
-            return self.den.x0_on_grid(x, self._model_grid[point.k])
-        return self.predict(x, point.t).x0
 
     def select(self, idx: Tensor) -> "ModelTimes":
         return ModelTimes(self.den.select(idx), self.ts, self.model_ts)
@@ -225,7 +222,7 @@ def initial_grids(process: Process, steps: int) -> list[Tensor]:
 # --- the objective ---------------------------------------------------------------------
 def solve(den, x_T: Tensor, solver, ts: Tensor, **solver_options) -> Tensor:
     """The solver's endpoint from ``x_T`` on ``ts`` (no gradient)."""
-    from .sample import sample
+    from .loop import sample
     with torch.no_grad():
         return sample(den, x_T, solver=solver, ts=ts, **solver_options).x
 

@@ -185,7 +185,8 @@ class GradientGuidance(DenoiserBase):
         if not bool((w != 0).any()):
             return self.den.predict(x, t)
         grad, (x0, eps) = self.guidance_gradient(x, t)
-        a, s = self.process.coeffs(t, x)
+        c = self.process.at(t).broadcast(x)
+        a, s = c.alpha, c.sigma
         a_safe = torch.where(a == 0, torch.ones_like(a), a)
         g = torch.where(a == 0, torch.zeros_like(grad), w * grad)  # score correction [B, ...]
         return Prediction(x0 + (s * s / a_safe) * g, eps - s * g)
@@ -294,7 +295,8 @@ class RewardGuidance(GradientGuidance):
         if not bool(inside.any()):
             return pred
         active = inside.to(x.dtype).reshape((x.shape[0],) + (1,) * (x.dim() - 1))
-        a, s = self.process.coeffs(t, x)
+        c = self.process.at(t).broadcast(x)
+        a, s = c.alpha, c.sigma
         delta = self.backward_delta(pred.x0) * active
         s_safe = torch.where(s == 0, torch.ones_like(s), s)
         return Prediction(pred.x0 + delta, pred.eps - torch.where(s == 0, torch.zeros_like(s), a / s_safe) * delta)

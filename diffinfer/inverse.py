@@ -42,8 +42,8 @@ from . import timesteps
 from .denoiser import DenoiserBase, Prediction, summed_counter
 from .guidance import GradientGuidance
 from .rng import SampleRNG
-from .sample import SampleResult, initial_noise, make_rng, sample
-from .scaling.common import renoise
+from .loop import SampleResult, initial_noise, iterate, sample
+from .rng import make_rng
 
 Tensor = torch.Tensor
 
@@ -370,7 +370,8 @@ def red_diff(den: DenoiserBase, op: LinearOperator, y: Tensor, steps: int = 500,
     rng = make_rng(seed, mu.shape[0], mu.device)
     opt = torch.optim.Adam([mu], lr=lr)
     for t in ts:
-        a, s = p.coeffs(t, mu)
+        c = p.at(t).broadcast(mu)
+        a, s = c.alpha, c.sigma
         eps = rng.randn_like(mu)
         with torch.no_grad():
             eps_hat = den.predict(a * mu + s * eps, t).eps
@@ -401,13 +402,25 @@ def repaint_schedule(n_steps: int, resample: int = 1, jump: int = 1) -> list[tup
     return moves
 
 
+def repaint_blocks(moves: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs of consecutive forward moves merged into ``(start, stop)`` blocks; a jump back
+    ``(i, j)`` (``j < i``) stays one move. A solver is started afresh at each block's start."""
+    blocks: list[tuple[int, int]] = []
+    for i, j in moves:
+        if j > i and blocks and blocks[-1][1] == i and blocks[-1][0] < blocks[-1][1]:
+            blocks[-1] = (blocks[-1][0], j)
+        else:
+            blocks.append((i, j))
+    return blocks
+
+
 def sample_with_resampling(den: DenoiserBase, shape: Sequence[int], solver="ddpm", steps: int = 50,
                            ts: Tensor | None = None, seed=0, resample: int = 1, jump: int = 1,
                            after_step: Callable | None = None, dtype=torch.float32, device="cpu",
                            **solver_options) -> SampleResult:
     """A sampling loop on the solver protocol with RePaint's time travel (Lugmayr et al.
     2022): every block of ``jump`` steps is redone ``resample`` times, jumping back by the
-    forward process ``q(x_{t'} | x_t)`` (``scaling.renoise``) and restarting the solver there.
+    forward process ``q(x_{t'} | x_t)`` (``Process.renoise``) and restarting the solver there.
     ``jump = 1`` is universal guidance's per-step self-recurrence (Bansal et al. 2023,
     Algorithm 1). ``after_step(x, t, rng) -> x`` runs after every solver step (e.g. a
     projection). Randomness comes from each row's stream."""
@@ -418,15 +431,14 @@ def sample_with_resampling(den: DenoiserBase, shape: Sequence[int], solver="ddpm
     rng = make_rng(seed, shape[0], device)
     x = initial_noise(den, shape, ts, rng, dtype=dtype, device=device)
     nfe0, start = den.nfe, time.perf_counter()
-    state, base = solver.init(den, x, ts, rng), 0
-    for i, j in repaint_schedule(ts.numel() - 1, resample, jump):
-        if j < i:  # jump back up by the forward process, restart the solver there
-            x = renoise(p, x, ts[i], ts[j], rng.randn_like(x))
-            state, base = solver.init(den, x, ts[j:], rng), j
+    for block_start, block_stop in repaint_blocks(repaint_schedule(ts.numel() - 1, resample, jump)):
+        if block_stop < block_start:  # jump back up by the forward process, restart the solver there
+            x = p.renoise(x, ts[block_start], ts[block_stop], rng.randn_like(x))
             continue
-        x, state = solver.step(den, x, i - base, state)
-        if after_step is not None:
-            x = after_step(x, ts[j], rng)
+        for step in iterate(den, solver, x, ts, rng, start=block_start, stop=block_stop):
+            if after_step is not None:
+                step.x = after_step(step.x, ts[step.i + 1], rng)
+            x = step.x
     return SampleResult(x=x, nfe=den.nfe - nfe0, wall_time=time.perf_counter() - start, ts=ts,
                         solver=solver.name)
 

@@ -25,10 +25,10 @@ import torch
 from . import solvers as solver_registry
 from . import timesteps
 from .denoiser import DenoiserBase
-from .rng import SampleRNG
-from .sample import make_rng
-from .solvers.base import select as select_state
-from .solvers.ddim import ddim_update
+from .grids.grid import GridPoint
+from .loop import iterate
+from .rng import SampleRNG, make_rng
+from .solvers.ddim import ddim, ddim_from_prediction
 
 Tensor = torch.Tensor
 
@@ -64,7 +64,8 @@ def ddim_invert(den: DenoiserBase, x0: Tensor, steps: int = 50, ts: Tensor | Non
     traj = [x]
     for k in range(ts.numel() - 1, 0, -1):
         t, t_up = ts[k], ts[k - 1]
-        a, s = p.coeffs(t, x)
+        c = p.at(t).broadcast(x)
+        a, s = c.alpha, c.sigma
         x0_form = float(p.alpha(t_up)) == 0.0  # at pure noise the eps form is degenerate (x_up = eps(x_up))
         x_eval = x
         for _ in range(1 + fixed_point_iters):
@@ -148,33 +149,42 @@ class _SamePointMemo(DenoiserBase):
         return out
 
     def predict(self, x: Tensor, t):
-        return self._remembered(x, ("t", t), lambda: self.den.predict(x, t))
-
-    def x0_on_grid(self, x: Tensor, point):
-        return self._remembered(x, ("grid", point), lambda: self.den.x0_on_grid(x, point))
+        return self._remembered(x, t, lambda: self.den.predict(x, t))
 
     def select(self, idx: Tensor) -> "_SamePointMemo":
         return _SamePointMemo(self.den.select(idx))
 
 
 def _same_time(a, b) -> bool:
-    """``a``, ``b``: ``("t", t)`` or ``("grid", point)`` keys of ``_SamePointMemo``."""
-    if a[0] != b[0]:
-        return False
-    if a[0] == "grid":
-        return a[1] is b[1]
-    ta, tb = torch.as_tensor(a[1]), torch.as_tensor(b[1])
+    """Whether two times given to ``_SamePointMemo`` are the same: one grid point, or equal
+    times."""
+    if isinstance(a, GridPoint) or isinstance(b, GridPoint):
+        return isinstance(a, GridPoint) and isinstance(b, GridPoint) and a.grid is b.grid and a.k == b.k
+    ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     return ta.shape == tb.shape and bool(torch.equal(ta.double().cpu(), tb.double().cpu()))
 
 
-def _probe(solver, den, x, i, state, z) -> tuple[Tensor, dict, int]:
-    """One solver step from a copy of ``state`` with the noise ``z``; returns the new ``x``,
-    the state and how many draws the step made."""
-    rows = torch.arange(x.shape[0])
-    st = select_state(state, rows)
-    st["rng"] = ReplayNoise([z, z])
-    x_next, st = solver.step(den, x, i, st)
-    return x_next, st, st["rng"].cursor
+def _probe(solver, den, x, i, state, z) -> tuple[Tensor, int]:
+    """One solver step from ``state`` with the noise ``z`` (a copy of the state: nothing is
+    changed); returns the new ``x`` and how many draws the step made."""
+    replay = ReplayNoise([z, z])
+    x_next, _ = solver.step(den, x, i, state.replace(rng=replay))
+    return x_next, replay.cursor
+
+
+def _encoding_noise(solver, den, x, i, state, target: Tensor) -> Tensor:
+    """The noise ``z`` with which step ``i`` from ``x`` lands on ``target`` (the step is
+    affine in its one draw: two probes give it)."""
+    zeros = torch.zeros_like(x)
+    m, draws = _probe(solver, den, x, i, state, zeros)
+    if draws > 1:
+        raise ValueError(f"solver {solver.name!r} draws {draws} noises per step; the DPM-Encoder needs one")
+    if draws == 0:
+        return zeros
+    c = _probe(solver, den, x, i, state, torch.ones_like(x))[0] - m
+    if bool((c == 0).any()):
+        raise ValueError(f"step {i} of {solver.name!r} has zero noise coefficient; cannot encode")
+    return (target - m) / c
 
 
 def dpm_encode(den: DenoiserBase, x: Tensor, solver="ddpm", steps: int = 50, ts: Tensor | None = None,
@@ -203,31 +213,22 @@ def dpm_encode(den: DenoiserBase, x: Tensor, solver="ddpm", steps: int = 50, ts:
     rng = make_rng(seed, x.shape[0], x.device)
     # the chain x_{t_0}, ..., x_{t_N} = x from the forward posteriors q(x_{t_{i+1}} | x_{t_i}, x)
     chain = [p.add_noise(x, rng.randn_like(x), ts[0])]
+    host = p.at(ts).alpha.tolist(), p.at(ts).sigma.tolist()
     for i in range(ts.numel() - 2):
-        a, s = p.coeffs(ts[i], x)
-        eps = (chain[-1] - a * x) / s
-        chain.append(ddim_update(den, chain[-1], ts[i], ts[i + 1], x, eps, 1.0, rng.randn_like(x)))
+        (a0, a1), (s0, s1) = host[0][i:i + 2], host[1][i:i + 2]
+        eps = (chain[-1] - a0 * x) / s0
+        chain.append(ddim_from_prediction(ddim(a0, s0, a1, s1, eta=1.0), x, eps, rng.randn_like(x)))
     chain.append(x)
 
-    cur = chain[0]
     den = _SamePointMemo(den)
-    state = solver_obj.init(den, cur, ts, ReplayNoise([]))
-    noises = []
-    zeros = torch.zeros_like(x)
-    for i in range(ts.numel() - 1):
-        m, _, draws = _probe(solver_obj, den, cur, i, state, zeros)
-        if draws > 1:
-            raise ValueError(f"solver {solver_obj.name!r} draws {draws} noises per step; the DPM-Encoder needs one")
-        if draws == 0:
-            z = zeros
-        else:
-            c = _probe(solver_obj, den, cur, i, state, torch.ones_like(x))[0] - m
-            if bool((c == 0).any()):
-                raise ValueError(f"step {i} of {solver_obj.name!r} has zero noise coefficient; cannot encode")
-            z = (chain[i + 1] - m) / c
-        noises.append(z)
-        state["rng"] = ReplayNoise([z])
-        cur, state = solver_obj.step(den, cur, i, state)
+    state = solver_obj.init(den, chain[0], ts, ReplayNoise([]))
+    noises = [_encoding_noise(solver_obj, den, chain[0], 0, state, chain[1])]
+    state = state.replace(rng=ReplayNoise([noises[0]]))
+    for step in iterate(den, solver_obj, chain[0], ts, state=state):
+        i = step.i + 1  # the next step: probe it from here, then replay its noise
+        if i < ts.numel() - 1:
+            noises.append(_encoding_noise(solver_obj, den, step.x, i, step.state, chain[i + 1]))
+            step.state = step.state.replace(rng=ReplayNoise([noises[-1]]))
     return DPMLatent(x_T=chain[0], noises=noises, ts=ts, solver=solver_obj.name,
                      solver_options=solver_obj.options(), nfe=den.nfe - nfe0)
 
@@ -239,10 +240,9 @@ def dpm_decode(den: DenoiserBase, latent: DPMLatent) -> Tensor:
     solver = solver_registry.get(latent.solver, **latent.solver_options)
     replay = _StepwiseReplay(latent.noises)
     x = latent.x_T
-    state = solver.init(den, x, latent.ts, replay)
-    for i in range(latent.ts.numel() - 1):
-        replay.at_step(i)
-        x, state = solver.step(den, x, i, state)
+    for step in iterate(den, solver, x, latent.ts, replay):
+        replay.at_step(step.i + 1)
+        x = step.x
     return x
 
 

@@ -1,7 +1,7 @@
 """Noise processes: ``x_t = alpha(t) * x0 + sigma(t) * eps`` with ``t`` in ``[0, 1]``.
 
-``t = 0`` is data and ``t = 1`` is noise, for every process (DESIGN.md section 1).
-Coefficients are computed in float64 and cast by the caller (``Process.coeffs``).
+``t = 0`` is data and ``t = 1`` is noise, for every process (docs/architecture.md).
+Coefficients are computed in float64 (``Process.at(t)``, one record) and cast by the caller.
 
 Processes:
 
@@ -22,18 +22,21 @@ Processes:
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
+
+from .registry import Registry
 
 Tensor = torch.Tensor
 _F64 = torch.float64
 
 
 def as_time(t) -> Tensor:
-    """``t`` as a float64 tensor (scalar or any shape), on the CPU unless it is a tensor."""
+    """``t`` as a float64 tensor (scalar or any shape), on the CPU unless it is a tensor;
+    a grid point (``diffinfer.grids.GridPoint``) gives its time."""
+    t = getattr(t, "time", t)
     if isinstance(t, Tensor):
         return t if t.dtype == _F64 else t.to(_F64)
     return torch.as_tensor(t, dtype=_F64)
@@ -47,11 +50,61 @@ def expand_to(c: Tensor, x: Tensor) -> Tensor:
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim()))
 
 
+class Coefficients:
+    """A process's coefficients at times ``t`` (float64 tensors of ``t``'s shape): ``alpha``,
+    ``sigma``, their time derivatives ``d_alpha``, ``d_sigma``; and, computed on first use,
+    ``lam`` (half the log-SNR, ``log(alpha/sigma)``: ``-inf`` where ``alpha = 0``, ``+inf``
+    where ``sigma = 0``), ``sigma_over_alpha`` and the forward SDE's drift factor
+    ``f = alpha'/alpha`` and squared diffusion ``g2 = d(sigma^2)/dt - 2 f sigma^2``
+    (``dx = f x dt + g dW`` has this process's marginals).
+
+    The one coefficient record: ``Process.at(t)`` returns it, a ``Grid`` (``diffinfer.grids``)
+    holds one over its points, and the denoiser's prediction-type conversion takes one cast
+    for a sample (``broadcast``). See docs/architecture.md.
+    """
+
+    __slots__ = ("process", "t", "alpha", "sigma", "d_alpha", "d_sigma", "_lam")
+
+    def __init__(self, process: "Process", t: Tensor, alpha, sigma, d_alpha, d_sigma, lam=None):
+        self.process, self.t = process, t
+        self.alpha, self.sigma, self.d_alpha, self.d_sigma = alpha, sigma, d_alpha, d_sigma
+        self._lam = lam
+
+    @property
+    def lam(self) -> Tensor:
+        if self._lam is None:
+            self._lam = 0.5 * self.process.logsnr(self.t)
+        return self._lam
+
+    @property
+    def sigma_over_alpha(self) -> Tensor:
+        return self.sigma / self.alpha
+
+    @property
+    def f(self) -> Tensor:
+        return self.d_alpha / self.alpha
+
+    @property
+    def g2(self) -> Tensor:
+        s = self.sigma
+        return 2.0 * s * self.d_sigma - 2.0 * self.f * s * s
+
+    def broadcast(self, x: Tensor) -> "Coefficients":
+        """``alpha``, ``sigma`` and their derivatives cast to ``x``'s dtype and device and
+        shaped to broadcast against ``x`` (a scalar ``t`` or one time per row)."""
+        return Coefficients(self.process, self.t, *(expand_to(c, x) for c in
+                                                     (self.alpha, self.sigma, self.d_alpha, self.d_sigma)))
+
+    def __repr__(self) -> str:
+        return f"Coefficients({self.process!r}, t={self.t})"
+
+
 class Process:
     """A Gaussian noising path ``x_t = alpha(t) x0 + sigma(t) eps``.
 
     Subclasses implement ``alpha``, ``sigma`` and may override the derivatives and
-    ``t_from_logsnr`` with closed forms. ``t_min`` / ``t_max`` bound the default time grids.
+    ``t_from_logsnr`` with closed forms; everything else reads ``at(t)``, the one
+    coefficient record. ``t_min`` / ``t_max`` bound the default time grids.
     """
 
     t_min: float = 0.0
@@ -89,212 +142,29 @@ class Process:
             hi = torch.where(above, hi, mid)
         return 0.5 * (lo + hi)
 
-    #: how many grids ``on_grid`` keeps per process
-    GRID_MEMO_SIZE = 8
-
-    def on_grid(self, ts) -> "GridCoefficients":
-        """Every coefficient a solver needs on the time grid ``ts`` ``[N+1]``, computed once
-        with one vectorised call each (see ``GridCoefficients``).
-
-        The newest ``GRID_MEMO_SIZE`` grids are kept per process, keyed by the grid's values
-        and device, so sampling again on the same grid reuses its evaluation and casts (a
-        process is treated as immutable, as ``Denoiser``'s coefficient memo does; the grid's
-        values are read once here)."""
-        ts = as_time(ts)
-        if ts.dim() != 1 or ts.requires_grad:
-            return GridCoefficients(self, ts)  # raises with the shape / not kept
-        memo = self.__dict__.setdefault("_grid_memo", {})
-        key = (ts.device, tuple(ts.tolist()))
-        grid = memo.get(key)
-        if grid is None:
-            if len(memo) >= self.GRID_MEMO_SIZE:
-                del memo[next(iter(memo))]  # the oldest
-            grid = memo[key] = GridCoefficients(self, ts.clone())
-        return grid
-
-    def at(self, t) -> "TimeCoefficients":
-        """The coefficients at one time ``t``, each evaluated on first use (the same fields
-        as a grid's ``PointCoefficients``), for code that holds a time rather than a grid."""
-        return TimeCoefficients(self, as_time(t))
-
-    def coeffs(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``alpha(t), sigma(t)`` cast to ``x``'s dtype and broadcastable against ``x``."""
+    # --- the coefficient record and forward transitions ----------------------------
+    def at(self, t) -> Coefficients:
+        """The coefficients at ``t`` (a float, a 0-d or any-shape tensor, a grid point), float64."""
         t = as_time(t)
-        return expand_to(self.alpha(t), x), expand_to(self.sigma(t), x)
-
-    def sde(self, t) -> tuple[Tensor, Tensor]:
-        """Drift factor ``f(t) = alpha'/alpha`` and squared diffusion
-        ``g^2(t) = d(sigma^2)/dt - 2 f sigma^2`` of the forward SDE ``dx = f x dt + g dW``
-        whose marginals this process has (float64)."""
-        t = as_time(t)
-        return sde_terms(self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t))
+        return Coefficients(self, t, self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t))
 
     def add_noise(self, x0: Tensor, eps: Tensor, t) -> Tensor:
         """``x_t = alpha(t) x0 + sigma(t) eps`` (``t`` scalar or ``[B]``)."""
-        a, s = self.coeffs(t, x0)
-        return a * x0 + s * eps
+        t = as_time(t)
+        return expand_to(self.alpha(t), x0) * x0 + expand_to(self.sigma(t), x0) * eps
+
+    def renoise(self, x: Tensor, t, t_up, noise: Tensor) -> Tensor:
+        """Forward transition ``q(x_{t_up} | x_t)`` (``t_up >= t``):
+        ``x' = (a'/a) x + sqrt(s'^2 - (a' s / a)^2) z``; the marginal at ``t_up`` is exact."""
+        t, t_up = as_time(t), as_time(t_up)
+        a, s = self.alpha(t), self.sigma(t)
+        a1, s1 = self.alpha(t_up), self.sigma(t_up)
+        ratio = a1 / a
+        std = torch.sqrt(torch.clamp(s1 * s1 - (ratio * s) ** 2, min=0.0))
+        return expand_to(ratio, x) * x + expand_to(std, x) * noise
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-def sde_terms(a: Tensor, s: Tensor, da: Tensor, ds: Tensor) -> tuple[Tensor, Tensor]:
-    """``f = a'/a`` and ``g^2 = 2 s s' - 2 f s^2`` from the coefficients (see ``Process.sde``)."""
-    f = da / a
-    g2 = 2.0 * s * ds - 2.0 * f * s * s
-    return f, g2
-
-
-#: the coefficient names of ``GridCoefficients`` / ``PointCoefficients`` / ``TimeCoefficients``
-COEFFICIENTS = ("t", "alpha", "sigma", "d_alpha", "d_sigma", "lam", "sigma_over_alpha", "f", "g2")
-
-
-class TimeCoefficients:
-    """A process's coefficients at a time ``t`` (float64), each evaluated on first use:
-    ``alpha``, ``sigma``, ``d_alpha``, ``d_sigma``, ``lam`` (half log-SNR ``log(alpha/sigma)``:
-    ``-inf`` where ``alpha = 0``, ``+inf`` where ``sigma = 0``), ``sigma_over_alpha`` and the
-    forward SDE's ``f``, ``g2`` (``Process.sde``)."""
-
-    def __init__(self, process: Process, t: Tensor):
-        self.process, self.t = process, t
-
-    alpha = functools.cached_property(lambda self: self.process.alpha(self.t))
-    sigma = functools.cached_property(lambda self: self.process.sigma(self.t))
-    d_alpha = functools.cached_property(lambda self: self.process.d_alpha(self.t))
-    d_sigma = functools.cached_property(lambda self: self.process.d_sigma(self.t))
-    lam = functools.cached_property(lambda self: 0.5 * self.process.logsnr(self.t))
-    sigma_over_alpha = functools.cached_property(lambda self: self.sigma / self.alpha)
-    _sde = functools.cached_property(lambda self: sde_terms(self.alpha, self.sigma, self.d_alpha, self.d_sigma))
-    f = property(lambda self: self._sde[0])
-    g2 = property(lambda self: self._sde[1])
-
-    def cast(self, name: str, x: Tensor) -> Tensor:
-        """Coefficient ``name`` cast for ``x`` (``expand_to``)."""
-        return expand_to(getattr(self, name), x)
-
-
-class GridCoefficients(TimeCoefficients):
-    """The coefficients of ``process`` on a time grid ``ts`` ``[N+1]`` (float64, ``ts``'s device).
-
-    Each coefficient (``TimeCoefficients``' names; ``ts`` is the grid) is one vectorised call
-    of the process's elementwise method, made once, on first use, so entry ``k`` equals the
-    process evaluated at the 0-d ``ts[k]``. ``grid[k]`` is the ``PointCoefficients`` of
-    ``ts[k]``: a solver step indexes 0-d views (split once per coefficient) instead of
-    re-evaluating the process. Immutable (attributes cannot be set).
-    """
-
-    def __init__(self, process: Process, ts):
-        ts = as_time(ts)
-        if ts.dim() != 1 or ts.numel() < 2:
-            raise ValueError(f"a time grid must be 1-d with at least 2 points, got shape {tuple(ts.shape)}")
-        d = self.__dict__
-        d["process"], d["t"], d["_views"] = process, ts, {}
-        d["_points"] = tuple(PointCoefficients(self, k) for k in range(ts.numel()))
-
-    @property
-    def ts(self) -> Tensor:
-        return self.t
-
-    def __setattr__(self, name, value):
-        raise AttributeError("GridCoefficients is immutable")
-
-    def views(self, name: str) -> tuple[Tensor, ...]:
-        """Coefficient ``name`` as ``N+1`` 0-d float64 views (split on first use)."""
-        found = self._views.get(name)
-        if found is None:
-            if name not in COEFFICIENTS:
-                raise ValueError(f"unknown coefficient {name!r}; valid: {', '.join(COEFFICIENTS)}")
-            found = self._views[name] = getattr(self, name).unbind()
-        return found
-
-    def cast_views(self, name: str, x: Tensor) -> tuple[Tensor, ...]:
-        """Coefficient ``name`` as ``N+1`` 0-d tensors of ``x``'s dtype and device: entry ``k``
-        equals ``expand_to(grid[k].<name>, x)``, from one cast per grid, dtype and device
-        (on an accelerator: one copy per grid instead of one per step)."""
-        key = (name, x.dtype, x.device)
-        found = self._views.get(key)
-        if found is None:
-            found = self._views[key] = getattr(self, name).to(device=x.device, dtype=x.dtype).unbind()
-        return found
-
-    def host(self) -> "HostCoefficients":
-        """``t``, ``alpha``, ``sigma``, their derivatives and ``lam`` as Python floats (float64
-        values read from the grid once, on first use): what solver steps and the denoiser's
-        prediction-type conversion combine with the sample, so a step reads no tensor."""
-        found = self._views.get("host")
-        if found is None:
-            columns = torch.stack([getattr(self, name) for name in HostCoefficients._fields])  # [6, N+1]
-            found = self._views["host"] = HostCoefficients(*(tuple(c) for c in columns.tolist()))
-        return found
-
-    def sigma_ratios(self, x: Tensor) -> tuple[Tensor, ...]:
-        """``sigma(ts[k+1]) / sigma(ts[k])`` for the ``N`` steps, as 0-d tensors of ``x``'s dtype
-        and device (computed in float64, cast once per grid, dtype and device): the weight of
-        the current sample in every data-prediction update (``x' = (s'/s) x + ...``)."""
-        key = ("sigma_ratio", x.dtype, x.device)
-        found = self._views.get(key)
-        if found is None:
-            s = self.sigma  # [N+1]
-            found = self._views[key] = (s[1:] / s[:-1]).to(device=x.device, dtype=x.dtype).unbind()
-        return found
-
-    def prepare(self, x: Tensor) -> "GridCoefficients":
-        """Read and cast, once, what steps on ``x``'s dtype and device use (``host``,
-        ``sigma_ratios``, the times as ``cast_views('t', x)``), so that a step converts no tensor
-        to Python and copies nothing to the device. Returns the grid."""
-        self.host()
-        self.sigma_ratios(x)
-        self.cast_views("t", x)
-        return self
-
-    def __getitem__(self, k: int) -> "PointCoefficients":
-        return self._points[k]
-
-    def __len__(self) -> int:
-        return len(self._points)
-
-    def __repr__(self) -> str:
-        return f"GridCoefficients({self.process!r}, N+1={len(self)})"
-
-
-class HostCoefficients(NamedTuple):
-    """A grid's coefficients as Python floats, entry ``k`` at ``ts[k]`` (``GridCoefficients.host``)."""
-
-    t: tuple[float, ...]
-    alpha: tuple[float, ...]
-    sigma: tuple[float, ...]
-    d_alpha: tuple[float, ...]
-    d_sigma: tuple[float, ...]
-    lam: tuple[float, ...]
-
-
-class PointCoefficients:
-    """The coefficients of a grid's point ``k`` (``TimeCoefficients``' names, 0-d float64
-    views of the grid's precomputed columns, each looked up once and then kept here)."""
-
-    __slots__ = ("grid", "k") + COEFFICIENTS
-
-    def __init__(self, grid: GridCoefficients, k: int):
-        self.grid, self.k = grid, k
-
-    def __getattr__(self, name: str) -> Tensor:  # only called for a field not yet looked up
-        if name not in COEFFICIENTS:
-            raise AttributeError(name)
-        value = self.grid.views(name)[self.k]
-        object.__setattr__(self, name, value)
-        return value
-
-    def __setattr__(self, name, value):
-        if name in COEFFICIENTS:
-            raise AttributeError("PointCoefficients is immutable")
-        object.__setattr__(self, name, value)
-
-    def cast(self, name: str, x: Tensor) -> Tensor:
-        """``expand_to(self.<name>, x)`` (the grid's one cast for ``x``'s dtype and device)."""
-        return self.grid.cast_views(name, x)[self.k]
-
-    def __repr__(self) -> str:
-        return f"PointCoefficients(k={self.k}, t={self.t.item():.6g})"
 
 
 def _autograd_derivative(fn: Callable[[Tensor], Tensor], t) -> Tensor:
@@ -307,7 +177,36 @@ def _autograd_derivative(fn: Callable[[Tensor], Tensor], t) -> Tensor:
     return g.detach()
 
 
-class VP(Process):
+class LogAlphaVP(Process):
+    """A variance-preserving process given by ``log alpha(t)`` and its derivative:
+    ``alpha^2 + sigma^2 = 1``. Subclasses implement ``log_alpha`` and ``d_log_alpha``."""
+
+    def log_alpha(self, t) -> Tensor:
+        raise NotImplementedError
+
+    def d_log_alpha(self, t) -> Tensor:
+        raise NotImplementedError
+
+    def alpha(self, t) -> Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t) -> Tensor:
+        # clamped: log alpha(0) can round to +1e-20 (cosine), where sigma is 0, not NaN
+        return torch.sqrt(torch.clamp(-torch.expm1(2.0 * self.log_alpha(t)), min=0.0))
+
+    def d_alpha(self, t) -> Tensor:
+        return self.alpha(t) * self.d_log_alpha(t)
+
+    def d_sigma(self, t) -> Tensor:
+        a = self.alpha(t)
+        return -a * a * self.d_log_alpha(t) / self.sigma(t)
+
+    def logsnr(self, t) -> Tensor:
+        la = self.log_alpha(t)
+        return 2.0 * la - torch.log(torch.clamp(-torch.expm1(2.0 * la), min=0.0))
+
+
+class VP(LogAlphaVP):
     """Variance preserving: ``alpha^2 + sigma^2 = 1``; ``schedule`` is 'linear' or 'cosine'."""
 
     def __init__(self, schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0,
@@ -335,23 +234,6 @@ class VP(Process):
         s = self.cosine_s
         u = 0.5 * math.pi * (t + s) / (1 + s)
         return -torch.tan(u) * 0.5 * math.pi / (1 + s)
-
-    def alpha(self, t) -> Tensor:
-        return torch.exp(self.log_alpha(t))
-
-    def sigma(self, t) -> Tensor:
-        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
-
-    def d_alpha(self, t) -> Tensor:
-        return self.alpha(t) * self.d_log_alpha(t)
-
-    def d_sigma(self, t) -> Tensor:
-        a = self.alpha(t)
-        return -a * a * self.d_log_alpha(t) / self.sigma(t)
-
-    def logsnr(self, t) -> Tensor:
-        la = self.log_alpha(t)
-        return 2.0 * la - torch.log(-torch.expm1(2.0 * la))
 
     def t_from_logsnr(self, lam) -> Tensor:
         lam = as_time(lam)
@@ -460,7 +342,7 @@ def beta_table(kind: str, n: int = 1000, beta_start: float = 0.0001, beta_end: f
     raise ValueError(f"unknown beta schedule {kind!r}; valid: 'linear', 'scaled_linear'")
 
 
-class DiscreteVP(Process):
+class DiscreteVP(LogAlphaVP):
     """A discrete DDPM table made continuous.
 
     Index ``k`` of ``alphas_cumprod`` (length ``N``) sits at ``t_k = (k + 1) / N``;
@@ -499,27 +381,10 @@ class DiscreteVP(Process):
         l0, l1 = self._la_nodes[k], self._la_nodes[k + 1]
         return l0 + (t - t0) * (l1 - l0) / (t1 - t0)
 
-    def _slope(self, t) -> Tensor:
+    def d_log_alpha(self, t) -> Tensor:
         t = as_time(t)
         k = self._segment(t)
         return (self._la_nodes[k + 1] - self._la_nodes[k]) / (self._t_nodes[k + 1] - self._t_nodes[k])
-
-    def alpha(self, t) -> Tensor:
-        return torch.exp(self.log_alpha(t))
-
-    def sigma(self, t) -> Tensor:
-        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
-
-    def d_alpha(self, t) -> Tensor:
-        return self.alpha(t) * self._slope(t)
-
-    def d_sigma(self, t) -> Tensor:
-        a = self.alpha(t)
-        return -a * a * self._slope(t) / self.sigma(t)
-
-    def logsnr(self, t) -> Tensor:
-        la = self.log_alpha(t)
-        return 2.0 * la - torch.log(-torch.expm1(2.0 * la))
 
     def t_from_logsnr(self, lam) -> Tensor:
         lam = as_time(lam)
@@ -562,7 +427,7 @@ class Interpolant(Process):
         return self._d_sigma(as_time(t)) if self._d_sigma else super().d_sigma(t)
 
 
-PROCESSES = {
+PROCESSES = Registry("process", {
     "vp": lambda **kw: VP("linear", **kw),
     "vp-linear": lambda **kw: VP("linear", **kw),
     "vp-cosine": lambda **kw: VP("cosine", **kw),
@@ -571,15 +436,12 @@ PROCESSES = {
     "rectified-flow": RectifiedFlow,
     "rf": RectifiedFlow,
     "discrete-vp": DiscreteVP,
-}
+})
 
 
-def get_process(name: str, **options) -> Process:
-    """A process by name; unknown names raise with the list of valid ones."""
+def get_process(name, **options) -> Process:
+    """A process by name (or a ``Process`` passed through); unknown names raise with the
+    valid ones."""
     if isinstance(name, Process):
         return name
-    try:
-        factory = PROCESSES[name]
-    except KeyError:
-        raise ValueError(f"unknown process {name!r}; valid: {', '.join(sorted(PROCESSES))}") from None
-    return factory(**options)
+    return PROCESSES.get(name, **options)

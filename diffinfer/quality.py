@@ -99,7 +99,7 @@ def sample_digits(model: str = "digits", n: int = 64, labels: Tensor | int | Non
     on the batch size.
     """
     from .guidance import ClassifierFreeGuidance
-    from .sample import sample
+    from .loop import sample
     solver = solver or default_solver()
     base = zoo.load(model)
     null = int(base.config.get("null_label", 10))

@@ -1,4 +1,4 @@
-"""Per-sample random streams (DESIGN.md section 1: randomness is per sample).
+"""Per-sample random streams (docs/architecture.md: randomness is per sample).
 
 Row ``i`` of a batch draws its initial noise and every step's noise from its own
 ``torch.Generator`` seeded by ``(seed, index_i)``, so a sample is bitwise the same
@@ -80,3 +80,23 @@ class SampleRNG:
             h.manual_seed(stream_seed(draw ^ int(salt), pos))
             gens.append(h)
         return SampleRNG(gens, self.indices)
+
+
+def make_rng(seed, batch: int, device) -> SampleRNG:
+    """Streams for ``batch`` rows: ``seed`` an int (rows 0..B-1), or ``(seed, indices)``
+    to give a worker rows ``indices`` of a larger run; ``None`` draws a seed from torch's
+    global generator (so ``torch.manual_seed`` still reproduces); a ``SampleRNG`` of the
+    right size passes through."""
+    if isinstance(seed, SampleRNG):
+        if len(seed) != batch:
+            raise ValueError(f"rng has {len(seed)} streams for a batch of {batch}")
+        return seed
+    indices = None
+    if isinstance(seed, tuple):
+        seed, indices = seed
+        indices = list(indices)
+        if len(indices) != batch:
+            raise ValueError(f"{len(indices)} stream indices for a batch of {batch}")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    return SampleRNG.from_seed(int(seed), batch=batch, indices=indices, device=device)

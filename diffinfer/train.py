@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .denoiser import Denoiser, _coeffs, from_x0_eps
+from .denoiser import Denoiser, from_x0_eps
 from .process import as_time
 
 Tensor = torch.Tensor
@@ -64,8 +64,8 @@ def denoising_loss(den: Denoiser, x0: Tensor, t: Tensor | None = None, eps: Tens
         raise ValueError(f"t must be [B]={B}, got {tuple(t.shape)}")
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    c = _coeffs(den.process, t, x0)
-    x_t = c.a * x0 + c.s * eps  # [B, ...]
+    c = den.process.at(t).broadcast(x0)
+    x_t = c.alpha * x0 + c.sigma * eps  # [B, ...]
     target = from_x0_eps(x0, eps, den.prediction, c)
     per_sample = (den.raw(x_t, t) - target).pow(2).flatten(1).mean(1)  # [B]
     if weight is not None:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import diffinfer as di
-from diffinfer.denoiser import PREDICTIONS, _coeffs, from_x0_eps, to_x0_eps
+from diffinfer.grids import Grid
+from diffinfer.denoiser import PREDICTIONS, from_x0_eps, to_prediction
 
 F64 = torch.float64
 
@@ -15,10 +16,10 @@ def test_round_trip_every_prediction(any_process, prediction):
     x0 = torch.randn(6, 3, 4, dtype=F64, generator=g)
     eps = torch.randn(6, 3, 4, dtype=F64, generator=g)
     t = torch.linspace(max(any_process.t_min, 0.02), min(any_process.t_max, 0.98), 6, dtype=F64)
-    c = _coeffs(any_process, t, x0)
-    x = c.a * x0 + c.s * eps
+    c = any_process.at(t).broadcast(x0)
+    x = c.alpha * x0 + c.sigma * eps
     y = from_x0_eps(x0, eps, prediction, c)
-    back = to_x0_eps(y, prediction, x, c)
+    back = to_prediction(y, prediction, x, c)
     torch.testing.assert_close(back.x0, x0, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(back.eps, eps, rtol=1e-9, atol=1e-9)
 
@@ -37,8 +38,8 @@ def test_views_agree_across_wrapped_types(source):
 
     def net(x, t):
         x0 = true_x0(x, t)
-        c = _coeffs(p, t, x)
-        return from_x0_eps(x0, (x - c.a * x0) / c.s, source, c)
+        c = p.at(t).broadcast(x)
+        return from_x0_eps(x0, (x - c.alpha * x0) / c.sigma, source, c)
 
     den = di.Denoiser(net, p, prediction=source)
     x = torch.randn(4, 5, dtype=F64, generator=g)
@@ -110,29 +111,29 @@ def test_wrong_shape_and_nan_are_clear_errors():
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("with_time_input", [False, True])
-def test_x0_on_grid_equals_predict(any_process, prediction, with_time_input):
-    """``x0_on_grid`` (host coefficients, cast grid times) answers what ``predict`` does at the
-    point's time, for every process and prediction type, with and without ``time_input``;
+def test_grid_point_prediction_equals_predict(any_process, prediction, with_time_input):
+    """``predict`` at a grid point (host coefficients, cast grid times) answers what ``predict``
+    does at the point's time, for every process and prediction type, with and without ``time_input``;
     a grid of another process takes the ``predict`` path."""
     seen = []
 
     def net(x, t):  # a network of the given type whose x0 is tanh(x) * (1 + t)
         seen.append(t)
         t64 = t.to(F64) / 1000.0 if with_time_input else t.to(F64)
-        c = _coeffs(any_process, t64, x)
+        c = any_process.at(t64).broadcast(x)
         x0 = torch.tanh(x) * (1 + t64[:, None])
-        return from_x0_eps(x0, (x - c.a * x0) / c.s, prediction, c)
+        return from_x0_eps(x0, (x - c.alpha * x0) / c.sigma, prediction, c)
 
     time_input = (lambda t: t * 1000.0) if with_time_input else None
     den = di.Denoiser(net, any_process, prediction=prediction, time_input=time_input)
     ts = torch.linspace(min(any_process.t_max, 0.95), max(any_process.t_min, 0.05), 5, dtype=F64)
-    grid = any_process.on_grid(ts)
+    grid = Grid.of(any_process, ts)
     x = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(2))
     for k in range(ts.numel()):
-        got = den.x0_on_grid(x, grid[k])
+        got = den.predict(x, grid.point(k)).x0
         torch.testing.assert_close(seen[-1], torch.full((3,), float(ts[k]) * (1000.0 if with_time_input else 1.0),
                                                         dtype=F64))
         torch.testing.assert_close(got, den.predict(x, ts[k]).x0, rtol=1e-12, atol=1e-12)
     other = di.VP("linear") if not isinstance(any_process, di.VP) else di.VE()
     assert den.nfe == 2 * ts.numel()
-    torch.testing.assert_close(den.x0_on_grid(x, other.on_grid(ts)[2]), den.predict(x, ts[2]).x0, rtol=0, atol=0)
+    torch.testing.assert_close(den.predict(x, Grid.of(other, ts).point(2)).x0, den.predict(x, ts[2]).x0, rtol=0, atol=0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import diffinfer as di
+from diffinfer.grids import Grid
 from diffinfer import grid_opt, timesteps
 from diffinfer.toys import GaussianMixture, ring2d
 
@@ -206,9 +207,9 @@ def test_model_times_evaluate_the_model_at_the_shifted_time():
     ms = torch.tensor([0.9, 0.5, 0.04], dtype=F64)
     wrapped = grid_opt.ModelTimes(den, ts, ms)
     x = torch.randn(8, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
-    grid = den.process.on_grid(ts).prepare(x)
+    grid = Grid.of(den.process, ts)
     for k in range(3):
-        torch.testing.assert_close(wrapped.x0_on_grid(x, grid[k]), den.x0(x, ms[k]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(wrapped.predict(x, grid.point(k)).x0, den.x0(x, ms[k]), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(wrapped.model_time(ts[k]), ms[k], rtol=1e-15, atol=0)
     mid = math.sqrt(0.4 * 0.05)  # halfway in log t: the geometric mean of the two offsets
     expected = mid * math.sqrt((0.5 / 0.4) * (0.04 / 0.05))

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import diffinfer as di
+from diffinfer.grids import Grid
 from diffinfer.process import _autograd_derivative, beta_table
 
 F64 = torch.float64
@@ -33,7 +34,8 @@ def test_vp_is_variance_preserving_and_matches_score_sde():
     # Song et al. 2021: log alpha = -1/4 t^2 (b1 - b0) - 1/2 t b0
     torch.testing.assert_close(torch.log(p.alpha(t)), -0.25 * t ** 2 * 19.9 - 0.05 * t)
     # forward SDE of VP: f = -beta/2, g^2 = beta
-    f, g2 = p.sde(t[1:])
+    c = p.at(t[1:])
+    f, g2 = c.f, c.g2
     beta = 0.1 + t[1:] * 19.9
     torch.testing.assert_close(f, -0.5 * beta)
     torch.testing.assert_close(g2, beta)
@@ -43,7 +45,8 @@ def test_sde_marginal_variance_ode(any_process):
     """d(sigma^2)/dt = 2 f sigma^2 + g^2 holds by construction; check it numerically."""
     p = any_process
     t = interior(p)
-    f, g2 = p.sde(t)
+    c = p.at(t)
+    f, g2 = c.f, c.g2
     d_var = _autograd_derivative(lambda u: p.sigma(u) ** 2, t)
     torch.testing.assert_close(d_var, 2 * f * p.sigma(t) ** 2 + g2, rtol=1e-8, atol=1e-8)
 
@@ -83,26 +86,27 @@ def test_bad_process_input():
 
 
 def test_grid_memo_host_values_and_sigma_ratios():
-    """``on_grid`` returns the kept grid for equal values (a new one for other values, not
-    changed by mutating the caller's tensor); ``host()`` holds the grid's columns as Python
-    floats and ``sigma_ratios`` the per-step ratios cast for a sample."""
+    """``Grid.of`` returns the kept grid for equal values (a new one for other values, not
+    changed by mutating the caller's tensor); the grid's host columns are its coefficients
+    as Python floats and ``on(x).sigma_ratio`` the per-step ratios cast for a sample."""
     p = di.VP("linear")
     ts = torch.linspace(1.0, 0.0, 6, dtype=F64)
-    grid = p.on_grid(ts)
-    assert p.on_grid(ts.clone()) is grid
-    assert p.on_grid(torch.linspace(1.0, 0.1, 6, dtype=F64)) is not grid
-    assert di.VP("linear").on_grid(ts) is not grid  # per process
+    grid = Grid.of(p, ts)
+    assert Grid.of(p, ts.clone()) is grid
+    assert Grid.of(p, torch.linspace(1.0, 0.1, 6, dtype=F64)) is not grid
+    assert Grid.of(di.VP("linear"), ts) is not grid  # per process
     ts[1] = 0.5
-    assert grid.t[1] != 0.5 and p.on_grid(ts) is not grid
-    host = grid.host()
-    for name in host._fields:
-        assert list(getattr(host, name)) == getattr(grid, name).tolist()
-    assert host.lam[-1] == float("inf")  # t = 0: sigma = 0
+    assert grid.t[1] != 0.5 and Grid.of(p, ts) is not grid
+    c = grid.coefficients
+    for name in ("alpha", "sigma", "d_alpha", "d_sigma", "lam"):
+        assert list(getattr(grid, name)) == getattr(c, name).tolist()
+    assert list(grid.t) == grid.ts.tolist()
+    assert grid.lam[-1] == float("inf")  # t = 0: sigma = 0
     x = torch.zeros(2, 3, dtype=torch.float32)
-    ratios = grid.sigma_ratios(x)
+    ratios = grid.on(x).sigma_ratio
     assert len(ratios) == 5 and all(r.dtype == torch.float32 and r.dim() == 0 for r in ratios)
-    torch.testing.assert_close(torch.stack(ratios), (grid.sigma[1:] / grid.sigma[:-1]).float())
-    assert grid.prepare(x) is grid and grid.sigma_ratios(x) is ratios
-    for _ in range(p.GRID_MEMO_SIZE):  # the oldest grid is dropped
-        p.on_grid(torch.rand(4, dtype=F64).sort(descending=True).values)
-    assert p.on_grid(grid.t) is not grid
+    torch.testing.assert_close(torch.stack(ratios), (c.sigma[1:] / c.sigma[:-1]).float())
+    assert grid.on(x).sigma_ratio is ratios
+    for _ in range(Grid.MEMO_SIZE):  # the oldest grid is dropped
+        Grid.of(p, torch.rand(4, dtype=F64).sort(descending=True).values)
+    assert Grid.of(p, grid.ts) is not grid

@@ -104,8 +104,7 @@ def _exact_start_errors(den, x, ref, solver):
         k0 = 1 if float(den.process.alpha(ts[0])) == 0.0 else 0
         exact = [pf_ode_solution(den, x, 1.0, ts[k]) if k > 0 else x for k in (k0, k0 + 1, k0 + 2)]
         state = solver.init(den, exact[2], ts)
-        state["history"] = [den.x0(exact[0], ts[k0]), den.x0(exact[1], ts[k0 + 1])]
-        state["history_i"] = [k0, k0 + 1]
+        state = state.replace(history=((k0, den.x0(exact[0], ts[k0])), (k0 + 1, den.x0(exact[1], ts[k0 + 1]))))
         xi = exact[2]
         for i in range(k0 + 2, n):
             xi, state = solver.step(den, xi, i, state)
@@ -163,8 +162,7 @@ def test_dpmpp_3m_exact_for_quadratic_prediction():
     for form, should_be_exact in (("taylor", True), ("diffusers", False)):
         solver = solvers.get("dpmpp-3m", lower_order_final=False, third_order=form)
         state = solver.init(den, x_i, ts)
-        state["history"] = [den.x0(x_i, ts[i - 2]), den.x0(x_i, ts[i - 1])]
-        state["history_i"] = [i - 2, i - 1]
+        state = state.replace(history=((i - 2, den.x0(x_i, ts[i - 2])), (i - 1, den.x0(x_i, ts[i - 1]))))
         out, _ = solver.step(den, x_i, i, state)
         err = abs(float(out) - exact)
         assert (err < 1e-12) == should_be_exact, (form, err)
@@ -183,10 +181,10 @@ def test_adaptive_error_tracks_tolerance(process_name, method):
         res = sample(den, x, solver="adaptive", ts=ts, method=method, rtol=tol, atol=tol)
         errors.append((res.x - ref).abs().max().item())
         assert res.nfe == den.nfe > 0
-        assert bool((res.state["accepted"] >= ts.numel() - 1).all())
-        assert res.state["rejected"].shape == (x.shape[0],)
+        assert bool((res.state.accepted >= ts.numel() - 1).all())
+        assert res.state.rejected.shape == (x.shape[0],)
         stages = len(solvers.adaptive.METHODS[method].c)
-        assert bool((res.state["evals"] == stages * (res.state["accepted"] + res.state["rejected"])).all())
+        assert bool((res.state.evals == stages * (res.state.accepted + res.state.rejected)).all())
         assert errors[-1] < 200 * tol
     assert errors[1] < errors[0] / 30
     assert math.isfinite(errors[1])

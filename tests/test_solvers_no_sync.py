@@ -1,11 +1,15 @@
-"""Issue 7: a deterministic solver step reads no tensor on the host.
+"""A solver step reads no tensor on the host.
 
-After ``init`` a step of ``ddim``, ``euler``, ``dpmpp-2m``, ``dpmpp-3m`` and ``unipc`` must
-not convert a tensor to a Python number (``item``, ``float``, ``bool``, ``int``, ``tolist``,
-``numpy``) nor build a tensor from Python numbers (``torch.tensor``, ``torch.as_tensor``): on
-an accelerator the first waits for the device and the second copies to it. Here every such
-call raises during the steps. The weights the steps use are computed on the host in float64;
-they are checked against the tensor formulas they replace.
+After ``init`` a step of every fixed-grid solver (``ddim``, ``euler``, ``dpmpp-2m``,
+``dpmpp-3m``, ``unipc``, ``evodiff``, ``heun``, and the stochastic ``ddpm``,
+``dpmpp-2m-sde``, ``euler-maruyama``, ``pc``) must not convert a tensor to a Python number
+(``item``, ``float``, ``bool``, ``int``, ``tolist``, ``numpy``) nor build a tensor from
+Python numbers (``torch.tensor``, ``torch.as_tensor``): on an accelerator the first waits
+for the device and the second copies to it. Here every such call raises during the steps.
+``adaptive`` keeps its step-size control (times, step sizes, counts: float64 and integer
+tensors) on the CPU by design and reads one per-row error norm per attempt; its steps must
+read nothing of the sample's own dtype. The weights the steps use are computed on the host
+in float64; they are checked against the tensor formulas they replace.
 """
 import math
 
@@ -13,25 +17,41 @@ import pytest
 import torch
 
 from diffinfer import RectifiedFlow, VP, Denoiser, solvers, timesteps
-from diffinfer.denoiser import PREDICTIONS, _coeffs, from_x0_eps
+from diffinfer.rng import SampleRNG
+from diffinfer.denoiser import PREDICTIONS, from_x0_eps
 from diffinfer.solvers.dpmpp import dpmpp_correction
 from diffinfer.solvers.unipc import _phi_products, unipc_weights
 
 F64 = torch.float64
 DETERMINISTIC = [("ddim", {}), ("euler", {}), ("dpmpp-2m", {}), ("dpmpp-3m", {}),
                  ("dpmpp-3m", {"third_order": "diffusers"}), ("unipc", {}),
-                 ("unipc", {"order": 3, "variant": "bh1"}), ("evodiff", {})]
+                 ("unipc", {"order": 3, "variant": "bh1"}), ("evodiff", {}), ("heun", {}),
+                 ("heun", {"variable": "t"})]
+STOCHASTIC = [("ddpm", {}), ("ddim", {"eta": 0.5}), ("dpmpp-2m-sde", {}), ("euler-maruyama", {}),
+              ("euler-maruyama", {"diffusion": 0.5}), ("euler-maruyama", {"diffusion": lambda t: 0.2 + t}),
+              ("pc", {}), ("pc", {"predictor": "ancestral"})]
 CONVERSIONS = ("item", "__float__", "__bool__", "__int__", "__index__", "tolist", "numpy")
 FACTORIES = ("tensor", "as_tensor")
 
 
-def _forbid_host_reads(mp: pytest.MonkeyPatch) -> None:
-    """Make every tensor -> Python conversion and Python -> tensor factory raise."""
+def _forbid_host_reads(mp: pytest.MonkeyPatch, sample_dtype=None) -> None:
+    """Make every tensor -> Python conversion and Python -> tensor factory raise (with
+    ``sample_dtype``: only conversions of tensors of that dtype)."""
     def boom(*args, **kwargs):
         raise AssertionError("a solver step read a tensor on the host or built one from Python numbers")
 
     for name in CONVERSIONS:
-        mp.setattr(torch.Tensor, name, boom)
+        if sample_dtype is None:
+            mp.setattr(torch.Tensor, name, boom)
+        else:
+            original = getattr(torch.Tensor, name)
+
+            def guarded(self, *args, _original=original, **kwargs):
+                if self.dtype == sample_dtype:
+                    boom()
+                return _original(self, *args, **kwargs)
+
+            mp.setattr(torch.Tensor, name, guarded)
     for name in FACTORIES:
         mp.setattr(torch, name, boom)
 
@@ -39,18 +59,19 @@ def _forbid_host_reads(mp: pytest.MonkeyPatch) -> None:
 def _denoiser(process, prediction):
     """A nonlinear float32 network of the given prediction type (its x0 is ``tanh(x)/2``)."""
     def net(x, t):  # t: [B] in x's dtype
-        c = _coeffs(process, t.to(F64), x)
+        c = process.at(t.to(F64)).broadcast(x)
         x0 = 0.5 * torch.tanh(x)
-        eps = (x - c.a * x0) / c.s
+        eps = (x - c.alpha * x0) / c.sigma
         return from_x0_eps(x0, eps, prediction, c)
 
     return Denoiser(net, process, prediction=prediction, check=False)
 
 
-def _run(solver, den, x, ts, mp=None):
-    state = solver.init(den, x, ts)
+def _run(solver, den, x, ts, mp=None, sample_dtype=None):
+    rng = SampleRNG.from_seed(5, batch=x.shape[0]) if solver.stochastic else None
+    state = solver.init(den, x, ts, rng)
     if mp is not None:
-        _forbid_host_reads(mp)
+        _forbid_host_reads(mp, sample_dtype)
     for i in range(ts.numel() - 1):
         x, state = solver.step(den, x, i, state)
     return x
@@ -61,8 +82,8 @@ PROCESS_PREDICTIONS = [("vp", p) for p in PREDICTIONS] + [("rf", p) for p in PRE
 
 
 @pytest.mark.parametrize("process_name,prediction", PROCESS_PREDICTIONS)
-@pytest.mark.parametrize("name,options", DETERMINISTIC)
-def test_deterministic_steps_read_nothing_on_the_host(name, options, prediction, process_name, monkeypatch):
+@pytest.mark.parametrize("name,options", DETERMINISTIC + STOCHASTIC)
+def test_steps_read_nothing_on_the_host(name, options, prediction, process_name, monkeypatch):
     process = VP("linear") if process_name == "vp" else RectifiedFlow()
     den = _denoiser(process, prediction)
     ts = timesteps.default(process, 8)
@@ -74,6 +95,22 @@ def test_deterministic_steps_read_nothing_on_the_host(name, options, prediction,
     assert torch.equal(got, expected)  # the same code path ran
 
 
+@pytest.mark.parametrize("process_name", ["vp", "rf"])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_adaptive_steps_read_nothing_of_the_sample(method, process_name, monkeypatch):
+    """``adaptive``'s control lives on the CPU (float64 / integer tensors); nothing of the
+    sample's dtype is read on the host."""
+    process = VP("linear") if process_name == "vp" else RectifiedFlow()
+    den = _denoiser(process, "x0")
+    ts = timesteps.default(process, 4)
+    x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0))  # float32, CPU
+    solver = solvers.get("adaptive", method=method, rtol=1e-3, atol=1e-3)
+    expected = _run(solver, den, x, ts)
+    with monkeypatch.context() as mp:
+        got = _run(solver, den, x, ts, mp, sample_dtype=torch.float32)
+    assert torch.equal(got, expected)
+
+
 def test_the_check_catches_a_host_read(monkeypatch):
     """The guard is live: ``float`` of a tensor inside a step raises."""
     den = _denoiser(VP("linear"), "x0")
@@ -83,7 +120,7 @@ def test_the_check_catches_a_host_read(monkeypatch):
     with monkeypatch.context() as mp:
         _forbid_host_reads(mp)
         with pytest.raises(AssertionError, match="host"):
-            float(state["grid"][1].t)
+            float(state.grid.ts[1])
 
 
 def test_unipc_weights_solve_the_vandermonde_system():

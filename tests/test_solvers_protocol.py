@@ -77,7 +77,7 @@ def test_declared_attributes_and_nfe(name):
     den = _elementwise_denoiser(VP("linear"))
     res = sample(den, shape=(3, 4), solver=name, steps=STEPS, seed=1)
     if name == "adaptive":
-        assert res.nfe >= 1 and bool((res.state["accepted"] >= STEPS - 1).all())
+        assert res.nfe >= 1 and bool((res.state.accepted >= STEPS - 1).all())
     elif name == "heun":
         assert res.nfe == 2 * STEPS - 1  # the step to t = 0 is an Euler step
     else:
@@ -94,7 +94,7 @@ def test_registry_lists_every_family():
 
 def _run(den, x, solver, ts, seed, start=0, stop=None, state=None):
     """Steps ``start..stop-1`` of ``solver`` from ``x`` (a fresh state unless given)."""
-    from diffinfer.sample import make_rng
+    from diffinfer.rng import make_rng
 
     if state is None:
         rng = make_rng(seed, x.shape[0], x.device) if seed is not None else None

@@ -8,7 +8,7 @@ from diffinfer import Denoiser, quality, zoo
 from diffinfer.data import sunspots_from_unit, sunspots_windows
 from diffinfer.guidance import ClassifierFreeGuidance
 from diffinfer.nets import MLPDenoiser
-from diffinfer.sample import sample
+from diffinfer.loop import sample
 
 torch.set_num_threads(1)
 NAMES = ["digits", "digits-classifier", "digits-flow", "shakespeare-ar", "shakespeare-char", "sunspots"]

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..sample import make_rng
+from ..rng import make_rng
 from .blocks import get_block_policy
 from .caching import LogitsEvaluator
 from .model import as_masked_model

@@ -5,7 +5,7 @@ reports per-sample NFE and verifier calls (``ScalingResult``). See ``budget.run`
 methods by name under one budget.
 """
 from .budget import METHODS, run
-from .common import ScalingResult, Tap, renoise
+from .common import ScalingResult, Tap
 from .flows import FlowSDE, PathConversion, rollover_budget_forcing
 from .noise_opt import differentiable_sample, optimize_noise
 from .search import best_of_n, guided_search, path_search, random_search, zero_order_search
@@ -15,7 +15,7 @@ from .verifiers import (ClassLogProb, Ensemble, LinearGaussian, LogDensity, Norm
                         Verifier, as_verifier, get_verifier)
 
 __all__ = [
-    "METHODS", "run", "ScalingResult", "Tap", "renoise",
+    "METHODS", "run", "ScalingResult", "Tap",
     "FlowSDE", "PathConversion", "rollover_budget_forcing", "differentiable_sample", "optimize_noise",
     "best_of_n", "random_search", "zero_order_search", "path_search", "guided_search",
     "smc", "POTENTIALS", "effective_sample_size", "multinomial_resample", "systematic_resample",

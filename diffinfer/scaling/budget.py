@@ -131,7 +131,7 @@ def _noise_opt(den, reward, budget: int, shape, steps: int, seed: int, options: 
     """``optimize_noise`` on one starting noise sized to ``budget`` (see the table above)."""
     from .. import solvers as solver_registry
     from ..rng import SampleRNG
-    from ..sample import initial_noise
+    from ..loop import initial_noise
     from .common import grid, sample_shape
     from .noise_opt import optimize_noise
     solver = solver_registry.get(options.pop("solver", "euler"))

@@ -14,7 +14,6 @@ import torch
 from .. import solvers as solver_registry
 from .. import timesteps
 from ..denoiser import DenoiserBase, Prediction
-from ..process import PointCoefficients, Process, as_time, expand_to
 from ..rng import SampleRNG
 
 Tensor = torch.Tensor
@@ -23,8 +22,8 @@ Tensor = torch.Tensor
 class Tap(DenoiserBase):
     """A pass-through wrapper that counts per-sample evaluations (``rows``) and remembers
     the first data prediction since ``clear()`` (the solver's prediction at the start of a
-    step, which SMC reuses for its potentials at no extra cost). Solver steps reach the
-    wrapped model's ``x0_on_grid`` fast path through it."""
+    step, which SMC reuses for its potentials at no extra cost). It passes ``t`` on
+    unchanged, so solver steps reach the wrapped model's grid-point path through it."""
 
     def __init__(self, den: DenoiserBase):
         if not isinstance(den, DenoiserBase):
@@ -47,11 +46,6 @@ class Tap(DenoiserBase):
         pred = self.den.predict(x, t)
         self._seen(x, pred.x0)
         return pred
-
-    def x0_on_grid(self, x: Tensor, point: PointCoefficients) -> Tensor:
-        x0 = self.den.x0_on_grid(x, point)
-        self._seen(x, x0)
-        return x0
 
     def x0_at(self, x: Tensor, t) -> Tensor:
         """``x0_hat(x, t)``: the remembered prediction if it was made at this very ``x``,
@@ -95,33 +89,6 @@ def sample_shape(shape) -> tuple[int, ...]:
     if len(shape) < 1 or min(shape) < 1:
         raise ValueError(f"shape must be one sample's shape with positive sizes, got {shape}")
     return shape
-
-
-def rollout(den: DenoiserBase, solver, x: Tensor, ts: Tensor, start: int = 0, stop: int | None = None,
-            rng: SampleRNG | None = None, state: dict | None = None) -> tuple[Tensor, dict]:
-    """Run ``solver`` from grid index ``start`` to ``stop`` (default the end), starting a
-    fresh solver state on ``ts[start:]`` unless ``state`` (for ``ts``) is given."""
-    stop = ts.numel() - 1 if stop is None else stop
-    if state is None:
-        sub = ts[start:]
-        state = solver.init(den, x, sub, rng)
-        offset = start
-    else:
-        offset = 0
-    for i in range(start, stop):
-        x, state = solver.step(den, x, i - offset, state)
-    return x, state
-
-
-def renoise(process: Process, x: Tensor, t, t_up, noise: Tensor) -> Tensor:
-    """Forward-noise ``x_t`` to ``x_{t_up}`` (``t_up >= t``) with the process's transition
-    ``x' = (a'/a) x + sqrt(s'^2 - (a' s / a)^2) z`` (the marginal at ``t_up`` is exact)."""
-    t, t_up = as_time(t), as_time(t_up)
-    a, s = process.alpha(t), process.sigma(t)
-    a1, s1 = process.alpha(t_up), process.sigma(t_up)
-    ratio = a1 / a
-    std = torch.sqrt(torch.clamp(s1 * s1 - (ratio * s) ** 2, min=0.0))
-    return expand_to(ratio, x) * x + expand_to(std, x) * noise
 
 
 def stochastic_solver_names() -> list[str]:

@@ -20,6 +20,7 @@ Rollover Budget Forcing":
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -28,12 +29,19 @@ from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase, Prediction
 from ..process import Process, as_time, expand_to
 from ..rng import SampleRNG
-from ..sample import initial_noise
-from ..solvers.base import Solver, State, combine
+from ..loop import initial_noise, rollout
+from ..solvers.base import Solver, SolverState, combine
 from .common import ScalingResult, Tap, grid, sample_shape
 from .verifiers import as_verifier
 
 Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class FlowSDEState(SolverState):
+    """``diffusion``: ``e(t_k)`` at each grid point (host floats)."""
+
+    diffusion: tuple[float, ...] = ()
 
 
 class FlowSDE(Solver):
@@ -47,6 +55,7 @@ class FlowSDE(Solver):
 
     name = "flow-sde"
     order = 1
+    State = FlowSDEState
 
     def __init__(self, diffusion: Callable[[Tensor], Tensor] | None = None, noise: float = 1.0):
         if not noise >= 0:
@@ -58,34 +67,36 @@ class FlowSDE(Solver):
         return {"noise": self.noise} if self.diffusion is None else {"diffusion": self.diffusion}
 
     def coefficient(self, process: Process, t) -> float:
+        """The diffusion ``e(t)``: ``diffusion(t)``, or ``noise * sigma(t)``."""
         t = as_time(t)
         return float(self.diffusion(t)) if self.diffusion is not None else self.noise * float(process.sigma(t))
 
-    def weights(self, host, i: int) -> tuple[float, float, float]:
+    def initial_fields(self, grid, x) -> dict:
+        """The diffusion ``e(t_k)`` at every grid point (host floats, evaluated once per run)."""
+        return {"diffusion": tuple(self.coefficient(grid.process, t) for t in grid.ts)}
+
+    @staticmethod
+    def weights(grid, i: int, e: float) -> tuple[float, float, float]:
         """``(w_x, w_x0, w_z)`` of the step from grid point ``i`` in data-prediction form,
-        ``x' = w_x x + w_x0 x0 + w_z z`` (``host``: ``GridCoefficients.host()``): with
+        ``x' = w_x x + w_x0 x0 + w_z z`` with diffusion ``e`` there: with
         ``eps = (x - a x0)/s`` and ``k = s' + e^2/(2 s)``, the step below is
         ``(1 - h k/s) x + h (k a/s - a') x0 + e sqrt(h) z``."""
-        t, a, s, da, ds = host.t[i], host.alpha[i], host.sigma[i], host.d_alpha[i], host.d_sigma[i]
-        h = t - host.t[i + 1]
-        e = (float(self.diffusion(as_time(t))) if self.diffusion is not None else self.noise * s)
+        a, s, da, ds = grid.alpha[i], grid.sigma[i], grid.d_alpha[i], grid.d_sigma[i]
+        h = grid.t[i] - grid.t[i + 1]
         k = ds + 0.5 * e * e / s
         return 1.0 - h * k / s, h * (k * a / s - da), e * math.sqrt(h)
 
-    def step(self, den, x: Tensor, i: int, state: State):
+    def step(self, den, x: Tensor, i: int, state: "FlowSDEState"):
         """``x' = x - h (v - eps^2/2 * score) + eps sqrt(h) z`` with ``h = t - t_next``,
         ``v = a' x0 + s' eps`` and ``score = -eps / s`` from one prediction; the weights
         (``weights``) are host floats of the grid, so a step reads no tensor."""
-        grid = state["grid"]
-        host = grid.host()
-        x0 = den.x0_on_grid(x, grid[i])  # [B, ...]
-        if host.t[i + 1] == 0.0:
+        grid = state.grid
+        x0 = den.predict(x, grid.point(i)).x0  # [B, ...]
+        if grid.t[i + 1] == 0.0:
             return x0, state
-        w_x, w_x0, w_z = self.weights(host, i)
-        x_new = combine(x, w_x, (x0,), (w_x0,))
-        if w_z > 0:
-            x_new.add_(state["rng"].randn_like(x), alpha=w_z)
-        return x_new, state
+        w_x, w_x0, w_z = self.weights(grid, i, state.diffusion[i])
+        noise = state.rng.randn_like(x) if w_z > 0 else None
+        return combine(x, w_x, (x0,), (w_x0,), noise, w_z), state
 
 
 class PathConversion(DenoiserBase):
@@ -131,8 +142,8 @@ class PredictionCache(DenoiserBase):
     def predict(self, x: Tensor, t) -> Prediction:
         if self.ref is not None:
             x_ref, t_ref, pred = self.ref
-            t = as_time(t)
-            if t.dim() == 0 and bool(t == t_ref) and x.shape[1:] == x_ref.shape[1:] and torch.equal(x, x_ref.expand_as(x)):
+            t_value = as_time(t)
+            if t_value.dim() == 0 and bool(t_value == t_ref) and x.shape[1:] == x_ref.shape[1:] and torch.equal(x, x_ref.expand_as(x)):
                 return Prediction(pred.x0.expand_as(x), pred.eps.expand_as(x))
         return self.den.predict(x, t)
 
@@ -161,7 +172,7 @@ def rollover_budget_forcing(den: DenoiserBase, reward, budget: int, shape, solve
     n_int = ts.numel() - 1
     rng = SampleRNG.from_seed(seed, batch=1, device=device)
     x = initial_noise(tap, (1,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
-    state = solver.init(cached, x, ts, rng)
+    state = solver.init(cached, x, ts, rng)  # branched below: one step per candidate (rollout)
     pred = tap.predict(x, ts[0])
     best_r = verifier(pred.x0)
     per_step = int(budget) // max(n_int - 1, 1)
@@ -175,9 +186,9 @@ def rollover_budget_forcing(den: DenoiserBase, reward, budget: int, shape, solve
         while used < allowed:
             m = min(int(chunk), allowed - used)
             idx = torch.zeros(m, dtype=torch.long)
-            st = solver_registry.select(state, idx)
-            st["rng"] = st["rng"].fork(1000 * i + used + 1)
-            xc, st = solver.step(cached, x[idx], i, st)
+            st = state.select(idx)
+            st = st.replace(rng=st.rng.fork(1000 * i + used + 1))
+            xc, st = rollout(cached, solver, x[idx], ts, i, i + 1, state=st)
             pc = tap.predict(xc, ts[i + 1])
             rc = verifier(pc.x0)
             used += m
@@ -193,7 +204,7 @@ def rollover_budget_forcing(den: DenoiserBase, reward, budget: int, shape, solve
         for (xc, st), pc, rc in zip(cands, preds, rewards):
             if j < xc.shape[0]:
                 x = xc[j:j + 1]
-                state = solver_registry.select(st, torch.tensor([j]))
+                state = st.select(torch.tensor([j]))
                 pred = Prediction(pc.x0[j:j + 1], pc.eps[j:j + 1])
                 best_r = rc[j:j + 1]
                 break
@@ -201,7 +212,7 @@ def rollover_budget_forcing(den: DenoiserBase, reward, budget: int, shape, solve
         carry = allowed - used
         used_per_step.append(used)
     cached.store(x, ts[n_int - 1], pred)
-    x, _ = solver.step(cached, x, n_int - 1, state)
+    x, _ = rollout(cached, solver, x, ts, n_int - 1, n_int, state=state)
     r = verifier(x)
     return ScalingResult(x=x, reward=r, nfe=tap.rows, verifier_calls=verifier.calls - calls0, method="rbf",
                          info={"used_per_step": used_per_step})

@@ -20,14 +20,39 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
+from ..loop import rollout
+from ..solvers.base import Solver
 from .common import ScalingResult, Tap, grid
 from .verifiers import GradientCounter
 
 Tensor = torch.Tensor
 
 
-def _copy_state(state: dict) -> dict:
-    return {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+class CheckpointedSteps(Solver):
+    """``solver`` with each step run under ``torch.utils.checkpoint`` when the sample needs
+    a gradient: the step's activations are recomputed in the backward pass instead of kept
+    (DITTO section 3.3). States are immutable records, so the recomputation sees exactly the
+    state the forward step saw."""
+
+    def __init__(self, solver: Solver):
+        self.solver = solver
+        self.name, self.order, self.stochastic = solver.name, solver.order, solver.stochastic
+        self.evals_per_step = solver.evals_per_step
+
+    def init(self, den, x, ts, rng=None):
+        return self.solver.init(den, x, ts, rng)
+
+    def step(self, den, x: Tensor, i: int, state):
+        if not x.requires_grad:
+            return self.solver.step(den, x, i, state)
+        holder = {}
+
+        def run(x_in):
+            x_out, new_state = self.solver.step(den, x_in, i, state)
+            holder.setdefault("state", new_state)  # keep the first (forward) state
+            return x_out
+
+        return checkpoint(run, x, use_reentrant=False), holder["state"]
 
 
 def differentiable_sample(den: DenoiserBase, x_T: Tensor, solver="euler", steps: int = 20, ts=None,
@@ -41,21 +66,7 @@ def differentiable_sample(den: DenoiserBase, x_T: Tensor, solver="euler", steps:
         raise ValueError(f"noise optimisation needs a deterministic solver (checkpointed steps are "
                          f"recomputed and must repeat exactly); {solver.name!r} is stochastic")
     ts = grid(den.process, steps, ts)
-    x = x_T
-    state = solver.init(den, x, ts, None)
-    for i in range(ts.numel() - 1):
-        if use_checkpoint and x.requires_grad:
-            frozen, holder = _copy_state(state), {}
-
-            def run(x_in, i=i, frozen=frozen, holder=holder):
-                x_out, new_state = solver.step(den, x_in, i, _copy_state(frozen))
-                holder.setdefault("state", new_state)  # keep the first (forward) state
-                return x_out
-
-            x = checkpoint(run, x, use_reentrant=False)
-            state = holder["state"]
-        else:
-            x, state = solver.step(den, x, i, state)
+    x, _ = rollout(den, CheckpointedSteps(solver) if use_checkpoint else solver, x_T, ts)
     return x
 
 

@@ -28,8 +28,9 @@ from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
 from ..guidance import RewardGuidance
 from ..rng import SampleRNG
-from ..sample import initial_noise, sample
-from .common import ScalingResult, Tap, grid, renoise, rollout, sample_shape
+from ..loop import initial_noise, sample
+from ..loop import rollout
+from .common import ScalingResult, Tap, grid, sample_shape
 from .verifiers import GradientCounter, as_verifier
 
 Tensor = torch.Tensor
@@ -141,7 +142,7 @@ def path_search(den: DenoiserBase, reward, n_paths: int, branch: int, shape, sol
 
     ``n_paths`` noises are denoised to grid index ``start`` (default a quarter of the
     way). Then, until the grid's last interval: each survivor is copied ``branch`` times,
-    re-noised forward ``forward`` grid steps with fresh noise (``renoise``: the exact
+    re-noised forward ``forward`` grid steps with fresh noise (``Process.renoise``: the exact
     forward transition), denoised ``backward`` steps, scored on ``x0_hat``; the best
     ``keep`` survive (default ``n_paths``, the paper's setting; ``keep < n_paths`` explores
     widely in the first round and refines few paths after it). The survivors are finished
@@ -184,7 +185,7 @@ def path_search(den: DenoiserBase, reward, n_paths: int, branch: int, shape, sol
         k = i + int(backward) - int(forward)
         cand = x.repeat_interleave(int(branch), dim=0)  # [N*M, ...]
         rng = step_rng(rounds, cand.shape[0])
-        cand = renoise(tap.process, cand, ts[i], ts[j], rng.randn_like(cand))
+        cand = tap.process.renoise(cand, ts[i], ts[j], rng.randn_like(cand))
         cand, _ = rollout(tap, solver, cand, ts, j, k, rng=rng if solver.stochastic else None)
         r = verifier(tap.x0(cand, ts[k]))
         best = torch.topk(r.double(), min(survivors, cand.shape[0])).indices
@@ -207,7 +208,7 @@ def refine_sample(tap: Tap, verifier, solver, ts: Tensor, x: Tensor, r: Tensor, 
     population of ``P`` clean samples ``x`` ``[P, ...]`` with rewards ``r`` ``[P]``.
 
     Each of ``rounds`` rounds copies every sample ``branch`` times, re-noises the copies from
-    ``t = 0`` to ``ts[-1 - refine_forward]`` with the exact forward transition (``renoise``;
+    ``t = 0`` to ``ts[-1 - refine_forward]`` with the exact forward transition (``Process.renoise``;
     noise from ``round_rng(m, rows)``, a ``SampleRNG`` of ``P * branch`` rows) and denoises them
     back to ``t = 0``; the best ``P`` of parents and copies survive (a parent wins a tie), so
     the best reward never decreases. With ``P = 1`` a copy replaces the sample only if it
@@ -221,7 +222,7 @@ def refine_sample(tap: Tap, verifier, solver, ts: Tensor, x: Tensor, r: Tensor, 
     for m in range(int(rounds)):
         cand = x.repeat_interleave(int(branch), dim=0)  # [P*M, ...] copies of the population
         rng = round_rng(m, cand.shape[0])
-        cand = renoise(tap.process, cand, ts[n_int], ts[j], rng.randn_like(cand))
+        cand = tap.process.renoise(cand, ts[n_int], ts[j], rng.randn_like(cand))
         cand, _ = rollout(tap, solver, cand, ts, j, n_int, rng=rng if solver.stochastic else None)
         rc = verifier(cand)  # [P*M]
         pool_x, pool_r = torch.cat([x, cand]), torch.cat([r, rc])

@@ -34,7 +34,7 @@ import torch
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
 from ..rng import SampleRNG
-from ..sample import initial_noise
+from ..loop import initial_noise, iterate
 from .common import ScalingResult, Tap, grid, sample_shape, stochastic_solver_names
 from .verifiers import as_verifier
 
@@ -176,26 +176,26 @@ def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, so
     n = int(n_particles)
     rng = SampleRNG.from_seed(seed, batch=n, device=device)
     x = initial_noise(den, (n,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
-    state = solver.init(tap, x, ts, rng)
     resampled = []
     n_steps = ts.numel() - 1
-    for i in range(n_steps):
-        tap.clear()
-        x_prev = x
-        x, state = solver.step(tap, x, i, state)
+    x_prev = x
+    for step in iterate(tap, solver, x, ts, rng):
+        i, x = step.i, step.x
         if i == n_steps - 1:
             break
-        if (i + 1) % int(every) != 0:
-            continue
-        # potential from the solver's prediction at the start of this step (x_prev at ts[i])
-        idx = weights.update(verifier(tap.x0_at(x_prev, ts[i])))
-        if idx is not None:
-            x = x[idx]
-            state = solver_registry.select(state, idx)
-            if state.get("rng") is not None:
-                state["rng"] = state["rng"].fork(i + 1)  # copies of one particle part ways
-            tap = tap.select(idx)
-            resampled.append(i)
+        if (i + 1) % int(every) == 0:
+            # potential from the solver's prediction at the start of this step (x_prev at ts[i])
+            idx = weights.update(verifier(tap.x0_at(x_prev, ts[i])))
+            if idx is not None:
+                state = step.state.select(idx)
+                if state.rng is not None:
+                    state = state.replace(rng=state.rng.fork(i + 1))  # copies of one particle part ways
+                tap = tap.select(idx)
+                step.x, step.state, step.den = x[idx], state, tap
+                x = step.x
+                resampled.append(i)
+        tap.clear()
+        x_prev = x
     r_final = verifier(x).double()
     log_w = weights.final(r_final)
     info = {"ess": weights.ess, "resampled": resampled, "log_weights": log_w.clone(),

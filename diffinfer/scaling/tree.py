@@ -32,8 +32,8 @@ import torch
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
 from ..rng import SampleRNG
-from ..sample import initial_noise
-from .common import ScalingResult, Tap, grid, rollout, sample_shape, stochastic_solver_names
+from ..loop import initial_noise, rollout
+from .common import ScalingResult, Tap, grid, sample_shape, stochastic_solver_names
 from .verifiers import as_verifier
 
 Tensor = torch.Tensor

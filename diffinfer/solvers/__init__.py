@@ -1,24 +1,33 @@
 """Solvers by name: ``get(name, **options)``, ``names()``, ``describe()``.
 
-Each solver is a small class with ``init``/``step`` (see ``base``), a declared ``order``
-and a ``stochastic`` flag, and a docstring naming the algorithm it implements.
+Each solver is a small class with ``init``/``step`` (see ``base``), a declared ``order``,
+a ``stochastic`` flag, a typed state record, and a docstring naming the algorithm it
+implements. Every fixed-grid step is ``x' = w_x x + sum_j w_j m_j (+ w_z z)`` with host
+weights (``base.combine``).
 """
 from __future__ import annotations
 
-from .base import Solver, State, points, select, times
-from .ddim import DDIM, Euler, ddim_step, ddim_update
-from .heun import Heun
+from ..registry import Registry
+from .adaptive import AdaptiveRK, AdaptiveState, StepSizeController
+from .base import MultistepState, Solver, SolverState, combine, select
+from .ddim import DDIM, DDIMWeights, Euler, ddim, ddim_at, ddim_from_prediction
 from .dpmpp import DPMSolverPP, DPMSolverPP2MSDE, dpmpp_2m, dpmpp_3m
-from .adaptive import AdaptiveRK
 from .evodiff import EVODiff
-from .sde import EulerMaruyama, PredictorCorrector
-from .unipc import UniPC
+from .heun import Heun, HeunState
+from .sde import EulerMaruyama, EulerMaruyamaState, PredictorCorrector
+from .unipc import UniPC, UniPCState
 
-REGISTRY: dict[str, type[Solver]] = {
+
+def _ddpm(**options) -> DDIM:
+    """DDPM ancestral sampling: DDIM with ``eta = 1`` (Ho et al. 2020)."""
+    return DDIM(eta=options.pop("eta", 1.0), **options)
+
+
+REGISTRY = Registry("solver", {
     "euler": Euler,
     "heun": Heun,
     "ddim": DDIM,
-    "ddpm": lambda **kw: DDIM(eta=kw.pop("eta", 1.0), **kw),
+    "ddpm": _ddpm,
     "dpmpp-2m": dpmpp_2m,
     "dpmpp-3m": dpmpp_3m,
     "dpmpp-2m-sde": DPMSolverPP2MSDE,
@@ -27,15 +36,16 @@ REGISTRY: dict[str, type[Solver]] = {
     "euler-maruyama": EulerMaruyama,
     "pc": PredictorCorrector,
     "adaptive": AdaptiveRK,
-}
+})
 
 
-def register(name: str, factory) -> None:
-    REGISTRY[name] = factory
+def register(name: str, factory, *, replace: bool = False) -> None:
+    """Add a solver factory under ``name`` (``replace=True`` to override an existing one)."""
+    REGISTRY.register(name, factory, replace=replace)
 
 
 def names() -> list[str]:
-    return sorted(REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name, **options) -> Solver:
@@ -45,14 +55,7 @@ def get(name, **options) -> Solver:
         if options:
             raise ValueError("options are for solver names, not Solver instances")
         return name
-    try:
-        factory = REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown solver {name!r}; valid: {', '.join(names())}") from None
-    try:
-        return factory(**options)
-    except TypeError as e:
-        raise ValueError(f"bad options for solver {name!r}: {e}") from None
+    return REGISTRY.get(name, **options)
 
 
 def describe() -> list[dict]:
@@ -66,6 +69,8 @@ def describe() -> list[dict]:
     return rows
 
 
-__all__ = ["Solver", "State", "select", "times", "get", "names", "register", "describe",
-           "DDIM", "Euler", "Heun", "ddim_update", "ddim_step", "points", "DPMSolverPP", "DPMSolverPP2MSDE", "UniPC",
-           "EVODiff", "EulerMaruyama", "PredictorCorrector", "AdaptiveRK"]
+__all__ = ["Solver", "SolverState", "MultistepState", "HeunState", "UniPCState", "AdaptiveState",
+           "EulerMaruyamaState", "select", "combine", "get", "names", "register", "describe",
+           "DDIM", "Euler", "Heun", "ddim", "ddim_at", "ddim_from_prediction", "DDIMWeights",
+           "DPMSolverPP", "DPMSolverPP2MSDE", "UniPC", "EVODiff", "EulerMaruyama", "PredictorCorrector",
+           "AdaptiveRK", "StepSizeController"]

@@ -5,7 +5,8 @@ step-size control (Hairer, Norsett & Wanner, "Solving Ordinary Differential Equa
 section II.4): Dormand & Prince 5(4) (J. Comp. Appl. Math. 1980, ``'dopri5'``) or
 Bogacki & Shampine 3(2) (Appl. Math. Lett. 1989, ``'bosh3'``), propagating the
 higher-order solution. Error control is per sample (RMS over all non-batch dimensions of
-``err / (atol + rtol max(|x|, |x_new|))``), each row with its own time and step size, so
+``err / (atol + rtol max(|x|, |x_new|))``), each row with its own time and step size (the
+step-size rule is a separate ``StepSizeController``, as diffrax separates solver and controller), so
 a sample's path does not depend on its batch; rows still integrating are evaluated
 together through ``den.select(rows)``. The last stage is not reused (no FSAL), so an
 attempted step costs ``stages`` evaluations. The step to ``t = 0`` returns the denoised
@@ -14,13 +15,13 @@ estimate (the velocity is singular there for VP processes).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+from torch import Tensor
 
 from ..process import expand_to
-from .base import Solver, State, times
-
-Tensor = torch.Tensor
+from .base import Solver, SolverState
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,54 @@ def rk_attempt(den, x: Tensor, t: Tensor, h: Tensor, tab: Tableau) -> tuple[Tens
     return x_new, err
 
 
+@dataclass(frozen=True)
+class StepSizeController:
+    """Integral step-size control (Hairer, Norsett & Wanner I, section II.4): a step is
+    accepted where the per-row RMS of ``err / (atol + rtol max(|x|, |x_new|))`` is at most 1,
+    and the next step is ``h * clamp(safety * norm^(-1/(q+1)), min_factor, max_factor)``
+    (``q`` the embedded order; ``max_factor`` where the error is zero)."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    safety: float = 0.9
+    min_factor: float = 0.2
+    max_factor: float = 5.0
+
+    def __post_init__(self):
+        if not (self.rtol >= 0 and self.atol >= 0 and self.rtol + self.atol > 0):
+            raise ValueError(f"need rtol >= 0, atol >= 0 and one of them > 0, got rtol={self.rtol}, atol={self.atol}")
+
+    def error_norm(self, x: Tensor, x_new: Tensor, err: Tensor) -> Tensor:
+        """Per-row RMS of the scaled error (``[b]``, float64, on the CPU); ``inf`` for a row
+        whose candidate is not finite."""
+        scale = self.atol + self.rtol * torch.maximum(x.abs(), x_new.abs())
+        norm = (err / scale).to(torch.float64).flatten(1).pow(2).mean(1).sqrt()
+        norm = torch.where(torch.isfinite(x_new.flatten(1)).all(1), norm, torch.full_like(norm, float("inf")))
+        return norm.cpu()  # step control (times, sizes, counts) lives on the CPU
+
+    def factor(self, norm: Tensor, low_order: int) -> Tensor:
+        """The step-size factor per row (``[b]``)."""
+        exponent = 1.0 / (low_order + 1)
+        factor = torch.where(norm > 0, self.safety * norm.pow(-exponent), torch.full_like(norm, self.max_factor))
+        return factor.clamp(self.min_factor, self.max_factor)
+
+
+@dataclass(frozen=True)
+class AdaptiveState(SolverState):
+    """Per-row step control: the proposed next step ``h``, ``accepted`` / ``rejected`` step
+    counts and ``evals`` (model evaluations each row took part in), all ``[B]`` on the CPU."""
+
+    h: Tensor | None = None
+    accepted: Tensor | None = None
+    rejected: Tensor | None = None
+    evals: Tensor | None = None
+
+    batch_fields: ClassVar[tuple[str, ...]] = ("h", "accepted", "rejected", "evals")
+
+
 class AdaptiveRK(Solver):
     """Adaptive Dormand-Prince 5(4) / Bogacki-Shampine 3(2) on the probability-flow ODE
-    (module docstring) with ``rtol`` / ``atol``; per-sample step control.
+    (module docstring) with ``rtol`` / ``atol`` (or a ``controller``); per-sample step control.
 
     The state keeps per-row ``accepted`` and ``rejected`` step counts, ``evals`` (model
     evaluations each row took part in) and the proposed next step ``h``; ``den.nfe``
@@ -83,48 +129,39 @@ class AdaptiveRK(Solver):
 
     name = "adaptive"
     stochastic = False
-    evals_per_step = 0  # variable: see state["evals"]
+    evals_per_step = 0  # variable: see state.evals
+    State = AdaptiveState
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-                 max_steps: int = 10000, safety: float = 0.9):
+                 max_steps: int = 10000, safety: float = 0.9, controller: StepSizeController | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown adaptive method {method!r}; valid: {', '.join(METHODS)}")
-        if not (rtol >= 0 and atol >= 0 and rtol + atol > 0):
-            raise ValueError(f"need rtol >= 0, atol >= 0 and one of them > 0, got rtol={rtol}, atol={atol}")
         self.method, self.tableau = method, METHODS[method]
         self.order = self.tableau.order
-        self.rtol, self.atol = float(rtol), float(atol)
-        self.max_steps, self.safety = int(max_steps), float(safety)
+        self.controller = controller or StepSizeController(float(rtol), float(atol), float(safety))
+        self.max_steps = int(max_steps)
 
     def options(self) -> dict:
-        return {"method": self.method, "rtol": self.rtol, "atol": self.atol, "max_steps": self.max_steps}
+        c = self.controller
+        return {"method": self.method, "rtol": c.rtol, "atol": c.atol, "max_steps": self.max_steps}
 
-    def init(self, den, x, ts, rng=None) -> State:
-        state = super().init(den, x, ts, rng)
+    def initial_fields(self, grid, x) -> dict:
         B = x.shape[0]
-        state["h"] = torch.full((B,), float("nan"), dtype=torch.float64)
-        state["accepted"] = torch.zeros(B, dtype=torch.long)
-        state["rejected"] = torch.zeros(B, dtype=torch.long)
-        state["evals"] = torch.zeros(B, dtype=torch.long)
-        return state
+        return {"h": torch.full((B,), float("nan"), dtype=torch.float64),
+                "accepted": torch.zeros(B, dtype=torch.long), "rejected": torch.zeros(B, dtype=torch.long),
+                "evals": torch.zeros(B, dtype=torch.long)}
 
-    def _error_norm(self, x: Tensor, x_new: Tensor, err: Tensor) -> Tensor:
-        """Per-row RMS of the scaled error (``[b]``, float64)."""
-        scale = self.atol + self.rtol * torch.maximum(x.abs(), x_new.abs())
-        return (err / scale).to(torch.float64).flatten(1).pow(2).mean(1).sqrt()
-
-    def step(self, den, x: Tensor, i: int, state: State):
-        t, t_next = times(state, i)
+    def step(self, den, x: Tensor, i: int, state: AdaptiveState):
+        grid = state.grid
+        t, t_next = grid.ts[i], grid.ts[i + 1]
         B = x.shape[0]
-        if float(t_next) == 0.0:  # the denoised estimate
-            state["evals"] = state["evals"] + 1
-            return den.x0(x, t), state
-        tab = self.tableau
-        exponent = 1.0 / (tab.low_order + 1)
-        t_row = torch.full((B,), float(t), dtype=torch.float64)
-        h = torch.where(torch.isnan(state["h"]), t - t_next, state["h"])  # [B]
+        if grid.t[i + 1] == 0.0:  # the denoised estimate
+            return den.predict(x, grid.point(i)).x0, state.replace(evals=state.evals + 1)
+        tab, control = self.tableau, self.controller
+        t_row = torch.full((B,), grid.t[i], dtype=torch.float64)
+        h = torch.where(torch.isnan(state.h), t - t_next, state.h)  # [B]
         x = x.clone()
-        accepted, rejected, evals = state["accepted"].clone(), state["rejected"].clone(), state["evals"].clone()
+        accepted, rejected, evals = state.accepted.clone(), state.rejected.clone(), state.evals.clone()
         for _ in range(self.max_steps):
             active = (t_row > t_next).nonzero().squeeze(1)
             if active.numel() == 0:
@@ -137,13 +174,9 @@ class AdaptiveRK(Solver):
             xa = x[active.to(x.device)]
             x_new, err = rk_attempt(sub, xa, t_row[active], h_try, tab)
             evals[active] += len(tab.c)
-            norm = self._error_norm(xa, x_new, err)  # [b]
-            if not bool(torch.isfinite(x_new).all()):
-                norm = torch.where(torch.isfinite(x_new.flatten(1)).all(1), norm, torch.full_like(norm, float("inf")))
-            norm = norm.cpu()  # step control (times, sizes, counts) lives on the CPU
+            norm = control.error_norm(xa, x_new, err)  # [b]
             ok = norm <= 1.0
-            factor = torch.where(norm > 0, self.safety * norm.pow(-exponent), torch.full_like(norm, 5.0))
-            factor = factor.clamp(0.2, 5.0)
+            factor = control.factor(norm, tab.low_order)
             acc_rows, rej_rows = active[ok], active[~ok]
             x[acc_rows.to(x.device)] = x_new[ok.to(x.device)]
             landed = h_try >= remaining
@@ -157,8 +190,7 @@ class AdaptiveRK(Solver):
         else:
             raise RuntimeError(f"adaptive solver exceeded max_steps={self.max_steps} "
                                f"on [{float(t_next):.6g}, {float(t):.6g}]")
-        state["h"], state["accepted"], state["rejected"], state["evals"] = h, accepted, rejected, evals
-        return x, state
+        return x, state.replace(h=h, accepted=accepted, rejected=rejected, evals=evals)
 
 
-__all__ = ["AdaptiveRK", "Tableau", "DOPRI5", "BOSH3", "METHODS", "rk_attempt"]
+__all__ = ["AdaptiveRK", "AdaptiveState", "StepSizeController", "Tableau", "DOPRI5", "BOSH3", "METHODS", "rk_attempt"]

@@ -1,53 +1,109 @@
-"""The solver protocol: explicit state in, explicit state out (DESIGN.md section 1).
+"""The solver protocol: explicit state in, explicit state out (docs/architecture.md).
 
 ``state = solver.init(den, x, ts, rng)`` then ``x, state = solver.step(den, x, i, state)``
-moves ``x`` from ``ts[i]`` to ``ts[i + 1]``. The state is a dict; every tensor in it has
-the batch first (or is shared: the grid ``ts`` and its coefficients ``grid``), so ``select(state, idx)`` can copy, resample and
-branch particles mid-trajectory. A step to ``t = 0`` returns the denoised estimate.
+moves ``x`` from ``ts[i]`` to ``ts[i + 1]``. A state is a small frozen record
+(``SolverState`` or a subclass): it is returned, never mutated, and it declares which of
+its fields are batch-first (``batch_fields``), so ``select(state, idx)`` can copy,
+resample and branch particles mid-trajectory without guessing. A step to ``t = 0``
+returns the denoised estimate.
 
-``init`` evaluates the process once on the whole grid (``state['grid']``, a
-``GridCoefficients``) and prepares it for ``x`` (``GridCoefficients.prepare``: its
-coefficients as Python floats, ``host()``, and the per-step ``sigma`` ratios and times
-cast once to ``x``'s dtype and device). Steps read them by grid index instead of
-re-evaluating the process. The deterministic solvers write every update in data-prediction
-form, ``x' = w_x x + sum_j w_j m_j`` over the current and past data predictions ``m_j``,
-with weights computed on the host in float64 and applied by ``combine`` (one multiply and
-one fused ``add_`` per term): a step converts no tensor to a Python number and copies
-nothing to the device, so it never waits for an accelerator.
+``init`` evaluates the process once on the whole grid (``state.grid``, a ``Grid``: host
+float64 coefficients, one cast per device). Every fixed-grid update is one form,
+
+    x' = w_x x + sum_j w_j m_j (+ w_z z),
+
+over the current sample, the model's predictions ``m_j`` (data predictions, or noise
+predictions where a step is written in ``(x0, eps)``) and per-row noise ``z``, with weights
+computed on the host in float64 and applied by ``combine``: a step converts no tensor to a
+Python number and copies nothing to the device, so it never waits for an accelerator.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 import torch
+from torch import Tensor
 
 from ..denoiser import DenoiserBase
-from ..process import GridCoefficients, PointCoefficients, as_time
+from ..grids.grid import Grid
 from ..rng import SampleRNG
 
-Tensor = torch.Tensor
-State = dict
 
-# keys of the state that are not per-sample
-SHARED_KEYS = ("ts", "grid")
+@dataclass(frozen=True)
+class SolverState:
+    """What every solver carries: the ``grid`` (shared by all rows) and the per-row random
+    streams ``rng`` (``None`` for a deterministic solver run without a seed). Subclasses
+    add fields and name the batch-first ones in ``batch_fields`` (tensors ``[B, ...]``, or
+    tuples of them, possibly paired with grid indices)."""
+
+    grid: Grid
+    rng: SampleRNG | None = None
+
+    batch_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def ts(self) -> Tensor:
+        return self.grid.ts
+
+    def replace(self, **changes) -> "SolverState":
+        return dataclasses.replace(self, **changes)
+
+    def select(self, idx: Tensor) -> "SolverState":
+        """The state of rows ``idx`` (repeats allowed): batch fields indexed, streams copied."""
+        changes = {name: _take(getattr(self, name), idx) for name in self.batch_fields}
+        if self.rng is not None:
+            changes["rng"] = self.rng.select(idx)
+        return dataclasses.replace(self, **changes)
+
+
+def _take(value: Any, idx: Tensor) -> Any:
+    """Rows ``idx`` of a batch field: tensors indexed, tuples element-wise, the rest kept."""
+    if isinstance(value, Tensor):
+        return value[idx.to(value.device)]
+    if isinstance(value, tuple):
+        return tuple(_take(v, idx) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class MultistepState(SolverState):
+    """A multistep solver's state: ``history`` of ``(grid index, data prediction [B, ...])``,
+    oldest first."""
+
+    history: tuple[tuple[int, Tensor], ...] = ()
+
+    batch_fields: ClassVar[tuple[str, ...]] = ("history",)
+
+    def push(self, k: int, x0: Tensor, keep: int) -> tuple[tuple[int, Tensor], ...]:
+        """The history with ``(k, x0)`` appended, keeping the newest ``keep`` entries."""
+        return (self.history + ((k, x0),))[-keep:]
 
 
 class Solver:
-    """Base class. Subclasses set ``name``, ``order``, ``stochastic`` and implement ``step``."""
+    """Base class. Subclasses set ``name``, ``order``, ``stochastic``, their ``State`` record
+    and implement ``step``; ``init`` builds the record from ``initial_fields``."""
 
     name: str = "solver"
     order: int = 1
     stochastic: bool = False
     #: evaluations per step (for NFE budgeting); adaptive solvers report theirs in the state
     evals_per_step: int = 1
+    State: ClassVar[type[SolverState]] = SolverState
 
-    def init(self, den: DenoiserBase, x: Tensor, ts: Tensor, rng: SampleRNG | None = None) -> State:
+    def init(self, den: DenoiserBase, x: Tensor, ts, rng: SampleRNG | None = None) -> SolverState:
         if self.stochastic and rng is None:
             raise ValueError(f"solver {self.name!r} is stochastic: pass seed= to sample() or an rng to init()")
-        ts = as_time(ts)
-        return {"ts": ts, "grid": den.process.on_grid(ts).prepare(x), "rng": rng}
+        grid = Grid.of(den.process, ts)
+        grid.on(x)  # cast once, before the first step
+        return self.State(grid=grid, rng=rng, **self.initial_fields(grid, x))
 
-    def step(self, den: DenoiserBase, x: Tensor, i: int, state: State) -> tuple[Tensor, State]:
+    def initial_fields(self, grid: Grid, x: Tensor) -> dict:
+        """The solver's own state fields at the start of a run."""
+        return {}
+
+    def step(self, den: DenoiserBase, x: Tensor, i: int, state: SolverState) -> tuple[Tensor, SolverState]:
         raise NotImplementedError
 
     def options(self) -> dict:
@@ -58,43 +114,21 @@ class Solver:
         return f"{type(self).__name__}({opts})"
 
 
-def times(state: State, i: int) -> tuple[Tensor, Tensor]:
-    """``(t_i, t_{i+1})`` as float64 0-d tensors."""
-    ts = state["ts"]
-    return ts[i], ts[i + 1]
-
-
-def points(state: State, i: int) -> tuple[PointCoefficients, PointCoefficients]:
-    """The process's coefficients at ``(t_i, t_{i+1})`` from the state's precomputed grid."""
-    grid: GridCoefficients = state["grid"]
-    return grid[i], grid[i + 1]
-
-
-def combine(x: Tensor, w_x, preds: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """``w_x * x + sum_j weights[j] * preds[j]``: one multiply, then one in-place fused
-    ``add_(m, alpha=w)`` per nonzero weight on that fresh tensor (so nothing the caller
-    holds is modified). ``w_x``: a 0-d tensor of ``x``'s dtype and device (cheapest, e.g.
-    ``GridCoefficients.sigma_ratios(x)[i]``) or a Python float; ``weights``: Python floats."""
+def combine(x: Tensor, w_x, preds: Sequence[Tensor], weights: Sequence[float],
+            noise: Tensor | None = None, w_z: float = 0.0) -> Tensor:
+    """``w_x * x + sum_j weights[j] * preds[j] + w_z * noise``: one multiply, then one
+    in-place fused ``add_(m, alpha=w)`` per nonzero weight on that fresh tensor (nothing the
+    caller holds is modified). ``w_x``: a 0-d tensor of ``x``'s dtype and device (cheapest,
+    e.g. ``grid.on(x).sigma_ratio[i]``) or a Python float; ``weights``, ``w_z``: Python floats."""
     out = torch.mul(x, w_x)
     for m, w in zip(preds, weights):
         if w != 0.0:
             out.add_(m, alpha=w)
+    if noise is not None and w_z != 0.0:
+        out.add_(noise, alpha=w_z)
     return out
 
 
-def select(state: State, idx: Tensor) -> State:
-    """The state of rows ``idx`` (repeats allowed): batch-first tensors are indexed,
-    the random streams copied, shared entries (the grid) kept."""
-    out: dict[str, Any] = {}
-    for k, v in state.items():
-        if k in SHARED_KEYS or v is None:
-            out[k] = v
-        elif isinstance(v, Tensor):
-            out[k] = v[idx]
-        elif hasattr(v, "select"):
-            out[k] = v.select(idx)
-        elif isinstance(v, list):  # history lists of batch-first tensors
-            out[k] = [e[idx] if isinstance(e, Tensor) else e for e in v]
-        else:
-            out[k] = v
-    return out
+def select(state: SolverState, idx: Tensor) -> SolverState:
+    """The state of rows ``idx`` (``SolverState.select``)."""
+    return state.select(idx)

@@ -1,76 +1,73 @@
-"""First-order solvers: Euler (= DDIM with eta 0) and DDIM with noise (eta 1 = DDPM)."""
+"""First-order solvers: DDIM (any ``eta``; ``eta = 1`` is DDPM) and Euler (= DDIM, ``eta = 0``).
+
+``ddim`` is the one DDIM update in the package: solvers, multistep first-order parts,
+Heun's predictor, the SDE solvers' exact frozen-denoiser step and inversion all take their
+weights from it.
+"""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
-import torch
+from torch import Tensor
 
-from .base import Solver, State, combine
+from ..grids.grid import Grid
+from .base import Solver, SolverState, combine
 
-Tensor = torch.Tensor
+
+class DDIMWeights(NamedTuple):
+    """One DDIM step from ``(a0, s0)`` to ``(a1, s1)`` in both of its forms:
+    ``x' = a1 x0 + keep eps + noise z`` and, with ``eps = (x - a0 x0)/s0``,
+    ``x' = w_x x + w_x0 x0 + noise z``."""
+
+    a1: float
+    keep: float
+    noise: float
+    w_x: float
+    w_x0: float
 
 
-def ddim_split(a0: float, s0: float, a1: float, s1: float, eta: float = 0.0) -> tuple[float, float]:
-    """``(keep, c)`` of the DDIM step ``x' = a1 x0 + keep eps + c z`` from ``(a0, s0)`` to
-    ``(a1, s1)`` (``alpha``, ``sigma`` at the two times, Python floats, float64 math).
+def ddim(a0: float, s0: float, a1: float, s1: float, eta: float = 0.0) -> DDIMWeights:
+    """The DDIM step's weights (Python floats, float64 math).
 
     Song, Meng & Ermon, "Denoising Diffusion Implicit Models" (ICLR 2021), eq. 12, for any
-    process: ``c = eta * s1 * sqrt(1 - exp(-2h))``, ``keep = sqrt(s1^2 - c^2)`` with
-    ``exp(-h) = (a0 s1)/(s0 a1)`` (``h`` the log-SNR half-step); ``eta = 0`` is
-    deterministic (``keep = s1``), ``eta = 1`` DDPM's ancestral step (Ho et al. 2020)."""
+    process: ``noise = eta * s1 * sqrt(1 - exp(-2h))``, ``keep = sqrt(s1^2 - noise^2)`` with
+    ``exp(-h) = (a0 s1)/(s0 a1)`` (``h`` the step in half log-SNR); ``eta = 0`` is
+    deterministic (``keep = s1``), ``eta = 1`` DDPM's ancestral step (Ho et al. 2020). The
+    ``(x0, eps)`` form stays finite where ``a0 = 0`` (rectified flow at ``t = 1``)."""
     if eta == 0.0 or s1 == 0.0:
-        return s1, 0.0
-    ratio = (a0 * s1) / (s0 * a1)  # exp(-h), in [0, 1)
-    c = eta * s1 * math.sqrt(max(1.0 - ratio * ratio, 0.0))
-    return math.sqrt(max(s1 * s1 - c * c, 0.0)), c
-
-
-def ddim_weights(host, i: int, eta: float = 0.0) -> tuple[float, float, float]:
-    """``(w_x, w_x0, w_z)`` of the DDIM step from grid point ``i`` to ``i + 1`` in data
-    prediction form, ``x' = w_x x + w_x0 x0 + w_z z`` (``host``: ``GridCoefficients.host()``).
-    It is ``ddim_split`` with ``eps = (x - a0 x0)/s0``, finite where ``alpha = 0``; with
-    ``eta = 0``, ``w_x = s1/s0`` (``GridCoefficients.sigma_ratios``)."""
-    a0, s0, a1, s1 = host.alpha[i], host.sigma[i], host.alpha[i + 1], host.sigma[i + 1]
-    keep, c = ddim_split(a0, s0, a1, s1, eta)
+        keep, c = s1, 0.0
+    else:
+        ratio = (a0 * s1) / (s0 * a1)  # exp(-h), in [0, 1)
+        c = eta * s1 * math.sqrt(max(1.0 - ratio * ratio, 0.0))
+        keep = math.sqrt(max(s1 * s1 - c * c, 0.0))
     w_x = keep / s0
-    return w_x, a1 - w_x * a0, c
+    return DDIMWeights(a1, keep, c, w_x, a1 - w_x * a0)
 
 
-def ddim_step(x: Tensor, here, there, x0: Tensor, eps: Tensor,
-              eta: float = 0.0, noise: Tensor | None = None) -> Tensor:
-    """One DDIM step (``ddim_split``) from ``here`` to ``there`` (coefficients at two scalar
-    times: a grid's ``PointCoefficients`` or ``Process.at(t)``) given a prediction
-    ``(x0, eps)`` at ``here`` (``eps`` need not be consistent with ``x``, as in inversion);
-    the step to ``t = 0`` returns ``x0``. Written in ``x0`` and ``eps`` so it stays finite
-    where ``alpha(t) = 0``. Solver steps use the data-prediction form (``ddim_weights``)."""
-    if float(there.t) == 0.0:  # the grid's last point: the denoised estimate
-        return x0
-    a1 = float(there.alpha)
-    keep, c = ddim_split(float(here.alpha), float(here.sigma), a1, float(there.sigma), eta)
-    out = torch.add(x0 * a1, eps, alpha=keep)
-    return out if c == 0.0 else out.add_(noise, alpha=c)
+def ddim_at(grid: Grid, i: int, eta: float = 0.0) -> DDIMWeights:
+    """``ddim`` from grid point ``i`` to ``i + 1``."""
+    return ddim(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], eta)
 
 
-def ddim_update(den, x: Tensor, t: Tensor, t_next: Tensor, x0: Tensor, eps: Tensor,
-                eta: float = 0.0, noise: Tensor | None = None) -> Tensor:
-    """``ddim_step`` from time ``t`` to ``t_next`` of ``den.process`` (Song et al. 2021, eq. 12);
-    the process is evaluated only where the step needs it."""
-    p = den.process
-    return ddim_step(x, p.at(t), p.at(t_next), x0, eps, eta, noise)
+def ddim_from_prediction(w: DDIMWeights, x0: Tensor, eps: Tensor, noise: Tensor | None = None) -> Tensor:
+    """``a1 x0 + keep eps (+ noise z)``: the step in ``(x0, eps)`` form (``eps`` need not be
+    consistent with the sample, as in inversion)."""
+    return combine(x0, w.a1, (eps,), (w.keep,), noise, w.noise)
 
 
 class DDIM(Solver):
     """DDIM (Song et al. 2021) with ``eta``; ``eta = 1`` is DDPM ancestral sampling.
 
-    A step is ``x' = w_x x + w_x0 x0_hat + w_z z`` with the weights of ``ddim_weights``
-    (Python floats from the grid), one model call for ``x0_hat`` (``den.x0_on_grid``) and, for
-    ``eta > 0``, noise from each row's own stream."""
+    A step is ``x' = w_x x + w_x0 x0_hat + w_z z`` with the weights of ``ddim`` (Python
+    floats from the grid), one model call for ``x0_hat`` and, for ``eta > 0``, noise from
+    each row's own stream. The step to ``t = 0`` returns the denoised estimate."""
 
     name = "ddim"
     order = 1
 
     def __init__(self, eta: float = 0.0):
-        if eta < 0:
+        if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.eta = float(eta)
         self.stochastic = self.eta > 0
@@ -78,24 +75,22 @@ class DDIM(Solver):
     def options(self) -> dict:
         return {"eta": self.eta}
 
-    def step(self, den, x: Tensor, i: int, state: State):
-        grid = state["grid"]
-        host = grid.host()
-        x0 = den.x0_on_grid(x, grid[i])  # [B, ...]
-        if host.t[i + 1] == 0.0:  # the grid's last point: the denoised estimate
+    def step(self, den, x: Tensor, i: int, state: SolverState):
+        grid = state.grid
+        x0 = den.predict(x, grid.point(i)).x0  # [B, ...]
+        if grid.t[i + 1] == 0.0:  # the grid's last point: the denoised estimate
             return x0, state
-        w_x, w_x0, w_z = ddim_weights(host, i, self.eta)
+        w = ddim_at(grid, i, self.eta)
         if not self.stochastic:
-            return combine(x, grid.sigma_ratios(x)[i], (x0,), (w_x0,)), state
-        x_next = combine(x, w_x, (x0,), (w_x0,))
-        return x_next.add_(state["rng"].randn_like(x), alpha=w_z), state
+            return combine(x, grid.on(x).sigma_ratio[i], (x0,), (w.w_x0,)), state
+        return combine(x, w.w_x, (x0,), (w.w_x0,), state.rng.randn_like(x), w.noise), state
 
 
 class Euler(DDIM):
     """Euler's method on the probability-flow ODE in the variable ``sigma/alpha`` with
     ``x/alpha`` (Karras et al. 2022, "EDM", Algorithm 1 without the correction; k-diffusion
     ``sample_euler``; diffusers ``EulerDiscreteScheduler``). In that variable the Euler step
-    is exactly DDIM with ``eta = 0`` (Song et al. 2021, section 4.3), so this shares its code;
+    is exactly DDIM with ``eta = 0`` (Song et al. 2021, section 4.3), so this is that class;
     for rectified flow it is also Euler in ``t`` (diffusers ``FlowMatchEulerDiscreteScheduler``).
     """
 

@@ -13,9 +13,9 @@ With ``lambda = log(alpha / sigma)`` (half the log-SNR) and ``h = lambda_next - 
 every update is the first-order (DDIM) step plus corrections built from divided
 differences of the data predictions ``m_k = x0_hat(x_{t_k}, t_k)``:
 
-    x_next = ddim_update(x, m_0) + alpha_next * sum_k c_k(h) D_k
+    x_next = ddim(x, m_0) + alpha_next * sum_k c_k(h) D_k
 
-The first-order part is ``ddim_update`` written with ``exp(-h) = (a0 s1)/(s0 a1)``, finite
+The first-order part is the DDIM step (``ddim``) written with ``exp(-h) = (a0 s1)/(s0 a1)``, finite
 where ``alpha = 0`` (rectified flow at ``t = 1``, ``lambda = -inf``). A history point whose
 ``lambda`` is ``-inf`` is infinitely far away in ``lambda``: its divided difference is
 zero, so it carries no slope information and is dropped from the history (the step uses
@@ -26,36 +26,25 @@ from __future__ import annotations
 
 import math
 
-import torch
+from torch import Tensor
 
-from .base import Solver, State, combine
-from .ddim import ddim_weights
-
-Tensor = torch.Tensor
+from ..grids.grid import Grid
+from .base import MultistepState, Solver, combine
+from .ddim import ddim_at
 
 #: diffusers lowers the order of the last steps only for grids shorter than this
 LOWER_ORDER_FINAL_BELOW = 15
 
 
-def push_history(state: State, x0: Tensor, i: int, keep: int) -> None:
-    """Append the data prediction at grid index ``i`` (``[B, ...]``) to the state's history,
-    keeping the newest ``keep`` entries (newest last)."""
-    older = keep - 1
-    preds, idx = state.get("history") or [], state.get("history_i") or []
-    state["history"] = (preds[-older:] if older else []) + [x0]
-    state["history_i"] = (idx[-older:] if older else []) + [i]
-
-
-def usable_history(state: State) -> tuple[list[Tensor], list[float]]:
-    """The history's data predictions and their ``lambda`` (Python floats from the grid's
-    ``host()``; newest last), without points at ``lambda = -inf`` (they carry no slope
-    information; see the module docstring)."""
-    lam = state["grid"].host().lam
+def usable_history(grid: Grid, history) -> tuple[list[Tensor], list[float]]:
+    """The history's data predictions and their ``lambda`` (Python floats from the grid;
+    newest last), without points at ``lambda = -inf`` (they carry no slope information; see
+    the module docstring)."""
     preds, lams = [], []
-    for m, k in zip(state["history"], state["history_i"]):
-        if math.isfinite(lam[k]):
+    for k, m in history:
+        if math.isfinite(grid.lam[k]):
             preds.append(m)
-            lams.append(lam[k])
+            lams.append(grid.lam[k])
     return preds, lams
 
 
@@ -116,6 +105,7 @@ class DPMSolverPP(Solver):
     """
 
     stochastic = False
+    State = MultistepState
 
     def __init__(self, order: int = 2, lower_order_final: bool = True, third_order: str = "taylor"):
         if order not in (2, 3):
@@ -133,41 +123,31 @@ class DPMSolverPP(Solver):
             opts["third_order"] = self.third_order
         return opts
 
-    def init(self, den, x, ts, rng=None) -> State:
-        state = super().init(den, x, ts, rng)
-        state["history"], state["history_i"] = [], []
-        return state
-
-    def _first_order(self, x: Tensor, i: int, state: State) -> tuple[object, float, float]:
+    def _first_order(self, x: Tensor, i: int, grid: Grid) -> tuple[object, float, float]:
         """``(w_x, w_x0, w_z)`` of the first-order (DDIM, ``eta = 0``) part; ``w_x`` the grid's
         ``sigma`` ratio as a 0-d tensor of ``x``'s dtype."""
-        _, w_x0, _ = ddim_weights(state["grid"].host(), i)
-        return state["grid"].sigma_ratios(x)[i], w_x0, 0.0
+        return grid.on(x).sigma_ratio[i], ddim_at(grid, i).w_x0, 0.0
 
     def _correction(self, order: int, h: float, lams: list[float]) -> list[float]:
         return dpmpp_correction(order, h, lams, self.third_order)
 
-    def step(self, den, x: Tensor, i: int, state: State):
-        grid = state["grid"]
-        host = grid.host()
-        x0 = den.x0_on_grid(x, grid[i])  # [B, ...]
-        push_history(state, x0, i, self.order)
-        if host.t[i + 1] == 0.0:  # the denoised estimate
+    def step(self, den, x: Tensor, i: int, state: MultistepState):
+        grid = state.grid
+        x0 = den.predict(x, grid.point(i)).x0  # [B, ...]
+        state = state.replace(history=state.push(i, x0, self.order))
+        if grid.t[i + 1] == 0.0:  # the denoised estimate
             return x0, state
-        w_x, w_x0, w_z = self._first_order(x, i, state)
-        m, lams = usable_history(state)
-        order = multistep_order(self.order, len(m), i, len(host.t) - 1, self.lower_order_final)
+        w_x, w_x0, w_z = self._first_order(x, i, grid)
+        m, lams = usable_history(grid, state.history)
+        order = multistep_order(self.order, len(m), i, grid.steps, self.lower_order_final)
         preds, weights = [x0], [w_x0]
         if order > 1:
-            h = host.lam[i + 1] - host.lam[i]  # finite: both ends finite here
-            a1 = host.alpha[i + 1]
+            h = grid.lam[i + 1] - grid.lam[i]  # finite: both ends finite here
             preds = m[-order:]
-            weights = [a1 * w for w in self._correction(order, h, lams[-order:])]
+            weights = [grid.alpha[i + 1] * w for w in self._correction(order, h, lams[-order:])]
             weights[-1] += w_x0  # m[-1] is x0
-        x_next = combine(x, w_x, preds, weights)
-        if self.stochastic:  # per-row noise (DPMSolverPP2MSDE)
-            x_next.add_(state["rng"].randn_like(x), alpha=w_z)
-        return x_next, state
+        noise = state.rng.randn_like(x) if self.stochastic else None  # per-row (DPMSolverPP2MSDE)
+        return combine(x, w_x, preds, weights, noise, w_z), state
 
 
 class DPMSolverPP2MSDE(DPMSolverPP):
@@ -175,10 +155,10 @@ class DPMSolverPP2MSDE(DPMSolverPP):
     ``algorithm_type='sde-dpmsolver++'``, midpoint; k-diffusion ``sample_dpmpp_2m_sde``).
 
     The first-order part is the exact Gaussian step of the reverse SDE with the data
-    prediction frozen, which is DDPM's ancestral step (``ddim_update`` with ``eta = 1``:
+    prediction frozen, which is DDPM's ancestral step (``ddim`` with ``eta = 1``:
     ``x' = (s1/s0) e^{-h} x + a1 (1 - e^{-2h}) x0 + s1 sqrt(1 - e^{-2h}) z``); the
     second-order correction adds ``0.5 a1 (1 - e^{-2h}) D1``. Noise ``z`` comes from each
-    row's own stream (``state['rng']``). ``order = 2`` names its multistep drift, as
+    row's own stream (``state.rng``). ``order = 2`` names its multistep drift, as
     k-diffusion does; as a stochastic scheme it converges in distribution, not pathwise.
     """
 
@@ -191,9 +171,10 @@ class DPMSolverPP2MSDE(DPMSolverPP):
     def options(self) -> dict:
         return {"lower_order_final": self.lower_order_final}
 
-    def _first_order(self, x: Tensor, i: int, state: State) -> tuple[object, float, float]:
+    def _first_order(self, x: Tensor, i: int, grid: Grid) -> tuple[object, float, float]:
         """The exact Gaussian step with the prediction frozen: DDIM with ``eta = 1``."""
-        return ddim_weights(state["grid"].host(), i, eta=1.0)
+        w = ddim_at(grid, i, eta=1.0)
+        return w.w_x, w.w_x0, w.noise
 
     def _correction(self, order: int, h: float, lams: list[float]) -> list[float]:
         """``0.5 (1 - e^{-2h}) D1`` with ``D1 = (m0 - m1) / r0``."""
@@ -211,4 +192,4 @@ def dpmpp_3m(**options) -> DPMSolverPP:
 
 
 __all__ = ["THIRD_ORDER_FORMS", "DPMSolverPP", "DPMSolverPP2MSDE", "dpmpp_2m", "dpmpp_3m",
-           "push_history", "usable_history", "dpmpp_correction", "multistep_order", "LOWER_ORDER_FINAL_BELOW"]
+           "usable_history", "dpmpp_correction", "multistep_order", "LOWER_ORDER_FINAL_BELOW"]

@@ -35,14 +35,13 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from ..process import expand_to
-from .base import State, combine
-from .ddim import ddim_weights
+from .base import combine
+from .ddim import ddim_at
 from .dpmpp import dpmpp_correction, usable_history
-from .unipc import UniPC
-
-Tensor = torch.Tensor
+from .unipc import UniPC, UniPCState
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -70,14 +69,13 @@ class EVODiff(UniPC):
     def options(self) -> dict:
         return {}
 
-    def _correct(self, x: Tensor, m_new: Tensor, i: int, state: State) -> Tensor:
+    def _correct(self, x: Tensor, m_new: Tensor, i: int, state: UniPCState) -> Tensor:
         """Refine the prediction at ``ts[i]`` with the model output there (see module doc)."""
-        host = state["grid"].host()
-        h = host.lam[i] - host.lam[i - 1]
-        x_prev = state["last_x"]
-        _, w_m0, _ = ddim_weights(host, i - 1)  # the first-order step from ts[i - 1] with m0
+        grid = state.grid
+        h = grid.lam[i] - grid.lam[i - 1]
+        x_prev = state.last_x
         m0, older, rks = self._older(state, i - 1, h)
-        out = combine(x_prev, state["grid"].sigma_ratios(x_prev)[i - 1], (m0,), (w_m0,))
+        out = combine(x_prev, grid.on(x_prev).sigma_ratio[i - 1], (m0,), (ddim_at(grid, i - 1).w_x0,))
         weight = (math.expm1(-h) + h) / h if math.isfinite(h) else 1.0
         d_forward = m_new - m0  # h * D_f
         if rks:  # (m_{-1} - m0) / r_1 with r_1 = -h_{-1} / h: this is h * D_b
@@ -86,21 +84,19 @@ class EVODiff(UniPC):
             slope = (1 - eta) * d_forward + eta * d_backward
         else:
             slope = d_forward
-        return out.add_(slope, alpha=host.alpha[i] * weight)
+        return out.add_(slope, alpha=grid.alpha[i] * weight)
 
-    def _predict(self, x: Tensor, x0: Tensor, i: int, state: State) -> Tensor:
-        """DPM-Solver++(2M) prediction from ``ts[i]`` to ``ts[i + 1]``."""
-        host = state["grid"].host()
-        _, w_m0, _ = ddim_weights(host, i)
-        m, lams = usable_history(state)
-        state["last_order"] = min(len(m), 2)
+    def _predict(self, x: Tensor, x0: Tensor, i: int, state: UniPCState) -> tuple[Tensor, int]:
+        """DPM-Solver++(2M) prediction from ``ts[i]`` to ``ts[i + 1]``; returns it and its order."""
+        grid = state.grid
+        w_m0 = ddim_at(grid, i).w_x0
+        m, lams = usable_history(grid, state.history)
         preds, weights = [x0], [w_m0]
         if len(m) >= 2:
-            a1 = host.alpha[i + 1]
             preds = m[-2:]  # m[-1] is x0
-            weights = [a1 * w for w in dpmpp_correction(2, host.lam[i + 1] - host.lam[i], lams[-2:])]
+            weights = [grid.alpha[i + 1] * w for w in dpmpp_correction(2, grid.lam[i + 1] - grid.lam[i], lams[-2:])]
             weights[-1] += w_m0
-        return combine(x, state["grid"].sigma_ratios(x)[i], preds, weights)
+        return combine(x, grid.on(x).sigma_ratio[i], preds, weights), min(len(m), 2)
 
 
 __all__ = ["EVODiff", "variance_optimal_eta"]

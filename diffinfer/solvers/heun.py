@@ -1,17 +1,24 @@
 """Heun's second-order method on the probability-flow ODE."""
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from ..process import expand_to
-from .base import Solver, State, points
-from .ddim import ddim_step
+from torch import Tensor
 
-Tensor = torch.Tensor
+from .base import Solver, SolverState, combine
+from .ddim import ddim_at, ddim_from_prediction
+
 VARIABLES = ("auto", "sigma", "t")
 #: 'auto' leaves the sigma variable where sigma/alpha exceeds 1e4 on the grid: x/alpha then
 #: carries no precision (alpha = 0 at rectified flow's t = 1; cos(pi/2) ~ 6e-17 in float64)
 SIGMA_RATIO_LIMIT_INV = 1e-4
+
+
+@dataclass(frozen=True)
+class HeunState(SolverState):
+    """``variable``: the integration variable chosen for the grid (``'sigma'`` or ``'t'``)."""
+
+    variable: str = "sigma"
 
 
 class Heun(Solver):
@@ -22,6 +29,12 @@ class Heun(Solver):
     (diffusers ``FlowMatchHeunDiscreteScheduler`` for flows). ``'auto'`` takes ``sigma`` unless
     ``alpha = 0`` on the grid (rectified flow at ``t = 1``), where ``sigma/alpha`` is infinite,
     or numerically negligible (``sigma/alpha > 1e4``, e.g. a cosine interpolant at ``t = 1``).
+    The predictor is the DDIM (Euler) step; both stages are one ``combine`` of the sample and
+    the two predictions with host weights:
+
+    - sigma: ``x' = (a1/a0) x + (a1 h/2) (eps + eps')``, ``h = s1/a1 - s0/a0``;
+    - t: ``x' = x + (dt/2) (a0' x0 + s0' eps + a1' x0' + s1' eps')``.
+
     The step to ``t = 0`` is an Euler step (it returns the denoised estimate): 2 NFE per
     step, 1 for the last.
     """
@@ -29,6 +42,7 @@ class Heun(Solver):
     name = "heun"
     order = 2
     evals_per_step = 2
+    State = HeunState
 
     def __init__(self, variable: str = "auto"):
         if variable not in VARIABLES:
@@ -38,27 +52,25 @@ class Heun(Solver):
     def options(self) -> dict:
         return {"variable": self.variable}
 
-    def init(self, den, x, ts, rng=None) -> State:
-        state = super().init(den, x, ts, rng)
+    def initial_fields(self, grid, x) -> dict:
         variable = self.variable
         if variable == "auto":
-            grid = state["grid"]
-            variable = "t" if bool((grid.alpha <= SIGMA_RATIO_LIMIT_INV * grid.sigma).any()) else "sigma"
-        state["variable"] = variable
-        return state
+            tiny = any(a <= SIGMA_RATIO_LIMIT_INV * s for a, s in zip(grid.alpha, grid.sigma))
+            variable = "t" if tiny else "sigma"
+        return {"variable": variable}
 
-    def step(self, den, x: Tensor, i: int, state: State):
-        here, there = points(state, i)
-        x0, eps = den.predict(x, here.t)
-        x_euler = ddim_step(x, here, there, x0, eps)
-        if float(there.t) == 0.0:
-            return x_euler, state
-        x0_b, eps_b = den.predict(x_euler, there.t)
-        if state["variable"] == "sigma":
-            h = there.sigma_over_alpha - here.sigma_over_alpha
-            x_new = there.cast("alpha", x) * (x / here.cast("alpha", x) + expand_to(0.5 * h, x) * (eps + eps_b))
-        else:
-            u0 = here.cast("d_alpha", x) * x0 + here.cast("d_sigma", x) * eps
-            u1 = there.cast("d_alpha", x) * x0_b + there.cast("d_sigma", x) * eps_b
-            x_new = x + expand_to(0.5 * (there.t - here.t), x) * (u0 + u1)
-        return x_new, state
+    def step(self, den, x: Tensor, i: int, state: HeunState):
+        grid = state.grid
+        x0, eps = den.predict(x, grid.point(i))
+        if grid.t[i + 1] == 0.0:  # the denoised estimate
+            return x0, state
+        x_euler = ddim_from_prediction(ddim_at(grid, i), x0, eps)
+        x0_b, eps_b = den.predict(x_euler, grid.point(i + 1))
+        a0, a1 = grid.alpha[i], grid.alpha[i + 1]
+        if state.variable == "sigma":
+            h = grid.sigma[i + 1] / a1 - grid.sigma[i] / a0
+            return combine(x, a1 / a0, (eps, eps_b), (0.5 * a1 * h, 0.5 * a1 * h)), state
+        half_dt = 0.5 * (grid.t[i + 1] - grid.t[i])
+        weights = (half_dt * grid.d_alpha[i], half_dt * grid.d_sigma[i],
+                   half_dt * grid.d_alpha[i + 1], half_dt * grid.d_sigma[i + 1])
+        return combine(x, 1.0, (x0, eps, x0_b, eps_b), weights), state

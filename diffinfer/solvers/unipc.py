@@ -21,14 +21,14 @@ new point's prediction. History points at ``lambda = -inf`` are dropped as in ``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
+from torch import Tensor
 
-from .base import Solver, State, combine
-from .ddim import ddim_weights
-from .dpmpp import push_history
+from .base import MultistepState, Solver, combine
+from .ddim import ddim_at
 
-Tensor = torch.Tensor
 VARIANTS = ("bh1", "bh2")
 
 
@@ -94,6 +94,17 @@ def difference_weights(w_m0: float, a1: float, ws: list[float], ratios: list[flo
     return out
 
 
+@dataclass(frozen=True)
+class UniPCState(MultistepState):
+    """UniPC's state: the multistep ``history``, the point ``last_x`` ``[B, ...]`` the previous
+    prediction started from, and that prediction's order ``last_order``."""
+
+    last_x: Tensor | None = None
+    last_order: int = 0
+
+    batch_fields: ClassVar[tuple[str, ...]] = ("history", "last_x")
+
+
 class UniPC(Solver):
     """UniPC (Zhao et al. 2023): UniP-p predictor + UniC corrector, data prediction,
     ``variant='bh1'|'bh2'``, ``order=2|3`` (the predictor's order; the corrector adds one
@@ -103,6 +114,7 @@ class UniPC(Solver):
     """
 
     stochastic = False
+    State = UniPCState
 
     def __init__(self, order: int = 2, variant: str = "bh2", lower_order_final: bool = True):
         if order not in (1, 2, 3):
@@ -117,67 +129,55 @@ class UniPC(Solver):
     def options(self) -> dict:
         return {"order": self.order, "variant": self.variant, "lower_order_final": self.lower_order_final}
 
-    def init(self, den, x, ts, rng=None) -> State:
-        state = super().init(den, x, ts, rng)
-        state["history"], state["history_i"] = [], []
-        state["last_x"] = None  # [B, ...]: the point the previous prediction started from
-        state["last_order"] = 0
-        return state
-
     @staticmethod
-    def _older(state: State, k0: int, h: float) -> tuple[Tensor, list[Tensor], list[float]]:
+    def _older(state: UniPCState, k0: int, h: float) -> tuple[Tensor, list[Tensor], list[float]]:
         """The newest prediction ``m_0`` (at grid point ``k0``), the older usable predictions
         (newest first; they stop at a point with ``lambda = -inf``) and their ratios
         ``r_k = (lambda_k - lambda_{k0}) / h``."""
-        lam = state["grid"].host().lam
-        hist, idx = state["history"], state["history_i"]
+        lam = state.grid.lam
         older, rks = [], []
-        for m, k in zip(reversed(hist[:-1]), reversed(idx[:-1])):
+        for k, m in reversed(state.history[:-1]):
             if not math.isfinite(lam[k]):
                 break
             older.append(m)
             rks.append((lam[k] - lam[k0]) / h)
-        return hist[-1], older, rks
+        return state.history[-1][1], older, rks
 
-    def _correct(self, x: Tensor, m_new: Tensor, i: int, state: State) -> Tensor:
+    def _correct(self, x: Tensor, m_new: Tensor, i: int, state: UniPCState) -> Tensor:
         """UniC: correct ``x`` (the prediction at ``ts[i]``) with the model output there."""
-        host = state["grid"].host()
-        order = state["last_order"]
-        h = host.lam[i] - host.lam[i - 1]
+        grid = state.grid
+        order = state.last_order
+        h = grid.lam[i] - grid.lam[i - 1]
         m0, older, rks = self._older(state, i - 1, h)
         older, rks = older[:order - 1], rks[:order - 1]
         ws = unipc_weights(h, rks, len(rks) + 1, self.variant, corrector=True)
-        _, w_m0, _ = ddim_weights(host, i - 1)
-        weights = difference_weights(w_m0, host.alpha[i], ws, rks + [1.0])
-        return combine(state["last_x"], state["grid"].sigma_ratios(x)[i - 1], [m0] + older + [m_new], weights)
+        weights = difference_weights(ddim_at(grid, i - 1).w_x0, grid.alpha[i], ws, rks + [1.0])
+        return combine(state.last_x, grid.on(x).sigma_ratio[i - 1], [m0] + older + [m_new], weights)
 
-    def step(self, den, x: Tensor, i: int, state: State):
+    def step(self, den, x: Tensor, i: int, state: UniPCState):
         """Evaluate at the predicted point, correct it (``i > 0``), predict the next point."""
-        grid = state["grid"]
-        x0 = den.x0_on_grid(x, grid[i])  # [B, ...]: the model at the (uncorrected) point
-        if i > 0 and state["last_x"] is not None:
+        grid = state.grid
+        x0 = den.predict(x, grid.point(i)).x0  # [B, ...]: the model at the (uncorrected) point
+        if i > 0 and state.last_x is not None:
             x = self._correct(x, x0, i, state)
-        push_history(state, x0, i, max(self.order, 2))
-        state["last_x"] = x
-        if grid.host().t[i + 1] == 0.0:  # the denoised estimate
-            state["last_order"] = 1
-            return x0, state
-        return self._predict(x, x0, i, state), state
+        state = state.replace(history=state.push(i, x0, max(self.order, 2)), last_x=x)
+        if grid.t[i + 1] == 0.0:  # the denoised estimate
+            return x0, state.replace(last_order=1)
+        x_next, order = self._predict(x, x0, i, state)
+        return x_next, state.replace(last_order=order)
 
-    def _predict(self, x: Tensor, x0: Tensor, i: int, state: State) -> Tensor:
-        """UniP-p from ``ts[i]`` (corrected ``x``, its prediction ``x0``) to ``ts[i + 1]``."""
-        host = state["grid"].host()
-        n_steps = len(host.t) - 1
-        order = min(self.order, n_steps - i) if self.lower_order_final else self.order
-        h = host.lam[i + 1] - host.lam[i]
+    def _predict(self, x: Tensor, x0: Tensor, i: int, state: UniPCState) -> tuple[Tensor, int]:
+        """UniP-p from ``ts[i]`` (corrected ``x``, its prediction ``x0``) to ``ts[i + 1]``;
+        returns the next point and the order used."""
+        grid = state.grid
+        order = min(self.order, grid.steps - i) if self.lower_order_final else self.order
+        h = grid.lam[i + 1] - grid.lam[i]
         _, older, rks = self._older(state, i, h)
         order = max(1, min(order, len(rks) + 1))
-        state["last_order"] = order
         older, rks = older[:order - 1], rks[:order - 1]
         ws = unipc_weights(h, rks, order, self.variant, corrector=False)
-        _, w_m0, _ = ddim_weights(host, i)
-        weights = difference_weights(w_m0, host.alpha[i + 1], ws, rks)
-        return combine(x, state["grid"].sigma_ratios(x)[i], [x0] + older, weights)
+        weights = difference_weights(ddim_at(grid, i).w_x0, grid.alpha[i + 1], ws, rks)
+        return combine(x, grid.on(x).sigma_ratio[i], [x0] + older, weights), order
 
 
-__all__ = ["UniPC", "unipc_weights", "difference_weights", "VARIANTS"]
+__all__ = ["UniPC", "UniPCState", "unipc_weights", "difference_weights", "VARIANTS"]

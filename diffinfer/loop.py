@@ -1,0 +1,163 @@
+"""The one driver loop, and ``sample`` on top of it.
+
+``iterate(den, solver, x, ts, rng)`` is a generator over the steps of a solve: it runs
+``solver.init`` once and ``solver.step`` per grid interval and yields a ``Step``
+(``i, x, state``) after step ``i`` (``x`` now at ``ts[i + 1]``); a consumer may replace the
+step's ``x`` and ``state`` before the next one (projection, resampling, branching). Every driver in the package consumes it
+(``sample``, inversion, inverse-problem resampling, SMC, search, tree search, flows, noise
+optimisation, composition), so none writes its own ``init``/``step`` loop; progress bars,
+callbacks and trajectories are thin consumers of the generator (docs/architecture.md).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from . import solvers as solver_registry
+from . import timesteps
+from .denoiser import DenoiserBase
+from .rng import SampleRNG, make_rng
+from .solvers.base import Solver, SolverState
+
+
+@dataclass
+class Step:
+    """What ``iterate`` yields after step ``i``: the sample ``x`` at ``ts[i + 1]``, the
+    solver ``state`` and the model ``den`` that took the step. Unpacks as ``i, x, state``.
+    A consumer that assigns ``step.x``, ``step.state`` or ``step.den`` before resuming the
+    generator makes the next step start from those (a projection after each step; SMC's
+    resampling, which selects rows of all three): that is the only way a driver changes
+    the loop's course."""
+
+    i: int
+    x: Tensor
+    state: SolverState
+    den: DenoiserBase
+
+    def __iter__(self):
+        return iter((self.i, self.x, self.state))
+
+
+def iterate(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, rng: SampleRNG | None = None, *,
+            start: int = 0, stop: int | None = None, state: SolverState | None = None) -> Iterator[Step]:
+    """Run ``solver`` on the grid ``ts`` from index ``start`` to ``stop`` (default: the end),
+    yielding a ``Step`` (``i, x, state``) after each step ``i``.
+
+    Without ``state`` a fresh solver state is started on ``ts[start:]`` (the solve begins at
+    ``ts[start]``, with the solver's warm-up there); with ``state`` (a state on the grid
+    ``ts``, e.g. one yielded earlier or a ``select``-ed copy) the run continues it. Indices
+    ``i`` are always positions in ``ts``. The generator keeps nothing but the yielded
+    ``Step``: stopping early and resuming from a yielded state gives the same steps.
+    """
+    n_steps = len(ts) - 1
+    stop = n_steps if stop is None else stop
+    if not 0 <= start <= stop <= n_steps:
+        raise ValueError(f"need 0 <= start <= stop <= {n_steps}, got start={start}, stop={stop}")
+    if state is None:
+        state = solver.init(den, x, ts[start:], rng)
+        offset = start
+    else:
+        offset = 0
+    for i in range(start, stop):
+        x, state = solver.step(den, x, i - offset, state)
+        step = Step(i, x, state, den)
+        yield step
+        x, state, den = step.x, step.state, step.den
+
+
+def rollout(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, start: int = 0, stop: int | None = None,
+            rng: SampleRNG | None = None, state: SolverState | None = None) -> tuple[Tensor, SolverState | None]:
+    """``iterate`` run through: the sample at ``ts[stop]`` and the last state (``state``
+    unchanged when ``start == stop``)."""
+    for step in iterate(den, solver, x, ts, rng, start=start, stop=stop, state=state):
+        x, state = step.x, step.state
+    return x, state
+
+
+@dataclass
+class SampleResult:
+    """``x``: the samples ``[B, ...]``; ``nfe``: network calls; ``wall_time``: seconds;
+    ``ts``: the grid used; ``trajectory``: ``[x_T, x_1, ..., x_N]`` if asked for; ``state``:
+    the solver's final state record."""
+
+    x: Tensor
+    nfe: int
+    wall_time: float
+    ts: Tensor
+    solver: str
+    trajectory: list[Tensor] | None = None
+    state: SolverState | None = None
+
+
+def initial_noise(den: DenoiserBase, shape: Sequence[int], ts: Tensor, rng: SampleRNG,
+                  dtype=torch.float32, device="cpu") -> Tensor:
+    """``sigma(t_0) * z`` with ``z`` from each row's own stream (``[B, *shape[1:]]``)."""
+    z = rng.randn(tuple(shape[1:]), dtype=dtype, device=device)
+    return z * float(den.process.sigma(ts[0]))
+
+
+def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | None = None,
+           solver="dpmpp-2m", steps: int = 10, ts=None, seed=None, progress: bool = False,
+           callback: Callable | None = None, return_trajectory: bool = False,
+           dtype=torch.float32, device="cpu", **solver_options) -> SampleResult:
+    """Draw samples by running ``solver`` over a time grid (``iterate``).
+
+    Args:
+        den: the model view (``Denoiser`` or any wrapper).
+        x_T: starting noise ``[B, ...]``; or give ``shape`` (``[B, ...]``) and it is drawn
+            as ``sigma(t_0) * z`` with per-sample streams.
+        solver: a name from ``diffinfer.solvers.names()`` or a ``Solver``; extra keyword
+            options go to it (e.g. ``eta=1.0``).
+        steps / ts: a number of steps on ``timesteps.default(process, steps)``, or a grid.
+        seed: int; row ``i`` uses stream ``(seed, i)`` for its initial and step noise, so a
+            sample's noise is bitwise the same alone or in a batch. ``(seed, indices)`` picks rows.
+        callback: ``callback(i, t_next, x, state)`` after each step.
+    Returns:
+        ``SampleResult`` with samples, NFE, wall time and (optionally) the trajectory.
+    """
+    if not isinstance(den, DenoiserBase):
+        raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
+    solver = solver_registry.get(solver, **solver_options)
+    ts = timesteps.resolve(den.process, steps, ts)
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give x_T or shape")
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 2 or min(shape) < 1:
+            raise ValueError(f"shape must be [B, ...] with positive sizes, got {shape}")
+        rng = make_rng(seed, shape[0], device)
+        x = initial_noise(den, shape, ts, rng, dtype=dtype, device=device)
+    else:
+        if not isinstance(x_T, Tensor) or x_T.dim() < 2:
+            raise ValueError("x_T must be a tensor shaped [B, ...]")
+        if shape is not None and tuple(shape) != tuple(x_T.shape):
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
+        if not bool(torch.isfinite(x_T).all()):
+            raise ValueError("x_T contains NaN or Inf")
+        x = x_T
+        rng = make_rng(seed, x.shape[0], x.device) if (solver.stochastic or seed is not None) else None
+
+    nfe0 = den.nfe
+    start = time.perf_counter()
+    traj = [x] if return_trajectory else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(ts) - 1, desc=solver.name, leave=False)
+    state = None
+    for i, x, state in iterate(den, solver, x, ts, rng):
+        if traj is not None:
+            traj.append(x)
+        if callback is not None:
+            callback(i, ts[i + 1], x, state)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(t=f"{float(ts[i + 1]):.3g}", nfe=den.nfe - nfe0)
+    if bar is not None:
+        bar.close()
+    return SampleResult(x=x, nfe=den.nfe - nfe0, wall_time=time.perf_counter() - start, ts=ts,
+                        solver=solver.name, trajectory=traj, state=state)
