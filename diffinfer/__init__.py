@@ -1,5 +1,5 @@
 """diffinfer: one inference engine for diffusion and flow models, continuous and discrete."""
-from . import solvers, timesteps
+from . import grids, solvers
 from .denoiser import PREDICTIONS, Denoiser, DenoiserBase, ModelOutputError, Prediction
 from .process import EDM, VE, VP, DiscreteVP, Interpolant, Process, RectifiedFlow, get_process
 from .rng import SampleRNG
@@ -10,5 +10,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Process", "VP", "VE", "EDM", "RectifiedFlow", "DiscreteVP", "Interpolant", "get_process",
     "Denoiser", "DenoiserBase", "Prediction", "PREDICTIONS", "ModelOutputError",
-    "SampleRNG", "sample", "SampleResult", "solvers", "timesteps",
+    "SampleRNG", "sample", "SampleResult", "solvers", "grids",
 ]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import timesteps
+from . import grids
 from .denoiser import DenoiserBase, summed_counter
 from .likelihood import gaussian_prior
 from .process import Process, expand_to
@@ -71,7 +71,7 @@ def ito_increment(x: Tensor, dx: Tensor, h: float, score: Tensor, f: float, g2: 
 
 
 def _positive_grid(process: Process, steps: int, ts) -> tuple[Tensor, bool]:
-    ts = timesteps.resolve(process, steps, ts)
+    ts = grids.resolve(process, steps, ts)
     ends_at_zero = float(ts[-1]) == 0.0
     return (ts[:-1] if ends_at_zero else ts), ends_at_zero
 

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import solvers as solver_registry
-from . import timesteps
+from . import grids
 from .denoiser import DenoiserBase
 from .rng import SampleRNG
 
@@ -77,7 +77,7 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
     if not isinstance(den, DenoiserBase):
         raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
     solver = solver_registry.get(solver, **solver_options)
-    ts = timesteps.resolve(den.process, steps, ts)
+    ts = grids.resolve(den.process, steps, ts)
     if x_T is None:
         if shape is None:
             raise ValueError("give x_T or shape")
