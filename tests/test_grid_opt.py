@@ -305,3 +305,33 @@ def test_holdout_keeps_the_checkpoint_best_on_held_out_noise():
     assert fit.loss <= fit.initial_loss
     with pytest.raises(ValueError, match="holdout"):
         grids.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, max_evals=5, holdout=(x_h[:, :1], teacher_h))
+
+
+def test_fit_from_a_given_t_max_and_to_a_given_t_min():
+    """``t_max`` / ``t_min`` are the fit's bounds (issue #14): the grid starts at ``t_max``,
+    its initial grids too, and with ``t_min`` its last noise level is ``t_min``."""
+    den = ring2d().denoiser(di.VP("linear"))
+    fit = grids.optimize(den, "unipc", 3, shape=(2,), n_train=16, teacher_steps=40, max_evals=30, t_max=0.8)
+    assert fit.ts[0] == 0.8 and fit.ts[-1] == 0.0 and len(fit.ts) == 4
+    assert fit.loss <= fit.initial_loss
+    assert all(float(g[0]) == 0.8 for g in grids.initial_grids(den.process, 3, t_max=0.8))
+    pinned = grids.optimize(den, "unipc", 4, shape=(2,), n_train=16, teacher_steps=40, max_evals=30,
+                            t_max=0.8, t_min=0.01)
+    assert pinned.ts[0] == 0.8 and pinned.ts[-2] == 0.01 and pinned.ts[-1] == 0.0 and len(pinned.ts) == 5
+    theta = grids.params_from_grid(pinned.grid, 1e-4, t_min=0.01)
+    assert theta.shape == (2,)
+    torch.testing.assert_close(grids.grid_from_params(theta, 0.8, 1e-4, t_min=0.01), pinned.grid, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="start at t_max=0.8"):
+        grids.optimize(den, "unipc", 3, shape=(2,), n_train=4, teacher_steps=4, t_max=0.8,
+                       init=[grids.logsnr(den.process, 3)])
+
+
+def test_unknown_keyword_arguments_raise_naming_them():
+    den = ring2d().denoiser(di.VP("linear"))
+    with pytest.raises(ValueError, match="unknown keyword argument.*'t_maks'"):
+        grids.optimize(den, "unipc", 3, shape=(2,), t_maks=0.8)
+    with pytest.raises(ValueError, match="'foo'") as info:
+        grids.optimize(den, "unipc", 3, shape=(2,), order=3, foo=1)
+    assert "'order'" not in str(info.value)
+    with pytest.raises(ValueError, match="unknown keyword argument.*'foo'"):
+        grids.fit_candidates(den, [("ddim", {})], 2, shape=(2,), n_train=4, teacher_steps=4, foo=1)
