@@ -4,7 +4,7 @@ Every method runs on the same model, the same starting noise and (for the anchor
 diffinfer's plain solvers) the same grids: each process's two usual grid families
 (log-SNR uniform and Karras for VP, uniform and SD3's shifted grid for rectified flow).
 diffinfer's optimised method is UniPC on a grid fitted per model and NFE against a
-200-step teacher from *other* starting noise (``diffinfer.timesteps.optimize``; Align
+200-step teacher from *other* starting noise (``diffinfer.grids.optimize``; Align
 Your Steps / LD3), whose last step returns the denoised estimate at a noise level the fit
 chooses.
 
@@ -17,8 +17,8 @@ same noise (SciPy DOP853 to ``t = 1e-5``, then the exact denoiser), sliced Wasse
 exact samples, and the exact mean log-density; on digits, ``fd_digits`` of 2,000 samples
 and RMSE to a 500-step endpoint, both in the goal table (FD is not monotone in the solver
 error there; the RMSE is). On digits the method is the best of several solvers, each on
-its own fitted grid, picked by training loss (``grid_opt.fit_candidates``), then refitted
-with decoupled model times (``grid_opt.ModelTimes``: the model evaluated at a fitted time
+its own fitted grid, picked by training loss (``grids.fit_candidates``), then refitted
+with decoupled model times (``grids.ModelTimes``: the model evaluated at a fitted time
 near each grid time, LD3's decoupled variant), on the same training noise. Overhead: time per step of each solver's own arithmetic with a model
 that costs nothing, against diffusers' ``step()`` of the same algorithm, as a ratio in
 one run.
@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 
 import diffinfer as di  # noqa: E402
 from bench import anchors  # noqa: E402
-from diffinfer import grid_opt, metrics, timesteps  # noqa: E402
+from diffinfer import grids, metrics  # noqa: E402
 from diffinfer.toys import gaussian_mixture  # noqa: E402
 
 Tensor = torch.Tensor
@@ -86,8 +86,8 @@ def make_process(kind: str):
 def grid_families(process) -> dict:
     """The two usual grid families of a process: ``{name: builder(process, steps)}``."""
     if anchors.process_kind(process) == "flow":
-        return {"uniform": timesteps.uniform, "flow-shift": timesteps.flow_shift}
-    return {"logsnr": timesteps.logsnr, "karras": timesteps.karras}
+        return {"uniform": grids.uniform, "flow-shift": grids.flow_shift}
+    return {"logsnr": grids.logsnr, "karras": grids.karras}
 
 
 def starting_noise(process, n: int, dim_shape, seed: int, dtype=F64) -> Tensor:
@@ -119,7 +119,7 @@ def toy_scores(toy, x: Tensor, x_ref: Tensor, exact_samples: Tensor) -> dict:
 def method_label(solver: str, opts: dict, model_times: bool = False) -> str:
     """``unipc+opt-grid`` / ``unipc[order=3]+opt-grid`` / ``unipc+model-times+opt-grid``: the row
     name of a fitted-grid method."""
-    return grid_opt.grid_key(solver, 0, opts, model_times).rsplit("/", 1)[0] + "+opt-grid"
+    return grids.grid_key(solver, 0, opts, model_times).rsplit("/", 1)[0] + "+opt-grid"
 
 
 def record_label(rec) -> str:
@@ -130,23 +130,23 @@ def record_label(rec) -> str:
 def optimized_grid(model: str, den, sample_shape, steps: int, grids_dir: pathlib.Path, compute: bool,
                    candidates=None, n_train: int = 128, evals_per_step: int = 60, dtype=F64, meta=None,
                    model_times: dict | None = None, **fit_options):
-    """The saved best fitted record (``grid_opt.OptimizedGrid``) for (model, steps) among
+    """The saved best fitted record (``grids.OptimizedGrid``) for (model, steps) among
     ``candidates`` (``[(solver, options)]``, default ``OPTIMIZED``'s solver), fitted now (and
     saved) if missing and ``compute``; ``None`` if missing and not ``compute``. The fit
-    (``grid_opt.fit_candidates``, training seed 777) starts from the process's default and
+    (``grids.fit_candidates``, training seed 777) starts from the process's default and
     Karras grids and from the best saved shorter grid, grown to ``steps``.
 
     ``model_times`` (``{"evals_per_step": .., "restarts": ..}``, or a list of such settings,
     of which the fit with the lowest held-out loss is kept): then the best candidate is
-    refitted with decoupled model times (``grid_opt.optimize(model_times=True)``) from its
+    refitted with decoupled model times (``grids.optimize(model_times=True)``) from its
     fitted grid, on the same training noise and teacher, keeping the fit's checkpoint with
     the lowest loss on held-out training noise (seed 778; the start, the plain grid, among
     them), and that record (whose training loss is never above the plain one's) is returned."""
     candidates = candidates or [OPTIMIZED[:2]]
     path = grids_dir / f"{model}.json"
-    saved = grid_opt.load(path) if path.exists() else {}
+    saved = grids.load(path) if path.exists() else {}
     try:
-        g = grid_opt.best(saved, steps, candidates)
+        g = grids.best(saved, steps, candidates)
     except KeyError:
         if not compute:
             return None
@@ -155,41 +155,41 @@ def optimized_grid(model: str, den, sample_shape, steps: int, grids_dir: pathlib
     if not model_times:
         return g
     try:
-        return grid_opt.best(saved, steps, [(g.solver, g.solver_options, True)])
+        return grids.best(saved, steps, [(g.solver, g.solver_options, True)])
     except KeyError:
         if not compute:
             return g
-    holdout = grid_opt.training_set(den, n_train=n_train, shape=sample_shape, seed=778, dtype=dtype,
-                                    **{k: fit_options[k] for k in ("teacher_steps", "t_lo") if k in fit_options})
+    holdout = grids.training_set(den, n_train=n_train, shape=sample_shape, seed=778, dtype=dtype,
+                                 **{k: fit_options[k] for k in ("teacher_steps", "t_lo") if k in fit_options})
     fits = []
     for setting in ([model_times] if isinstance(model_times, dict) else list(model_times)):
-        fit = grid_opt.optimize(den, g.solver, steps, shape=sample_shape, n_train=n_train, seed=777, init=[g.grid],
-                                max_evals=setting["evals_per_step"] * steps, restarts=setting.get("restarts", 0),
-                                dtype=dtype, model_times=True, holdout=holdout, **fit_options, **g.solver_options)
+        fit = grids.optimize(den, g.solver, steps, shape=sample_shape, n_train=n_train, seed=777, init=[g.grid],
+                             max_evals=setting["evals_per_step"] * steps, restarts=setting.get("restarts", 0),
+                             dtype=dtype, model_times=True, holdout=holdout, **fit_options, **g.solver_options)
         print(f"  fitted {model} {fit.key} {setting}: loss {fit.initial_loss:.3g} -> {fit.loss:.3g}, held-out "
               f"{fit.initial_holdout_loss:.3g} -> {fit.holdout_loss:.3g} in {fit.seconds:.1f}s", flush=True)
         fits.append(fit)
     fit = min(fits, key=lambda f: f.holdout_loss)  # chosen on held-out training noise, never on the bench's
-    grid_opt.save(path, fit)
+    grids.save(path, fit)
     return fit
 
 
 def _fit_candidates(model, den, sample_shape, steps, path, saved, candidates, n_train, evals_per_step, dtype, meta,
                     **fit_options):
     """``optimized_grid``'s plain fit of ``candidates`` (saved to ``path``); the best record."""
-    starts = grid_opt.initial_grids(den.process, steps)
+    starts = grids.initial_grids(den.process, steps)
     shorter = [g for g in saved.values() if 2 <= g.steps < steps and g.model_ts is None
                and (g.solver, g.solver_options) in [(n, dict(o)) for n, o in candidates]]
     if shorter:
         longest = max(g.steps for g in shorter)
-        starts.append(grid_opt.grow(grid_opt.best(shorter, longest).grid, steps))
-    fits = grid_opt.fit_candidates(den, candidates, steps, shape=sample_shape, n_train=n_train, seed=777,
-                                   max_evals=evals_per_step * steps, init=starts, dtype=dtype, **fit_options)
-    grid_opt.save(path, fits, meta={"model": model, "teacher": "dpmpp-3m, 200 steps, default grid",
-                                    "train_seed": 777, "n_train": n_train,
-                                    "starts": "default and Karras grids, and the best shorter fitted grid grown; "
-                                              "later candidates from the best grid fitted so far",
-                                    **(meta or {})})
+        starts.append(grids.grow(grids.best(shorter, longest).grid, steps))
+    fits = grids.fit_candidates(den, candidates, steps, shape=sample_shape, n_train=n_train, seed=777,
+                                max_evals=evals_per_step * steps, init=starts, dtype=dtype, **fit_options)
+    grids.save(path, fits, meta={"model": model, "teacher": "dpmpp-3m, 200 steps, default grid",
+                                 "train_seed": 777, "n_train": n_train,
+                                 "starts": "default and Karras grids, and the best shorter fitted grid grown; "
+                                           "later candidates from the best grid fitted so far",
+                                 **(meta or {})})
     for g in fits:
         print(f"  fitted {model} {g.key}: loss {g.initial_loss:.3g} -> {g.loss:.3g} in {g.seconds:.1f}s", flush=True)
     return fits[0]
@@ -210,7 +210,7 @@ def run_toy(model: str, nfes, n_eval: int, grids_dir: pathlib.Path, compute_grid
     exact_samples = toy.sample(4000, seed=1)
     fams = grid_families(process)
     if families == "default":
-        default_name = timesteps.default_builder(process).__name__
+        default_name = grids.default_builder(process).__name__
         fams = {k: v for k, v in fams.items() if v.__name__ == default_name}
     rows = []
 
@@ -281,7 +281,7 @@ DIGITS_CONVERGED_LABEL = "dpmpp-3m converged"
 #: fitted-grid candidates on digits; the one with the lowest training loss is evaluated
 DIGITS_CANDIDATES = [("unipc", {}), ("unipc", {"order": 3})]
 DIGITS_FIT = {"n_train": 64, "evals_per_step": 20}
-#: then the best candidate refitted with decoupled model times (``grid_opt.ModelTimes``):
+#: then the best candidate refitted with decoupled model times (``grids.ModelTimes``):
 #: Nelder-Mead budget per step and restarts; each setting is fitted and the one with the
 #: lowest loss on held-out training noise (seed 778) kept (Nelder-Mead's path differs, and
 #: neither setting wins at every NFE)
@@ -302,8 +302,8 @@ def by_chunks(fn, den, x_T: Tensor, chunk: int = DIGITS_CHUNK) -> Tensor:
 def digits_reference(den, x_T: Tensor) -> Tensor:
     """The digits reference endpoint: DPM-Solver++(3M), ``DIGITS_REFERENCE_STEPS`` steps of the
     default grid down to the network's smallest training time ``t_min``, then ``t = 0`` (the
-    grid fits' teacher, ``grid_opt.teacher_endpoint``, with more steps)."""
-    return grid_opt.teacher_endpoint(den, x_T, DIGITS_REFERENCE_STEPS, "dpmpp-3m", t_end=den.process.t_min)
+    grid fits' teacher, ``grids.teacher_endpoint``, with more steps)."""
+    return grids.teacher_endpoint(den, x_T, DIGITS_REFERENCE_STEPS, "dpmpp-3m", t_end=den.process.t_min)
 
 
 def digits_grid(base, nfe: int, grids_dir: pathlib.Path, compute: bool):
@@ -356,7 +356,7 @@ def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: boo
 
     Anchors run on both VP grid families (log-SNR and Karras). diffinfer's method is the
     best of ``DIGITS_CANDIDATES`` on a grid fitted per NFE to the reference sampler from
-    other noise (seed 777) and labels ``i % 10`` (``grid_opt.fit_candidates``), the pick
+    other noise (seed 777) and labels ``i % 10`` (``grids.fit_candidates``), the pick
     made by training loss; the network is never queried below its ``t_min``."""
     base, reason = load_digits()
     if base is None:
@@ -383,8 +383,8 @@ def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: boo
 
     budget = DIGITS_CONVERGED_STEPS
     t1 = time.perf_counter()
-    x = by_chunks(lambda d, x0: grid_opt.teacher_endpoint(d, x0, DIGITS_CONVERGED_STEPS, "dpmpp-3m",
-                                                          t_end=process.t_min), den, x_T)
+    x = by_chunks(lambda d, x0: grids.teacher_endpoint(d, x0, DIGITS_CONVERGED_STEPS, "dpmpp-3m",
+                                                       t_end=process.t_min), den, x_T)
     record(DIGITS_CONVERGED_LABEL, "reference", "default", DIGITS_CONVERGED_STEPS, DIGITS_CONVERGED_STEPS, x,
            time.perf_counter() - t1)
     for nfe in nfes:
@@ -405,8 +405,8 @@ def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: boo
             rec = digits_grid(base, nfe, grids_dir, compute_grids)
             if rec is not None:
                 t1 = time.perf_counter()
-                x = by_chunks(lambda d, x0: grid_opt.solve(rec.denoiser(d), x0, rec.solver, rec.grid,
-                                                           **rec.solver_options), den, x_T)
+                x = by_chunks(lambda d, x0: grids.solve(rec.denoiser(d), x0, rec.solver, rec.grid,
+                                                        **rec.solver_options), den, x_T)
                 record(record_label(rec), "diffinfer", "optimized", nfe, nfe, x, time.perf_counter() - t1)
     return rows, None
 
@@ -425,7 +425,7 @@ def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5) -> list[di
     process = di.VP("linear")
     out = torch.zeros(shape)  # the zero-cost model's output
     den = di.Denoiser(lambda x, t: out, process, prediction="x0", check=False)
-    ts = timesteps.logsnr(process, steps)
+    ts = grids.logsnr(process, steps)
     x0 = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     rows = []
     for anchor in OVERHEAD_ANCHORS:
@@ -458,7 +458,7 @@ def digits_wall_time(nfe: int = 10, n: int = 500) -> dict | None:
         return None
     den = base.bind(label=digits_labels(n))
     x_T = starting_noise(base.process, n, tuple(base.shape), seed=3, dtype=torch.float32)
-    ts = timesteps.default(base.process, nfe)
+    ts = grids.default(base.process, nfe)
     times = {"diffinfer dpmpp-2m": [], "diffusers-dpmpp-2m": []}
     with torch.no_grad():
         for _ in range(3):

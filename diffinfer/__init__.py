@@ -1,14 +1,14 @@
 """diffinfer: one inference engine for diffusion and flow models, continuous and discrete."""
-from . import solvers, timesteps
+from . import grids, solvers
 from .denoiser import PREDICTIONS, Denoiser, DenoiserBase, ModelOutputError, Prediction
 from .process import EDM, VE, VP, DiscreteVP, Interpolant, Process, RectifiedFlow, get_process
 from .rng import SampleRNG
-from .loop import SampleResult, sample
+from .loop import SampleResult, iterate, sample
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Process", "VP", "VE", "EDM", "RectifiedFlow", "DiscreteVP", "Interpolant", "get_process",
     "Denoiser", "DenoiserBase", "Prediction", "PREDICTIONS", "ModelOutputError",
-    "SampleRNG", "sample", "iterate", "SampleResult", "solvers", "timesteps",
+    "SampleRNG", "sample", "iterate", "SampleResult", "solvers", "grids",
 ]

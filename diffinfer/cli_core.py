@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from . import metrics, solvers, timesteps
+from . import grids as timesteps, metrics, solvers
 from .process import PROCESSES, get_process
 from .loop import sample
 from .toys import gaussian_mixture

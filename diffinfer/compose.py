@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from . import timesteps
+from . import grids
 from .denoiser import DenoiserBase, Prediction, summed_counter
 from .likelihood import gaussian_prior
 from .loop import initial_noise, iterate
@@ -68,7 +68,7 @@ def ito_increment(x: Tensor, dx: Tensor, h: float, score: Tensor, f: float, g2: 
 
 
 def _positive_grid(process: Process, steps: int, ts) -> tuple[Tensor, bool]:
-    ts = timesteps.resolve(process, steps, ts)
+    ts = grids.resolve(process, steps, ts)
     ends_at_zero = float(ts[-1]) == 0.0
     return (ts[:-1] if ends_at_zero else ts), ends_at_zero
 

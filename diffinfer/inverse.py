@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import solvers as solver_registry
-from . import timesteps
+from . import grids
 from .denoiser import DenoiserBase, Prediction, summed_counter
 from .guidance import GradientGuidance
 from .rng import SampleRNG
@@ -426,7 +426,7 @@ def sample_with_resampling(den: DenoiserBase, shape: Sequence[int], solver="ddpm
     projection). Randomness comes from each row's stream."""
     solver = solver_registry.get(solver, **solver_options)
     p = den.process
-    ts = timesteps.resolve(p, steps, ts)
+    ts = grids.resolve(p, steps, ts)
     shape = tuple(int(v) for v in shape)
     rng = make_rng(seed, shape[0], device)
     x = initial_noise(den, shape, ts, rng, dtype=dtype, device=device)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from . import solvers as solver_registry
-from . import timesteps
+from . import grids
 from .denoiser import DenoiserBase
 from .grids.grid import GridPoint
 from .loop import iterate
@@ -46,7 +46,7 @@ class Inversion:
 
 def ddim_invert(den: DenoiserBase, x0: Tensor, steps: int = 50, ts: Tensor | None = None,
                 fixed_point_iters: int = 0) -> Inversion:
-    """Invert deterministic DDIM on the descending grid ``ts`` (default ``timesteps.default``).
+    """Invert deterministic DDIM on the descending grid ``ts`` (default ``grids.default``).
 
     Walks the grid upward: from ``x`` at ``t`` to ``t_up`` with ``eps`` from the model,
     ``x0 = (x - s eps) / a``, ``x_up = a_up x0 + s_up eps`` (the DDIM step, solved for its
@@ -58,7 +58,7 @@ def ddim_invert(den: DenoiserBase, x0: Tensor, steps: int = 50, ts: Tensor | Non
     if fixed_point_iters < 0:
         raise ValueError(f"fixed_point_iters must be >= 0, got {fixed_point_iters}")
     p = den.process
-    ts = timesteps.resolve(p, steps, ts)
+    ts = grids.resolve(p, steps, ts)
     nfe0 = den.nfe
     x = x0
     traj = [x]
@@ -192,7 +192,7 @@ def dpm_encode(den: DenoiserBase, x: Tensor, solver="ddpm", steps: int = 50, ts:
     """Encode ``x`` ``[B, ...]`` into the noises of a stochastic ``solver`` (CycleDiffusion).
 
     The grid must end above ``t = 0`` (``x`` plays ``x_{t_N}``, as CycleDiffusion's ``x_0``);
-    the default is ``timesteps.default_builder(process)(process, steps, final_zero=False)``.
+    the default is ``grids.default_builder(process)(process, steps, final_zero=False)``.
     The solver's step must be affine in its one noise draw, ``x' = m + c z`` (every
     registered stochastic solver is): ``m`` and ``c`` come from two probe steps, then
     ``z = (x_{t_{i+1}} - m) / c`` and the step is replayed with ``z`` so the encoder walks
@@ -204,8 +204,8 @@ def dpm_encode(den: DenoiserBase, x: Tensor, solver="ddpm", steps: int = 50, ts:
         raise ValueError(f"the DPM-Encoder needs a stochastic solver (e.g. 'ddpm'); {solver_obj.name!r} is deterministic")
     p = den.process
     if ts is None:
-        ts = timesteps.default_builder(p)(p, steps, final_zero=False)
-    ts = timesteps.validate(ts)
+        ts = grids.default_builder(p)(p, steps, final_zero=False)
+    ts = grids.validate(ts)
     if float(ts[-1]) == 0.0:
         raise ValueError("the DPM-Encoder needs a grid ending above t = 0 (the last step must be stochastic); "
                          "build it with final_zero=False")

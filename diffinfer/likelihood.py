@@ -6,7 +6,7 @@ Chen et al. 2018 (neural ODEs) and Grathwohl et al. 2019 (FFJORD):
 the velocity ``den.velocity``. The divergence is exact (one backward pass per dimension,
 for small dimensions) or Hutchinson's estimate ``E[z^T (dv/dx) z]`` with Rademacher or
 Gaussian probes held fixed along the path (FFJORD). Integration is classical RK4 on a
-``timesteps.default_builder`` grid from ``t0`` up to ``T``.
+``grids.default_builder`` grid from ``t0`` up to ``T``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from . import timesteps
+from . import grids
 from .denoiser import DenoiserBase
 
 Tensor = torch.Tensor
@@ -86,7 +86,7 @@ def log_likelihood(den: DenoiserBase, x: Tensor, steps: int = 100, t_min: float 
     process = den.process
     if t_min is None:
         t_min = process.t_min if process.t_min > 0 else 1e-3
-    grid = timesteps.default_builder(process)(process, steps, t_max=t_max, t_min=t_min, final_zero=False).flip(0)  # ascending
+    grid = grids.default_builder(process)(process, steps, t_max=t_max, t_min=t_min, final_zero=False).flip(0)  # ascending
     probes = None
     if divergence == "hutchinson":
         g = torch.Generator(device=x.device).manual_seed(seed)

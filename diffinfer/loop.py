@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import solvers as solver_registry
-from . import timesteps
+from . import grids
 from .denoiser import DenoiserBase
 from .rng import SampleRNG, make_rng
 from .solvers.base import Solver, SolverState
@@ -112,7 +112,7 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
             as ``sigma(t_0) * z`` with per-sample streams.
         solver: a name from ``diffinfer.solvers.names()`` or a ``Solver``; extra keyword
             options go to it (e.g. ``eta=1.0``).
-        steps / ts: a number of steps on ``timesteps.default(process, steps)``, or a grid.
+        steps / ts: a number of steps on ``grids.default(process, steps)``, or a grid.
         seed: int; row ``i`` uses stream ``(seed, i)`` for its initial and step noise, so a
             sample's noise is bitwise the same alone or in a batch. ``(seed, indices)`` picks rows.
         callback: ``callback(i, t_next, x, state)`` after each step.
@@ -122,7 +122,7 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
     if not isinstance(den, DenoiserBase):
         raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
     solver = solver_registry.get(solver, **solver_options)
-    ts = timesteps.resolve(den.process, steps, ts)
+    ts = grids.resolve(den.process, steps, ts)
     if x_T is None:
         if shape is None:
             raise ValueError("give x_T or shape")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffinfer as di
-from diffinfer import timesteps
+from diffinfer import grids
 from diffinfer.toys import ring2d
 
 pytest.importorskip("diffusers")
@@ -41,7 +41,7 @@ def _compare(process, names, ts, tol):
 def test_vp_anchors_agree_with_the_same_diffinfer_algorithm(grid):
     """diffusers upcasts part of its arithmetic to float32 (DPM-Solver, Euler), hence 1e-6."""
     process = di.VP("linear")
-    ts = timesteps.get(grid, process, 7)
+    ts = grids.get(grid, process, 7)
     names = [n for n in anchors.ANCHORS if "vp" in anchors.ANCHORS[n].kinds]
     checked = _compare(process, names, ts, tol=1e-6)
     assert {"diffusers-ddim", "diffusers-euler", "diffusers-dpmpp-2m", "diffusers-dpmpp-3m",
@@ -50,12 +50,12 @@ def test_vp_anchors_agree_with_the_same_diffinfer_algorithm(grid):
 
 def test_flow_anchors_agree_with_the_same_diffinfer_algorithm():
     process = di.RectifiedFlow()
-    checked = _compare(process, ["diffusers-flow-euler", "diffusers-dpmpp-2m"], timesteps.uniform(process, 7), tol=1e-6)
+    checked = _compare(process, ["diffusers-flow-euler", "diffusers-dpmpp-2m"], grids.uniform(process, 7), tol=1e-6)
     assert len(checked) == 2
     # from alpha = 0 (t = 1) the two libraries differ by design: diffinfer drops the history
     # point at lambda = -inf and lowers the order (3M) or takes the exact h -> inf limit of the
     # corrector (UniPC), where diffusers runs its formulas on inf; from t < 1 they agree
-    checked = _compare(process, ["diffusers-dpmpp-3m", "diffusers-unipc"], timesteps.uniform(process, 7, t_max=0.98),
+    checked = _compare(process, ["diffusers-dpmpp-3m", "diffusers-unipc"], grids.uniform(process, 7, t_max=0.98),
                        tol=1e-6)
     assert len(checked) == 2
 
@@ -65,7 +65,7 @@ def test_k_diffusion_anchors_agree_or_skip():
     if module is None:
         pytest.skip(reason)
     process = di.VP("linear")
-    checked = _compare(process, ["kdiff-euler", "kdiff-heun", "kdiff-dpmpp-2m"], timesteps.logsnr(process, 6), tol=1e-9)
+    checked = _compare(process, ["kdiff-euler", "kdiff-heun", "kdiff-dpmpp-2m"], grids.logsnr(process, 6), tol=1e-9)
     assert len(checked) == 3
 
 
@@ -136,13 +136,12 @@ def test_optimized_grid_refits_the_best_candidate_with_model_times(tmp_path):
     one is refitted with decoupled model times from its grid on the same training set (so its
     loss starts at the plain loss and ends no higher), saved beside it, and read back."""
     from bench import solvers as bench
-    from diffinfer import grid_opt
     from diffinfer.toys import gaussian_mixture
     den = gaussian_mixture.preset("ring2d").denoiser(di.VP("linear"))
     kw = dict(candidates=[("ddim", {}), ("unipc", {})], n_train=8, evals_per_step=4, teacher_steps=20)
     rec = bench.optimized_grid("ring2d-vp", den, (2,), 3, tmp_path, True, model_times={"evals_per_step": 4}, **kw)
-    saved = grid_opt.load(tmp_path / "ring2d-vp.json")
-    plain = grid_opt.best(saved, 3, kw["candidates"])
+    saved = grids.load(tmp_path / "ring2d-vp.json")
+    plain = grids.best(saved, 3, kw["candidates"])
     assert rec.model_ts is not None and rec.key == plain.key.replace("/3", "+model-times/3")
     assert rec.initial_loss == plain.loss and rec.loss <= plain.loss
     again = bench.optimized_grid("ring2d-vp", den, (2,), 3, tmp_path, False, model_times={"evals_per_step": 4}, **kw)
@@ -156,7 +155,6 @@ def test_optimized_grid_keeps_the_model_times_setting_with_the_lowest_held_out_l
     """With a list of fit settings each is fitted and the record with the lowest held-out loss
     is the one saved and returned (a choice made on held-out training noise only)."""
     from bench import solvers as bench
-    from diffinfer import grid_opt
     from diffinfer.toys import gaussian_mixture
     den = gaussian_mixture.preset("ring2d").denoiser(di.VP("linear"))
     kw = dict(candidates=[("unipc", {})], n_train=8, evals_per_step=4, teacher_steps=20)
@@ -167,4 +165,4 @@ def test_optimized_grid_keeps_the_model_times_setting_with_the_lowest_held_out_l
     assert fits[0].holdout_loss != fits[1].holdout_loss  # so the choice is a real one
     best = min(fits, key=lambda f: f.holdout_loss)
     assert rec.holdout_loss == best.holdout_loss and rec.model_ts == best.model_ts
-    assert grid_opt.best(grid_opt.load(tmp_path / "both" / "ring2d-vp.json"), 3, [("unipc", {}, True)]).ts == rec.ts
+    assert grids.best(grids.load(tmp_path / "both" / "ring2d-vp.json"), 3, [("unipc", {}, True)]).ts == rec.ts

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from diffinfer import VP, timesteps
+from diffinfer import VP, grids
 from diffinfer.compose import ito_log_density, superpose
 from diffinfer.toys.gaussian_mixture import GaussianMixture
 from diffinfer.toys.tilted import mode_fractions
@@ -26,7 +26,7 @@ def test_ito_estimate_converges_to_the_exact_log_density_change():
         for seed in range(3):
             x_T = torch.randn(200, 2, dtype=F64, generator=torch.Generator().manual_seed(seed))
             x, delta = ito_log_density(den, x_T, steps=steps, seed=seed)
-            ts = timesteps.default(P, steps)
+            ts = grids.default(P, steps)
             exact = g1.marginal(P, ts[-2]).log_prob(x) - g1.marginal(P, ts[0]).log_prob(x_T)
             e += float((delta - exact).abs().mean()) / 3
         errs.append(e)

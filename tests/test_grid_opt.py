@@ -1,4 +1,4 @@
-"""Optimised time grids (``diffinfer.timesteps.optimize``): parameterisation, an exact
+"""Optimised time grids (``diffinfer.grids.optimize``): parameterisation, an exact
 optimum on a Gaussian, held-out gains on a mixture, storage round trip."""
 import math
 
@@ -6,28 +6,28 @@ import pytest
 import torch
 
 import diffinfer as di
+from diffinfer import grids
 from diffinfer.grids import Grid
-from diffinfer import grid_opt, timesteps
 from diffinfer.toys import GaussianMixture, ring2d
 
 F64 = torch.float64
 
 
-def test_exported_from_timesteps():
-    assert timesteps.optimize is grid_opt.optimize
+def test_exported_from_grids():
+    assert grids.optimize is grids.fit.optimize
 
 
 @pytest.mark.parametrize("process", [di.VP("linear"), di.RectifiedFlow()])
 def test_parameterisation_round_trip_and_validity(process):
-    t_lo = grid_opt.default_t_lo(process)
-    g = grid_opt.initial_grids(process, 7)[0]
-    theta = grid_opt.params_from_grid(g, t_lo)
+    t_lo = grids.default_t_lo(process)
+    g = grids.initial_grids(process, 7)[0]
+    theta = grids.params_from_grid(g, t_lo)
     assert theta.shape == (6,)
-    torch.testing.assert_close(grid_opt.grid_from_params(theta, float(g[0]), t_lo), g, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grids.grid_from_params(theta, float(g[0]), t_lo), g, rtol=1e-12, atol=1e-15)
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):  # any parameters give a valid grid: fixed ends, descending, last level >= t_lo
-        ts = grid_opt.grid_from_params(torch.randn(6, generator=gen, dtype=F64) * 4, process.t_max, t_lo)
-        timesteps.validate(ts)
+        ts = grids.grid_from_params(torch.randn(6, generator=gen, dtype=F64) * 4, process.t_max, t_lo)
+        grids.validate(ts)
         assert ts.numel() == 8 and float(ts[0]) == process.t_max and float(ts[-1]) == 0.0
         assert float(ts[-2]) >= t_lo * (1 - 1e-12)
 
@@ -55,13 +55,13 @@ def test_two_step_ddim_on_a_gaussian_finds_the_closed_form_optimum():
     a0, s0 = float(process.alpha(torch.tensor(1.0, dtype=F64))), float(process.sigma(torch.tensor(1.0, dtype=F64)))
     k_star = c / math.sqrt(a0 * a0 * c * c + s0 * s0)
     x_T = torch.linspace(-2, 2, 33, dtype=F64).reshape(-1, 1)
-    t_lo = grid_opt.default_t_lo(process)
+    t_lo = grids.default_t_lo(process)
     loss = lambda t: (_two_step_ddim_gain(process, c, t) - k_star) ** 2  # noqa: E731
     scan = torch.exp(torch.linspace(math.log(t_lo), 0, 2001, dtype=F64)).tolist()[:-1]
     t_best = min(scan, key=loss)
     ref = minimize_scalar(lambda u: loss(math.exp(u)), bounds=(math.log(t_best) - 0.01, math.log(t_best) + 0.01),
                           method="bounded", options={"xatol": 1e-10}).x
-    got = grid_opt.optimize(den, "ddim", 2, x_T=x_T, teacher=k_star * x_T, max_evals=200)
+    got = grids.optimize(den, "ddim", 2, x_T=x_T, teacher=k_star * x_T, max_evals=200)
     assert got.steps == 2 and got.ts[0] == 1.0 and got.ts[-1] == 0.0
     assert abs(math.log(got.ts[1]) - ref) < 1e-3
     mean_sq = float((x_T ** 2).mean())
@@ -75,20 +75,20 @@ def test_optimised_grid_beats_the_default_on_held_out_noise():
     from diffinfer.toys.reference import pf_ode_solution
     toy, process = ring2d(), di.VP("linear")
     den = toy.denoiser(process)
-    fitted = grid_opt.optimize(den, "unipc", 4, shape=(2,), n_train=64, seed=5, max_evals=120)
+    fitted = grids.optimize(den, "unipc", 4, shape=(2,), n_train=64, seed=5, max_evals=120)
     assert fitted.loss < 0.5 * fitted.initial_loss
     x_T = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(99))
     exact = den.x0(pf_ode_solution(den, x_T, 1.0, 1e-5, rtol=1e-9, atol=1e-9), 1e-5)
     err = lambda ts: float(((di.sample(den, x_T, solver="unipc", ts=ts).x - exact) ** 2).mean().sqrt())  # noqa: E731
-    assert err(fitted.grid) < 0.5 * err(timesteps.default(process, 4))
+    assert err(fitted.grid) < 0.5 * err(grids.default(process, 4))
 
 
 def test_last_noise_level_cap_is_respected():
     den = ring2d().denoiser(di.VP("linear"))
-    fitted = grid_opt.optimize(den, "unipc", 3, shape=(2,), n_train=16, max_evals=40, t_end_max=0.002)
+    fitted = grids.optimize(den, "unipc", 3, shape=(2,), n_train=16, max_evals=40, t_end_max=0.002)
     assert fitted.ts[-2] <= 0.002 and fitted.loss <= fitted.initial_loss
     with pytest.raises(ValueError, match="t_end_max"):
-        grid_opt.optimize(den, "unipc", 3, shape=(2,), n_train=16, t_end_max=1e-5)
+        grids.optimize(den, "unipc", 3, shape=(2,), n_train=16, t_end_max=1e-5)
 
 
 def test_custom_distance_is_the_objective():
@@ -96,53 +96,53 @@ def test_custom_distance_is_the_objective():
     x_T = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
     teacher = torch.zeros_like(x_T)
     l1 = lambda a, b: float((a - b).abs().mean())  # noqa: E731
-    fitted = grid_opt.optimize(den, "ddim", 3, x_T=x_T, teacher=teacher, distance=l1, max_evals=30)
-    start = di.sample(den, x_T, solver="ddim", ts=grid_opt.initial_grids(den.process, 3)[0]).x
+    fitted = grids.optimize(den, "ddim", 3, x_T=x_T, teacher=teacher, distance=l1, max_evals=30)
+    start = di.sample(den, x_T, solver="ddim", ts=grids.initial_grids(den.process, 3)[0]).x
     assert fitted.initial_loss == pytest.approx(l1(start, teacher), rel=1e-12)
     assert fitted.loss <= fitted.initial_loss
 
 
 def test_grow_keeps_the_points_and_splits_the_widest_log_gap():
     ts = torch.tensor([1.0, 0.5, 0.001, 0.0], dtype=F64)
-    grown = grid_opt.grow(ts, 4)
+    grown = grids.grow(ts, 4)
     torch.testing.assert_close(grown, torch.tensor([1.0, 0.5, math.sqrt(0.5 * 0.001), 0.001, 0.0], dtype=F64))
-    assert set(ts.tolist()) <= set(grid_opt.grow(ts, 7).tolist()) and grid_opt.grow(ts, 7).numel() == 8
+    assert set(ts.tolist()) <= set(grids.grow(ts, 7).tolist()) and grids.grow(ts, 7).numel() == 8
 
 
 def test_save_load_round_trip(tmp_path):
-    rec = grid_opt.OptimizedGrid(ts=[1.0, 0.3, 0.01, 0.0], solver="unipc", steps=3, loss=1e-3, initial_loss=2e-3)
-    rec3 = grid_opt.OptimizedGrid(ts=[1.0, 0.2, 0.0], solver="unipc", steps=2, solver_options={"order": 3})
-    path = grid_opt.save(tmp_path / "m.json", [rec, rec3], meta={"model": "m"})
-    back = grid_opt.load(path, "unipc", 3)
+    rec = grids.OptimizedGrid(ts=[1.0, 0.3, 0.01, 0.0], solver="unipc", steps=3, loss=1e-3, initial_loss=2e-3)
+    rec3 = grids.OptimizedGrid(ts=[1.0, 0.2, 0.0], solver="unipc", steps=2, solver_options={"order": 3})
+    path = grids.save(tmp_path / "m.json", [rec, rec3], meta={"model": "m"})
+    back = grids.load(path, "unipc", 3)
     torch.testing.assert_close(back.grid, rec.grid)
-    assert grid_opt.load(path, "unipc", 2, order=3).ts == rec3.ts
-    assert set(grid_opt.load(path)) == {"unipc/3", "unipc[order=3]/2"}
+    assert grids.load(path, "unipc", 2, order=3).ts == rec3.ts
+    assert set(grids.load(path)) == {"unipc/3", "unipc[order=3]/2"}
     with pytest.raises(KeyError, match="stored: unipc/3"):
-        grid_opt.load(path, "unipc", 5)
+        grids.load(path, "unipc", 5)
 
 
 def test_bad_input():
     den = ring2d().denoiser(di.VP("linear"))
     with pytest.raises(ValueError, match="valid: .*unipc"):
-        grid_opt.optimize(den, "nope", 3, shape=(2,))
+        grids.optimize(den, "nope", 3, shape=(2,))
     with pytest.raises(ValueError, match="x_T or shape"):
-        grid_opt.optimize(den, "unipc", 3)
+        grids.optimize(den, "unipc", 3)
     with pytest.raises(ValueError, match="NaN"):
-        grid_opt.optimize(den, "unipc", 3, x_T=torch.full((4, 2), float("nan"), dtype=F64))
+        grids.optimize(den, "unipc", 3, x_T=torch.full((4, 2), float("nan"), dtype=F64))
     with pytest.raises(ValueError, match="ends at t = 0"):
-        grid_opt.params_from_grid(torch.tensor([1.0, 0.5, 0.1], dtype=F64), 1e-4)
+        grids.params_from_grid(torch.tensor([1.0, 0.5, 0.1], dtype=F64), 1e-4)
 
 
 def test_training_set_teacher_ends_at_the_smallest_allowed_level():
     """The teacher is the high-step solver down to ``t_lo`` (then the denoised estimate), so
     a student may stop no earlier than the teacher; the noise is reproducible by seed."""
     den = ring2d().denoiser(di.VP("linear"))
-    x_T, teacher = grid_opt.training_set(den, n_train=8, shape=(2,), seed=3, teacher_steps=20, t_lo=2e-3)
-    again, _ = grid_opt.training_set(den, n_train=8, shape=(2,), seed=3, teacher_steps=2)
+    x_T, teacher = grids.training_set(den, n_train=8, shape=(2,), seed=3, teacher_steps=20, t_lo=2e-3)
+    again, _ = grids.training_set(den, n_train=8, shape=(2,), seed=3, teacher_steps=2)
     torch.testing.assert_close(x_T, again, rtol=0, atol=0)
-    expected = grid_opt.teacher_endpoint(den, x_T, 20, "dpmpp-3m", t_end=2e-3)
+    expected = grids.teacher_endpoint(den, x_T, 20, "dpmpp-3m", t_end=2e-3)
     torch.testing.assert_close(teacher, expected, rtol=0, atol=0)
-    ts = timesteps.logsnr(den.process, 20, t_min=2e-3)
+    ts = grids.logsnr(den.process, 20, t_min=2e-3)
     assert float(ts[-2]) == 2e-3 and float(ts[-1]) == 0.0
     torch.testing.assert_close(teacher, di.sample(den, x_T, solver="dpmpp-3m", ts=ts).x, rtol=0, atol=0)
 
@@ -153,33 +153,33 @@ def test_fit_candidates_compare_on_one_training_set_and_chain_starts():
     first one's fitted grid, and ``best`` picks the lowest loss (optionally per candidate)."""
     den = ring2d().denoiser(di.VP("linear"))
     cands = [("ddim", {}), ("unipc", {"order": 3})]
-    fits = grid_opt.fit_candidates(den, cands, 3, shape=(2,), n_train=16, seed=4, teacher_steps=40, max_evals=30)
+    fits = grids.fit_candidates(den, cands, 3, shape=(2,), n_train=16, seed=4, teacher_steps=40, max_evals=30)
     assert [f.loss for f in fits] == sorted(f.loss for f in fits)
     by = {(f.solver, tuple(f.solver_options.items())): f for f in fits}
     ddim, unipc = by[("ddim", ())], by[("unipc", (("order", 3),))]
-    x_T, teacher = grid_opt.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
-    mse = lambda s, ts, **o: float(((grid_opt.solve(den, x_T, s, ts, **o) - teacher) ** 2).mean())  # noqa: E731
+    x_T, teacher = grids.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
+    mse = lambda s, ts, **o: float(((grids.solve(den, x_T, s, ts, **o) - teacher) ** 2).mean())  # noqa: E731
     assert ddim.loss == pytest.approx(mse("ddim", ddim.grid), rel=1e-12)
     assert unipc.loss == pytest.approx(mse("unipc", unipc.grid, order=3), rel=1e-12)
-    assert ddim.initial_loss == pytest.approx(mse("ddim", grid_opt.initial_grids(den.process, 3)[0]), rel=1e-12)
+    assert ddim.initial_loss == pytest.approx(mse("ddim", grids.initial_grids(den.process, 3)[0]), rel=1e-12)
     assert unipc.initial_loss == pytest.approx(mse("unipc", ddim.grid, order=3), rel=1e-12)  # chained start
-    assert grid_opt.best(fits, 3) is fits[0]
-    assert grid_opt.best(fits, 3, [("ddim", {})]) is ddim
+    assert grids.best(fits, 3) is fits[0]
+    assert grids.best(fits, 3, [("ddim", {})]) is ddim
     with pytest.raises(KeyError, match="no fitted grid of 4 steps"):
-        grid_opt.best(fits, 4)
+        grids.best(fits, 4)
     with pytest.raises(ValueError, match="at least one"):
-        grid_opt.fit_candidates(den, [], 3, shape=(2,))
+        grids.fit_candidates(den, [], 3, shape=(2,))
 
 
 def test_best_reads_a_saved_file(tmp_path):
-    recs = [grid_opt.OptimizedGrid(ts=[1.0, 0.3, 0.0], solver="unipc", steps=2, loss=2.0),
-            grid_opt.OptimizedGrid(ts=[1.0, 0.2, 0.0], solver="unipc", steps=2, solver_options={"order": 3}, loss=1.0),
-            grid_opt.OptimizedGrid(ts=[1.0, 0.5, 0.1, 0.0], solver="ddim", steps=3, loss=0.1)]
-    saved = grid_opt.load(grid_opt.save(tmp_path / "g.json", recs))
-    assert grid_opt.best(saved, 2).key == "unipc[order=3]/2"
-    assert grid_opt.best(saved, 2, [("unipc", {})]).key == "unipc/2"
+    recs = [grids.OptimizedGrid(ts=[1.0, 0.3, 0.0], solver="unipc", steps=2, loss=2.0),
+            grids.OptimizedGrid(ts=[1.0, 0.2, 0.0], solver="unipc", steps=2, solver_options={"order": 3}, loss=1.0),
+            grids.OptimizedGrid(ts=[1.0, 0.5, 0.1, 0.0], solver="ddim", steps=3, loss=0.1)]
+    saved = grids.load(grids.save(tmp_path / "g.json", recs))
+    assert grids.best(saved, 2).key == "unipc[order=3]/2"
+    assert grids.best(saved, 2, [("unipc", {})]).key == "unipc/2"
     with pytest.raises(KeyError, match="unipc"):
-        grid_opt.best(saved, 3, [("unipc", {})])
+        grids.best(saved, 3, [("unipc", {})])
 
 
 # --- decoupled model times ------------------------------------------------------------
@@ -188,15 +188,15 @@ def test_model_times_at_the_grid_times_reproduce_the_plain_solve_bitwise(solver)
     """``ModelTimes`` with ``model_ts = ts[:-1]`` (offsets 0, where every fit starts) is the
     plain model: the solve is identical to the last bit, through the grid fast path."""
     den = ring2d().denoiser(di.VP("linear"))
-    ts = timesteps.logsnr(den.process, 6)
+    ts = grids.logsnr(den.process, 6)
     x_T = torch.randn(32, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
-    zero = grid_opt.model_times_from_params(ts, torch.zeros(6, dtype=F64), 1e-4, 1.0)
+    zero = grids.model_times_from_params(ts, torch.zeros(6, dtype=F64), 1e-4, 1.0)
     torch.testing.assert_close(zero, ts[:-1], rtol=0, atol=0)
-    plain = grid_opt.solve(den, x_T, solver, ts)
-    torch.testing.assert_close(grid_opt.solve(grid_opt.ModelTimes(den, ts, zero), x_T, solver, ts), plain, rtol=0, atol=0)
-    rec = grid_opt.OptimizedGrid(ts=ts.tolist(), solver=solver, steps=6, model_ts=zero.tolist())
+    plain = grids.solve(den, x_T, solver, ts)
+    torch.testing.assert_close(grids.solve(grids.ModelTimes(den, ts, zero), x_T, solver, ts), plain, rtol=0, atol=0)
+    rec = grids.OptimizedGrid(ts=ts.tolist(), solver=solver, steps=6, model_ts=zero.tolist())
     assert rec.key == f"{solver}+model-times/6" and rec.denoiser(den) is not den
-    assert grid_opt.OptimizedGrid(ts=ts.tolist(), solver=solver, steps=6).denoiser(den) is den
+    assert grids.OptimizedGrid(ts=ts.tolist(), solver=solver, steps=6).denoiser(den) is den
 
 
 def test_model_times_evaluate_the_model_at_the_shifted_time():
@@ -205,7 +205,7 @@ def test_model_times_evaluate_the_model_at_the_shifted_time():
     den = ring2d().denoiser(di.VP("linear"))
     ts = torch.tensor([1.0, 0.4, 0.05, 0.0], dtype=F64)
     ms = torch.tensor([0.9, 0.5, 0.04], dtype=F64)
-    wrapped = grid_opt.ModelTimes(den, ts, ms)
+    wrapped = grids.ModelTimes(den, ts, ms)
     x = torch.randn(8, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
     grid = Grid.of(den.process, ts)
     for k in range(3):
@@ -242,12 +242,12 @@ def test_model_times_fit_finds_the_exact_one_step_map_of_a_gaussian():
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if g(mid) > k_star else (lo, mid)
     x_T = torch.linspace(-2, 2, 17, dtype=F64).reshape(-1, 1)
-    plain = grid_opt.optimize(den, "ddim", 1, x_T=x_T, teacher=k_star * x_T)
-    fit = grid_opt.optimize(den, "ddim", 1, x_T=x_T, teacher=k_star * x_T, model_times=True, max_evals=200)
+    plain = grids.optimize(den, "ddim", 1, x_T=x_T, teacher=k_star * x_T)
+    fit = grids.optimize(den, "ddim", 1, x_T=x_T, teacher=k_star * x_T, model_times=True, max_evals=200)
     assert fit.initial_loss == plain.loss > 0.01  # starts at the plain solve, exactly
     assert fit.loss < 1e-8 * fit.initial_loss
     assert fit.model_ts[0] == pytest.approx(lo, rel=1e-3) and fit.ts == [1.0, 0.0]
-    again = grid_opt.solve(fit.denoiser(den), x_T, "ddim", fit.grid)
+    again = grids.solve(fit.denoiser(den), x_T, "ddim", fit.grid)
     assert float(((again - k_star * x_T) ** 2).mean()) == pytest.approx(fit.loss, rel=1e-9, abs=1e-20)
 
 
@@ -256,33 +256,33 @@ def test_model_times_fit_never_ends_above_its_start_and_keys_apart(tmp_path):
     no worse on its training batch, its loss is reproduced by its record's ``denoiser``, and
     it is stored and picked apart from the plain record."""
     den = ring2d().denoiser(di.VP("linear"))
-    x_T, teacher = grid_opt.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
-    plain = grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, max_evals=30)
-    fit = grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[plain.grid], model_times=True,
-                            max_evals=40, restarts=1)
+    x_T, teacher = grids.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
+    plain = grids.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, max_evals=30)
+    fit = grids.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[plain.grid], model_times=True,
+                         max_evals=40, restarts=1)
     assert fit.initial_loss == plain.loss and fit.loss <= fit.initial_loss
     assert len(fit.model_ts) == 3 and all(1e-4 <= t <= 1.0 for t in fit.model_ts)
-    out = grid_opt.solve(fit.denoiser(den), x_T, "unipc", fit.grid)
+    out = grids.solve(fit.denoiser(den), x_T, "unipc", fit.grid)
     assert float(((out - teacher) ** 2).mean()) == pytest.approx(fit.loss, rel=1e-12)
-    saved = grid_opt.load(grid_opt.save(tmp_path / "g.json", [plain, fit]))
+    saved = grids.load(grids.save(tmp_path / "g.json", [plain, fit]))
     assert set(saved) == {"unipc/3", "unipc+model-times/3"} and saved["unipc+model-times/3"].model_ts == fit.model_ts
-    assert grid_opt.best(saved, 3, [("unipc", {})]).model_ts is None
-    assert grid_opt.best(saved, 3, [("unipc", {}), ("unipc", {}, True)]).key == ("unipc+model-times/3" if fit.loss < plain.loss else "unipc/3")
+    assert grids.best(saved, 3, [("unipc", {})]).model_ts is None
+    assert grids.best(saved, 3, [("unipc", {}), ("unipc", {}, True)]).key == ("unipc+model-times/3" if fit.loss < plain.loss else "unipc/3")
     with pytest.raises(ValueError, match="candidate is"):
-        grid_opt.best(saved, 3, [("unipc",)])
+        grids.best(saved, 3, [("unipc",)])
 
 
 def test_model_times_bad_input():
     den = ring2d().denoiser(di.VP("linear"))
     ts = torch.tensor([1.0, 0.4, 0.0], dtype=F64)
     with pytest.raises(ValueError, match="one time per positive grid point"):
-        grid_opt.ModelTimes(den, ts, [0.9])
+        grids.ModelTimes(den, ts, [0.9])
     with pytest.raises(ValueError, match=r"\(0, t_max"):
-        grid_opt.ModelTimes(den, ts, [1.5, 0.3])
+        grids.ModelTimes(den, ts, [1.5, 0.3])
     with pytest.raises(ValueError, match=r"\(0, t_max"):
-        grid_opt.ModelTimes(den, ts, [0.9, 0.0])
+        grids.ModelTimes(den, ts, [0.9, 0.0])
     with pytest.raises(TypeError, match="Denoiser"):
-        grid_opt.ModelTimes(lambda x, t: x, ts, [0.9, 0.3])
+        grids.ModelTimes(lambda x, t: x, ts, [0.9, 0.3])
 
 
 def test_holdout_keeps_the_checkpoint_best_on_held_out_noise():
@@ -291,18 +291,48 @@ def test_holdout_keeps_the_checkpoint_best_on_held_out_noise():
     (held-out loss 0 there, > 0 anywhere else) must return the start itself, bitwise; a
     real held-out set returns a point no worse there than the start, its losses reproduced."""
     den = ring2d().denoiser(di.VP("linear"))
-    x_T, teacher = grid_opt.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
-    x_h, teacher_h = grid_opt.training_set(den, n_train=16, shape=(2,), seed=5, teacher_steps=40)
-    start = timesteps.logsnr(den.process, 3)
-    own = grid_opt.solve(den, x_h, "unipc", start)
-    fit = grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[start], model_times=True,
-                            max_evals=30, holdout=(x_h, own))
+    x_T, teacher = grids.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
+    x_h, teacher_h = grids.training_set(den, n_train=16, shape=(2,), seed=5, teacher_steps=40)
+    start = grids.logsnr(den.process, 3)
+    own = grids.solve(den, x_h, "unipc", start)
+    fit = grids.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[start], model_times=True,
+                         max_evals=30, holdout=(x_h, own))
     assert fit.ts == start.tolist() and fit.model_ts == start[:-1].tolist()
     assert fit.loss == fit.initial_loss and fit.holdout_loss == fit.initial_holdout_loss == 0.0
-    fit = grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[start], model_times=True,
-                            max_evals=30, holdout=(x_h, teacher_h))
-    held = float(((grid_opt.solve(fit.denoiser(den), x_h, "unipc", fit.grid) - teacher_h) ** 2).mean())
+    fit = grids.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[start], model_times=True,
+                         max_evals=30, holdout=(x_h, teacher_h))
+    held = float(((grids.solve(fit.denoiser(den), x_h, "unipc", fit.grid) - teacher_h) ** 2).mean())
     assert fit.holdout_loss == pytest.approx(held, rel=1e-12) and fit.holdout_loss <= fit.initial_holdout_loss
     assert fit.loss <= fit.initial_loss
     with pytest.raises(ValueError, match="holdout"):
-        grid_opt.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, max_evals=5, holdout=(x_h[:, :1], teacher_h))
+        grids.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, max_evals=5, holdout=(x_h[:, :1], teacher_h))
+
+
+def test_fit_from_a_given_t_max_and_to_a_given_t_min():
+    """``t_max`` / ``t_min`` are the fit's bounds (issue #14): the grid starts at ``t_max``,
+    its initial grids too, and with ``t_min`` its last noise level is ``t_min``."""
+    den = ring2d().denoiser(di.VP("linear"))
+    fit = grids.optimize(den, "unipc", 3, shape=(2,), n_train=16, teacher_steps=40, max_evals=30, t_max=0.8)
+    assert fit.ts[0] == 0.8 and fit.ts[-1] == 0.0 and len(fit.ts) == 4
+    assert fit.loss <= fit.initial_loss
+    assert all(float(g[0]) == 0.8 for g in grids.initial_grids(den.process, 3, t_max=0.8))
+    pinned = grids.optimize(den, "unipc", 4, shape=(2,), n_train=16, teacher_steps=40, max_evals=30,
+                            t_max=0.8, t_min=0.01)
+    assert pinned.ts[0] == 0.8 and pinned.ts[-2] == 0.01 and pinned.ts[-1] == 0.0 and len(pinned.ts) == 5
+    theta = grids.params_from_grid(pinned.grid, 1e-4, t_min=0.01)
+    assert theta.shape == (2,)
+    torch.testing.assert_close(grids.grid_from_params(theta, 0.8, 1e-4, t_min=0.01), pinned.grid, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="start at t_max=0.8"):
+        grids.optimize(den, "unipc", 3, shape=(2,), n_train=4, teacher_steps=4, t_max=0.8,
+                       init=[grids.logsnr(den.process, 3)])
+
+
+def test_unknown_keyword_arguments_raise_naming_them():
+    den = ring2d().denoiser(di.VP("linear"))
+    with pytest.raises(ValueError, match="unknown keyword argument.*'t_maks'"):
+        grids.optimize(den, "unipc", 3, shape=(2,), t_maks=0.8)
+    with pytest.raises(ValueError, match="'foo'") as info:
+        grids.optimize(den, "unipc", 3, shape=(2,), order=3, foo=1)
+    assert "'order'" not in str(info.value)
+    with pytest.raises(ValueError, match="unknown keyword argument.*'foo'"):
+        grids.fit_candidates(den, [("ddim", {})], 2, shape=(2,), n_train=4, teacher_steps=4, foo=1)

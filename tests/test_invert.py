@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import diffinfer as di
-from diffinfer import timesteps
+from diffinfer import grids
 from diffinfer.invert import ddim_invert, dpm_decode, dpm_encode
 from diffinfer.toys import GaussianMixture, ring2d
 
@@ -98,7 +98,7 @@ def test_dpm_encoder_errors():
     with pytest.raises(ValueError, match="stochastic"):
         dpm_encode(den, x, solver="heun")
     with pytest.raises(ValueError, match="above t = 0"):
-        dpm_encode(den, x, ts=timesteps.uniform(p, 10))
+        dpm_encode(den, x, ts=grids.uniform(p, 10))
     if "pc" in di.solvers.names():
         with pytest.raises(ValueError, match="needs one"):
             dpm_encode(den, x, solver="pc", steps=5)

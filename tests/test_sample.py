@@ -88,7 +88,7 @@ def test_bad_driver_input():
     with pytest.raises(ValueError, match=r"shape \(2, 2\) but shape=\(3, 2\)"):
         di.sample(den, x_T=torch.zeros(2, 2), shape=(3, 2), solver="euler")
     with pytest.raises(ValueError, match="stochastic"):
-        di.solvers.get("ddpm").init(den, torch.zeros(2, 2), di.timesteps.uniform(di.VP(), 3))
+        di.solvers.get("ddpm").init(den, torch.zeros(2, 2), di.grids.uniform(di.VP(), 3))
     with pytest.raises(TypeError, match="Denoiser"):
         di.sample(lambda x, t: x, shape=(2, 2))
     nan_model = di.Denoiser(lambda x, t: x * float("nan"), di.VP())

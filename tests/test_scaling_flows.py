@@ -25,7 +25,7 @@ def test_flow_sde_step_is_the_euler_maruyama_formula(process, solver):
     """One step from host weights equals ``x - h (v - e^2/2 score) + e sqrt(h) z`` evaluated
     with the process's own tensors (float64)."""
     from diffinfer.invert import ReplayNoise
-    from diffinfer.timesteps import resolve
+    from diffinfer.grids import resolve
     prior, _, _ = tilted_example()
     den = prior.denoiser(process)
     ts = resolve(process, 6, None)

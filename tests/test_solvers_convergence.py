@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffinfer import VP, Denoiser, RectifiedFlow, sample, solvers, timesteps
+from diffinfer import VP, Denoiser, RectifiedFlow, sample, solvers, grids
 from diffinfer.toys import GaussianMixture
 from diffinfer.toys.reference import pf_ode_solution
 
@@ -34,8 +34,8 @@ PROCESSES = {"vp": lambda: VP("linear"), "rf": RectifiedFlow}
 
 def _grid(process, n):
     if isinstance(process, RectifiedFlow):
-        return timesteps.uniform(process, n, t_max=1.0, t_min=T_MIN, final_zero=False)
-    return timesteps.logsnr(process, n, t_max=1.0, t_min=T_MIN, final_zero=False)
+        return grids.uniform(process, n, t_max=1.0, t_min=T_MIN, final_zero=False)
+    return grids.logsnr(process, n, t_max=1.0, t_min=T_MIN, final_zero=False)
 
 
 _CACHE = {}
@@ -151,7 +151,7 @@ def test_dpmpp_3m_exact_for_quadratic_prediction():
         return coef[0] + coef[1] * lam + coef[2] * lam * lam
 
     den = Denoiser(lambda x, t: torch.full_like(x, x0_of_t(t[0])), process, prediction="x0")
-    ts = timesteps.logsnr(process, 12, t_max=0.9, t_min=0.05, final_zero=False)
+    ts = grids.logsnr(process, 12, t_max=0.9, t_min=0.05, final_zero=False)
     i = 5
     x_i = torch.full((1, 1), 0.4, dtype=torch.float64)
     lam_i, lam_n = 0.5 * float(process.logsnr(ts[i])), 0.5 * float(process.logsnr(ts[i + 1]))

@@ -16,9 +16,9 @@ import math
 import pytest
 import torch
 
-from diffinfer import RectifiedFlow, VP, Denoiser, solvers, timesteps
-from diffinfer.rng import SampleRNG
+from diffinfer import RectifiedFlow, VP, Denoiser, solvers, grids
 from diffinfer.denoiser import PREDICTIONS, from_x0_eps
+from diffinfer.rng import SampleRNG
 from diffinfer.solvers.dpmpp import dpmpp_correction
 from diffinfer.solvers.unipc import _phi_products, unipc_weights
 
@@ -86,7 +86,7 @@ PROCESS_PREDICTIONS = [("vp", p) for p in PREDICTIONS] + [("rf", p) for p in PRE
 def test_steps_read_nothing_on_the_host(name, options, prediction, process_name, monkeypatch):
     process = VP("linear") if process_name == "vp" else RectifiedFlow()
     den = _denoiser(process, prediction)
-    ts = timesteps.default(process, 8)
+    ts = grids.default(process, 8)
     x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0))  # float32, CPU
     expected = _run(solvers.get(name, **options), den, x, ts)
     with monkeypatch.context() as mp:
@@ -102,7 +102,7 @@ def test_adaptive_steps_read_nothing_of_the_sample(method, process_name, monkeyp
     sample's dtype is read on the host."""
     process = VP("linear") if process_name == "vp" else RectifiedFlow()
     den = _denoiser(process, "x0")
-    ts = timesteps.default(process, 4)
+    ts = grids.default(process, 4)
     x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0))  # float32, CPU
     solver = solvers.get("adaptive", method=method, rtol=1e-3, atol=1e-3)
     expected = _run(solver, den, x, ts)
@@ -114,7 +114,7 @@ def test_adaptive_steps_read_nothing_of_the_sample(method, process_name, monkeyp
 def test_the_check_catches_a_host_read(monkeypatch):
     """The guard is live: ``float`` of a tensor inside a step raises."""
     den = _denoiser(VP("linear"), "x0")
-    ts = timesteps.default(den.process, 4)
+    ts = grids.default(den.process, 4)
     solver = solvers.get("euler")
     state = solver.init(den, torch.zeros(2, 3), ts)
     with monkeypatch.context() as mp:

@@ -14,7 +14,7 @@ per-sample streams are checked in ``test_solvers_protocol``.
 import pytest
 import torch
 
-from diffinfer import VP, RectifiedFlow, sample, timesteps
+from diffinfer import VP, RectifiedFlow, sample, grids
 from diffinfer.metrics import sliced_wasserstein
 from diffinfer.rng import SampleRNG
 from diffinfer.toys import GaussianMixture
@@ -103,7 +103,7 @@ def test_euler_maruyama_zero_diffusion_is_probability_flow_euler():
     b = sample(den, x, solver="euler-maruyama", steps=30, diffusion=0.0).x
     assert torch.equal(a, b)
     # one step by hand: x - dt * velocity
-    ts = timesteps.default(den.process, 30)
+    ts = grids.default(den.process, 30)
     first = sample(den, x, solver="euler-maruyama", ts=ts[:2], diffusion=0.0).x
     v = den.velocity(x, ts[0])
     assert torch.allclose(first, x - (ts[0] - ts[1]) * v, atol=1e-12, rtol=0)

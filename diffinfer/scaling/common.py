@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import solvers as solver_registry
-from .. import timesteps
+from .. import grids
 from ..denoiser import DenoiserBase, Prediction
 from ..rng import SampleRNG
 
@@ -79,8 +79,8 @@ class ScalingResult:
         return self.nfe + self.verifier_calls
 
 
-#: the time grid a driver uses: ``ts`` checked, or ``timesteps.default``
-grid = timesteps.resolve
+#: the time grid a driver uses: ``ts`` checked, or ``grids.default``
+grid = grids.resolve
 
 
 def sample_shape(shape) -> tuple[int, ...]:

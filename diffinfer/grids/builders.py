@@ -13,12 +13,16 @@ intervals above ``t_min`` instead).
 - ``flow_shift``: uniform ``t`` pushed toward noise by ``shift * t / (1 + (shift-1) t)``
   (Esser et al. 2024, "Scaling Rectified Flow Transformers", SD3).
 - ``custom``: a user tensor, checked.
+
+Names resolve through one ``Registry("time grid")`` (``get``, ``names``). This module
+imports nothing from the solvers or the sampling loop: ``sample`` calls ``resolve``.
 """
 from __future__ import annotations
 
 import torch
 
-from .process import EDM, VE, Interpolant, Process, RectifiedFlow
+from ..process import EDM, VE, Interpolant, Process, RectifiedFlow
+from ..registry import Registry
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -107,21 +111,19 @@ def flow_shift(process: Process, steps: int, shift: float = 3.0, t_max=None, t_m
     return validate(shift * base / (1.0 + (shift - 1.0) * base))
 
 
-BUILDERS = {"uniform": uniform, "logsnr": logsnr, "karras": karras, "quadratic": quadratic,
-            "flow-shift": flow_shift}
+#: The named grid families; ``get`` / ``names`` read it.
+REGISTRY = Registry("time grid", {"uniform": uniform, "logsnr": logsnr, "karras": karras, "quadratic": quadratic,
+                                  "flow-shift": flow_shift})
 
 
 def names() -> list[str]:
-    return sorted(BUILDERS)
+    return REGISTRY.names()
 
 
 def get(name: str, process: Process, steps: int, **options) -> Tensor:
-    """A grid by name (``uniform``, ``logsnr``, ``karras``, ``quadratic``, ``flow-shift``)."""
-    try:
-        builder = BUILDERS[name]
-    except KeyError:
-        raise ValueError(f"unknown time grid {name!r}; valid: {', '.join(names())}") from None
-    return builder(process, steps, **options)
+    """A grid by name (``uniform``, ``logsnr``, ``karras``, ``quadratic``, ``flow-shift``);
+    unknown names raise ``ValueError`` naming the valid ones."""
+    return REGISTRY.factory(name)(process, steps, **options)
 
 
 def default_builder(process: Process):
@@ -143,7 +145,3 @@ def resolve(process: Process, steps: int, ts=None) -> Tensor:
     """The grid a sampler runs on: ``ts`` checked (``validate``) if given, else ``default``."""
     return validate(ts) if ts is not None else default(process, steps)
 
-
-# Grids fitted per model, solver and NFE (Align Your Steps / LD3): ``diffinfer.grid_opt``.
-# Imported last: grid_opt uses the builders above and imports the sampling loop lazily.
-from .grid_opt import optimize  # noqa: E402,F401

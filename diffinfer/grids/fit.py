@@ -1,0 +1,130 @@
+"""Time grids optimised per model, solver and NFE against a high-NFE teacher.
+
+Align Your Steps (Sabour, Fidler & Kreis, "Align Your Steps: Optimizing Sampling Schedules
+in Diffusion Models", ICML 2024) and LD3 (Tong et al., "Learning to Discretize Denoising
+Diffusion ODEs", ICLR 2025) show that at a fixed small number of model calls the *grid*
+matters as much as the solver, and that a grid fitted to one model once, in minutes,
+transfers to any starting noise. ``optimize`` composes the parts:
+
+- ``fit_params``: the parameterisation (``GridParams``: every unconstrained vector is a
+  valid descending grid from ``t_max`` to ``0``, plus decoupled model-time offsets);
+- ``fit_objective``: the training noises, the teacher and the loss (``Objective``);
+- ``fit_search``: Nelder-Mead from the starting grids, and the held-out early stop;
+- ``storage``: the ``OptimizedGrid`` record, saved and loaded as JSON.
+
+Decoupled model times (``model_times=True``, ``ModelTimes``): the fit also chooses, per
+grid point ``k < n``, the time ``s_k = t_k exp(delta_k)`` at which the model is evaluated
+there, while the solver's coefficients stay those of ``t_k``; at ``delta = 0`` the solve is
+bitwise the plain solve on the grid, so a fit started there (from a fitted grid) never
+ends worse on its training batch.
+
+``fit_candidates`` fits one grid per candidate solver on the *same* training noise and
+teacher, so their losses compare (on the digits UNet a fitted UniPC wins at 4 steps, where
+DDIM wins on fixed grids); ``best`` picks the lowest.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .fit_objective import Objective, check_solver_options, training_set
+from .fit_params import GridParams, default_t_lo
+from .fit_search import _candidates, check_holdout, early_stop, nelder_mead
+from .storage import OptimizedGrid
+
+Tensor = torch.Tensor
+
+
+def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, teacher: Tensor | None = None,
+             n_train: int = 128, shape=None, seed: int = 20240, teacher_steps: int = 200,
+             teacher_solver: str = "dpmpp-3m", t_lo: float | None = None, t_end_max: float | None = None,
+             max_evals: int | None = None, init: list | None = None, dtype=torch.float64,
+             distance=None, model_times: bool = False, restarts: int = 0, holdout: tuple | None = None,
+             t_max: float | None = None, t_min: float | None = None, **solver_options) -> OptimizedGrid:
+    """Fit the grid of ``steps`` steps of ``solver`` to a teacher (Align Your Steps / LD3).
+
+    Args:
+        den: the model (``Denoiser`` or wrapper).
+        solver: a registered solver name; the remaining keyword arguments (``solver_options``)
+            go to it, and one it does not take raises ``ValueError`` naming it.
+        steps: number of steps (``steps + 1`` grid points, the last ``0``).
+        x_T: training noises ``[B, ...]`` at ``t_max``; else ``n_train`` rows of ``shape``
+            (``[...]`` without the batch) drawn with ``seed`` and scaled by ``sigma(t_max)``.
+        teacher: the target endpoints ``[B, ...]`` for ``x_T``; else ``teacher_endpoint``
+            from ``t_max`` with ``teacher_steps`` of ``teacher_solver``, ending at ``t_lo``
+            (``training_set``).
+        t_max: the grid's first point (default the process's ``t_max``).
+        t_min: a fixed last noise level: the grid is ``t_max > ... > t_min > 0`` (default:
+            the last noise level is fitted too, in ``(t_lo, t_max)``).
+        t_lo: the smallest allowed last noise level (``default_t_lo``; for a trained
+            network, its smallest training time, so it is never queried below it).
+        t_end_max: the largest allowed last noise level (default: any). A squared-error
+            objective rewards stopping early at a blurry posterior mean; for perceptual
+            quality (FD) cap the last noise level.
+        max_evals: Nelder-Mead budget per start (default ``150 * steps``).
+        init: starting grids (default ``initial_grids`` from ``t_max`` to ``t_min``).
+        distance: ``distance(endpoints, teacher) -> float`` to minimise (default the mean
+            squared error per entry); e.g. a squared error in a feature space, as LD3
+            uses LPIPS, when sample quality is judged there.
+        model_times: also fit the decoupled model times (``ModelTimes``; ``n`` more
+            parameters, starting at the grid's own times, ``delta = 0``).
+        restarts: Nelder-Mead runs restarted from the best point with a fresh simplex
+            after each run that improved (each with the same budget): a simplex in many
+            dimensions collapses before it converges. With ``model_times`` the grid, the
+            offsets and then both are fitted in turn, each with this budget.
+        holdout: ``(x_T, teacher)`` of other training noise (``training_set`` with another
+            seed). Then the result is, among the starting point and the end of every
+            Nelder-Mead run that improved the training loss, the one with the lowest
+            held-out loss (early stopping: a fit of few noises can overfit them), and the
+            record keeps both held-out losses.
+    Returns:
+        ``OptimizedGrid`` with the best grid found (never worse on the training batch than
+        the best starting grid).
+    """
+    check_solver_options(solver, solver_options)  # fail early on a bad name, option or keyword
+    params = GridParams.of(den.process, steps, t_max, t_min, t_lo, model_times)
+    x_T, teacher = training_set(den, x_T, teacher, n_train, shape, seed, teacher_steps, teacher_solver, params.t_lo,
+                                dtype, t_max=t_max)
+    check_holdout(holdout, x_T)
+    start = time.perf_counter()
+    loss = Objective(den, solver, solver_options, x_T, teacher, distance, t_end_max)
+    initial_loss, visited = nelder_mead(loss, params, params.starts(den.process, init, t_end_max), max_evals, restarts)
+    held = None if holdout is None else (lambda ts, model_ts: loss.error(ts, model_ts, *holdout))
+    (best_loss, (ts, model_ts)), holdout_loss, initial_holdout_loss = early_stop(visited, held)
+    return OptimizedGrid(ts=[float(t) for t in ts], solver=str(solver), steps=params.steps,
+                         solver_options=dict(solver_options), loss=float(best_loss), initial_loss=float(initial_loss),
+                         evals=loss.evals, seconds=time.perf_counter() - start, n_train=int(x_T.shape[0]),
+                         model_ts=None if model_ts is None else [float(t) for t in model_ts],
+                         holdout_loss=holdout_loss, initial_holdout_loss=initial_holdout_loss)
+
+
+def fit_candidates(den, candidates, steps: int, x_T: Tensor | None = None, teacher: Tensor | None = None,
+                   n_train: int = 128, shape=None, seed: int = 20240, teacher_steps: int = 200,
+                   teacher_solver: str = "dpmpp-3m", t_lo: float | None = None, init: list | None = None,
+                   dtype=torch.float64, t_max: float | None = None, **optimize_options) -> list[OptimizedGrid]:
+    """One fitted grid of ``steps`` steps per candidate solver, best (lowest loss) first.
+
+    ``candidates``: ``[(solver_name, options), ...]``, or ``(solver_name, options, True)``
+    to fit the decoupled model times too (``optimize``'s ``model_times``). All are fitted
+    on the same training noise and teacher (``training_set``, from ``t_max``), so their
+    losses compare. The first candidate starts from ``init`` (default ``initial_grids``),
+    each later one from the best grid fitted so far (a good grid for one multistep solver
+    is a good start for another, and one start keeps the cost of a candidate to one
+    Nelder-Mead run). ``optimize_options`` (``max_evals``, ``t_end_max``, ``t_min``,
+    ``distance``) go to ``optimize``."""
+    candidates = _candidates(candidates)
+    if not candidates:
+        raise ValueError("give at least one (solver, options) candidate")
+    t_lo = default_t_lo(den.process) if t_lo is None else float(t_lo)
+    x_T, teacher = training_set(den, x_T, teacher, n_train, shape, seed, teacher_steps, teacher_solver, t_lo, dtype,
+                                t_max=t_max)
+    fitted = []
+    for name, opts, model_times in candidates:
+        init_k = init if not fitted else [min(fitted, key=lambda f: f.loss).grid]  # None: optimize's default starts
+        fitted.append(optimize(den, name, steps, x_T=x_T, teacher=teacher, t_lo=t_lo, init=init_k,
+                               model_times=model_times, t_max=t_max, **optimize_options, **opts))
+    return sorted(fitted, key=lambda f: f.loss)
+
+
+__all__ = ["optimize", "fit_candidates"]

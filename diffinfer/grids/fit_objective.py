@@ -1,0 +1,130 @@
+"""What a grid fit minimises: the distance of a solver's endpoint to a teacher's.
+
+As in LD3 (Tong et al., "Learning to Discretize Denoising Diffusion ODEs", ICLR 2025) the
+objective is, over a training batch of starting noises (a different seed than any
+evaluation),
+
+    L(ts) = mean_b || solve(den, x_T[b], solver, ts) - teacher(x_T[b]) ||^2 .
+
+``training_set`` draws the noises and runs the teacher (``teacher_endpoint``, a high-NFE
+solve); ``Objective`` is ``L`` (or a user ``distance``) on that batch, counting its solves.
+The sampling loop is imported when a solve runs, so importing this module does not load it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..process import as_time
+from .builders import default_builder
+from .fit_params import default_t_lo
+from .model_times import ModelTimes
+
+Tensor = torch.Tensor
+
+
+def solve(den, x_T: Tensor, solver, ts: Tensor, **solver_options) -> Tensor:
+    """The solver's endpoint from ``x_T`` on ``ts`` (no gradient)."""
+    from ..sample import sample
+    with torch.no_grad():
+        return sample(den, x_T, solver=solver, ts=ts, **solver_options).x
+
+
+def teacher_endpoint(den, x_T: Tensor, steps: int = 200, solver: str = "dpmpp-3m", t_end: float | None = None,
+                     t_max: float | None = None, **solver_options) -> Tensor:
+    """A high-NFE endpoint from ``x_T`` at ``t_max`` (default the process's): ``solver`` on
+    the process's default grid of ``steps`` steps, ending at ``t_end`` and then ``0``. The
+    default ``t_end`` is ``default_t_lo`` where the process stops short of ``0`` (so the
+    student's last noise level may go below the process's ``t_min``), else the grid
+    reaches ``0`` itself."""
+    builder = default_builder(den.process)
+    if t_end is None and den.process.t_min > 0:
+        t_end = default_t_lo(den.process)
+    kw = {} if t_end is None else {"t_min": float(t_end)}
+    if t_max is not None:
+        kw["t_max"] = float(t_max)
+    return solve(den, x_T, solver, builder(den.process, steps, **kw), **solver_options)
+
+
+def training_set(den, x_T: Tensor | None = None, teacher: Tensor | None = None, n_train: int = 128, shape=None,
+                 seed: int = 20240, teacher_steps: int = 200, teacher_solver: str = "dpmpp-3m",
+                 t_lo: float | None = None, dtype=torch.float64, t_max: float | None = None) -> tuple[Tensor, Tensor]:
+    """The fit's training noises ``x_T`` ``[B, ...]`` and teacher endpoints ``[B, ...]``.
+
+    ``x_T`` defaults to ``n_train`` rows of ``shape`` drawn with ``seed`` and scaled by
+    ``sigma(t_max)`` (``t_max`` default the process's); ``teacher`` to ``teacher_endpoint``
+    from ``t_max`` with ``teacher_steps`` of ``teacher_solver`` ending at ``t_lo``
+    (``default_t_lo``), the smallest last noise level the student may choose, so the
+    teacher never stops later than the student can."""
+    process = den.process
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give x_T or shape (the sample shape without the batch)")
+        g = torch.Generator().manual_seed(int(seed))
+        x_T = torch.randn((int(n_train), *shape), generator=g, dtype=dtype) * float(
+            process.sigma(as_time(float(process.t_max if t_max is None else t_max))))
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN or Inf")
+    if teacher is None:
+        t_end = default_t_lo(process) if t_lo is None else float(t_lo)
+        teacher = teacher_endpoint(den, x_T, teacher_steps, teacher_solver, t_end=t_end, t_max=t_max)
+    if teacher.shape != x_T.shape:
+        raise ValueError(f"teacher has shape {tuple(teacher.shape)}, x_T {tuple(x_T.shape)}")
+    return x_T, teacher
+
+
+def check_solver_options(solver, options: dict, caller: str = "optimize") -> None:
+    """Fail early on a bad solver name or option; a keyword the solver does not take is
+    named as an unknown keyword argument of ``caller`` (whose extra keywords go to the
+    solver)."""
+    from .. import solvers
+    try:
+        solvers.get(solver, **options)
+    except ValueError:
+        unknown = [k for k in options if _rejects(solvers, solver, k, options[k])]
+        if unknown:
+            raise ValueError(f"{caller}() got unknown keyword argument(s) {', '.join(map(repr, unknown))}: "
+                             f"neither a parameter of {caller}() nor an option of solver {solver!r}") from None
+        raise
+
+
+def _rejects(solvers, solver, key: str, value) -> bool:
+    """Whether ``solver`` rejects the keyword ``key`` itself (rather than its value)."""
+    try:
+        solvers.get(solver, **{key: value})
+    except ValueError as e:
+        return "unexpected keyword argument" in str(e)
+    return False
+
+
+class Objective:
+    """The fit's loss on its training batch: ``loss(ts, model_ts)`` is the mean squared
+    error per entry (or ``distance(endpoints, teacher)``) of ``solver`` on the grid ``ts``
+    (the model at ``model_ts``, ``ModelTimes``, if given); ``inf`` for a grid that no
+    longer descends, whose last noise level exceeds ``t_end_max``, or a non-finite error.
+    ``evals`` counts the solves on the training batch."""
+
+    def __init__(self, den, solver, solver_options: dict, x_T: Tensor, teacher: Tensor, distance=None,
+                 t_end_max: float | None = None):
+        self.den, self.solver, self.solver_options = den, solver, dict(solver_options)
+        self.x_T, self.teacher, self.distance, self.t_end_max = x_T, teacher, distance, t_end_max
+        self.evals = 0
+
+    def error(self, ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor) -> float:
+        """The distance of the solve from ``x`` to ``target`` (any batch; not counted)."""
+        model = self.den if model_ts is None else ModelTimes(self.den, ts, model_ts)
+        out = solve(model, x, self.solver, ts, **self.solver_options)
+        err = float(((out - target) ** 2).mean()) if self.distance is None else float(self.distance(out, target))
+        return err if math.isfinite(err) else float("inf")
+
+    def __call__(self, ts: Tensor, model_ts: Tensor | None = None) -> float:
+        if self.t_end_max is not None and float(ts[-2]) > self.t_end_max:
+            return float("inf")
+        if not bool((ts[1:] < ts[:-1]).all()):  # gaps underflowed to zero: not a grid
+            return float("inf")
+        self.evals += 1
+        return self.error(ts, model_ts, self.x_T, self.teacher)
+
+
+__all__ = ["Objective", "solve", "teacher_endpoint", "training_set", "check_solver_options"]

@@ -1,0 +1,231 @@
+"""The low-dimensional parameterisation a grid fit searches (``diffinfer.grids.optimize``).
+
+A grid ``t_max = ts[0] > ts[1] > ... > ts[n-1] > ts[n] = 0`` keeps both ends fixed (the
+last step returns the denoised estimate, so the choice of ``ts[n-1]``, the last noise
+level, is one of the free parameters). The ``n - 1`` free points are parameterised without
+constraints: in ``z = log t`` between ``log t_max`` and ``log t_lo``, the ``n`` gaps are
+``softmax([theta, 0])`` of the span, so every ``theta`` gives a valid descending grid.
+
+With a fixed last noise level ``t_min`` (``optimize(..., t_min=...)``) the grid is
+``t_max > ts[1] > ... > ts[n-2] > t_min > 0``: the ``n - 2`` free points are the
+``n - 1`` gaps ``softmax([theta, 0])`` of the span from ``log t_max`` to ``log t_min``.
+
+With decoupled model times (``ModelTimes``) the vector also holds, per grid point
+``k < n``, the log-offset ``delta_k`` of the model time ``s_k = t_k exp(delta_k)``
+(``model_times_from_params``). ``GridParams`` ties one fit's bounds to the vector:
+``unpack`` (vector -> grid and model times), ``pack`` (a starting grid -> vector),
+``blocks`` (the coordinate blocks Nelder-Mead fits in turn) and ``simplex``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..process import DiscreteVP, Process
+from .builders import default_builder, karras, validate
+
+Tensor = torch.Tensor
+_F64 = torch.float64
+
+
+def default_t_lo(process: Process) -> float:
+    """The smallest last noise level the search may pick: a tenth of the process's
+    ``t_min`` for continuous-time processes (``1e-4`` where ``t_min = 0``), and ``t_min``
+    itself for a ``DiscreteVP`` table, whose network must not be queried below its first
+    training timestep."""
+    if isinstance(process, DiscreteVP):
+        return process.t_min
+    return 0.1 * process.t_min if process.t_min > 0 else 1e-4
+
+
+def grid_from_params(theta: Tensor, t_max: float, t_lo: float, t_min: float | None = None) -> Tensor:
+    """``[n + 1]`` descending grid from ``n - 1`` unconstrained parameters (see module doc);
+    with ``t_min``, ``[n + 1]`` from ``n - 2`` parameters, ``ts[n - 1] = t_min``."""
+    logits = torch.cat([torch.as_tensor(theta, dtype=_F64).reshape(-1), torch.zeros(1, dtype=_F64)])
+    gaps = torch.softmax(logits, 0)  # [n] (or [n - 1] with t_min), sums to 1
+    z = torch.cumsum(gaps, 0)[:-1]  # the free points' positions in (0, 1)
+    lo, hi = math.log(t_lo if t_min is None else t_min), math.log(t_max)
+    inner = torch.exp(hi + z * (lo - hi))
+    end = torch.zeros(1, dtype=_F64) if t_min is None else torch.tensor([t_min, 0.0], dtype=_F64)
+    return torch.cat([torch.tensor([t_max], dtype=_F64), inner, end])
+
+
+def params_from_grid(ts: Tensor, t_lo: float, t_min: float | None = None) -> Tensor:
+    """Inverse of ``grid_from_params`` for a grid ending at ``0`` with ``ts[-2] > t_lo``
+    (with ``t_min``: ``ts[-2] == t_min``)."""
+    ts = validate(ts)
+    if float(ts[-1]) != 0.0:
+        raise ValueError("an optimisable grid ends at t = 0")
+    n_free = ts.numel() - (2 if t_min is None else 3)
+    if n_free < 1:
+        return torch.zeros(0, dtype=_F64)
+    t_max = float(ts[0])
+    if t_min is None:
+        if not float(ts[-2]) > t_lo:
+            raise ValueError(f"the grid's last positive point {float(ts[-2])} must exceed t_lo={t_lo}")
+        end, inner = t_lo, ts[1:-1]
+    else:
+        if not math.isclose(float(ts[-2]), t_min, rel_tol=1e-9):
+            raise ValueError(f"the grid's last positive point {float(ts[-2])} must be t_min={t_min}")
+        end, inner = t_min, ts[1:-2]
+    lo, hi = math.log(end), math.log(t_max)
+    z = torch.cat([torch.zeros(1, dtype=_F64), (torch.log(inner) - hi) / (lo - hi), torch.ones(1, dtype=_F64)])
+    gaps = z[1:] - z[:-1]
+    return torch.log(gaps[:-1]) - torch.log(gaps[-1])
+
+
+def model_times_from_params(ts: Tensor, delta: Tensor, t_lo: float, t_max: float) -> Tensor:
+    """``[n]`` model times ``ts[k] exp(delta[k])`` of a grid ``ts`` ``[n + 1]``, clipped to
+    ``[t_lo, t_max]`` (the network is never queried below ``t_lo``)."""
+    return (ts[:-1] * torch.exp(torch.as_tensor(delta, dtype=_F64).reshape(-1))).clamp(min=t_lo, max=t_max)
+
+
+def grow(ts: Tensor, steps: int) -> Tensor:
+    """A fitted grid extended to ``steps`` steps by splitting, one at a time, its widest
+    interval between positive points in ``log t`` at the geometric mean (a warm start
+    for fitting the next NFE; the last interval, to ``0``, is never split)."""
+    ts = validate(ts)
+    if float(ts[-1]) != 0.0 or ts.numel() < 3:
+        raise ValueError("grow needs a grid ending at 0 with at least one positive interior point")
+    pos = ts[:-1].tolist()
+    while len(pos) < steps:
+        logs = [math.log(t) for t in pos]
+        k = max(range(len(pos) - 1), key=lambda j: logs[j] - logs[j + 1]) if len(pos) > 1 else None
+        if k is None:
+            raise ValueError("cannot grow a grid with a single positive point")
+        pos.insert(k + 1, math.exp(0.5 * (logs[k] + logs[k + 1])))
+    return validate(torch.tensor(pos + [0.0], dtype=_F64))
+
+
+def initial_grids(process: Process, steps: int, t_max: float | None = None, t_min: float | None = None) -> list[Tensor]:
+    """Starting points: the default grid of the process, and the Karras grid where finite
+    (from ``t_max`` to ``t_min``, then ``0``; default the process's bounds)."""
+    bounds = {k: float(v) for k, v in (("t_max", t_max), ("t_min", t_min)) if v is not None}
+    grids = [default_builder(process)(process, steps, **bounds)]  # builders end at 0 (final_zero)
+    try:
+        k = karras(process, steps, **bounds)
+        if not any(torch.allclose(k, g) for g in grids):
+            grids.append(k)
+    except ValueError:  # infinite log-SNR at an end (rectified flow at t = 1)
+        pass
+    return grids
+
+
+def _blocks(steps: int, model_times: bool, n_grid: int | None = None) -> list:
+    """The parameter blocks Nelder-Mead fits in turn (index arrays into the vector of the
+    ``n_grid`` grid parameters (default ``steps - 1``), then the ``steps`` model-time
+    offsets): all at once for a plain grid; with model times, the grid alone (offsets 0),
+    then the offsets alone (grid fixed), then all (block coordinate descent: each block's
+    simplex is small enough to converge within its budget, where one simplex over every
+    parameter stalls)."""
+    n_grid = steps - 1 if n_grid is None else n_grid
+    everything = np.arange(n_grid + (steps if model_times else 0))
+    if everything.size == 0:
+        return []
+    if not model_times or n_grid == 0:
+        return [everything]
+    return [np.arange(n_grid), np.arange(n_grid, n_grid + steps), everything]
+
+
+def initial_simplex(theta, n_grid: int, offset_step: float):
+    """Nelder-Mead's starting simplex ``[d + 1, d]`` around ``theta``: scipy's default for the
+    first ``n_grid`` (grid) entries (5% of a nonzero entry, else 0.00025), ``offset_step``
+    for the rest (model-time offsets, which start at 0)."""
+    d = len(theta)
+    step = np.array([(0.05 * v if v != 0 else 0.00025) if j < n_grid else offset_step for j, v in enumerate(theta)])
+    return np.vstack([theta, theta + np.diag(step)]).reshape(d + 1, d)
+
+
+@dataclass(frozen=True)
+class GridParams:
+    """One fit's parameterisation: ``steps`` steps from ``t_max``; the last noise level free
+    in ``(t_lo, t_max)``, or fixed at ``t_min``; model-time offsets if ``model_times``."""
+
+    steps: int
+    t_max: float
+    t_lo: float
+    t_min: float | None = None
+    model_times: bool = False
+
+    @classmethod
+    def of(cls, process: Process, steps: int, t_max: float | None = None, t_min: float | None = None,
+           t_lo: float | None = None, model_times: bool = False) -> "GridParams":
+        """The bounds checked, defaults from ``process`` (``t_max``, ``default_t_lo``)."""
+        steps = int(steps)
+        if steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps}")
+        t_max = float(process.t_max if t_max is None else t_max)
+        t_lo = default_t_lo(process) if t_lo is None else float(t_lo)
+        if not 0.0 < t_lo < t_max <= 1.0:
+            raise ValueError(f"need 0 < t_lo < t_max <= 1, got t_lo={t_lo}, t_max={t_max}")
+        if t_min is not None:
+            t_min = float(t_min)
+            if not t_lo <= t_min < t_max:
+                raise ValueError(f"need t_lo <= t_min < t_max, got t_lo={t_lo}, t_min={t_min}, t_max={t_max}")
+        return cls(steps, t_max, t_lo, t_min, bool(model_times))
+
+    @property
+    def pinned(self) -> float | None:
+        """The fixed last noise level (``t_min``), or ``None``; a single step has none."""
+        return self.t_min if self.steps >= 2 else None
+
+    @property
+    def n_grid(self) -> int:
+        """Number of free grid parameters (the vector's first entries)."""
+        return self.steps - 1 if self.pinned is None else self.steps - 2
+
+    def unpack(self, th) -> tuple[Tensor, Tensor | None]:
+        """Nelder-Mead's vector -> (grid ``[steps + 1]``, model times ``[steps]`` or ``None``)."""
+        th = torch.from_numpy(th)
+        ts = grid_from_params(th[:self.n_grid], self.t_max, self.t_lo, self.pinned)
+        return ts, (model_times_from_params(ts, th[self.n_grid:], self.t_lo, self.t_max) if self.model_times else None)
+
+    def pack(self, g: Tensor):
+        """A starting grid's vector (model-time offsets 0), its free points nudged inside the
+        bounds; ``None`` if the nudged grid no longer descends."""
+        g = g.clone()
+        end = -1 if self.pinned is None else -2
+        g[1:end] = g[1:end].clamp(max=self.t_max * (1 - 1e-9))
+        if self.pinned is None:
+            g[-2] = max(float(g[-2]), self.t_lo * 1.5)
+        if not bool((g[1:] < g[:-1]).all()):
+            return None
+        theta = params_from_grid(g, self.t_lo, self.pinned).numpy()
+        if self.model_times:
+            theta = np.concatenate([theta, np.zeros(self.steps)])
+        return theta
+
+    def blocks(self) -> list:
+        return _blocks(self.steps, self.model_times, self.n_grid)
+
+    def simplex(self, x0, free):
+        """The starting simplex of a block (``None``: scipy's default): with model times,
+        scipy's default for the grid entries and 0.05 in log t for the offsets."""
+        if not self.model_times:
+            return None
+        return initial_simplex(x0, int((free < self.n_grid).sum()), 0.05)
+
+    def starts(self, process: Process, init=None, t_end_max: float | None = None) -> list[Tensor]:
+        """The starting grids checked: ``init`` or ``initial_grids`` within the bounds, those
+        whose last noise level is above ``t_end_max`` dropped."""
+        starts = [validate(g) for g in (init or initial_grids(process, self.steps, self.t_max, self.t_min))]
+        if t_end_max is not None:
+            starts = [g for g in starts if float(g[-2]) <= t_end_max]
+            if not starts:
+                raise ValueError(f"no starting grid has its last noise level below t_end_max={t_end_max}")
+        for g in starts:
+            if g.numel() != self.steps + 1 or float(g[-1]) != 0.0:
+                raise ValueError(f"a starting grid must have {self.steps + 1} points ending at 0, got {g.tolist()}")
+            if not math.isclose(float(g[0]), self.t_max, rel_tol=1e-9) or (
+                    self.pinned is not None and not math.isclose(float(g[-2]), self.pinned, rel_tol=1e-9)):
+                raise ValueError(f"a starting grid must start at t_max={self.t_max}"
+                                 + ("" if self.pinned is None else f" and end at t_min={self.pinned}, then 0")
+                                 + f"; got {g.tolist()}")
+        return starts
+
+
+__all__ = ["GridParams", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow",
+           "initial_grids", "initial_simplex"]
