@@ -115,3 +115,66 @@ def test_rcr_with_entropy_scores_ranks_by_the_score_not_by_zero():
     decode(Scripted(script), canvas=[3, 3, 3], policy="rcr", score="entropy", steps=3, temperature=0,
            callback=lambda s, t, info: trace.append(info["commit"][0].nonzero()[:, 0].tolist()))
     assert trace == [[2], [1], [0]]
+
+
+# ---- the cosine transfer schedule -------------------------------------------------------
+def _cosine_revealed(n: int, s: int, steps: int) -> float:
+    """The scheduled share of ``n`` tokens revealed after ``s`` of ``steps`` steps, with one token
+    per step reserved when ``n >= steps``: the masked fraction of the rest is cos(pi s / (2 S))."""
+    frac = 1 - math.cos(math.pi / 2 * s / steps)
+    return s + (n - steps) * frac if n >= steps else n * frac
+
+
+def test_cosine_alpha_masks_cos_of_progress():
+    sched = get_schedule("cosine")
+    for S in (4, 16, 50):
+        for s in range(S + 1):
+            t = torch.tensor(1 - s / S, dtype=torch.float64)
+            assert math.isclose(float(sched.masked_fraction(t)), math.cos(math.pi / 2 * s / S), abs_tol=1e-12)
+
+
+def test_cosine_transfer_counts_back_load_commit_every_step_and_sum_to_the_length():
+    """For every steps in 1..48 and length in 1..200: counts sum to the length, every step commits
+    at least one token when length >= steps, the running totals are the exact scheduled ones
+    rounded (within 1/2), and the second half of the steps commits at least as many as the first."""
+    lengths = torch.arange(1, 201)
+    for S in range(1, 49):
+        counts = transfer_counts(lengths, S, "cosine")  # [N, S]
+        assert counts.shape == (len(lengths), S)
+        assert (counts.sum(1) == lengths).all()
+        assert (counts >= 0).all()
+        assert (counts[lengths >= S] >= 1).all()
+        cum = counts.cumsum(1)
+        for n in (1, S, S + 1, 2 * S + 3, 97, 200):
+            if n > 200:
+                continue
+            for s in range(1, S + 1):
+                assert abs(int(cum[n - 1, s - 1]) - _cosine_revealed(n, s, S)) <= 0.5 + 1e-9, (n, S, s)
+        half = S // 2
+        assert (counts[:, :half].sum(1) <= counts[:, S - half:].sum(1)).all()
+    assert transfer_counts(torch.tensor([48]), 16, "cosine")[0, -1] >= 1
+    assert transfer_counts(torch.tensor([48]), 16, "cosine")[0, 0] < transfer_counts(torch.tensor([48]), 16, "cosine")[0, -1]
+
+
+@pytest.mark.parametrize("name", ["linear", "loglinear"])
+def test_other_schedules_commit_every_step_too(name):
+    lengths = torch.arange(1, 151)
+    for S in range(1, 41):
+        counts = transfer_counts(lengths, S, name)
+        assert (counts.sum(1) == lengths).all()
+        assert (counts[lengths >= S] >= 1).all()
+    # linear stays LLaDA's equal split, remainder by rounding
+    assert transfer_counts(torch.tensor([14]), 4, "linear")[0].tolist() == [4, 3, 4, 3]
+
+
+def test_decode_with_the_cosine_schedule_follows_the_counts_and_wastes_no_call():
+    c = MarkovChain.random(5, seed=4)
+    per_step = []
+    out = decode(c, length=48, batch=3, policy="low-confidence", steps=16, schedule="cosine", seed=0,
+                 callback=lambda s, t, info: per_step.append(info["commit"].sum(-1)))
+    expect = transfer_counts(torch.tensor([48]), 16, "cosine")[0]
+    assert torch.equal(torch.stack(per_step), expect[:, None].expand(16, 3))
+    assert out.nfe == 16 and (out.tokens != c.mask_id).all()
+    # the decode loop's running totals are the schedule's
+    assert torch.equal(revealed_counts(torch.tensor(48), torch.arange(17), torch.tensor(16), "cosine"),
+                       torch.cat([torch.zeros(1, dtype=torch.long), expect.cumsum(0)]))
