@@ -178,3 +178,60 @@ def test_decode_with_the_cosine_schedule_follows_the_counts_and_wastes_no_call()
     # the decode loop's running totals are the schedule's
     assert torch.equal(revealed_counts(torch.tensor(48), torch.arange(17), torch.tensor(16), "cosine"),
                        torch.cat([torch.zeros(1, dtype=torch.long), expect.cumsum(0)]))
+
+
+# ---- NFE accounting ------------------------------------------------------------------------
+class Counting:
+    """Wraps a masked model and counts its batched calls and the rows pushed through it."""
+
+    def __init__(self, model):
+        self.model, self.mask_id, self.vocab_size = model, model.mask_id, model.vocab_size
+        self.calls, self.rows = 0, 0
+
+    def logits(self, tokens):
+        self.calls += 1
+        self.rows += tokens.shape[0]
+        return self.model.logits(tokens).clamp_min(-1e4)  # finite, so guidance is defined
+
+
+def _ragged_canvas(mask_id):
+    """Three rows of 6 positions with 2, 6 and 4 slots: one token per step finishes them at
+    steps 2, 6 and 4."""
+    canvas = torch.tensor([[0, 1, 2, 0, 1, 2]] * 3)
+    canvas[0, [1, 4]] = mask_id
+    canvas[1, :] = mask_id
+    canvas[2, 1:5] = mask_id
+    return canvas
+
+
+def test_nfe_counts_batched_calls_when_rows_finish_at_different_steps():
+    c = MarkovChain.random(3, seed=7)
+    model = Counting(c)
+    out = decode(model, canvas=_ragged_canvas(c.mask_id), policy="threshold", threshold=1.0, seed=0)
+    assert out.decoded_per_row.tolist() == [2, 6, 4]
+    assert out.nfe_per_row.tolist() == [2, 6, 4]  # each row stops counting when it is finished
+    assert out.nfe == model.calls == 6  # one batched call per step; the batch runs until row 1 is done
+    assert out.row_evaluations == model.rows == 12
+    assert out.tokens_per_nfe == pytest.approx((2 + 6 + 4) / (3 * 6))  # tokens per sequence per NFE
+    assert out.stats()["nfe"] == 6 and out.stats()["tokens_per_nfe"] == round(12 / 18, 4)
+    alone = decode(Counting(c), canvas=_ragged_canvas(c.mask_id)[:1], policy="threshold", threshold=1.0, seed=0)
+    assert alone.nfe == 2 and alone.tokens_per_nfe == 1.0
+
+
+def test_guidance_counts_two_evaluations_per_call():
+    c = MarkovChain.random(3, seed=7)
+    model = Counting(c)
+    out = decode(model, canvas=_ragged_canvas(c.mask_id), policy="threshold", threshold=1.0, seed=0, cfg=1.0)
+    assert model.calls == 6 and out.nfe == 2 * model.calls
+    assert out.nfe_per_row.tolist() == [4, 12, 8] and out.row_evaluations == model.rows
+
+
+def test_reuse_cache_nfe_is_the_number_of_batched_calls():
+    """With RADD reuse rows skip calls at different steps: the batch NFE counts every step on
+    which any row was evaluated, at least the most calls of any single row."""
+    c = MarkovChain.random(4, seed=2)
+    model = Counting(c)
+    out = decode(model, length=12, batch=4, policy="ancestral", steps=24, seed=3, cache="reuse")
+    assert out.nfe == model.calls and out.row_evaluations == model.rows
+    assert int(out.nfe_per_row.max()) < out.nfe < out.steps
+    assert out.tokens_per_nfe == pytest.approx(12 / out.nfe)
