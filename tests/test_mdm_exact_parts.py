@@ -235,3 +235,88 @@ def test_reuse_cache_nfe_is_the_number_of_batched_calls():
     assert out.nfe == model.calls and out.row_evaluations == model.rows
     assert int(out.nfe_per_row.max()) < out.nfe < out.steps
     assert out.tokens_per_nfe == pytest.approx(12 / out.nfe)
+
+
+# ---- S^3 templates against the exact conditional law -------------------------------------
+NULL = 3
+
+
+def _null_chain():
+    """States 0, 1, 2 and an absorbing null 3: a slot at the end of the canvas may end early
+    with nulls, a slot followed by skeleton text never holds one (probability zero)."""
+    return MarkovChain([[0.30, 0.40, 0.20, 0.10],
+                        [0.25, 0.15, 0.35, 0.25],
+                        [0.40, 0.30, 0.10, 0.20],
+                        [0.00, 0.00, 0.00, 1.00]], initial=[0.4, 0.3, 0.3, 0.0])
+
+
+def _template(mask_id):
+    """Skeleton ``0 1 [A A] 2 [B B B]``: slot A inside the skeleton, slot B at the end."""
+    return Template(torch.tensor([0, 1, mask_id, mask_id, 2, mask_id, mask_id, mask_id]),
+                    {"a": (2, 4), "b": (5, 8)})
+
+
+def _exact_slot_law(chain, tpl):
+    """P(slot contents | skeleton) over all V^5 fillings, by enumeration with ``log_prob``."""
+    V = chain.n_states
+    slots = (tpl.tokens == chain.mask_id).nonzero()[:, 0]
+    fills = torch.tensor(list(itertools.product(range(V), repeat=len(slots))))  # [V^5, 5]
+    full = tpl.tokens.expand(len(fills), -1).clone()
+    full[:, slots] = fills
+    p = chain.log_prob(full).exp()
+    return p / p.sum(), slots
+
+
+def _histogram(contents, V, n_slots):
+    codes = (contents * V ** torch.arange(n_slots - 1, -1, -1)).sum(1)
+    return torch.bincount(codes, minlength=V ** n_slots).double()
+
+
+@pytest.mark.parametrize("null_id", [None, NULL])
+def test_template_fill_samples_the_exact_conditional_law_of_the_slots(null_id):
+    """One token per step in random order with exact conditionals samples the slots' exact joint
+    law given the skeleton, with or without slot-length adaptation (here the null is absorbing,
+    so ending a slot with nulls is what the law does). The total-variation distance of N fills
+    to N exact draws must lie within the noise floor: the largest of 200 distances between two
+    independent exact sample sets of the same size N."""
+    chain, N, R = _null_chain(), 4000, 200
+    tpl = _template(chain.mask_id)
+    law, slots = _exact_slot_law(chain, tpl)
+    V, S = chain.n_states, len(slots)
+    out = tpl.fill(chain, null_id=null_id, policy="random", steps=S, batch=N, seed=0)
+    assert (out.tokens[:, tpl.tokens != chain.mask_id] == tpl.tokens[tpl.tokens != chain.mask_id]).all()
+    g = torch.Generator().manual_seed(1)
+    draw = lambda: _histogram(torch.tensor(list(itertools.product(range(V), repeat=S)))[  # noqa: E731
+        torch.multinomial(law, N, replacement=True, generator=g)], V, S)
+    reference = draw()
+    floor = max(total_variation(draw(), draw()) for _ in range(R))
+    tv = total_variation(_histogram(out.tokens[:, slots], V, S), reference)
+    assert tv <= floor, (tv, floor)
+    if null_id is not None:  # slot B ends early in some rows; values() cuts it there
+        vals = [tpl.values(row, null_id=NULL) for row in out.tokens]
+        lengths = torch.tensor([len(v["b"]) for v in vals])
+        assert set(lengths.tolist()) == {0, 1, 2, 3} and all(len(v["a"]) == 2 for v in vals)
+
+
+def test_slot_length_adaptation_ends_each_slot_on_its_own():
+    """A non-absorbing null: after a slot's first null the rest of that slot is null, the other
+    slot and the skeleton are untouched, and a slot ended early costs no more model calls."""
+    chain = MarkovChain([[0.3, 0.3, 0.1, 0.3], [0.3, 0.3, 0.1, 0.3], [0.3, 0.3, 0.1, 0.3],
+                         [0.3, 0.3, 0.1, 0.3]])
+    tpl = Template(torch.tensor([0, 4, 4, 4, 4, 2, 4, 4, 4, 4, 1]), {"a": (1, 5), "b": (6, 10)})
+    out = tpl.fill(chain, null_id=NULL, policy="low-confidence", batch=64, seed=0)
+    skeleton = tpl.tokens != chain.mask_id
+    assert (out.tokens[:, skeleton] == tpl.tokens[skeleton]).all()
+    ended_a = ended_b = 0
+    for row in out.tokens.tolist():
+        for s, e in tpl.slots.values():
+            slot = row[s:e]
+            if NULL in slot:
+                assert all(t == NULL for t in slot[slot.index(NULL):])
+                ended_a += s == 1
+                ended_b += s == 6
+    assert ended_a > 0 and ended_b > 0
+    plain = tpl.fill(chain, policy="low-confidence", batch=64, seed=0)
+    assert out.nfe <= plain.nfe and out.row_evaluations < plain.row_evaluations
+    with pytest.raises(ValueError, match="null_id"):
+        tpl.fill(chain, null_id=NULL, eos_id=NULL)

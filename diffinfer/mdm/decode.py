@@ -185,7 +185,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
            top_p: float | None = None, seed=None, eos_id: int | None = None,
            callback: Callable | None = None, *, canvas=None, batch: int | None = None, cfg: float = 0.0,
            schedule="linear", delimiters: Sequence[int] | None = None, mask_id: int | None = None,
-           **policy_options) -> DecodeResult:
+           segments=None, **policy_options) -> DecodeResult:
     """Decode a masked-diffusion language model.
 
     Args:
@@ -211,6 +211,10 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         batch: rows when ``prompt`` is ``None`` (or to repeat one prompt).
         cfg: LLaDA classifier-free guidance weight (the unconditional input masks the prompt).
         schedule: masking schedule for the per-step counts (``linear``, ``cosine``, ``loglinear``).
+        segments: ``[L]`` or ``[B, L]`` integer segment of each position (``-1``: none), e.g. the
+            slots of a template; with ``eos_id`` the end-of-sequence rule then acts within each
+            segment instead of the whole row (S^3 slot-length adaptation: a slot whose first
+            ``eos_id`` has nothing masked before it in the slot is filled with ``eos_id`` to its end).
     Returns:
         ``DecodeResult``.
     """
@@ -232,6 +236,12 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     rng = make_rng(seed, B, "cpu")
+    if segments is not None:
+        segments = torch.as_tensor(segments, dtype=torch.long)
+        segments = segments.expand(B, L) if segments.dim() == 1 else segments
+        if segments.shape != (B, L):
+            raise ValueError(f"segments must be [L] or [B, L] = [{B}, {L}], got shape {tuple(segments.shape)}")
+        seg_regions = [(segments == v) & region for v in segments.unique().tolist() if v >= 0]
     evaluator = LogitsEvaluator(model, cache, B, cfg, prompt_mask, real)
     pos = torch.arange(L)[None, :]
     is_masked = lambda: (tokens == mask) & region  # noqa: E731
@@ -283,8 +293,11 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         tokens = torch.where(commit, x0, tokens)
         if sel.remask is not None:
             tokens = tokens.masked_fill(sel.remask & ctx.decoded, mask)
-        if eos_id is not None:
+        if eos_id is not None and segments is None:
             tokens, given = _stop_at_eos(tokens, given, region, mask, eos_id)
+        elif eos_id is not None:
+            for seg in seg_regions:
+                tokens, given = _stop_at_eos(tokens, given, seg, mask, eos_id)
         step_in_block = step_in_block + active.long()
         if callback is not None:
             callback(step, tokens, {"commit": commit, "remask": sel.remask, "nfe": evaluator.nfe.clone(),
