@@ -120,8 +120,11 @@ def reveal_probabilities(step: Tensor, steps: Tensor, schedule="linear") -> Tens
 
 def transfer_counts(n_masked: Tensor, steps: int, schedule="linear") -> Tensor:
     """How many of ``n_masked`` ``[B]`` tokens to reveal at each of ``steps`` steps on the
-    uniform time grid ``t_s = 1 - s / steps``: ``[B, steps]``, each row summing to its count.
-    With the linear schedule this is LLaDA's equal split (remainder spread by rounding)."""
+    uniform time grid ``t_s = 1 - s / steps``: ``[B, steps]``, each row summing to its count,
+    the differences of ``revealed_counts`` (so every step reveals at least one token when the
+    count is at least ``steps``). With the linear schedule this is LLaDA's equal split (remainder
+    spread by rounding); with the cosine one the masked fraction follows ``cos(pi s / (2 steps))``:
+    few tokens first, more later."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     s = torch.arange(steps + 1)  # [S+1]
