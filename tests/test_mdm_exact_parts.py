@@ -152,8 +152,8 @@ def test_cosine_transfer_counts_back_load_commit_every_step_and_sum_to_the_lengt
                 assert abs(int(cum[n - 1, s - 1]) - _cosine_revealed(n, s, S)) <= 0.5 + 1e-9, (n, S, s)
         half = S // 2
         assert (counts[:, :half].sum(1) <= counts[:, S - half:].sum(1)).all()
-    assert transfer_counts(torch.tensor([48]), 16, "cosine")[0, -1] >= 1
-    assert transfer_counts(torch.tensor([48]), 16, "cosine")[0, 0] < transfer_counts(torch.tensor([48]), 16, "cosine")[0, -1]
+    issue = transfer_counts(torch.tensor([48]), 16, "cosine")[0]  # was [5, 4, 5, ..., 1, 1, 0]
+    assert issue[-1] >= 1 and issue[0] < issue[-1]
 
 
 @pytest.mark.parametrize("name", ["linear", "loglinear"])
