@@ -35,9 +35,23 @@ Tensor = torch.Tensor
 class DecodeResult:
     """``tokens`` ``[B, L]``: the decoded canvases (prompt, generation, then padding with
     ``pad_id``); ``gen_start`` / ``gen_end`` ``[B]``: each row's generation region;
-    ``nfe_per_row`` ``[B]``: model calls spent on each row; ``nfe``: the most of them;
-    ``tokens_per_nfe``: decoded tokens over model calls, over all rows; ``steps``: loop
-    iterations; ``wall_time``: seconds."""
+    ``decoded_per_row`` ``[B]``: tokens decoded in each row; ``steps``: loop iterations;
+    ``wall_time``: seconds.
+
+    Model calls are counted one way everywhere (reports, ``stats``, the CLI):
+
+    - ``nfe``: function evaluations of the decode. One evaluation of the model on the batch is
+      one NFE, however many rows it holds (rows that finished early are not evaluated but do
+      not make a call cheaper); classifier-free guidance counts two (the conditional and the
+      unconditional input). This is ``batch_nfe``, counted by ``decode``.
+    - ``tokens_per_nfe``: decoded tokens per sequence per NFE,
+      ``decoded_per_row.sum() / (B * nfe)`` (for one row: its tokens over its calls).
+    - ``nfe_per_row`` ``[B]``: evaluations each row took part in (two per call with guidance);
+      a row that finishes early stops counting, so ``nfe_per_row.max() <= nfe``, with equality
+      unless the ``reuse`` cache skips different rows at different steps.
+      ``row_evaluations`` is their sum (the rows actually pushed through the model, the cost
+      the ``reuse`` cache lowers); neither is an NFE.
+    """
 
     tokens: Tensor
     gen_start: Tensor
@@ -48,14 +62,22 @@ class DecodeResult:
     wall_time: float
     pad_id: int
     eos_id: int | None = None
+    batch_nfe: int | None = None
 
     @property
     def nfe(self) -> int:
-        return int(self.nfe_per_row.max())
+        if self.batch_nfe is None:
+            raise ValueError("this DecodeResult carries no batch_nfe (build it with decode)")
+        return int(self.batch_nfe)
+
+    @property
+    def row_evaluations(self) -> int:
+        return int(self.nfe_per_row.sum())
 
     @property
     def tokens_per_nfe(self) -> float:
-        return float(self.decoded_per_row.sum()) / max(1, int(self.nfe_per_row.sum()))
+        rows = max(1, len(self.decoded_per_row))
+        return float(self.decoded_per_row.sum()) / (rows * max(1, self.nfe))
 
     def generated(self) -> list[list[int]]:
         """Each row's generated tokens, cut before the first end-of-sequence token."""
@@ -163,7 +185,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
            top_p: float | None = None, seed=None, eos_id: int | None = None,
            callback: Callable | None = None, *, canvas=None, batch: int | None = None, cfg: float = 0.0,
            schedule="linear", delimiters: Sequence[int] | None = None, mask_id: int | None = None,
-           **policy_options) -> DecodeResult:
+           segments=None, **policy_options) -> DecodeResult:
     """Decode a masked-diffusion language model.
 
     Args:
@@ -189,6 +211,10 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         batch: rows when ``prompt`` is ``None`` (or to repeat one prompt).
         cfg: LLaDA classifier-free guidance weight (the unconditional input masks the prompt).
         schedule: masking schedule for the per-step counts (``linear``, ``cosine``, ``loglinear``).
+        segments: ``[L]`` or ``[B, L]`` integer segment of each position (``-1``: none), e.g. the
+            slots of a template; with ``eos_id`` the end-of-sequence rule then acts within each
+            segment instead of the whole row (S^3 slot-length adaptation: a slot whose first
+            ``eos_id`` has nothing masked before it in the slot is filled with ``eos_id`` to its end).
     Returns:
         ``DecodeResult``.
     """
@@ -210,6 +236,12 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     rng = make_rng(seed, B, "cpu")
+    if segments is not None:
+        segments = torch.as_tensor(segments, dtype=torch.long)
+        segments = segments.expand(B, L) if segments.dim() == 1 else segments
+        if segments.shape != (B, L):
+            raise ValueError(f"segments must be [L] or [B, L] = [{B}, {L}], got shape {tuple(segments.shape)}")
+        seg_regions = [(segments == v) & region for v in segments.unique().tolist() if v >= 0]
     evaluator = LogitsEvaluator(model, cache, B, cfg, prompt_mask, real)
     pos = torch.arange(L)[None, :]
     is_masked = lambda: (tokens == mask) & region  # noqa: E731
@@ -220,7 +252,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     steps_block = torch.ones(B, dtype=torch.long)
     step_in_block = torch.zeros(B, dtype=torch.long)
     max_iterations = 4 * (int(gen_len.max()) + steps) + 16
-    step = 0
+    step, batch_nfe = 0, 0
     while True:
         masked = is_masked()
         active = masked.any(-1)
@@ -231,7 +263,9 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         in_block = (pos >= block_start[:, None]) & (pos < block_end[:, None])
         finished_block = active & ~(masked & in_block).any(-1)
         t_row = masked.sum(-1).double() / gen_len.clamp_min(1).double()  # masked fraction [B]
+        calls_before = evaluator.nfe.clone()
         logits = evaluator(tokens, active, t_row, block_start, block_end, bool(finished_block.any()))
+        batch_nfe += int((evaluator.nfe - calls_before).max())  # one batched call (two with guidance)
         if logits.shape[:2] != (B, L):
             raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for a [{B}, {L}] canvas")
         logp = filter_logits(logits, mask, temperature, top_k, top_p)  # [B, L, V]
@@ -259,16 +293,20 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         tokens = torch.where(commit, x0, tokens)
         if sel.remask is not None:
             tokens = tokens.masked_fill(sel.remask & ctx.decoded, mask)
-        if eos_id is not None:
+        if eos_id is not None and segments is None:
             tokens, given = _stop_at_eos(tokens, given, region, mask, eos_id)
+        elif eos_id is not None:
+            for seg in seg_regions:
+                tokens, given = _stop_at_eos(tokens, given, seg, mask, eos_id)
         step_in_block = step_in_block + active.long()
         if callback is not None:
             callback(step, tokens, {"commit": commit, "remask": sel.remask, "nfe": evaluator.nfe.clone(),
+                                    "batch_nfe": batch_nfe,
                                     "block_start": block_start, "block_end": block_end})
         step += 1
     return DecodeResult(tokens=tokens, gen_start=gen_start, gen_end=gen_end, nfe_per_row=evaluator.nfe,
                         decoded_per_row=decoded_per_row, steps=step, wall_time=time.perf_counter() - t0,
-                        pad_id=pad_id, eos_id=eos_id)
+                        pad_id=pad_id, eos_id=eos_id, batch_nfe=batch_nfe)
 
 
 def _stop_at_eos(tokens: Tensor, given: Tensor, region: Tensor, mask_id: int, eos_id: int):

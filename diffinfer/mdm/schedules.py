@@ -48,12 +48,14 @@ class LinearSchedule(MaskSchedule):
 
 
 class CosineSchedule(MaskSchedule):
-    """``alpha(t) = cos(pi t / 2)`` (MaskGIT, Chang et al. 2022): few tokens first, many last."""
+    """``alpha(t) = 1 - cos(pi (1 - t) / 2)`` (MaskGIT, Chang et al. 2022; the cosine schedule of
+    Shi et al. 2024, MD4): decoding from ``t = 1`` over ``s`` of ``S`` uniform steps, the masked
+    fraction is ``cos(pi s / (2 S))``, so few tokens are revealed first and many last."""
 
     name = "cosine"
 
     def alpha(self, t):
-        return torch.cos(math.pi / 2 * t)
+        return 1 - torch.cos(math.pi / 2 * (1 - t))
 
 
 class LogLinearSchedule(MaskSchedule):
@@ -91,10 +93,19 @@ def _grid_time(step: Tensor, steps: Tensor) -> Tensor:
 
 def revealed_counts(n_masked: Tensor, step: Tensor, steps: Tensor, schedule="linear") -> Tensor:
     """How many of ``n_masked`` tokens (masked at ``t = 1``) are revealed by ``step`` of ``steps``
-    on the uniform time grid: ``n_masked * revealed_fraction(t_step)`` rounded half up (long).
-    The arguments broadcast against each other."""
+    on the uniform time grid (long; the arguments broadcast against each other).
+
+    With ``n_masked >= steps`` every step reveals at least one token: one token per step, and
+    the other ``n_masked - steps`` by the schedule, ``step + round((n_masked - steps) *
+    revealed_fraction(t_step))`` (rounded half up), so no step is a model call that commits
+    nothing. (For the linear schedule this equals ``round(n_masked * step / steps)``, LLaDA's
+    equal split.) With fewer tokens than steps: ``round(n_masked * revealed_fraction(t_step))``."""
+    n, step, steps = torch.broadcast_tensors(torch.as_tensor(n_masked), torch.as_tensor(step), torch.as_tensor(steps))
+    step = torch.minimum(step, steps).clamp_min(0)
     frac = get_schedule(schedule).revealed_fraction(_grid_time(step, steps))
-    return torch.floor(n_masked.double() * frac + 0.5).long()
+    spread = step + torch.floor((n - steps).double() * frac + 0.5).long()
+    plain = torch.floor(n.double() * frac + 0.5).long()
+    return torch.where(n >= steps, spread, plain)
 
 
 def reveal_probabilities(step: Tensor, steps: Tensor, schedule="linear") -> Tensor:
@@ -109,8 +120,11 @@ def reveal_probabilities(step: Tensor, steps: Tensor, schedule="linear") -> Tens
 
 def transfer_counts(n_masked: Tensor, steps: int, schedule="linear") -> Tensor:
     """How many of ``n_masked`` ``[B]`` tokens to reveal at each of ``steps`` steps on the
-    uniform time grid ``t_s = 1 - s / steps``: ``[B, steps]``, each row summing to its count.
-    With the linear schedule this is LLaDA's equal split (remainder spread by rounding)."""
+    uniform time grid ``t_s = 1 - s / steps``: ``[B, steps]``, each row summing to its count,
+    the differences of ``revealed_counts`` (so every step reveals at least one token when the
+    count is at least ``steps``). With the linear schedule this is LLaDA's equal split (remainder
+    spread by rounding); with the cosine one the masked fraction follows ``cos(pi s / (2 steps))``:
+    few tokens first, more later."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     s = torch.arange(steps + 1)  # [S+1]
