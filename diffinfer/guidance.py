@@ -1,4 +1,4 @@
-"""Guidance wrappers: ``Denoiser -> Denoiser`` (DESIGN.md section 1, wrappers compose).
+"""Guidance wrappers: ``Denoiser -> Denoiser`` (docs/architecture.md, wrappers compose).
 
 - ``ClassifierFreeGuidance``: Ho & Salimans, "Classifier-Free Diffusion Guidance" (2022),
   ``eps = eps_u + w (eps_c - eps_u)`` (``w = 1`` conditional, ``w = 0`` unconditional),

@@ -1,4 +1,4 @@
-"""Time grids: descending 1-D float64 tensors of ``t`` (DESIGN.md section 1).
+"""Time grids: descending 1-D float64 tensors of ``t`` (docs/architecture.md).
 
 Every builder takes ``(process, steps)`` and returns ``steps + 1`` points from
 ``t_max`` down. If the process stops short of ``t = 0`` (``process.t_min > 0``) the

@@ -8,7 +8,7 @@ evaluation),
 
 ``training_set`` draws the noises and runs the teacher (``teacher_endpoint``, a high-NFE
 solve); ``Objective`` is ``L`` (or a user ``distance``) on that batch, counting its solves.
-The sampling loop is imported when a solve runs, so importing this module does not load it.
+The solves run on the sampling loop (``diffinfer.loop.sample``).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from ..loop import sample
 from ..process import as_time
 from .builders import default_builder
 from .fit_params import default_t_lo
@@ -26,7 +27,6 @@ Tensor = torch.Tensor
 
 def solve(den, x_T: Tensor, solver, ts: Tensor, **solver_options) -> Tensor:
     """The solver's endpoint from ``x_T`` on ``ts`` (no gradient)."""
-    from ..sample import sample
     with torch.no_grad():
         return sample(den, x_T, solver=solver, ts=ts, **solver_options).x
 

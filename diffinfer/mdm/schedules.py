@@ -1,7 +1,7 @@
 """The masked (absorbing-state) forward process and its schedules.
 
 A token is still clean at time ``t`` with probability ``alpha(t)``; ``t = 0`` is data
-(``alpha = 1``) and ``t = 1`` is noise (every token masked), as in DESIGN.md section 1.
+(``alpha = 1``) and ``t = 1`` is noise (every token masked), as in docs/architecture.md.
 Austin et al. 2021 (D3PM, absorbing state); Sahoo et al. 2024 (MDLM) and Ou et al. 2024 (RADD)
 use the log-linear schedule; Chang et al. 2022 (MaskGIT) the cosine one.
 """
