@@ -26,7 +26,8 @@ from .caching import LogitsEvaluator
 from .model import as_masked_model
 from .sampling import filter_logits, propose_tokens
 from .schedules import get_schedule, reveal_probabilities, revealed_counts
-from .unmasking import StepContext, get_policy
+from .policies import get_policy
+from .unmasking import StepContext
 
 Tensor = torch.Tensor
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .sampling import SCORES, token_scores
-from .unmasking import POLICIES, Selection, StepContext, UnmaskPolicy, top_k_mask
+from .sampling import check_score, token_scores
+from .unmasking import Selection, StepContext, UnmaskPolicy, top_k_mask
 
 Tensor = torch.Tensor
 
@@ -25,9 +25,7 @@ class RunningConfidenceRemasking(UnmaskPolicy):
     name = "rcr"
 
     def __init__(self, score: str = "confidence"):
-        if score not in SCORES:
-            raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
-        self.score = score
+        self.score = check_score(score)
         self.running: Tensor | None = None
 
     def reset(self) -> None:
@@ -44,6 +42,3 @@ class RunningConfidenceRemasking(UnmaskPolicy):
         remask = ctx.decoded & ~keep
         self.running = self.running.masked_fill(remask, 0.0)
         return Selection(keep & masked, remask)
-
-
-POLICIES["rcr"] = RunningConfidenceRemasking

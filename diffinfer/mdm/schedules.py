@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..registry import Registry
 from ..rng import SampleRNG
 
 Tensor = torch.Tensor
@@ -72,16 +73,15 @@ class LogLinearSchedule(MaskSchedule):
         return torch.exp(-self.sigma(t))
 
 
-SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule, "loglinear": LogLinearSchedule}
+SCHEDULES = Registry("mask schedule", {"linear": LinearSchedule, "cosine": CosineSchedule,
+                                      "loglinear": LogLinearSchedule})
 
 
 def get_schedule(schedule) -> MaskSchedule:
     """A ``MaskSchedule`` from itself or its name (``linear``, ``cosine``, ``loglinear``)."""
     if isinstance(schedule, MaskSchedule):
         return schedule
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown mask schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
-    return SCHEDULES[schedule]()
+    return SCHEDULES.factory(schedule)()
 
 
 def _grid_time(step: Tensor, steps: Tensor) -> Tensor:
