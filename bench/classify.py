@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 
 from diffinfer import zoo  # noqa: E402
 from diffinfer.classify import ABSTAIN, DenoisedSmoothing, DiffusionClassifier  # noqa: E402
-from diffinfer.data import digits  # noqa: E402
+from diffinfer.zoo.data import digits  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 SCHEDULES = {"64 pairs, all classes": None, "pruned: 8 pairs x 10 classes, then 24 x 4": [(8, 4), (24, 1)]}

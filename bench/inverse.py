@@ -9,7 +9,7 @@
    super-resolution and deblurring (Gaussian, sigma 1 pixel) at measurement noise 0.05
    (images in [-1, 1]); PSNR against the truth and ``fd_digits`` of the restorations
    against the real digits, for DPS, RED-Diff and projection, with ``A^+ y`` as a baseline.
-   Method settings are the CLI's (``cli_inverse.restore_digits``: DPS scale per task).
+   Method settings are the CLI's (``zoo.tasks.restore_digits``: DPS scale per task).
 3. Guidance on digits (bundled ``digits`` and ``digits-classifier``, if present): class
    accuracy and ``fd_digits`` of classifier guidance (unconditional model + noise-conditional
    classifier) and classifier-free guidance, per scale.
@@ -139,7 +139,7 @@ def _load(name: str):
 
 def _fd_digits(x: torch.Tensor) -> float | None:
     """``quality.fd_digits`` of restorations, or ``None`` without the digits classifier."""
-    from diffinfer import quality
+    from diffinfer.zoo import quality
     try:
         return round(quality.fd_digits(x), 2)
     except Exception as e:  # noqa: BLE001
@@ -151,9 +151,10 @@ def run_digits(quick: bool, out_dir: pathlib.Path) -> dict:
     base, err = _load("digits")
     if base is None:
         return {"skipped": f"bundled digits model unavailable ({err})"}
-    from diffinfer.cli_inverse import measurement_view, psnr, restore_digits
-    from diffinfer.cli_models import digit_grid, save_image
-    from diffinfer.data import digits
+    from diffinfer.metrics import psnr
+    from diffinfer.viz import digit_grid, save_image
+    from diffinfer.zoo.data import digits
+    from diffinfer.zoo.tasks import measurement_view, restore_digits
     n = 8 if quick else 64
     x_all, _ = digits()
     idx = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(0))[:n]
@@ -187,7 +188,7 @@ def run_digit_guidance(quick: bool) -> dict:
     clf, err2 = _load("digits-classifier")
     if base is None or clf is None:
         return {"skipped": f"bundled digits models unavailable ({err or err2})"}
-    from diffinfer import quality
+    from diffinfer.zoo import quality
     from diffinfer.guidance import ClassifierFreeGuidance, ClassifierGuidance
     n = 20 if quick else 100
     labels = torch.arange(n) % 10
@@ -213,8 +214,9 @@ def run_sunspots(quick: bool, out_dir: pathlib.Path) -> dict:
     den, err = _load("sunspots")
     if den is None:
         return {"skipped": f"bundled sunspots model unavailable ({err})"}
-    from diffinfer.cli_inverse import forecast_plot, forecast_scores, forecast_sunspots
-    from diffinfer.data import sunspots_series
+    from diffinfer.viz import forecast_plot
+    from diffinfer.zoo.data import sunspots_series
+    from diffinfer.zoo.tasks import forecast_scores, forecast_sunspots
     last = sunspots_series(torch.float32).numel()
     window, horizon = int(den.shape[-1]), 24
     n = 16 if quick else 64

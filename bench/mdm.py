@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from diffinfer import metrics, quality  # noqa: E402
+from diffinfer import metrics  # noqa: E402
+from diffinfer.zoo import quality  # noqa: E402
 from diffinfer.mdm import decode  # noqa: E402
 from diffinfer.mdm.metrics import bigram_tv, nll_per_token  # noqa: E402
 from diffinfer.toys.markov_chain import MarkovChain  # noqa: E402

@@ -3,7 +3,7 @@
     python bench/models.py                 # every model, full sizes (the issue's bars)
     python bench/models.py --only digits   # one model
     python bench/models.py --quick         # small samples (a smoke run)
-    python bench/models.py --cards         # also rewrite zoo_weights/NAME.md with the numbers
+    python bench/models.py --cards         # also rewrite diffinfer/zoo/weights/NAME.md with the numbers
 
 Bars (issue 3):
 - digits: FD of 2,000 samples (50 steps) <= 2 x the FD between two disjoint halves of the
@@ -30,8 +30,9 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffinfer import quality, zoo  # noqa: E402
-from diffinfer.data import digits, digits_to_unit, sunspots_from_unit, sunspots_windows  # noqa: E402
+from diffinfer import zoo  # noqa: E402
+from diffinfer.zoo import quality  # noqa: E402
+from diffinfer.zoo.data import digits, digits_to_unit, sunspots_from_unit, sunspots_windows  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 FD_BAR, ACC_BAR, PPL_BAR, ENTROPY_BAR = 2.0, 0.90, 1.5, 0.05
@@ -65,7 +66,7 @@ def bench_digits(name: str, n: int, steps: int, n_uncond: int, guidance: float =
 
 
 def bench_classifier() -> dict:
-    from diffinfer.train import digits_classifier_split
+    from diffinfer.zoo.recipes import digits_classifier_split
     c = zoo.load("digits-classifier")
     x, y = digits()
     _, held = digits_classifier_split()
@@ -215,7 +216,7 @@ def write_card(name: str, measured: dict, extra_md: str = "") -> pathlib.Path:
 
 
 def _digit_card_extra(name: str, samples: torch.Tensor) -> str:
-    from diffinfer.cli_models import digit_grid, save_image
+    from diffinfer.viz import digit_grid, save_image
     png = zoo.WEIGHTS_DIR / f"{name}.png"
     save_image(str(png), digit_grid(samples, nrow=10), scale=4)
     return (f"## Samples\n\nGuided (scale 2) samples, labels 0-9 in each row:\n\n![samples]({png.name})\n\n"

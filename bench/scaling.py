@@ -162,7 +162,7 @@ BON_STEPS = (5, 8)  # best-of-N is also run with these step counts at its larges
 
 
 def digits_problem():
-    from diffinfer.cli_scale import load_problem
+    from diffinfer.zoo.tasks import load_problem
     den, reward, shape, _, _ = load_problem("digits", "class:7", 1.0)
     return den, reward, shape
 
@@ -260,7 +260,7 @@ def plot(search_rows, sampling_summary, smc_x, target, path_prefix):
     fig.tight_layout()
     fig.savefig(f"{path_prefix}_target.png", dpi=120)
     plt.close(fig)
-    from diffinfer.cli_core import scatter_plot
+    from diffinfer.viz import scatter_plot
     scatter_plot(f"{path_prefix}_smc_samples.png", target, VP(), smc_x, "SMC samples over the exact tilted target")
 
 

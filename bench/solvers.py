@@ -361,7 +361,7 @@ def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: boo
     base, reason = load_digits()
     if base is None:
         return [], reason
-    from diffinfer import quality
+    from diffinfer.zoo import quality
     process = base.process
     shape = tuple(base.shape)
     den = base.bind(label=digits_labels(n_samples))

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from .denoiser import DenoiserBase, summed_counter
 from .process import Process, as_time
 
-Tensor = torch.Tensor
 ABSTAIN = -1
 
 

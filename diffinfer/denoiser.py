@@ -22,11 +22,11 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from .grids.grid import GridPoint
 from .process import Coefficients, Process, as_time
 
-Tensor = torch.Tensor
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 
 

@@ -29,11 +29,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from .denoiser import DenoiserBase, Prediction
 from .process import as_time
-
-Tensor = torch.Tensor
 
 
 def _rows_t(t: Tensor, batch: int) -> Tensor:

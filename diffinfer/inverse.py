@@ -36,6 +36,7 @@ import time
 from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from . import solvers as solver_registry
 from . import grids
@@ -44,8 +45,6 @@ from .guidance import GradientGuidance
 from .rng import SampleRNG
 from .loop import SampleResult, initial_noise, iterate, sample
 from .rng import make_rng
-
-Tensor = torch.Tensor
 
 
 # --- measurement operators -----------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from . import solvers as solver_registry
 from . import grids
@@ -29,8 +30,6 @@ from .grids.grid import GridPoint
 from .loop import iterate
 from .rng import SampleRNG, make_rng
 from .solvers.ddim import ddim, ddim_from_prediction
-
-Tensor = torch.Tensor
 
 
 @dataclass

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 from . import grids
 from .denoiser import DenoiserBase
 
-Tensor = torch.Tensor
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 

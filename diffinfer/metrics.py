@@ -10,14 +10,15 @@
 - ``precision_recall_knn``: improved precision and recall from k-NN balls
   (Kynkaanniemi et al. 2019, "Improved Precision and Recall Metric").
 - ``unigram_entropy``, ``kl_divergence``, ``total_variation``: for discrete distributions.
+- ``psnr``: peak signal-to-noise ratio per row (dB), for images in ``[-1, 1]`` by default.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import Tensor
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 
 
@@ -125,3 +126,9 @@ def total_variation(p: Tensor, q: Tensor) -> float:
     """``0.5 * sum |p - q|`` between two discrete distributions (normalised here)."""
     p, q = torch.as_tensor(p, dtype=_F64).reshape(-1), torch.as_tensor(q, dtype=_F64).reshape(-1)
     return float(0.5 * (p / p.sum() - q / q.sum()).abs().sum())
+
+
+def psnr(x: Tensor, ref: Tensor, data_range: float = 2.0) -> Tensor:
+    """Peak signal-to-noise ratio per row (dB) for images in ``[-1, 1]``."""
+    mse = ((x - ref) ** 2).reshape(x.shape[0], -1).mean(1)
+    return 10.0 * torch.log10(data_range ** 2 / mse.clamp_min(1e-12))

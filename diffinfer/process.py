@@ -26,10 +26,10 @@ import math
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 from .registry import Registry
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 
 

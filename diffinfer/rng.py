@@ -10,8 +10,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
-Tensor = torch.Tensor
+from torch import Tensor
 
 
 def stream_seed(seed: int, index: int) -> int:

@@ -1,4 +1,4 @@
-"""Minimal training loops for the zoo: losses, EMA, a seeded resumable loop.
+"""Minimal training loops: losses, EMA, a seeded resumable loop.
 
 - ``denoising_loss``: ``E_{t, x0, eps} w(t) || net(x_t, t) - target ||^2`` for any process
   and prediction type of the core, the target from ``denoiser.from_x0_eps`` (Ho et al.
@@ -11,8 +11,8 @@
 - ``EMA``: exponential moving average of weights (Polyak averaging, as in DDPM).
 - ``fit``: the loop, with one ``torch.Generator`` for all randomness, checkpoint/resume
   (model, EMA, optimiser, generator, step) and a tqdm bar showing the loss.
-- ``RECIPES`` / ``train_model(name)``: how each bundled model is trained (``diffinfer train
-  NAME``), writing the EMA weights and their config to ``zoo_weights/NAME.safetensors``.
+
+How each bundled model is trained (``RECIPES``, ``train_model``) is in ``diffinfer.zoo.recipes``.
 """
 from __future__ import annotations
 
@@ -20,18 +20,15 @@ import copy
 import math
 import os
 import pathlib
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .denoiser import Denoiser, from_x0_eps
 from .process import as_time
-
-Tensor = torch.Tensor
 
 
 # --- losses ---------------------------------------------------------------------------
@@ -250,216 +247,3 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
     save()
     model.eval()
     return TrainResult(model, ema, step, losses)
-
-
-# --- recipes: how each bundled model is trained ---------------------------------------
-@dataclass
-class Recipe:
-    """``nets`` (trained together as one ``ModuleDict``), ``loss_fn(model, gen)``, the
-    training config, and the zoo ``config`` written into the checkpoint's metadata."""
-
-    nets: dict
-    loss_fn: Callable
-    cfg: TrainConfig
-    config: dict
-
-
-def _drop_labels(labels: Tensor, p: float, null: int, generator: torch.Generator) -> Tensor:
-    """Replace each label by the null class with probability ``p`` (classifier-free
-    guidance training, Ho & Salimans 2022)."""
-    drop = torch.rand(labels.shape, generator=generator) < p
-    return torch.where(drop, torch.full_like(labels, null), labels)
-
-
-def _digits_denoiser_recipe(process_name: str, prediction: str, seed: int, steps: int,
-                            ema_decay: float) -> Recipe:
-    from .data import digits
-    from .nets.unet import UNet
-    from .process import get_process
-    x, y = digits()
-    unet_kwargs = {"in_channels": 1, "channels": [48, 96, 96], "emb_dim": 128, "num_classes": 10}
-    net = UNet(**unet_kwargs)
-    process = get_process(process_name)
-    batch, p_uncond = 128, 0.1
-
-    def loss_fn(model, gen):
-        idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
-        labels = _drop_labels(y[idx], p_uncond, 10, gen)
-        den = Denoiser(model["net"], process, prediction, cond={"label": labels}, check=False)
-        return denoising_loss(den, x[idx], generator=gen)
-
-    cfg = TrainConfig(steps=steps, lr=1e-3, warmup=200, ema_decay=ema_decay, seed=seed)
-    config = {"kind": "denoiser", "process": process_name, "prediction": prediction, "shape": [1, 8, 8],
-              "num_classes": 10, "null_label": 10, "label_dropout": p_uncond, "batch": batch,
-              "networks": {"net": {"arch": "unet", "kwargs": unet_kwargs}}}
-    return Recipe({"net": net}, loss_fn, cfg, config)
-
-
-def recipe_digits() -> Recipe:
-    """Class-conditional VP (linear) eps-prediction UNet with 10% label dropout."""
-    return _digits_denoiser_recipe("vp-linear", "eps", seed=0, steps=3000, ema_decay=0.999)
-
-
-def recipe_digits_flow() -> Recipe:
-    """Rectified-flow velocity UNet (class-conditional, 10% label dropout)."""
-    return _digits_denoiser_recipe("rectified-flow", "velocity", seed=1, steps=1000, ema_decay=0.995)
-
-
-def recipe_digits_classifier() -> Recipe:
-    """A noise-conditional classifier on VP-noised digits (ADM-style, for classifier
-    guidance and verification) and a clean classifier (features for ``fd_digits``), both
-    trained on 90% of the digits with one-pixel random shifts; 10% held out."""
-    from .data import digits
-    from .nets.unet import UNetClassifier
-    from .process import get_process
-    x, y = digits()
-    train_idx, _ = digits_classifier_split()
-    kw = {"in_channels": 1, "channels": [32, 64, 64], "emb_dim": 128, "num_classes": 10}
-    noisy = UNetClassifier(**kw, time_conditional=True)
-    clean = UNetClassifier(**kw, time_conditional=False)
-    process = get_process("vp-linear")
-    batch = 128
-
-    def shift(images, gen):
-        pad = F.pad(images, (1, 1, 1, 1), value=-1.0)
-        dx, dy = torch.randint(0, 3, (2,), generator=gen).tolist()
-        return pad[:, :, dy:dy + 8, dx:dx + 8]
-
-    def loss_fn(model, gen):
-        idx = train_idx[torch.randint(0, train_idx.numel(), (batch,), generator=gen)]
-        x0 = shift(x[idx], gen)
-        t = sample_times(process, batch, gen)
-        x_t = process.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
-        return (F.cross_entropy(model["noisy"](x_t, t.float()), y[idx])
-                + F.cross_entropy(model["clean"](x0), y[idx]))
-
-    cfg = TrainConfig(steps=3000, lr=1e-3, warmup=100, ema_decay=0.995, seed=2, weight_decay=1e-4)
-    config = {"kind": "classifiers", "process": "vp-linear", "shape": [1, 8, 8], "num_classes": 10,
-              "split_seed": 1234, "train_fraction": 0.9,
-              "networks": {"noisy": {"arch": "unet-classifier", "kwargs": {**kw, "time_conditional": True}},
-                           "clean": {"arch": "unet-classifier", "kwargs": {**kw, "time_conditional": False}}}}
-    return Recipe({"noisy": noisy, "clean": clean}, loss_fn, cfg, config)
-
-
-def digits_classifier_split() -> tuple[Tensor, Tensor]:
-    """Indices (train, held out) of the digits split the classifiers use."""
-    n = 1797  # scikit-learn's digits
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1234))
-    n_train = int(0.9 * n)
-    return perm[:n_train], perm[n_train:]
-
-
-def recipe_sunspots() -> Recipe:
-    """Unconditional VP (linear) eps-prediction ``SeriesNet`` on the 224 windows of 32 years
-    that end before the held-out last ``SUNSPOTS_HELDOUT_YEARS`` (1955-2008) of the yearly
-    sunspot series (scaled to ``[-1, 1]``)."""
-    from .data import sunspots_windows
-    from .nets.series import SeriesNet
-    from .process import get_process
-    x = sunspots_windows(32, split="train")
-    kwargs = {"in_channels": 1, "channels": 64, "depth": 6, "emb_dim": 64, "num_classes": 0}
-    net = SeriesNet(**kwargs)
-    process = get_process("vp-linear")
-    batch = 64
-
-    def loss_fn(model, gen):
-        idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
-        return denoising_loss(Denoiser(model["net"], process, "eps", check=False), x[idx], generator=gen)
-
-    cfg = TrainConfig(steps=1500, lr=1e-3, warmup=100, ema_decay=0.995, seed=3)
-    config = {"kind": "denoiser", "process": "vp-linear", "prediction": "eps", "shape": [1, 32],
-              "window": 32, "scale": "2 x / 200 - 1 (sunspot number to [-1, 1])", "batch": batch,
-              "networks": {"net": {"arch": "series", "kwargs": kwargs}}}
-    return Recipe({"net": net}, loss_fn, cfg, config)
-
-
-SHAKESPEARE_NET = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_len": 256}
-
-
-def _shakespeare_recipe(causal: bool, steps: int, seed: int, lr: float = 2e-3, warmup: int = 100,
-                        init_from: str | None = None) -> Recipe:
-    from .data import random_windows, shakespeare_tokens, shakespeare_vocab
-    from .mdm.model import shift_right
-    from .nets.char_transformer import CharTransformer
-    vocab = shakespeare_vocab()
-    stream = shakespeare_tokens("train")
-    kwargs = {"vocab_size": vocab.size, **SHAKESPEARE_NET, "causal": causal}
-    shift = init_from is not None  # Dream's logit shift keeps the causal model's next-token head
-    net = CharTransformer(**kwargs)
-    if init_from is not None:  # start from another bundled model with the same shapes
-        from . import zoo
-        net.load_state_dict(zoo.read_checkpoint(zoo.weights_path(init_from))[0]["net"].state_dict())
-    batch, length = 16, SHAKESPEARE_NET["max_len"]
-
-    def loss_fn(model, gen):
-        tokens = random_windows(stream, length + (1 if causal else 0), batch, gen)  # [B, L(+1)]
-        if causal:
-            return autoregressive_loss(model["net"], tokens)
-        net = model["net"]
-        logits = (lambda x: shift_right(net(x))) if shift else net
-        return masked_diffusion_loss(logits, tokens, vocab.mask_id, generator=gen, stratified=True)
-
-    cfg = TrainConfig(steps=steps, lr=lr, warmup=warmup, ema_decay=0.99, seed=seed,
-                      final_lr_fraction=0.05, checkpoint_every=100)
-    config = {"kind": "text", "causal": causal, "vocab": vocab.chars, "mask_id": vocab.mask_id,
-              "batch": batch, "length": length, "split": "first 90% of each play (train), rest held out",
-              "init_from": init_from, "shift_logits": shift,
-              "networks": {"net": {"arch": "char-transformer", "kwargs": kwargs}}}
-    return Recipe({"net": net}, loss_fn, cfg, config)
-
-
-def recipe_shakespeare_char() -> Recipe:
-    """Bidirectional time-free character transformer with the masked-diffusion loss,
-    initialised from ``shakespeare-ar``'s weights with Dream's logit shift (Ye et al. 2025;
-    an AR-initialised masked-diffusion model as DiffuLLaMA, Gong et al. 2024): the shift keeps
-    the causal model's next-token head, so the held-out ELBO starts at 3.37 nats per character
-    instead of 4.19 (unshifted) and falls below the unshifted model's 1,500-step value within
-    50 steps. From random weights the model sat at the unigram entropy for 700 steps."""
-    return _shakespeare_recipe(causal=False, steps=2000, seed=4, lr=1.5e-3, warmup=50, init_from="shakespeare-ar")
-
-
-def recipe_shakespeare_ar() -> Recipe:
-    """Causal character transformer with next-token cross-entropy (the scorer)."""
-    return _shakespeare_recipe(causal=True, steps=800, seed=5)
-
-
-RECIPES: dict[str, Callable[[], Recipe]] = {
-    "digits": recipe_digits,
-    "digits-flow": recipe_digits_flow,
-    "digits-classifier": recipe_digits_classifier,
-    "shakespeare-char": recipe_shakespeare_char,
-    "shakespeare-ar": recipe_shakespeare_ar,
-    "sunspots": recipe_sunspots,
-}
-
-
-def train_model(name: str, steps: int | None = None, out_dir=None, work_dir=None, resume: bool = True,
-                progress: bool = True, threads: int | None = None) -> pathlib.Path:
-    """Train bundled model ``name`` with its recipe and write ``NAME.safetensors`` (the EMA
-    weights, with the config and training summary in the metadata) to ``out_dir``
-    (default: the package's ``zoo_weights``). The resumable checkpoint lives in
-    ``work_dir`` (default ``./.diffinfer-train``)."""
-    from . import zoo
-    if name not in RECIPES:
-        raise ValueError(f"no training recipe for {name!r}; valid: {', '.join(sorted(RECIPES))}")
-    if threads:
-        torch.set_num_threads(int(threads))
-    torch.manual_seed(0)  # the networks' initial weights (built by the recipe), so a retrain from scratch is determined
-    recipe = RECIPES[name]()
-    if steps is not None:
-        recipe.cfg.steps = int(steps)
-    model = nn.ModuleDict(recipe.nets)
-    work = pathlib.Path(work_dir or ".diffinfer-train")
-    start = time.perf_counter()
-    result = fit(model, recipe.loss_fn, recipe.cfg, checkpoint=work / f"{name}.pt", resume=resume,
-                 progress=progress, desc=name)
-    final = result.ema_model()
-    tail = result.losses[-200:]
-    config = dict(recipe.config)
-    config["training"] = {"steps": result.step, "seed": recipe.cfg.seed, "lr": recipe.cfg.lr,
-                          "ema_decay": recipe.cfg.ema_decay,
-                          "final_loss": sum(tail) / max(1, len(tail)),
-                          "wall_seconds_last_session": round(time.perf_counter() - start, 1),
-                          "command": f"diffinfer train {name}"}
-    out = pathlib.Path(out_dir) if out_dir else zoo.WEIGHTS_DIR
-    return zoo.save_checkpoint(out / f"{name}.safetensors", dict(final.items()), config)

@@ -96,7 +96,7 @@ def _zoo_or_skip(*names):
 
 def test_digits_diffusion_classifier_beats_chance_by_far():
     base, = _zoo_or_skip("digits")
-    from diffinfer.data import digits
+    from diffinfer.zoo.data import digits
     x, y = digits()
     x, y = x[:40], y[:40]
     clf = DiffusionClassifier(lambda c: base.bind(label=torch.full((x.shape[0],), c, dtype=torch.int64)), n_classes=10)
@@ -108,7 +108,7 @@ def test_digits_diffusion_classifier_beats_chance_by_far():
 
 def test_digits_denoised_smoothing_certifies():
     base, clf = _zoo_or_skip("digits", "digits-classifier")
-    from diffinfer.data import digits
+    from diffinfer.zoo.data import digits
     x, y = digits()
     sm = DenoisedSmoothing(base, clf.clean, sigma=0.25)  # unbound: the null class
     cert = sm.certify(x[:8], n0=20, n=100, alpha=0.01, n_classes=10)

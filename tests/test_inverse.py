@@ -268,8 +268,8 @@ def _zoo_or_skip(name):
 
 def test_digit_png_round_trip(tmp_path):
     """A digit written as the CLI writes images reads back to the same pixels."""
-    from diffinfer.cli_inverse import read_digit_png
-    from diffinfer.cli_models import digit_grid, save_image
+    from diffinfer.viz import digit_grid, save_image
+    from diffinfer.zoo.tasks import read_digit_png
     x = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
     path = tmp_path / "digit.png"
     save_image(str(path), digit_grid(x, nrow=1, pad=0))
@@ -298,8 +298,8 @@ def test_cli_forecast(tmp_path, capsys):
 
 def test_sunspot_split_at_an_earlier_forecast_origin():
     """History and truth are the contiguous last ``window`` years before ``end``."""
-    from diffinfer.cli_inverse import sunspot_split
-    from diffinfer.data import sunspots_series
+    from diffinfer.zoo.data import sunspots_series
+    from diffinfer.zoo.tasks import sunspot_split
     s = sunspots_series(torch.float32)
     end = s.numel() - 12
     series, hist, truth = sunspot_split(24, 32, end)

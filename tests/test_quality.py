@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from diffinfer import quality, zoo
-from diffinfer.data import digits
-from diffinfer.train import digits_classifier_split
+from diffinfer import zoo
+from diffinfer.zoo import quality
+from diffinfer.zoo.data import digits
+from diffinfer.zoo.recipes import digits_classifier_split
 
 torch.set_num_threads(1)
 

@@ -4,8 +4,9 @@ and meet their quality bars on small samples (CI never trains)."""
 import pytest
 import torch
 
-from diffinfer import Denoiser, quality, zoo
-from diffinfer.data import sunspots_from_unit, sunspots_windows
+from diffinfer import Denoiser, zoo
+from diffinfer.zoo import quality
+from diffinfer.zoo.data import sunspots_from_unit, sunspots_windows
 from diffinfer.guidance import ClassifierFreeGuidance
 from diffinfer.nets import MLPDenoiser
 from diffinfer.loop import sample
@@ -144,7 +145,7 @@ def test_sunspots_samples_match_real_statistics():
 
 
 def test_sunspots_training_windows_leave_the_forecast_tails_out():
-    from diffinfer.data import SUNSPOTS_HELDOUT_YEARS, sunspots_series
+    from diffinfer.zoo.data import SUNSPOTS_HELDOUT_YEARS, sunspots_series
     series, train = sunspots_series(), sunspots_windows(32, split="train")
     cut = series.numel() - SUNSPOTS_HELDOUT_YEARS
     assert train.shape[0] == cut - 32 + 1
@@ -157,7 +158,7 @@ def test_shakespeare_char_keeps_its_logit_shift_in_every_path():
     """The bundled text model was trained with Dream's shift (initialised from shakespeare-ar):
     ``logits``, the decode adapter and its key/value-cache window all apply it."""
     from diffinfer.mdm import as_masked_model, shift_right
-    from diffinfer.quality import heldout_windows
+    from diffinfer.zoo.quality import heldout_windows
     m = zoo.load("shakespeare-char")
     assert m.shift_logits and not zoo.load("shakespeare-ar").shift_logits
     x = heldout_windows(2, 48, seed=3)

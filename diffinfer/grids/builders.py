@@ -20,11 +20,11 @@ imports nothing from the solvers or the sampling loop: ``sample`` calls ``resolv
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from ..process import EDM, VE, Interpolant, Process, RectifiedFlow
 from ..registry import Registry
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 
 

@@ -27,13 +27,12 @@ from __future__ import annotations
 import time
 
 import torch
+from torch import Tensor
 
 from .fit_objective import Objective, check_solver_options, training_set
 from .fit_params import GridParams, default_t_lo
 from .fit_search import _candidates, check_holdout, early_stop, nelder_mead
 from .storage import OptimizedGrid
-
-Tensor = torch.Tensor
 
 
 def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, teacher: Tensor | None = None,

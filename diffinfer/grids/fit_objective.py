@@ -15,14 +15,13 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from ..loop import sample
 from ..process import as_time
 from .builders import default_builder
 from .fit_params import default_t_lo
 from .model_times import ModelTimes
-
-Tensor = torch.Tensor
 
 
 def solve(den, x_T: Tensor, solver, ts: Tensor, **solver_options) -> Tensor:

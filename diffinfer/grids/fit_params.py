@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..process import DiscreteVP, Process
 from .builders import default_builder, karras, validate
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 
 

@@ -15,11 +15,10 @@ training noise only.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .fit_params import GridParams
 from .storage import OptimizedGrid, grid_key
-
-Tensor = torch.Tensor
 
 
 def nelder_mead(loss, params: GridParams, starts: list[Tensor], max_evals: int | None = None,

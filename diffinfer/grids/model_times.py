@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..denoiser import DenoiserBase, Prediction
 from ..process import as_time
 from .grid import Grid, GridPoint
 from .builders import validate
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 
 

@@ -10,12 +10,12 @@ import pathlib
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import Tensor
 
 from ..denoiser import DenoiserBase
 from .builders import validate
 from .model_times import ModelTimes
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 FORMAT = "diffinfer-grids-1"
 

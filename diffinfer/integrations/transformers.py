@@ -13,10 +13,9 @@ Nothing here downloads: build or load the model yourself and pass it in.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from ..mdm.model import MaskedModel
-
-Tensor = torch.Tensor
 
 
 def _vocab_size(model) -> int:

@@ -1,20 +1,22 @@
 """Masked-diffusion language-model decoding: one loop, every policy a small part.
 
 ``decode(model, prompt, length, policy=..., block=..., cache=...)``; see ``decode.py`` for
-the loop, ``unmasking``/``blocks``/``remasking``/``caching`` for the parts, ``model`` for the
-protocol a model answers, ``schedules`` for the masked forward process, ``template`` for
-structured-output scaffolding (S^3) and ``metrics`` for exact quality on a Markov chain.
+the loop, ``unmasking``/``blocks``/``remasking``/``caching`` for the parts, ``policies`` for
+every unmasking policy by name, ``model`` for the protocol a model answers, ``schedules`` for
+the masked forward process, ``template`` for structured-output scaffolding (S^3) and
+``metrics`` for exact quality on a Markov chain.
 """
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
 from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
+from .policies import POLICIES, get_policy, policy_names
 from .remasking import RunningConfidenceRemasking
 from .schedules import (CosineSchedule, LinearSchedule, LogLinearSchedule, MaskSchedule, forward_mask,
                         get_schedule, reveal_probability, transfer_counts)
 from .template import Template
 from .unmasking import (Ancestral, Confident, Dilated, Factor, RandomOrder, Selection, StepContext, Threshold,
-                        TopKScore, UnmaskPolicy, get_policy, policy_names)
+                        TopKScore, UnmaskPolicy)
 
 __all__ = [
     "decode", "DecodeResult",
@@ -22,7 +24,8 @@ __all__ = [
     "MaskSchedule", "LinearSchedule", "CosineSchedule", "LogLinearSchedule", "get_schedule",
     "forward_mask", "transfer_counts", "reveal_probability",
     "UnmaskPolicy", "StepContext", "Selection", "RandomOrder", "Ancestral", "TopKScore", "Threshold",
-    "Factor", "Confident", "Dilated", "RunningConfidenceRemasking", "get_policy", "policy_names",
+    "Factor", "Confident", "Dilated", "RunningConfidenceRemasking", "POLICIES", "get_policy",
+    "policy_names",
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template",
 ]

@@ -5,8 +5,7 @@ Each row decodes ``[start, end)`` until it holds no mask, then moves to the next
 from __future__ import annotations
 
 import torch
-
-Tensor = torch.Tensor
+from torch import Tensor
 
 
 class BlockPolicy:

@@ -15,11 +15,38 @@ input masks the prompt, and ``logits = u + (w + 1)(c - u)``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import Tensor
 
-Tensor = torch.Tensor
+from ..registry import Registry
 
-CACHE_MODES = ["none", "reuse", "prefix", "dual"]
+
+@dataclass(frozen=True)
+class CacheMode:
+    """What a cache mode does: ``reuse`` a row's logits while its canvas is unchanged, or keep
+    Fast-dLLM key/value caches recomputing the ``window`` ``"prefix"`` (block start to the end)
+    or ``"dual"`` (the block only)."""
+
+    name: str
+    reuse: bool = False
+    window: str | None = None
+
+    @property
+    def kv(self) -> bool:
+        return self.window is not None
+
+
+_MODES = {
+    "none": lambda: CacheMode("none"),
+    "reuse": lambda: CacheMode("reuse", reuse=True),
+    "prefix": lambda: CacheMode("prefix", window="prefix"),
+    "dual": lambda: CacheMode("dual", window="dual"),
+}
+#: cache mode name -> ``CacheMode``
+CACHES = Registry("cache", _MODES)
+CACHE_MODES = list(_MODES)  # in this order (the CLI's --cache choices)
 
 
 def guided(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
@@ -41,16 +68,15 @@ class LogitsEvaluator:
     def __init__(self, model, mode: str | None, batch: int, cfg_scale: float = 0.0,
                  prompt_mask: Tensor | None = None, attention_mask: Tensor | None = None):
         mode = "none" if mode is None else mode
-        if mode not in CACHE_MODES:
-            raise ValueError(f"unknown cache {mode!r}; choose one of {CACHE_MODES}")
-        if mode != "none" and getattr(model, "takes_time", False):
+        spec = CACHES.get(mode)
+        if spec.name != "none" and getattr(model, "takes_time", False):
             raise ValueError(f"cache={mode!r} needs a time-free model; this one takes a time input")
-        if mode in ("prefix", "dual"):
+        if spec.kv:
             if not getattr(model, "supports_kv_cache", False):
                 raise ValueError(f"cache={mode!r} needs a model with a key/value-cache forward")
             if cfg_scale:
                 raise ValueError("the key/value cache does not combine with classifier-free guidance")
-        self.model, self.mode, self.cfg_scale = model, mode, float(cfg_scale)
+        self.model, self.mode, self.spec, self.cfg_scale = model, mode, spec, float(cfg_scale)
         self.prompt_mask, self.attention_mask = prompt_mask, attention_mask
         self.nfe = torch.zeros(batch, dtype=torch.long)  # model calls per row
         self.last: Tensor | None = None  # [B, L, V]
@@ -90,10 +116,10 @@ class LogitsEvaluator:
                  block_start: Tensor | None = None, block_end: Tensor | None = None,
                  new_block: bool = False) -> Tensor:
         """Logits ``[B, L, V]`` for the ``active`` ``[B]`` rows (others hold stale values)."""
-        if self.mode in ("prefix", "dual"):
+        if self.spec.kv:
             return self._kv_step(tokens, active, block_start, block_end, new_block)
         need = active.clone()
-        if self.mode == "reuse" and self.last is not None:
+        if self.spec.reuse and self.last is not None:
             need &= (tokens != self.last_tokens).any(-1)
         rows = need.nonzero()[:, 0]
         if len(rows):
@@ -113,7 +139,7 @@ class LogitsEvaluator:
             self.kv = self.kv.select(torch.searchsorted(self.kv_rows, rows))
             self.kv_rows = rows
         start = int(block_start[rows].min())
-        end = tokens.shape[1] if self.mode == "prefix" else int(block_end[rows].max())
+        end = tokens.shape[1] if self.spec.window == "prefix" else int(block_end[rows].max())
         window = self.model.logits_window(tokens[rows, start:end], start, self.kv, tokens=tokens[rows])
         self.nfe[rows] += 1
         self.last[rows, start:end] = window.to(self.last.dtype)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from ..rng import make_rng
 from .blocks import get_block_policy
@@ -26,9 +27,8 @@ from .caching import LogitsEvaluator
 from .model import as_masked_model
 from .sampling import filter_logits, propose_tokens
 from .schedules import get_schedule, reveal_probabilities, revealed_counts
-from .unmasking import StepContext, get_policy
-
-Tensor = torch.Tensor
+from .policies import get_policy
+from .unmasking import StepContext
 
 
 @dataclass

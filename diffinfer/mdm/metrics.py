@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from ..metrics import total_variation
-
-Tensor = torch.Tensor
 
 
 def bigram_frequencies(tokens: Tensor, n_states: int) -> Tensor:

@@ -15,9 +15,7 @@ vocabulary. Optional capabilities are declared, never guessed:
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-Tensor = torch.Tensor
+from torch import Tensor, nn
 
 
 def shift_right(logits: Tensor) -> Tensor:

@@ -15,11 +15,10 @@ with more context. Decoded tokens keep the running confidence they were committe
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from .sampling import SCORES, token_scores
-from .unmasking import POLICIES, Selection, StepContext, UnmaskPolicy, top_k_mask
-
-Tensor = torch.Tensor
+from .sampling import check_score, token_scores
+from .unmasking import Selection, StepContext, UnmaskPolicy, top_k_mask
 
 
 class RunningConfidenceRemasking(UnmaskPolicy):
@@ -29,9 +28,7 @@ class RunningConfidenceRemasking(UnmaskPolicy):
     name = "rcr"
 
     def __init__(self, score: str = "confidence"):
-        if score not in SCORES:
-            raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
-        self.score = score
+        self.score = check_score(score)
         self.running: Tensor | None = None  # [B, L] running confidence of the held token
         self.held: Tensor | None = None  # [B, L] the token that confidence belongs to (-1: none)
 
@@ -54,5 +51,3 @@ class RunningConfidenceRemasking(UnmaskPolicy):
         keep = top_k_mask(self.running, pool, ctx.decoded.sum(-1) + ctx.k)
         remask = ctx.decoded & ~keep
         return Selection(keep & masked, remask)
-
-POLICIES["rcr"] = RunningConfidenceRemasking

@@ -3,10 +3,10 @@ sampling, and the confidence scores that unmasking policies rank by."""
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
+from ..registry import Registry
 from ..rng import SampleRNG
-
-Tensor = torch.Tensor
 
 
 def filter_logits(logits: Tensor, mask_id: int, temperature: float = 1.0, top_k: int | None = None,
@@ -48,6 +48,35 @@ def propose_tokens(logp: Tensor, rng: SampleRNG, greedy: bool) -> Tensor:
     return (logp + gumbel).argmax(-1)
 
 
+def _confidence(probs: Tensor, x0: Tensor) -> Tensor:
+    return probs.gather(-1, x0[..., None])[..., 0]
+
+
+def _max(probs: Tensor, x0: Tensor) -> Tensor:
+    return probs.max(-1).values
+
+
+def _margin(probs: Tensor, x0: Tensor) -> Tensor:
+    top2 = probs.topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def _entropy(probs: Tensor, x0: Tensor) -> Tensor:
+    return torch.special.xlogy(probs, probs).sum(-1)
+
+
+_SCORE_FUNCTIONS = {"confidence": _confidence, "max": _max, "margin": _margin, "entropy": _entropy}
+#: score name -> ``fn(probs [B, L, V], x0 [B, L]) -> [B, L]``
+SCORE_REGISTRY = Registry("score", _SCORE_FUNCTIONS)
+SCORES = list(_SCORE_FUNCTIONS)  # in this order (the CLI's --score choices)
+
+
+def check_score(name: str) -> str:
+    """``name`` if it is a registered score, else ValueError naming the valid ones."""
+    SCORE_REGISTRY.factory(name)
+    return name
+
+
 def token_scores(name: str, probs: Tensor, x0: Tensor) -> Tensor:
     """Per-position score ``[B, L]`` (higher = decode sooner) from ``probs`` ``[B, L, V]``:
 
@@ -57,16 +86,4 @@ def token_scores(name: str, probs: Tensor, x0: Tensor) -> Tensor:
       plan for the best");
     - ``entropy``: minus the entropy of the position's law (Ben-Hamu et al. 2025; Dream).
     """
-    if name == "confidence":
-        return probs.gather(-1, x0[..., None])[..., 0]
-    if name == "max":
-        return probs.max(-1).values
-    if name == "margin":
-        top2 = probs.topk(2, dim=-1).values
-        return top2[..., 0] - top2[..., 1]
-    if name == "entropy":
-        return torch.special.xlogy(probs, probs).sum(-1)
-    raise ValueError(f"unknown score {name!r}; choose one of {SCORES}")
-
-
-SCORES = ["confidence", "max", "margin", "entropy"]
+    return SCORE_REGISTRY.factory(name)(probs, x0)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
+from ..registry import Registry
 from ..rng import SampleRNG
-
-Tensor = torch.Tensor
 
 
 class MaskSchedule:
@@ -74,16 +74,15 @@ class LogLinearSchedule(MaskSchedule):
         return torch.exp(-self.sigma(t))
 
 
-SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule, "loglinear": LogLinearSchedule}
+SCHEDULES = Registry("mask schedule", {"linear": LinearSchedule, "cosine": CosineSchedule,
+                                      "loglinear": LogLinearSchedule})
 
 
 def get_schedule(schedule) -> MaskSchedule:
     """A ``MaskSchedule`` from itself or its name (``linear``, ``cosine``, ``loglinear``)."""
     if isinstance(schedule, MaskSchedule):
         return schedule
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown mask schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
-    return SCHEDULES[schedule]()
+    return SCHEDULES.factory(schedule)()
 
 
 def _grid_time(step: Tensor, steps: Tensor) -> Tensor:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from .decode import DecodeResult, decode
 
-Tensor = torch.Tensor
 
 _SLOT = re.compile(r"\{(\w+):(\d+)\}")
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from .sampling import SCORES, token_scores
-
-Tensor = torch.Tensor
+from .sampling import check_score, token_scores
 
 
 @dataclass
@@ -100,9 +99,7 @@ class TopKScore(UnmaskPolicy):
     by the top-two margin and by the entropy of each position's law."""
 
     def __init__(self, score: str = "confidence"):
-        if score not in SCORES:
-            raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
-        self.score = score
+        self.score = check_score(score)
         self.name = {"confidence": "low-confidence"}.get(score, score)
 
     def select(self, ctx):
@@ -118,9 +115,7 @@ class Threshold(UnmaskPolicy):
     def __init__(self, threshold: float = 0.9, score: str = "confidence"):
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        if score not in SCORES:
-            raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
-        self.threshold, self.score = threshold, score
+        self.threshold, self.score = threshold, check_score(score)
 
     def select(self, ctx):
         s = token_scores(self.score, ctx.probs, ctx.x0)
@@ -190,29 +185,3 @@ class Dilated(UnmaskPolicy):
         level = level.masked_fill(~ctx.candidates, 1 << 30)
         lowest = level.min(-1, keepdim=True).values
         return Selection(ctx.candidates & (level == lowest))
-
-
-POLICIES = {
-    "dilated": Dilated,
-    "random": RandomOrder,
-    "ancestral": Ancestral,
-    "low-confidence": lambda **kw: TopKScore("confidence", **kw),
-    "margin": lambda **kw: TopKScore("margin", **kw),
-    "entropy": lambda **kw: TopKScore("entropy", **kw),
-    "threshold": Threshold,
-    "factor": Factor,
-    "confident": Confident,
-}  # remasking.py adds "rcr" (the package imports it)
-
-
-def get_policy(policy, **options) -> UnmaskPolicy:
-    """A policy from itself or its name (options such as ``threshold=0.9`` go to it)."""
-    if isinstance(policy, UnmaskPolicy):
-        return policy
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {policy_names()}")
-    return POLICIES[policy](**options)
-
-
-def policy_names() -> list[str]:
-    return sorted(POLICIES)

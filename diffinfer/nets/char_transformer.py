@@ -18,9 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-Tensor = torch.Tensor
+from torch import Tensor, nn
 
 
 @dataclass

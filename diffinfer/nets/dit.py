@@ -17,12 +17,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .mlp import TimeLabelEmbedding
-
-Tensor = torch.Tensor
 
 
 def _mlp(d: int, hidden: int) -> nn.Sequential:

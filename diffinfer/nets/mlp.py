@@ -10,9 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
-
-Tensor = torch.Tensor
+from torch import Tensor, nn
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:

@@ -7,12 +7,10 @@ embedding, in the style of WaveNet (van den Oord et al. 2016) as used by DiffWav
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .mlp import TimeLabelEmbedding
-
-Tensor = torch.Tensor
 
 
 class DilatedBlock(nn.Module):

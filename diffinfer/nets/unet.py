@@ -9,12 +9,10 @@ followed by pooling and a linear head.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .mlp import TimeLabelEmbedding
-
-Tensor = torch.Tensor
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from .. import solvers as solver_registry
 from .. import grids
 from ..denoiser import DenoiserBase, Prediction
 from ..rng import SampleRNG
-
-Tensor = torch.Tensor
 
 
 class Tap(DenoiserBase):

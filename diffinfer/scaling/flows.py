@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase, Prediction
@@ -33,8 +34,6 @@ from ..loop import initial_noise, rollout
 from ..solvers.base import Solver, SolverState, combine
 from .common import ScalingResult, Tap, grid, sample_shape
 from .verifiers import as_verifier
-
-Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)

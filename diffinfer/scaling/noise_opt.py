@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .. import solvers as solver_registry
@@ -24,8 +25,6 @@ from ..loop import rollout
 from ..solvers.base import Solver
 from .common import ScalingResult, Tap, grid
 from .verifiers import GradientCounter
-
-Tensor = torch.Tensor
 
 
 class CheckpointedSteps(Solver):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
@@ -32,8 +33,6 @@ from ..loop import initial_noise, sample
 from ..loop import rollout
 from .common import ScalingResult, Tap, grid, sample_shape
 from .verifiers import GradientCounter, as_verifier
-
-Tensor = torch.Tensor
 
 
 def _prepare(den: DenoiserBase, reward, solver, steps: int, ts, solver_options: dict):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch import Tensor
 
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
@@ -38,7 +39,6 @@ from ..loop import initial_noise, iterate
 from .common import ScalingResult, Tap, grid, sample_shape, stochastic_solver_names
 from .verifiers import as_verifier
 
-Tensor = torch.Tensor
 POTENTIALS = ("difference", "max", "sum", "immediate")
 RESAMPLERS = ("multinomial", "systematic")
 

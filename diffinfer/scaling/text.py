@@ -4,6 +4,8 @@
   a pattern in the decoded text), ``KeywordScore`` (occurrences of keywords),
   ``TokenCount`` (occurrences of one token id), ``ARLogLikelihood`` (log-likelihood under
   a causal model such as the bundled ``shakespeare-ar``, per token or summed).
+- ``next_token_logp``: ``log p(x_i | x_<i)`` of each token under a causal model (what
+  ``ARLogLikelihood`` sums; ``zoo.quality``'s generative perplexity uses it too).
 - ``text_best_of_n``: ``N`` decodes with ``diffinfer.mdm.decode``, keep the best.
 - ``get_text_verifier``: the CLI reward specs ``regex:PATTERN``, ``keyword:W1,W2``, ``ar-loglik``.
 - ``run_text``: ``best-of-n`` or ``smc`` sized to a budget of per-sample NFE plus verifier
@@ -23,6 +25,7 @@ import math
 import re
 
 import torch
+from torch import Tensor
 
 from ..mdm.model import as_masked_model
 from ..mdm.sampling import filter_logits, propose_tokens
@@ -31,8 +34,6 @@ from ..rng import SampleRNG
 from .common import ScalingResult
 from .smc import FeynmanKacWeights, effective_sample_size
 from .verifiers import as_verifier
-
-Tensor = torch.Tensor
 
 
 class TokenCount:
@@ -74,6 +75,13 @@ class KeywordScore:
         return torch.tensor([float(sum(t.count(k) for k in self.keywords)) for t in texts], dtype=torch.float64)
 
 
+def next_token_logp(causal_model, tokens: Tensor) -> Tensor:
+    """``log p(x_i | x_<i)`` for ``i = 1..L-1`` (float64 ``[N, L-1]``) of ``tokens`` ``[N, L]``
+    under a causal model whose ``logits(tokens)[:, i]`` predicts token ``i + 1``."""
+    logp = torch.log_softmax(causal_model.logits(tokens[:, :-1]).double(), dim=-1)  # [N, L-1, V]
+    return logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
 class ARLogLikelihood:
     """``log p(x_1..x_{L-1} | x_0)`` under a causal model (``logits[:, i]`` predicts token
     ``i + 1``), summed or per token ``[B]``."""
@@ -83,7 +91,6 @@ class ARLogLikelihood:
         self.name = "ar-loglik"
 
     def __call__(self, tokens: Tensor) -> Tensor:
-        from ..quality import next_token_logp
         with torch.no_grad():
             ll = next_token_logp(self.model, tokens).sum(1)  # [B]
         return ll / (tokens.shape[1] - 1) if self.per_token else ll

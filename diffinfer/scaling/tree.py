@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase
@@ -35,8 +36,6 @@ from ..rng import SampleRNG
 from ..loop import initial_noise, rollout
 from .common import ScalingResult, Tap, grid, sample_shape, stochastic_solver_names
 from .verifiers import as_verifier
-
-Tensor = torch.Tensor
 
 
 @dataclass

@@ -18,8 +18,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-
-Tensor = torch.Tensor
+from torch import Tensor
 
 
 class Verifier:

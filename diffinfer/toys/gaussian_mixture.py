@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from ..denoiser import Denoiser
 from ..process import Process, as_time
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 
 

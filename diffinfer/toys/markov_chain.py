@@ -12,8 +12,7 @@ import math
 
 import numpy as np
 import torch
-
-Tensor = torch.Tensor
+from torch import Tensor
 
 
 def _as_probability_table(x, name: str, dims: int) -> Tensor:

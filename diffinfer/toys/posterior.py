@@ -18,12 +18,12 @@ mixture (``K_x * K_h`` block-diagonal components) and the measurement is ``A = [
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from ..process import Process, as_time
 from .gaussian_mixture import GaussianMixture
 from .tilted import LinearGaussianReward, mode_fractions, tilt
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 
 

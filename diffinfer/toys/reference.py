@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..process import as_time
-
-Tensor = torch.Tensor
 
 
 def pf_ode_solution(den, x: Tensor, t_from, t_to, rtol: float = 1e-10, atol: float = 1e-10) -> Tensor:

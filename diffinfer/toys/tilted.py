@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from .gaussian_mixture import GaussianMixture
 
-Tensor = torch.Tensor
 _F64 = torch.float64
 
 

@@ -6,54 +6,17 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
-import string
 import sys
 
-import torch
-
-from .caching import CACHE_MODES
-from .sampling import SCORES
-from .schedules import SCHEDULES
-from .unmasking import policy_names
-
-MARKOV_ALPHABET = string.ascii_lowercase[:8]
-
-
-class MarkovText:
-    """The built-in oracle for ``--model markov``: an 8-letter, nearly deterministic chain
-    (``MarkovChain.cycle(8, 0.9)``; ``a`` is mostly followed by ``b``, ...) with a text codec."""
-
-    def __init__(self):
-        from ..toys.markov_chain import MarkovChain
-
-        self.chain = MarkovChain.cycle(len(MARKOV_ALPHABET), 0.9)
-
-    def encode(self, text: str) -> torch.Tensor:
-        bad = sorted(set(text) - set(MARKOV_ALPHABET))
-        if bad:
-            raise ValueError(f"the markov model's alphabet is {MARKOV_ALPHABET!r}; the prompt has {bad}")
-        return torch.tensor([MARKOV_ALPHABET.index(ch) for ch in text], dtype=torch.long)
-
-    def decode(self, ids) -> str:
-        return "".join(MARKOV_ALPHABET[i] if i < len(MARKOV_ALPHABET) else "_" for i in ids)
-
-
-def load_text_model(name: str):
-    """``(model, codec)`` for ``markov`` or a bundled text checkpoint of ``diffinfer.zoo``."""
-    if name == "markov":
-        codec = MarkovText()
-        return codec.chain, codec
-    try:
-        from .. import zoo
-
-        model = zoo.load(name)
-    except Exception as e:  # the zoo may not bundle it (yet)
-        raise ValueError(f"cannot load model {name!r} ({type(e).__name__}: {e}); "
-                         f"--model markov always works") from e
-    if not hasattr(model, "mask_id") or getattr(model, "causal", False):
-        raise ValueError(f"{name!r} is not a masked-diffusion text model")
-    return model, model
+from ..mdm.caching import CACHE_MODES
+from ..mdm.decode import decode
+from ..mdm.metrics import nll_per_token
+from ..mdm.policies import policy_names
+from ..mdm.sampling import SCORES
+from ..mdm.schedules import SCHEDULES
+from ..zoo.tasks import MARKOV_ALPHABET, load_text_model
 
 
 def _block(value: str):
@@ -84,8 +47,6 @@ def fit_length(model, prompt_len: int, length: int, block) -> int:
 
 
 def cmd_decode(args) -> int:
-    from .decode import decode
-
     model, codec = load_text_model(args.model)
     options = {}
     if args.policy in ("threshold", "confident"):
@@ -107,8 +68,6 @@ def cmd_decode(args) -> int:
                     schedule=args.schedule, delimiters=delimiters, **options)
     stats = result.stats()
     if args.model == "markov":
-        from .metrics import nll_per_token
-
         chain = model
         full = result.tokens[:, : int(result.gen_end.max())]
         stats["nll_per_token"] = round(nll_per_token(full, chain), 4) if (full != chain.mask_id).all() else None
@@ -121,7 +80,7 @@ def cmd_decode(args) -> int:
     return 0
 
 
-def add_commands(subparsers) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decode text with a masked-diffusion LM (every unmasking policy)",
                               description=__doc__.splitlines()[0])
     p.add_argument("--model", default="markov", help="'markov' (built-in exact oracle) or a zoo text model, "

@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
-from . import metrics, zoo
+from .. import metrics
+from ..scaling.text import next_token_logp
+from .checkpoints import load
 from .data import digits, digits_halves, shakespeare_tokens
-
-Tensor = torch.Tensor
 
 
 # --- digits ---------------------------------------------------------------------------
@@ -34,7 +35,7 @@ def _check_digits(x: Tensor) -> Tensor:
 def digits_features(x: Tensor, batch: int = 512) -> Tensor:
     """Clean-classifier pooled features ``[N, F]`` (float64) of digits ``[N, 1, 8, 8]``."""
     x = _check_digits(x)
-    clean = zoo.load("digits-classifier").clean
+    clean = load("digits-classifier").clean
     with torch.no_grad():
         return torch.cat([clean.features(x[i:i + batch]) for i in range(0, x.shape[0], batch)]).double()
 
@@ -44,7 +45,7 @@ _REAL_FEATURES: dict[int, Tensor] = {}
 
 def real_digits_features() -> Tensor:
     """Features of all 1,797 real digits (computed once per loaded classifier)."""
-    clean = zoo.load("digits-classifier").clean
+    clean = load("digits-classifier").clean
     if id(clean) not in _REAL_FEATURES:
         _REAL_FEATURES.clear()
         _REAL_FEATURES[id(clean)] = digits_features(digits()[0])
@@ -78,13 +79,13 @@ def classifier_accuracy(samples: Tensor, labels: Tensor) -> float:
     labels = torch.as_tensor(labels).reshape(-1)
     if labels.shape[0] != samples.shape[0]:
         raise ValueError(f"{labels.shape[0]} labels for {samples.shape[0]} samples")
-    predicted = zoo.load("digits-classifier").predict(samples)
+    predicted = load("digits-classifier").predict(samples)
     return float((predicted == labels).double().mean())
 
 
 def default_solver() -> str:
     """``dpmpp-2m`` where registered (DPM-Solver++ 2M), else ``ddim``."""
-    from . import solvers
+    from .. import solvers
     return "dpmpp-2m" if "dpmpp-2m" in solvers.names() else "ddim"
 
 
@@ -98,10 +99,10 @@ def sample_digits(model: str = "digits", n: int = 64, labels: Tensor | int | Non
     is ``None``. Batches of ``batch`` rows use sample indices, so results do not depend
     on the batch size.
     """
-    from .guidance import ClassifierFreeGuidance
-    from .loop import sample
+    from ..guidance import ClassifierFreeGuidance
+    from ..loop import sample
     solver = solver or default_solver()
-    base = zoo.load(model)
+    base = load(model)
     null = int(base.config.get("null_label", 10))
     if labels is not None:
         labels = torch.as_tensor(labels, dtype=torch.int64)
@@ -130,18 +131,11 @@ def heldout_windows(n: int = 64, length: int = 256, seed: int = 0) -> Tensor:
     return random_windows(shakespeare_tokens("heldout"), length, n, torch.Generator().manual_seed(seed))
 
 
-def next_token_logp(causal_model, tokens: Tensor) -> Tensor:
-    """``log p(x_i | x_<i)`` for ``i = 1..L-1`` (float64 ``[N, L-1]``) of ``tokens`` ``[N, L]``
-    under a causal model whose ``logits(tokens)[:, i]`` predicts token ``i + 1``."""
-    logp = torch.log_softmax(causal_model.logits(tokens[:, :-1]).double(), dim=-1)  # [N, L-1, V]
-    return logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
-
-
 def ar_nll(tokens: Tensor, batch: int = 32, start: int = 1) -> Tensor:
     """Per-sequence mean NLL (nats per character) of ``tokens`` ``[N, L]`` under
     ``shakespeare-ar``, scoring characters ``start..L-1`` given their prefixes (``start`` > 1
     skips a prompt)."""
-    ar = zoo.load("shakespeare-ar")
+    ar = load("shakespeare-ar")
     if tokens.dim() != 2 or not 1 <= start < tokens.shape[1]:
         raise ValueError(f"tokens must be [N, L] with 1 <= start={start} < L, got {tuple(tokens.shape)}")
     if bool((tokens == ar.mask_id).any()):
@@ -179,10 +173,10 @@ def sample_text(model=None, n: int = 16, length: int = 256, seed: int = 0, batch
       first (LLaDA's low-confidence remasking, Nie et al. 2025).
 
     Row ``i`` uses stream ``(seed, i)``."""
-    from .mdm.decode import decode
+    from ..mdm.decode import decode
     if order not in TEXT_ORDERS:
         raise ValueError(f"unknown order {order!r}; valid: {', '.join(TEXT_ORDERS)}")
-    model = zoo.load("shakespeare-char") if model is None else model
+    model = load("shakespeare-char") if model is None else model
     if length > model.max_len:
         raise ValueError(f"length {length} exceeds the model's max_len {model.max_len}")
     block = 1 if order == "left-to-right" else None
@@ -200,7 +194,7 @@ def mdm_elbo(model, tokens: Tensor, draws: int = 8, seed: int = 0) -> float:
     """Masked-diffusion ELBO (nats per character; an upper bound on the NLL) of ``tokens``
     ``[N, L]`` under a time-free masked model, averaged over ``draws`` stratified draws of
     the masking times (``train.masked_diffusion_loss``, MDLM / MD4's continuous-time bound)."""
-    from .train import masked_diffusion_loss
+    from ..train import masked_diffusion_loss
     total = 0.0
     with torch.no_grad():
         for k in range(draws):
@@ -213,7 +207,7 @@ def text_report(samples: Tensor, n_reference: int = 64, seed: int = 0) -> dict:
     """Generative perplexity and unigram entropy of ``samples`` against held-out text of the
     same length, and the two ratios the ``shakespeare-char`` bar checks."""
     ref = heldout_windows(n_reference, samples.shape[1], seed)
-    v = zoo.load("shakespeare-ar").vocab_size
+    v = load("shakespeare-ar").vocab_size
     gen_ppl, ref_ppl = generative_perplexity(samples), generative_perplexity(ref)
     ent, ref_ent = unigram_entropy(samples, v), unigram_entropy(ref, v)
     return {"gen_ppl": gen_ppl, "heldout_ppl": ref_ppl, "ppl_ratio": gen_ppl / ref_ppl,

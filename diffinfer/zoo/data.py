@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-Tensor = torch.Tensor
 
 DIGITS_MAX = 16.0
 SUNSPOTS_MAX = 200.0  # fixed scale: the series' maximum is 190.2

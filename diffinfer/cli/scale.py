@@ -17,48 +17,11 @@ import argparse
 
 import torch
 
-from .scaling import METHODS, run
-from .scaling.text import TEXT_METHODS, TEXT_REWARDS, decoding_plan, get_text_verifier, run_text
-from .scaling.verifiers import get_verifier
-from .toys import gaussian_mixture
-
-TOY_MODELS = ["tilted"] + sorted(gaussian_mixture.PRESETS)
-DIGIT_MODELS = ("digits", "digits-flow")
-TEXT_MODELS = ("shakespeare-char",)
-ALL_MODELS = TOY_MODELS + list(DIGIT_MODELS) + list(TEXT_MODELS)
-
-
-def load_problem(model: str, reward_spec: str | None, lam: float):
-    """``(den, reward, shape, toy, target)`` for a model name and a reward spec."""
-    from .process import VP
-    if model == "tilted":
-        from .toys.tilted import tilted_example
-        prior, measure, target = tilted_example(lam)
-        reward = measure if reward_spec in (None, "measurement") else get_verifier(reward_spec, toy=prior)
-        return prior.denoiser(VP()), reward, (2,), prior, (target if reward is measure else None)
-    if model in gaussian_mixture.PRESETS:
-        toy = gaussian_mixture.preset(model)
-        return toy.denoiser(VP()), get_verifier(reward_spec or "density", toy=toy), (toy.dim,), toy, None
-    if model in DIGIT_MODELS:
-        from . import zoo
-        try:
-            base = zoo.load(model)
-            clf = zoo.load("digits-classifier")
-        except Exception as e:  # noqa: BLE001 - report any missing checkpoint plainly
-            raise ValueError(f"cannot load bundled model {model!r} or its classifier: {e}") from None
-        reward = get_verifier(reward_spec or "class:0", classifier=clf.clean)
-        # no label bound: the network uses its null class (unconditional) at every batch size
-        return base, reward, tuple(base.shape), None, None
-    raise ValueError(f"unknown model {model!r}; valid: {', '.join(ALL_MODELS)}")
-
-
-def load_text_problem(model: str, reward_spec: str | None):
-    """``(masked model, verifier)`` for a bundled text model and a text reward spec."""
-    from .mdm.cli import load_text_model
-    if reward_spec is None:
-        raise ValueError(f"text models need --reward; valid: {', '.join(TEXT_REWARDS)}")
-    mdm, codec = load_text_model(model)
-    return mdm, get_text_verifier(reward_spec, codec.decode)
+from ..process import VP
+from ..scaling import METHODS, run
+from ..scaling.text import TEXT_METHODS, TEXT_REWARDS, decoding_plan, run_text
+from ..viz import save_grid, scatter_plot
+from ..zoo.tasks import SCALE_MODELS, TEXT_MODELS, load_problem, load_text_problem
 
 
 def cmd_scale_text(args) -> int:
@@ -86,25 +49,6 @@ def cmd_scale_text(args) -> int:
     return 0
 
 
-def save_grid(path: str, x: torch.Tensor, title: str) -> None:
-    """Images ``[B, 1, H, W]`` as a grid PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    n = x.shape[0]
-    cols = min(n, 8)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(x[k, 0].float().numpy(), cmap="gray")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def cmd_scale(args) -> int:
     if args.model in TEXT_MODELS:
         return cmd_scale_text(args)
@@ -121,14 +65,12 @@ def cmd_scale(args) -> int:
     print(f"reward: mean={float(r.mean()):.4f} max={float(r.max()):.4f} over {r.numel()} samples")
     print(f"NFE={res.nfe} verifier_calls={res.verifier_calls} cost={res.cost}")
     if target is not None and res.x.shape[0] > 1:
-        from .toys.tilted import mode_fractions
+        from ..toys.tilted import mode_fractions
         w = mode_fractions(target, res.x)
         print(f"mode weights: {[round(v, 3) for v in w.tolist()]} (exact tilted target: "
               f"{[round(v, 3) for v in target.weights.tolist()]})")
     if args.out:
         if toy is not None:
-            from .cli_core import scatter_plot
-            from .process import VP
             scatter_plot(args.out, target if target is not None else toy, VP(), res.x,
                          f"{args.model} | {args.method} | cost {res.cost}")
         else:
@@ -139,7 +81,7 @@ def cmd_scale(args) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scale", help="inference-time scaling: search, SMC, tree search, budget forcing")
-    p.add_argument("--model", default="tilted", help=f"one of {', '.join(ALL_MODELS)}")
+    p.add_argument("--model", default="tilted", help=f"one of {', '.join(SCALE_MODELS)}")
     p.add_argument("--method", default="smc",
                    help=f"one of {', '.join(METHODS)} ({', '.join(TEXT_METHODS)} on text models)")
     p.add_argument("--reward", default=None,

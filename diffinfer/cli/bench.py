@@ -6,11 +6,12 @@ checkout, not in the installed wheel.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the source checkout: diffinfer/cli/bench.py -> .
 
 
 def _bench_module(name: str):
@@ -25,7 +26,7 @@ def _run_solvers(args) -> int:
     return _bench_module("solvers").main_from_args(args)
 
 
-def add_commands(subparsers) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="run a benchmark from bench/ (solvers)")
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
     sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")

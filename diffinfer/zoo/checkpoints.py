@@ -1,9 +1,9 @@
 """Bundled checkpoints by name: ``load(name)``, ``names()``, ``card(name)``.
 
-Each model is one ``zoo_weights/NAME.safetensors`` file (weights only: no pickle) whose
+Each model is one ``zoo/weights/NAME.safetensors`` file (weights only: no pickle) whose
 metadata holds a JSON ``config``: the networks' architectures and constructor arguments,
 the process and prediction type, the data shape and, for text, the vocabulary. Its
-model card is ``zoo_weights/NAME.md``. ``diffinfer train NAME`` rewrites both.
+model card is ``zoo/weights/NAME.md``. ``diffinfer train NAME`` rewrites both.
 
 What ``load`` returns:
 
@@ -18,19 +18,18 @@ sunspots            ``Denoiser`` (VP eps, 1-D net) on windows ``[B, 1, 32]``
 """
 from __future__ import annotations
 
-import importlib
 import json
 import pathlib
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .denoiser import Denoiser
-from .process import get_process
+from ..denoiser import Denoiser
+from ..process import get_process
+from ..registry import Registry
 
-Tensor = torch.Tensor
-WEIGHTS_DIR = pathlib.Path(__file__).parent / "zoo_weights"
+WEIGHTS_DIR = pathlib.Path(__file__).parent / "weights"
 
 MODELS = {
     "digits": "class-conditional VP eps-prediction UNet on scikit-learn 8x8 digits (label dropout for CFG)",
@@ -41,16 +40,46 @@ MODELS = {
     "sunspots": "unconditional VP eps-prediction 1-D net on 32-year windows of yearly sunspots",
 }
 
-# architecture name -> "module:Class" (imported lazily, so a missing optional net only
-# fails the models that use it)
-ARCHITECTURES = {
-    "mlp": "diffinfer.nets.mlp:MLPDenoiser",
-    "unet": "diffinfer.nets.unet:UNet",
-    "unet-classifier": "diffinfer.nets.unet:UNetClassifier",
-    "dit": "diffinfer.nets.dit:DiT",
-    "series": "diffinfer.nets.series:SeriesNet",
-    "char-transformer": "diffinfer.nets.char_transformer:CharTransformer",
-}
+# architecture name -> network class. Each factory imports its module when called, so a
+# missing optional net only fails the models that use it.
+def _mlp(**kwargs):
+    from ..nets.mlp import MLPDenoiser
+    return MLPDenoiser(**kwargs)
+
+
+def _unet(**kwargs):
+    from ..nets.unet import UNet
+    return UNet(**kwargs)
+
+
+def _unet_classifier(**kwargs):
+    from ..nets.unet import UNetClassifier
+    return UNetClassifier(**kwargs)
+
+
+def _dit(**kwargs):
+    from ..nets.dit import DiT
+    return DiT(**kwargs)
+
+
+def _series(**kwargs):
+    from ..nets.series import SeriesNet
+    return SeriesNet(**kwargs)
+
+
+def _char_transformer(**kwargs):
+    from ..nets.char_transformer import CharTransformer
+    return CharTransformer(**kwargs)
+
+
+ARCHITECTURES = Registry("architecture", {
+    "mlp": _mlp,
+    "unet": _unet,
+    "unet-classifier": _unet_classifier,
+    "dit": _dit,
+    "series": _series,
+    "char-transformer": _char_transformer,
+})
 
 
 class ZooError(RuntimeError):
@@ -87,14 +116,14 @@ def card(name: str) -> str:
 def build_network(spec: dict) -> nn.Module:
     """A network from ``{"arch": name, "kwargs": {...}}``."""
     arch = spec.get("arch")
-    if arch not in ARCHITECTURES:
-        raise ZooError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
-    module_name, cls_name = ARCHITECTURES[arch].split(":")
     try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
+        factory = ARCHITECTURES.factory(arch)
+    except ValueError as e:
+        raise ZooError(str(e)) from None
+    try:
+        return factory(**spec.get("kwargs", {}))
     except ModuleNotFoundError as e:
-        raise ZooError(f"architecture {arch!r} needs {module_name}, which is not available: {e}") from None
-    return cls(**spec.get("kwargs", {}))
+        raise ZooError(f"architecture {arch!r} needs {e.name}, which is not available: {e}") from None
 
 
 # --- reading and writing --------------------------------------------------------------
@@ -180,7 +209,7 @@ class TextModel:
         with torch.no_grad():
             out = self.net(tokens)
         if self.shift_logits:
-            from .mdm.model import shift_right
+            from ..mdm.model import shift_right
             out = shift_right(out)
         return out
 
