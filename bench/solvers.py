@@ -19,9 +19,11 @@ and RMSE to a 500-step endpoint, both in the goal table (FD is not monotone in t
 error there; the RMSE is). On digits the method is the best of several solvers, each on
 its own fitted grid, picked by training loss (``grids.fit_candidates``), then refitted
 with decoupled model times (``grids.ModelTimes``: the model evaluated at a fitted time
-near each grid time, LD3's decoupled variant), on the same training noise. Overhead: time per step of each solver's own arithmetic with a model
-that costs nothing, against diffusers' ``step()`` of the same algorithm, as a ratio in
-one run.
+near each grid time, LD3's decoupled variant), on the same training noise. Overhead: time per step of every registered
+solver run through the driver loop (``diffinfer.loop.rollout``) with a model that costs
+nothing, against diffusers' scheduler of the same algorithm (``OVERHEAD_CASES``: Heun,
+DDPM, SDE-DPM-Solver++, score-SDE VP / VE included), as a ratio in one run; EVODiff and
+the adaptive solver, which diffusers lacks, against DPM-Solver++(2M)'s ``step()``.
 
     python bench/solvers.py            # default (< 10 minutes once the grids are saved)
     python bench/solvers.py --quick    # < 1 minute
@@ -40,6 +42,8 @@ import pathlib
 import platform
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -50,6 +54,8 @@ if str(ROOT) not in sys.path:
 import diffinfer as di  # noqa: E402
 from bench import anchors  # noqa: E402
 from diffinfer import grids, metrics  # noqa: E402
+from diffinfer.loop import rollout  # noqa: E402
+from diffinfer.rng import make_rng  # noqa: E402
 from diffinfer.toys import gaussian_mixture  # noqa: E402
 
 Tensor = torch.Tensor
@@ -414,40 +420,204 @@ def run_digits(nfes, n_samples: int, grids_dir: pathlib.Path, compute_grids: boo
 # --- overhead -------------------------------------------------------------------------
 #: diffusers schedulers timed against the diffinfer solver each is equivalent to (``Anchor.equivalent``)
 OVERHEAD_ANCHORS = ["diffusers-ddim", "diffusers-euler", "diffusers-dpmpp-2m", "diffusers-dpmpp-3m", "diffusers-unipc"]
+#: the reference step for solvers diffusers has no equivalent of (EVODiff, adaptive RK)
+OVERHEAD_REFERENCE = "diffusers-dpmpp-2m"
+OVERHEAD_SEED = 0
 
 
-def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5) -> list[dict]:
-    """Seconds per step of each solver's own arithmetic (a model returning a fixed tensor)
-    against diffusers' ``step()`` fed the same tensor, interleaved; the fastest of ``repeats``
-    passes after one warm-up pass (the usual estimate of cost on a shared machine)."""
+def _grid_table_scheduler(cls_name: str, process, ts: Tensor, dtype, **config):
+    """A diffusers scheduler that indexes an ``alphas_cumprod`` table by integer timestep
+    (``DDPMScheduler``), with the grid as its training table (as ``anchors``' DDIM: index ``k``
+    holds ``alpha^2`` at ``ts[n - 1 - k]``; ``t = 0`` is its ``alpha_cumprod = 1``)."""
+    import diffusers
+    n = ts.numel() - 1
+    if float(ts[-1]) != 0.0:
+        raise ValueError(f"the diffusers {cls_name} overhead anchor needs a grid ending at t = 0")
+    sched = getattr(diffusers, cls_name)(num_train_timesteps=n, clip_sample=False, prediction_type="sample",
+                                         timestep_spacing="leading", steps_offset=0, **config)
+    sched.alphas_cumprod = (process.alpha(ts[:-1]) ** 2).flip(0).to(dtype)
+    sched.set_timesteps(n)
+    if sched.timesteps.tolist() != list(range(n - 1, -1, -1)):
+        raise RuntimeError(f"unexpected {cls_name} timesteps {sched.timesteps.tolist()}")
+    return sched
+
+
+def _heun_scheduler(process, ts: Tensor, dtype):
+    """``HeunDiscreteScheduler`` on the grid: its ``sigmas`` are ``sigma/alpha`` of ``ts`` with
+    the interior points doubled (``[s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0]``, its own layout):
+    ``2n - 1`` ``step()`` calls for ``n`` Heun steps, the last (to 0) an Euler step, as ours."""
+    from diffusers import HeunDiscreteScheduler
+    n = ts.numel() - 1
+    sched = HeunDiscreteScheduler(prediction_type="sample")
+    sched.set_timesteps(n)
+    s = anchors.sigma_ratio(process, ts).to(dtype)
+    labels = anchors._labels(n)
+    sched.sigmas = torch.cat([s[:1], s[1:-1].repeat_interleave(2), s[-1:]])
+    sched.timesteps = torch.cat([labels[:1], labels[1:].repeat_interleave(2)])
+    sched._step_index, sched._begin_index = None, None
+    return sched
+
+
+def _score_sde_vp_scheduler(process, ts: Tensor, dtype):
+    """``ScoreSdeVpScheduler`` (diffusers' deprecated score-SDE VP Euler-Maruyama) with the
+    process's ``beta_min``/``beta_max`` on its own uniform grid of ``n`` steps from 1."""
+    from diffusers.schedulers.deprecated.scheduling_sde_vp import ScoreSdeVpScheduler
+    sched = ScoreSdeVpScheduler(beta_min=process.beta_min, beta_max=process.beta_max, sampling_eps=float(ts[-1]))
+    sched.set_timesteps(ts.numel() - 1)
+    return sched
+
+
+def _score_sde_ve_scheduler(process, ts: Tensor, dtype, snr: float, correct_steps: int):
+    """``ScoreSdeVeScheduler`` (reverse-diffusion predictor + Langevin corrector) with the
+    process's ``sigma_min``/``sigma_max`` on its own uniform grid of ``n`` steps from 1."""
+    from diffusers import ScoreSdeVeScheduler
+    n = ts.numel() - 1
+    sched = ScoreSdeVeScheduler(snr=snr, sigma_min=process.sigma_min, sigma_max=process.sigma_max,
+                                sampling_eps=float(ts[-1]), correct_steps=correct_steps)
+    sched.set_timesteps(n)
+    sched.set_sigmas(n)
+    return sched
+
+
+def _step_loop(sched, out: Tensor, x: Tensor, generator=None) -> Tensor:
+    """diffusers' ``step()`` once per entry of ``sched.timesteps`` (Heun: twice per step)."""
+    kw = {} if generator is None else {"generator": generator}
+    for t in sched.timesteps:
+        x = sched.step(out, t, x, return_dict=False, **kw)[0]
+    return x
+
+
+def _score_sde_vp_loop(sched, out: Tensor, x: Tensor, generator=None) -> Tensor:
+    for t in sched.timesteps:
+        x = sched.step_pred(out, x, t, generator=generator)[0]
+    return x
+
+
+def _score_sde_ve_loop(sched, out: Tensor, x: Tensor, generator=None) -> Tensor:
+    """The ``ScoreSdeVePipeline`` loop: ``correct_steps`` Langevin steps, then the predictor."""
+    for t in sched.timesteps:
+        for _ in range(sched.config.correct_steps):
+            x = sched.step_correct(out, x, generator=generator, return_dict=False)[0]
+        x = sched.step_pred(out, t, x, generator=generator, return_dict=False)[0]
+    return x
+
+
+def _from_anchor(name: str):
+    def make(process, ts, dtype):
+        return anchors.ANCHORS[name].run.make_scheduler(process, ts, dtype, False)
+    return make
+
+
+@dataclass(frozen=True)
+class OverheadCase:
+    """One row of the overhead table: diffinfer's ``solver`` (``options``) through the driver
+    loop against ``anchor``'s diffusers scheduler (``make(process, ts, dtype)``, run by
+    ``loop(sched, out, x, generator)``) on the same ``process`` and ``grid`` with the same
+    number of steps; ``anchor`` ``None``: diffusers has no equivalent, and the row's ratio is
+    against ``OVERHEAD_REFERENCE``'s step. ``calls``: diffusers scheduler calls per step."""
+
+    solver: str
+    options: dict
+    anchor: str | None
+    scheduler: str
+    make: Callable | None = None
+    loop: Callable = _step_loop
+    process: str = "vp"
+    grid: str = "logsnr"
+    calls: str = "1"
+    note: str = ""
+
+
+#: every registered solver and what it is timed against (the one table of overhead anchors)
+OVERHEAD_CASES = [
+    *[OverheadCase(anchors.ANCHORS[a].equivalent[0], anchors.ANCHORS[a].equivalent[1], a,
+                   anchors.ANCHORS[a].algorithm, _from_anchor(a)) for a in OVERHEAD_ANCHORS],
+    OverheadCase("heun", {}, "diffusers-heun", "HeunDiscreteScheduler",
+                 _heun_scheduler, calls="2 (last step 1)",
+                 note="per Heun step: 2 model evaluations, 2 step() calls (the last step: 1 and 1)"),
+    OverheadCase("ddpm", {}, "diffusers-ddpm", "DDPMScheduler (fixed_small)",
+                 lambda p, ts, dt: _grid_table_scheduler("DDPMScheduler", p, ts, dt, variance_type="fixed_small")),
+    OverheadCase("dpmpp-2m-sde", {}, "diffusers-dpmpp-2m-sde",
+                 "DPMSolverMultistepScheduler order 2 sde-dpmsolver++",
+                 lambda p, ts, dt: anchors._make_multistep("DPMSolverMultistepScheduler", solver_order=2,
+                                                           algorithm_type="sde-dpmsolver++")(p, ts, dt, False)),
+    OverheadCase("euler-maruyama", {}, "diffusers-score-sde-vp", "ScoreSdeVpScheduler.step_pred",
+                 _score_sde_vp_scheduler, _score_sde_vp_loop, grid="uniform to 1e-3",
+                 note="diffusers' own uniform times (dt = 1/n) on the same VP; the model output is eps"),
+    OverheadCase("pc", {"snr": 0.16, "corrector_steps": 1}, "diffusers-score-sde-ve",
+                 "ScoreSdeVeScheduler step_correct + step_pred",
+                 lambda p, ts, dt: _score_sde_ve_scheduler(p, ts, dt, snr=0.16, correct_steps=1),
+                 _score_sde_ve_loop, process="ve", grid="uniform to 1e-3", calls="2",
+                 note="VE; 1 Langevin corrector + 1 predictor per step (2 model evaluations on both sides); "
+                      "diffusers gets a fixed nonzero score (a zero score makes its Langevin step 0/0)"),
+    OverheadCase("evodiff", {}, None, f"none (reference: {OVERHEAD_REFERENCE} step)",
+                 note="no diffusers equivalent: ratio against DPM-Solver++(2M)'s step"),
+    OverheadCase("adaptive", {}, None, f"none (reference: {OVERHEAD_REFERENCE} step)",
+                 note="no diffusers equivalent: ratio against DPM-Solver++(2M)'s step; one step = one grid "
+                      "interval, integrated by dopri5 with rtol = atol = 1e-5 (several attempts of 7 evaluations)"),
+]
+
+
+def _overhead_process(kind: str):
+    return di.VE() if kind == "ve" else di.VP("linear")
+
+
+def _overhead_grid(case: OverheadCase, process, steps: int) -> Tensor:
+    if case.grid == "logsnr":
+        return grids.logsnr(process, steps)
+    return torch.linspace(1.0, 1e-3, steps + 1, dtype=F64)  # score-SDE's uniform times, no t = 0 step
+
+
+def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5, cases=None) -> list[dict]:
+    """Seconds per step of each solver's own arithmetic (a model returning a fixed tensor),
+    run through the driver loop users run (``diffinfer.loop.rollout``: ``init``, every
+    ``step``, the ``Step`` records), against diffusers' scheduler calls fed the same tensor
+    (``OVERHEAD_CASES``), interleaved; the fastest of ``repeats`` passes after one warm-up
+    pass (the usual estimate of cost on a shared machine). A step is one interval of the
+    grid on both sides (Heun: two model evaluations and two diffusers ``step()`` calls;
+    ``pc``: a corrector and a predictor). Stochastic solvers draw from streams seeded
+    ``OVERHEAD_SEED`` (diffinfer: per-row streams, diffusers: one ``torch.Generator``),
+    created outside the timed region on both sides."""
     from diffusers.utils import logging as diffusers_logging
     diffusers_logging.set_verbosity_error()  # EulerDiscrete warns when step() runs without scale_model_input
-    process = di.VP("linear")
     out = torch.zeros(shape)  # the zero-cost model's output
-    den = di.Denoiser(lambda x, t: out, process, prediction="x0", check=False)
-    ts = grids.logsnr(process, steps)
-    x0 = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    # a fixed nonzero score for diffusers' Langevin corrector (its step size is |z| / |score|)
+    score = 0.1 * torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    # a batch slice for the adaptive solver, which evaluates the rows still integrating
+    net = lambda x, t: out if x.shape[0] == out.shape[0] else out[: x.shape[0]]  # noqa: E731
+    x_start = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    reference = next(c for c in OVERHEAD_CASES if c.anchor == OVERHEAD_REFERENCE)
     rows = []
-    for anchor in OVERHEAD_ANCHORS:
-        solver, opts = anchors.ANCHORS[anchor].equivalent
-        ours, theirs = [], []
+    for case in (cases if cases is not None else OVERHEAD_CASES):
+        process = _overhead_process(case.process)
+        den = di.Denoiser(net, process, prediction="x0", check=False)
+        ts = _overhead_grid(case, process, steps)
+        theirs_case = case if case.anchor is not None else reference
+        model_out = score if case.process == "ve" else out
+        x0 = x_start * float(process.sigma(ts[0]))
+        ours, theirs, nfe = [], [], 0
         for _ in range(repeats + 1):  # the first pass warms up and is dropped
-            s = di.solvers.get(solver, **opts)
+            s = di.solvers.get(case.solver, **case.options)
+            rng = make_rng(OVERHEAD_SEED, shape[0], x0.device) if s.stochastic else None
             x = x0.clone()
+            n0 = den.nfe
             t0 = time.perf_counter()
-            state = s.init(den, x, ts)
-            for i in range(steps):
-                x, state = s.step(den, x, i, state)
+            x, _ = rollout(den, s, x, ts, rng=rng)
             ours.append((time.perf_counter() - t0) / steps)
-            sched = anchors.ANCHORS[anchor].run.make_scheduler(process, ts, torch.float32, False)
+            nfe = den.nfe - n0
+            sched = theirs_case.make(process, ts, torch.float32)
+            gen = torch.Generator().manual_seed(OVERHEAD_SEED) if s.stochastic else None
             x = x0.clone()
             t0 = time.perf_counter()
-            for i in range(steps):
-                x = sched.step(out, sched.timesteps[i], x, return_dict=False)[0]
+            x = theirs_case.loop(sched, model_out, x, gen)
             theirs.append((time.perf_counter() - t0) / steps)
         a, b = min(ours[1:]), min(theirs[1:])
-        rows.append({"solver": solver, "anchor": anchor, "ours_us_per_step": 1e6 * a,
-                     "diffusers_us_per_step": 1e6 * b, "ratio": a / b})
+        rows.append({"solver": case.solver, "anchor": case.anchor or f"none (vs {OVERHEAD_REFERENCE})",
+                     "scheduler": case.scheduler if case.anchor else theirs_case.scheduler,
+                     "equivalent": case.anchor is not None, "process": type(process).__name__,
+                     "grid": case.grid, "steps": steps, "nfe": nfe, "diffusers_calls_per_step": case.calls,
+                     "ours_us_per_step": 1e6 * a, "diffusers_us_per_step": 1e6 * b, "ratio": a / b,
+                     "note": case.note})
     return rows
 
 
@@ -527,11 +697,21 @@ def markdown(report: dict) -> str:
     if report.get("overhead"):
         lines += ["", "## Per-step overhead (zero-cost model, batch "
                   f"{report['meta']['overhead_shape']})", "",
-                  "| diffinfer solver | diffusers scheduler | diffinfer us/step | diffusers us/step | ratio |",
-                  "|---|---|---|---|---|"]
+                  "Time per step, a step being one interval of the grid on both sides (the same grid and number "
+                  "of steps; Heun: 2 model evaluations and 2 diffusers `step()` calls; `pc`: a corrector and a "
+                  "predictor), diffinfer through its driver loop (`diffinfer.loop.rollout`: `init`, every `step`). "
+                  "Stochastic solvers are seeded on both sides. Rows marked *none* have no diffusers equivalent: "
+                  "their ratio is against DPM-Solver++(2M)'s `step()`.", "",
+                  "| diffinfer solver | diffusers scheduler | process, grid | NFE | diffusers calls/step | "
+                  "diffinfer us/step | diffusers us/step | ratio | note |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for o in report["overhead"]:
-            lines.append(f"| {o['solver']} | {o['anchor']} | {o['ours_us_per_step']:.0f} | "
-                         f"{o['diffusers_us_per_step']:.0f} | {o['ratio']:.2f} |")
+            anchor = o["anchor"] if o.get("equivalent", True) else f"*{o['anchor']}*"
+            scheduler = f"{anchor}: {o['scheduler']}" if "scheduler" in o else anchor
+            lines.append(f"| {o['solver']} | {scheduler} | {o.get('process', 'VP')}, {o.get('grid', 'logsnr')} | "
+                         f"{o.get('nfe', '')} | {o.get('diffusers_calls_per_step', '1')} | "
+                         f"{o['ours_us_per_step']:.0f} | {o['diffusers_us_per_step']:.0f} | {o['ratio']:.2f} | "
+                         f"{o.get('note', '')} |")
     if report.get("digits_wall"):
         w = report["digits_wall"]
         lines += ["", f"Whole sampling with digits ({w['n']} samples, NFE {w['nfe']}): "

@@ -101,12 +101,29 @@ def test_quick_benchmark_writes_promised_fields(tmp_path):
     for s in report["summary"]:
         assert s["ratio"] == pytest.approx(s["diffinfer"] / s["anchor"])
         assert s["goal_met"] == (s["ratio"] <= 0.5)
-    assert len(report["overhead"]) == 5 and all(o["ratio"] > 0 for o in report["overhead"])
+    over = {o["solver"]: o for o in report["overhead"]}
+    # every registered solver has a row; heun and the SDE solvers against their diffusers scheduler
+    assert set(over) == set(di.solvers.names())
+    for solver, anchor in [("ddim", "diffusers-ddim"), ("euler", "diffusers-euler"), ("dpmpp-2m", "diffusers-dpmpp-2m"),
+                           ("dpmpp-3m", "diffusers-dpmpp-3m"), ("unipc", "diffusers-unipc"),
+                           ("heun", "diffusers-heun"), ("ddpm", "diffusers-ddpm"),
+                           ("dpmpp-2m-sde", "diffusers-dpmpp-2m-sde"), ("euler-maruyama", "diffusers-score-sde-vp"),
+                           ("pc", "diffusers-score-sde-ve")]:
+        assert over[solver]["anchor"] == anchor and over[solver]["equivalent"] is True
+    for solver in ("evodiff", "adaptive"):
+        assert over[solver]["equivalent"] is False and "diffusers-dpmpp-2m" in over[solver]["anchor"]
+    for o in report["overhead"]:
+        for key in ("ratio", "ours_us_per_step", "diffusers_us_per_step"):
+            assert math.isfinite(o[key]) and o[key] > 0, (o["solver"], key, o[key])
+        assert o["nfe"] >= o["steps"]
+    assert over["heun"]["nfe"] == 2 * over["heun"]["steps"] - 1 and over["pc"]["nfe"] == 2 * over["pc"]["steps"]
     for p in report["plots"]:
         path = pathlib.Path(p) if pathlib.Path(p).is_absolute() else ROOT / p
         assert path.read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "solvers_quick.md").read_text()
     assert "| molrg-vp | 4 |" in md and "Per-step overhead" in md
+    for solver in ("heun", "ddpm", "dpmpp-2m-sde", "euler-maruyama", "pc", "evodiff", "adaptive"):
+        assert f"| {solver} | " in md
 
 
 def test_summary_per_goal_metric_and_digits_helpers():
