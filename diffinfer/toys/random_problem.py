@@ -3,8 +3,8 @@
 Methods are tested on problems nobody tuned them to: ``random_problem(seed)`` draws a
 Gaussian-mixture prior (2-8 dimensions, 2-6 components with anisotropic covariances,
 weights from 0.02 to 0.9, components that overlap or stand apart), then either a linear
-measurement ``y = A x0 + noise_std n`` (``A`` of rank below the dimension, ``noise_std`` in
-``[0.05, 1]``) or a linear-Gaussian reward tilt ``p(x) exp(lam r(x))``, and the exact target
+measurement ``y = A x0 + noise_std n`` (``A`` with at most half as many rows as the
+dimension, ``noise_std`` in ``[0.05, 1]``) or a linear-Gaussian reward tilt ``p(x) exp(lam r(x))``, and the exact target
 (posterior / tilted mixture) in closed form (``toys.posterior``, ``toys.tilted``).
 
 Distances to the target are judged against the **floor**: the same distance between two
@@ -29,6 +29,10 @@ from .tilted import LinearGaussianReward, tilt
 
 _F64 = torch.float64
 KINDS = ("measurement", "tilt")
+#: a drawn target keeps at least two components of this mass (a measurement that pins one
+#: component tests little of a sampler); the measurement is redrawn, up to MAX_DRAWS times
+MIN_MASS = 0.05
+MAX_DRAWS = 50
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,10 @@ def _integer(g: torch.Generator, lo: int, hi: int) -> int:
 
 
 def _weights(g: torch.Generator, k: int, low: float = 0.02, high: float = 0.9) -> Tensor:
-    """Mixture weights in ``[low, high]`` summing to 1: a Dirichlet(0.7) draw pushed into the
-    box (a mix with the uniform weights, then a rescale of the excess)."""
-    w = torch.distributions.Dirichlet(torch.full((k,), 0.7, dtype=_F64)).sample() if False else None
+    """Mixture weights in ``[low, high]`` summing to 1: uneven random weights, clipped into
+    the box and renormalised until they stay there."""
     gam = -torch.log(torch.rand(k, dtype=_F64, generator=g))  # Exp(1): Dirichlet(1) after normalising
-    w = gam ** 1.5
+    w = gam ** 1.5  # more uneven than Dirichlet(1)
     w = w / w.sum()
     for _ in range(50):
         w = w.clamp(low, high)
@@ -105,16 +108,19 @@ def random_problem(seed: int, kind: str = "measurement", dim: int | None = None,
     means = spread * torch.randn(K, D, dtype=_F64, generator=g)
     covs = torch.stack([_covariance(g, D, _uniform(g, 0.3, 1.0)) for _ in range(K)])
     prior = GaussianMixture(means, covs, _weights(g, K))
-    M = _integer(g, 1, D - 1)
-    A = torch.randn(M, D, dtype=_F64, generator=g) / math.sqrt(D)
-    noise_std = math.exp(_uniform(g, math.log(0.05), 0.0))
-    x_true = prior.sample(1, seed=int(torch.randint(0, 2**31, (), generator=g)))[0]
-    y = A @ x_true + noise_std * torch.randn(M, dtype=_F64, generator=g)
-    lam = 1.0 if kind == "measurement" else _uniform(g, 0.25, 1.0)
-    if kind == "measurement":
-        target = linear_gaussian_posterior(prior, A, y, noise_std)
-    else:
-        target = tilt(prior, LinearGaussianReward(A, y, noise_std), lam)
+    for _ in range(MAX_DRAWS):  # measurements until the target keeps two components (see below)
+        M = _integer(g, 1, max(1, D // 2))
+        A = torch.randn(M, D, dtype=_F64, generator=g) / math.sqrt(D)
+        noise_std = math.exp(_uniform(g, math.log(0.05), 0.0))
+        x_true = prior.sample(1, seed=int(torch.randint(0, 2**31, (), generator=g)))[0]
+        y = A @ x_true + noise_std * torch.randn(M, dtype=_F64, generator=g)
+        lam = 1.0 if kind == "measurement" else _uniform(g, 0.25, 1.0)
+        if kind == "measurement":
+            target = linear_gaussian_posterior(prior, A, y, noise_std)
+        else:
+            target = tilt(prior, LinearGaussianReward(A, y, noise_std), lam)
+        if int((target.weights >= MIN_MASS).sum()) >= min(2, K):
+            break
     return RandomProblem(int(seed), kind, prior, A, y, noise_std, lam, x_true, target)
 
 
