@@ -94,14 +94,15 @@ class ClassifierFreeGuidance(DenoiserBase):
     def predict(self, x: Tensor, t) -> Prediction:
         """``(x0, eps)`` of the guided model at ``x`` ``[B, ...]``."""
         B = x.shape[0]
-        t = as_time(t)
-        active = in_interval(t, self.interval, B)  # [B]
+        t_value = as_time(t)
+        active = in_interval(t_value, self.interval, B)  # [B]
         if self.scale == 1.0 or not bool(active.any()):
             return self.den.predict(x, t)
         cond, null = self._null_like(self.den.cond[self.cond_key], B)
         if cond.shape[0] != B:
             raise ValueError(f"condition {self.cond_key!r} has {cond.shape[0]} rows for a batch of {B}")
-        t2 = torch.cat([t.expand(B), t.expand(B)]) if t.dim() == 0 else torch.cat([t, t])  # [2B]
+        # one time for all rows (a grid point stays one, for the model's host-coefficient path)
+        t2 = t if t_value.dim() == 0 else torch.cat([t_value, t_value])  # [2B]
         both = self.den.bind(**{self.cond_key: torch.cat([cond, null])})
         x0, eps = both.predict(torch.cat([x, x]), t2)  # [2B, ...] each
         w = torch.where(active, torch.tensor(self.scale), torch.tensor(1.0)).to(device=x.device, dtype=x.dtype)
@@ -158,8 +159,9 @@ class GradientGuidance(DenoiserBase):
         return w.to(device=x.device, dtype=x.dtype).reshape((B,) + (1,) * (x.dim() - 1))
 
     def guidance_gradient(self, x: Tensor, t) -> tuple[Tensor, Prediction]:
-        """``grad_x log L(x, t)`` ``[B, ...]`` and the (detached) wrapped prediction."""
-        t = as_time(t)
+        """``grad_x log L(x, t)`` ``[B, ...]`` and the (detached) wrapped prediction; ``t`` is
+        passed on to the wrapped model as given (a grid point stays one)."""
+        t_value = as_time(t)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             if self.through_denoiser:
@@ -167,11 +169,11 @@ class GradientGuidance(DenoiserBase):
             else:
                 with torch.no_grad():
                     pred = self.den.predict(x, t)
-            ll = self.log_likelihood(xg, t, pred)  # [B]
+            ll = self.log_likelihood(xg, t_value, pred)  # [B]
             if ll.shape != (x.shape[0],):
                 raise ValueError(f"a log-likelihood must return [B]={x.shape[0]} values, got {tuple(ll.shape)}")
             if not bool(torch.isfinite(ll).all()):
-                raise ValueError(f"the guidance log-likelihood is NaN or Inf at t={float(t.max()):.4g}")
+                raise ValueError(f"the guidance log-likelihood is NaN or Inf at t={float(t_value.max()):.4g}")
             (grad,) = torch.autograd.grad(ll.sum(), xg, allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(x)
@@ -179,12 +181,12 @@ class GradientGuidance(DenoiserBase):
 
     def predict(self, x: Tensor, t) -> Prediction:
         """The guided ``(x0, eps)`` at ``x`` ``[B, ...]``."""
-        t = as_time(t)
-        w = self._weights(t, x)  # [B, 1, ...]
+        t_value = as_time(t)
+        w = self._weights(t_value, x)  # [B, 1, ...]
         if not bool((w != 0).any()):
             return self.den.predict(x, t)
         grad, (x0, eps) = self.guidance_gradient(x, t)
-        c = self.process.at(t).broadcast(x)
+        c = self.process.at(t_value).broadcast(x)
         a, s = c.alpha, c.sigma
         a_safe = torch.where(a == 0, torch.ones_like(a), a)
         g = torch.where(a == 0, torch.zeros_like(grad), w * grad)  # score correction [B, ...]

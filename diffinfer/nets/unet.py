@@ -40,6 +40,18 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def encoder(in_channels: int, channels: tuple[int, ...], emb_dim: int) -> tuple[nn.Conv2d, nn.ModuleList, int]:
+    """The down path shared by ``UNet`` and ``UNetClassifier``: the input convolution, one
+    ``ResBlock`` per level, and the last level's width."""
+    conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+    blocks = nn.ModuleList()
+    c_prev = channels[0]
+    for c in channels:
+        blocks.append(ResBlock(c_prev, c, emb_dim))
+        c_prev = c
+    return conv_in, blocks, c_prev
+
+
 class UNet(nn.Module):
     """``net(x [B, C, H, W], t [B], label=None) -> [B, C, H, W]``.
 
@@ -54,12 +66,7 @@ class UNet(nn.Module):
         channels = tuple(int(c) for c in channels)
         self.in_channels, self.channels, self.num_classes = in_channels, channels, num_classes
         self.embed = TimeLabelEmbedding(emb_dim, num_classes)
-        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
-        self.down = nn.ModuleList()
-        c_prev = channels[0]
-        for c in channels:
-            self.down.append(ResBlock(c_prev, c, emb_dim))
-            c_prev = c
+        self.conv_in, self.down, c_prev = encoder(in_channels, channels, emb_dim)
         self.mid = ResBlock(c_prev, c_prev, emb_dim)
         self.up = nn.ModuleList()
         for c in reversed(channels):
@@ -108,12 +115,7 @@ class UNetClassifier(nn.Module):
         self.time_conditional = time_conditional
         self.emb_dim = emb_dim
         self.embed = TimeLabelEmbedding(emb_dim, 0) if time_conditional else None
-        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
-        self.blocks = nn.ModuleList()
-        c_prev = channels[0]
-        for c in channels:
-            self.blocks.append(ResBlock(c_prev, c, emb_dim))
-            c_prev = c
+        self.conv_in, self.blocks, c_prev = encoder(in_channels, channels, emb_dim)
         self.norm_out = _norm(c_prev)
         self.head = nn.Linear(c_prev, num_classes)
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..process import expand_to
+from ..registry import Registry
 from .base import Solver, SolverState
 
 
@@ -54,7 +55,7 @@ BOSH3 = Tableau(
     b_low=(7 / 24, 1 / 4, 1 / 3, 1 / 8),
     order=3, low_order=2)
 
-METHODS = {"dopri5": DOPRI5, "bosh3": BOSH3}
+METHODS = Registry("adaptive method", {"dopri5": lambda: DOPRI5, "bosh3": lambda: BOSH3})
 
 
 def rk_attempt(den, x: Tensor, t: Tensor, h: Tensor, tab: Tableau) -> tuple[Tensor, Tensor]:
@@ -134,9 +135,7 @@ class AdaptiveRK(Solver):
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                  max_steps: int = 10000, safety: float = 0.9, controller: StepSizeController | None = None):
-        if method not in METHODS:
-            raise ValueError(f"unknown adaptive method {method!r}; valid: {', '.join(METHODS)}")
-        self.method, self.tableau = method, METHODS[method]
+        self.method, self.tableau = method, METHODS.get(method)
         self.order = self.tableau.order
         self.controller = controller or StepSizeController(float(rtol), float(atol), float(safety))
         self.max_steps = int(max_steps)

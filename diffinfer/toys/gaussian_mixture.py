@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from ..process import Process, as_time
+from ..registry import Registry
 
 _F64 = torch.float64
 
@@ -188,11 +189,9 @@ def molrg(dim: int = 64, rank: int = 4, n_components: int = 5, noise_var: float 
     return GaussianMixture.low_rank(torch.zeros(n_components, dim, dtype=_F64), bases, noise_var=noise_var)
 
 
-PRESETS = {"ring2d": ring2d, "molrg": molrg}
+PRESETS = Registry("toy", {"ring2d": ring2d, "molrg": molrg})
 
 
 def preset(name: str, **options) -> GaussianMixture:
-    try:
-        return PRESETS[name](**options)
-    except KeyError:
-        raise ValueError(f"unknown toy {name!r}; valid: {', '.join(sorted(PRESETS))}") from None
+    """A preset mixture by name (``ring2d``, ``molrg``)."""
+    return PRESETS.get(name, **options)
