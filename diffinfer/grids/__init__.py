@@ -9,7 +9,7 @@ model, solver and NFE.
 - fitting (Align Your Steps / LD3): ``fit`` (``optimize``, ``fit_candidates``) composed of
   ``fit_params`` (the parameterisation), ``fit_objective`` (training set, teacher, loss)
   and ``fit_search`` (Nelder-Mead, ``best``); ``model_times`` (``ModelTimes``, decoupled
-  model times); ``storage`` (``OptimizedGrid``, ``save``, ``load``, ``grids_path``).
+  model times); ``storage`` (``OptimizedGrid``, ``save``, ``load``).
 
 ``grid`` and ``builders`` import nothing from the solvers, the denoiser or the sampling
 loop, so the denoiser and the solvers can use them; the fitting names load on first use.
@@ -33,7 +33,7 @@ _FITTING = {
     "params_from_grid": "fit_params",
     "best": "fit_search",
     "ModelTimes": "model_times",
-    "OptimizedGrid": "storage", "grid_key": "storage", "grids_path": "storage", "load": "storage", "save": "storage",
+    "OptimizedGrid": "storage", "grid_key": "storage", "load": "storage", "save": "storage",
 }
 
 
@@ -60,5 +60,5 @@ __all__ = [
     "GridParams", "grid_from_params", "params_from_grid", "model_times_from_params", "initial_grids",
     "initial_simplex", "grow", "default_t_lo", "ModelTimes",
     # storage
-    "OptimizedGrid", "grid_key", "grids_path", "save", "load",
+    "OptimizedGrid", "grid_key", "save", "load",
 ]

@@ -1,6 +1,6 @@
 """Fitted grids on disk: the ``OptimizedGrid`` record and its JSON file.
 
-``save`` / ``load`` keep the records of one model in one JSON file (``grids_path`` puts it
+``save`` / ``load`` keep the records of one model in one JSON file (``zoo.grids_path`` puts it
 beside a bundled checkpoint), keyed by solver, options and steps (``grid_key``).
 """
 from __future__ import annotations
@@ -67,12 +67,6 @@ def grid_key(solver: str, steps: int, solver_options: dict | None = None, model_
     return f"{name}{'+model-times' if model_times else ''}/{int(steps)}"
 
 
-def grids_path(model_name: str) -> pathlib.Path:
-    """Where a bundled model's grids live: beside its checkpoint, ``NAME.grids.json``."""
-    from .. import zoo
-    return zoo.weights_path(model_name).with_suffix(".grids.json")
-
-
 def save(path, grids, meta: dict | None = None) -> pathlib.Path:
     """Add ``grids`` (``OptimizedGrid`` or a list) to the JSON file ``path`` (created if
     absent; records with the same solver, options and steps are replaced)."""
@@ -106,4 +100,4 @@ def load(path, solver: str | None = None, steps: int | None = None, model_times:
     return records[key]
 
 
-__all__ = ["OptimizedGrid", "grid_key", "grids_path", "save", "load"]
+__all__ = ["OptimizedGrid", "grid_key", "save", "load"]

@@ -9,11 +9,11 @@
 - ``weights/``: the ``NAME.safetensors`` checkpoints and their ``NAME.md`` model cards.
 """
 from .checkpoints import (ARCHITECTURES, MODELS, WEIGHTS_DIR, DigitsClassifiers, TextModel, ZooError, build_network,
-                          card, card_path, from_checkpoint, load, names, read_checkpoint, save_checkpoint,
+                          card, card_path, from_checkpoint, grids_path, load, names, read_checkpoint, save_checkpoint,
                           weights_path)
 
 __all__ = [
     "load", "names", "card", "ZooError", "MODELS", "ARCHITECTURES", "WEIGHTS_DIR",
-    "weights_path", "card_path", "build_network", "save_checkpoint", "read_checkpoint", "from_checkpoint",
+    "weights_path", "card_path", "grids_path", "build_network", "save_checkpoint", "read_checkpoint", "from_checkpoint",
     "DigitsClassifiers", "TextModel",
 ]

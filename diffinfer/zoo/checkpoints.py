@@ -101,6 +101,12 @@ def weights_path(name: str, directory: str | pathlib.Path | None = None) -> path
     return pathlib.Path(directory or WEIGHTS_DIR) / f"{_check_name(name)}.safetensors"
 
 
+def grids_path(name: str) -> pathlib.Path:
+    """Where a bundled model's fitted grids live: beside its checkpoint, ``NAME.grids.json``
+    (``diffinfer.grids.save`` / ``load`` read and write it)."""
+    return weights_path(name).with_suffix(".grids.json")
+
+
 def card_path(name: str, directory: str | pathlib.Path | None = None) -> pathlib.Path:
     return pathlib.Path(directory or WEIGHTS_DIR) / f"{_check_name(name)}.md"
 
