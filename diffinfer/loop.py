@@ -20,6 +20,7 @@ from torch import Tensor
 from . import solvers as solver_registry
 from . import grids
 from .denoiser import DenoiserBase
+from .grids.grid import Grid
 from .rng import SampleRNG, make_rng
 from .solvers.base import Solver, SolverState
 
@@ -47,12 +48,14 @@ def iterate(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, rng: Sampl
     """Run ``solver`` on the grid ``ts`` from index ``start`` to ``stop`` (default: the end),
     yielding a ``Step`` (``i, x, state``) after each step ``i``.
 
-    Without ``state`` a fresh solver state is started on ``ts[start:]`` (the solve begins at
+    ``ts``: a descending time tensor or a ``Grid``. Without ``state`` a fresh solver state is started on ``ts[start:]`` (the solve begins at
     ``ts[start]``, with the solver's warm-up there); with ``state`` (a state on the grid
     ``ts``, e.g. one yielded earlier or a ``select``-ed copy) the run continues it. Indices
     ``i`` are always positions in ``ts``. The generator keeps nothing but the yielded
     ``Step``: stopping early and resuming from a yielded state gives the same steps.
     """
+    if isinstance(ts, Grid):
+        ts = ts.ts
     n_steps = len(ts) - 1
     stop = n_steps if stop is None else stop
     if not 0 <= start <= stop <= n_steps:
