@@ -25,7 +25,7 @@ from .rng import SampleRNG, make_rng
 from .solvers.base import Solver, SolverState
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """What ``iterate`` yields after step ``i``: the sample ``x`` at ``ts[i + 1]``, the
     solver ``state`` and the model ``den`` that took the step. Unpacks as ``i, x, state``.
