@@ -14,7 +14,6 @@ training noise only.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .fit_params import GridParams

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
-from .. import solvers as solver_registry
 from .. import grids
+from .. import solvers as solver_registry
 from ..denoiser import DenoiserBase, Prediction
-from ..rng import SampleRNG
 
 
 class Tap(DenoiserBase):
