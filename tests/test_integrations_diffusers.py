@@ -88,6 +88,8 @@ def test_set_alpha_to_one_and_zero_terminal_snr():
 
 def test_grids_from_sigma_schedulers_do_not_overshoot():
     for sched in (EulerDiscreteScheduler(), EulerDiscreteScheduler(use_karras_sigmas=True),
+                  EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                         timestep_spacing="trailing"),
                   DPMSolverMultistepScheduler()):
         ts = scheduler_grid(sched, 7)
         assert ts.dtype == torch.float64 and len(ts) == 8
@@ -301,3 +303,28 @@ def test_flux_style_flow_transformer_matches_flow_match_euler():
             v = net(x, timestep=(t / 1000).expand(B), return_dict=False, **cond)[0]
             x = sched.step(v, t, x).prev_sample
     torch.testing.assert_close(res.x, x, rtol=1e-4, atol=1e-4)
+
+
+def test_sd3_style_transformer_with_a_shifted_flow_scheduler():
+    from diffusers import SD3Transformer2DModel
+    torch.manual_seed(0)
+    net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                                pooled_projection_dim=16, out_channels=4).eval()
+    cond = dict(encoder_hidden_states=_noise((2, 3, 16), 1), pooled_projections=_noise((2, 16), 2))
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    den = from_diffusers(net, sched, cond=cond)
+    assert float(den.time_input(torch.tensor(0.5, dtype=torch.float64))) == 500.0  # SD3 takes sigma * 1000
+    x_T = _noise((2, 4, 8, 8), 3)
+    res = di.sample(den, x_T=x_T, solver="euler", steps=3)
+    sched.set_timesteps(3)
+    x = x_T
+    with torch.no_grad():
+        for t in sched.timesteps:  # as StableDiffusion3Pipeline
+            x = sched.step(net(x, timestep=t.expand(2), return_dict=False, **cond)[0], t, x).prev_sample
+    torch.testing.assert_close(res.x, x, rtol=1e-4, atol=1e-4)
+    # the pipeline-side view of a swapped scheduler reads its source scheduler
+    ours = DiffinferScheduler.from_scheduler(sched, solver="unipc")
+    assert isinstance(from_diffusers(net, ours, cond=cond).process, di.RectifiedFlow)
+    ours.set_timesteps(3)
+    torch.testing.assert_close(ours.ts, res.ts)
