@@ -16,11 +16,9 @@ predictions:
   velocity for flows (``'flow_prediction'``).
 - k-diffusion's ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m`` (Karras et al. 2022;
   Lu et al. 2022) in its variables ``x/alpha`` and ``sigma/alpha``. k-diffusion is
-  optional (``pip install --no-deps k-diffusion``); its package ``__init__`` imports heavy
-  dependencies (torchvision, scikit-image, ...), so when those are missing its
-  ``sampling.py`` is loaded on its own with the two modules it names at import time and
-  never uses in these three samplers (``torchdiffeq``, ``torchsde``) and its one helper
-  ``utils.append_dims`` provided. Without k-diffusion those anchors are skipped.
+  optional (``pip install --no-deps k-diffusion``), loaded and bridged by
+  ``diffinfer.integrations.k_diffusion`` (``load_k_diffusion``, ``as_k_diffusion``).
+  Without k-diffusion those anchors are skipped.
 
 Variance-preserving processes (``alpha^2 + sigma^2 = 1``: ``VP``, ``DiscreteVP``) and
 ``RectifiedFlow`` are supported; k-diffusion's variables are infinite at ``alpha = 0``,
@@ -28,16 +26,14 @@ so it is skipped on flows whose grid starts at ``t = 1``.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import sys
-import types
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from diffinfer.process import RectifiedFlow, as_time, expand_to
+from diffinfer.integrations.k_diffusion import as_k_diffusion, k_diffusion_status, k_sigmas, load_k_diffusion
+from diffinfer.process import RectifiedFlow, expand_to
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -53,10 +49,7 @@ def process_kind(process) -> str:
     return "vp" if torch.allclose(one, torch.ones_like(one), atol=1e-10) else "other"
 
 
-def sigma_ratio(process, ts: Tensor) -> Tensor:
-    """``sigma(t)/alpha(t)`` on the grid (float64; ``0`` at ``t = 0``, ``inf`` where ``alpha = 0``)."""
-    ts = as_time(ts)
-    return process.sigma(ts) / process.alpha(ts)
+sigma_ratio = k_sigmas  # sigma(t)/alpha(t) on the grid (diffinfer.integrations.k_diffusion)
 
 
 # --- diffusers ---------------------------------------------------------------------------
@@ -194,81 +187,7 @@ def _make_ddim(process, ts, dtype, flow):
     return _ddim_scheduler(process, ts, dtype)
 
 
-# --- k-diffusion -------------------------------------------------------------------------
-_KDIFF: dict = {}
-
-
-def _append_dims(x: Tensor, target_dims: int) -> Tensor:
-    """``x`` with trailing singleton dimensions up to ``target_dims`` (k-diffusion's helper)."""
-    return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-
-def load_k_diffusion():
-    """``(sampling_module, None)`` or ``(None, reason)``; cached (see module doc)."""
-    if "module" in _KDIFF:
-        return _KDIFF["module"], _KDIFF["reason"]
-    module, reason = None, None
-    try:
-        module = importlib.import_module("k_diffusion.sampling")
-    except ImportError as first:
-        try:
-            spec = importlib.util.find_spec("k_diffusion")
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            reason = "k-diffusion is not installed (pip install --no-deps k-diffusion)"
-        else:
-            module, reason = _load_sampling_alone(spec.submodule_search_locations[0], first)
-            if module is not None:
-                _KDIFF["how"] = f"sampling.py loaded alone (its package import failed: {first})"
-    _KDIFF["module"], _KDIFF["reason"] = module, reason
-    _KDIFF.setdefault("how", "imported" if module is not None else "absent")
-    return module, reason
-
-
-def k_diffusion_status() -> str:
-    """How k-diffusion was found: 'imported', 'sampling.py loaded alone (...)', or why absent."""
-    module, reason = load_k_diffusion()
-    return _KDIFF["how"] if module is not None else f"absent ({reason})"
-
-
-def _load_sampling_alone(directory: str, first_error: Exception):
-    import pathlib
-    source = pathlib.Path(directory) / "sampling.py"
-    if not source.exists():
-        return None, f"k-diffusion has no sampling.py ({first_error})"
-    pkg_name = "_diffinfer_kdiffusion"
-    pkg = types.ModuleType(pkg_name)
-    pkg.__path__ = []
-    utils = types.ModuleType(pkg_name + ".utils")
-    utils.append_dims = _append_dims
-    pkg.utils = utils
-    stubs = {}
-    for name in ("torchdiffeq", "torchsde"):
-        if importlib.util.find_spec(name) is None:
-            stub = types.ModuleType(name)
-            stub.odeint = None
-            stubs[name] = stub
-    added = {pkg_name: pkg, pkg_name + ".utils": utils, **stubs}
-    saved = {k: sys.modules.get(k) for k in added}
-    sys.modules.update(added)
-    try:
-        mod = types.ModuleType(pkg_name + ".sampling")
-        mod.__package__ = pkg_name
-        mod.__file__ = str(source)
-        exec(compile(source.read_text(), str(source), "exec"), mod.__dict__)
-    except Exception as e:  # noqa: BLE001 - any failure means: skip the anchor
-        return None, f"k-diffusion sampling.py did not load: {type(e).__name__}: {e}"
-    finally:
-        for k, v in saved.items():
-            if k in stubs or k.startswith(pkg_name):
-                if v is None:
-                    sys.modules.pop(k, None)
-                else:
-                    sys.modules[k] = v
-    return mod, None
-
-
+# --- k-diffusion (the package's bridge: diffinfer.integrations.k_diffusion) ------------------
 def _k_diffusion_runner(sampler_name: str):
     def run(den, x_T: Tensor, ts: Tensor) -> Tensor:
         ks, reason = load_k_diffusion()
@@ -278,16 +197,10 @@ def _k_diffusion_runner(sampler_name: str):
         sig = sigma_ratio(process, ts)  # [n + 1], last 0
         if not bool(torch.isfinite(sig).all()):
             raise ValueError("k-diffusion's sigma/alpha is infinite on this grid (alpha = 0)")
-        sigmas = sig.to(x_T.dtype)
-
-        def model(x_ve: Tensor, sigma: Tensor) -> Tensor:  # [B, ...], [B]
-            k = int(torch.argmin((sigmas - sigma[0]).abs()))
-            t = ts[k]
-            return den.x0(x_ve * float(process.alpha(t)), t)
-
+        model = as_k_diffusion(den, ts)  # evaluated exactly at the grid's times
         x = x_T / float(process.alpha(ts[0]))
         with torch.no_grad():
-            out = getattr(ks, sampler_name)(model, x, sigmas, disable=True)
+            out = getattr(ks, sampler_name)(model, x, sig.to(x_T.dtype), disable=True)
         return out * float(process.alpha(ts[-1]))
 
     return run

@@ -151,9 +151,28 @@ class DenoiserBase:
 
     process: Process
     _counter: _Counter
+    _needs_grad: bool | None = None
+    #: ``default_ts(steps) -> ts``: the grid ``sample`` runs on when given none (e.g. a
+    #: diffusers scheduler's own timesteps, ``integrations.diffusers``); ``None``: ``grids.default``
+    default_ts = None
 
     def predict(self, x: Tensor, t) -> Prediction:
         raise NotImplementedError
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether sampling must keep autograd on: the model view differentiates through the
+        network (gradient guidance, DPS, noise optimisation). ``sample`` otherwise runs under
+        ``torch.no_grad()``. A wrapper with a ``den`` inherits it from the model it wraps
+        unless it sets its own (class attribute ``_needs_grad`` or ``wrapper.needs_grad = ...``)."""
+        if self._needs_grad is not None:
+            return self._needs_grad
+        inner = self.__dict__.get("den")
+        return isinstance(inner, DenoiserBase) and inner.needs_grad
+
+    @needs_grad.setter
+    def needs_grad(self, value: bool) -> None:
+        self._needs_grad = bool(value)
 
     @property
     def nfe(self) -> int:
@@ -206,11 +225,16 @@ class Denoiser(DenoiserBase):
         cond: keyword tensors passed to the network (batch first), e.g. class labels.
         check: raise ``ModelOutputError`` on a wrong output shape or NaN/Inf
             (this synchronises with the device once per call; turn off for speed).
+        default_ts: ``default_ts(steps) -> ts``, the grid ``sample`` uses when given none.
+
+    The time reaches the network in ``x``'s dtype when that is float32 or float64, and in
+    float32 for half-precision samples (a bf16 time input would round ``t * 1000`` to
+    steps of 4).
     """
 
     def __init__(self, net: Callable, process: Process, prediction: str = "eps",
                  time_input: Callable[[Tensor], Tensor] | None = None, cond: dict | None = None,
-                 check: bool = True):
+                 check: bool = True, default_ts: Callable[[int], Tensor] | None = None):
         if not isinstance(process, Process):
             raise TypeError(f"process must be a diffinfer Process, got {type(process).__name__}")
         self.net = net
@@ -219,11 +243,13 @@ class Denoiser(DenoiserBase):
         self.time_input = time_input
         self.cond = dict(cond or {})
         self.check = check
+        self.default_ts = default_ts
         self._counter = _Counter()
 
     def bind(self, **cond) -> "Denoiser":
         """A copy with extra conditioning (``None`` removes a key); shares the NFE counter."""
-        new = Denoiser(self.net, self.process, self.prediction, self.time_input, self.cond, self.check)
+        new = Denoiser(self.net, self.process, self.prediction, self.time_input, self.cond, self.check,
+                       self.default_ts)
         new._counter = self._counter
         for k, v in cond.items():
             if v is None:
@@ -248,7 +274,7 @@ class Denoiser(DenoiserBase):
     def _time_input(self, tb: Tensor, x: Tensor):
         """What the network takes as time for float64 times ``tb`` ``[B]``, cast for ``x``."""
         t_in = self.time_input(tb) if self.time_input is not None else tb
-        return t_in.to(device=x.device, dtype=x.dtype) if isinstance(t_in, Tensor) else t_in
+        return t_in.to(device=x.device, dtype=time_dtype(x)) if isinstance(t_in, Tensor) else t_in
 
     def _call_net(self, x: Tensor, t_in, t: Tensor) -> Tensor:
         """``net(x, t_in, **cond)``, counted and (with ``check``) checked; ``t`` names the time in errors."""
@@ -285,6 +311,12 @@ class Denoiser(DenoiserBase):
 
     def __repr__(self) -> str:
         return f"Denoiser({type(self.net).__name__}, {self.process!r}, prediction={self.prediction!r})"
+
+
+def time_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a network's time input takes for samples ``x``: ``x``'s if float32/float64,
+    else float32 (never half precision)."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _fmt_t(t: Tensor) -> str:

@@ -83,13 +83,22 @@ class ClassifierFreeGuidance(DenoiserBase):
         self.interval = _check_interval(interval)
         self.process = den.process
         self._counter = den._counter
+        self.default_ts = getattr(den, "default_ts", None)
 
     def _null_like(self, cond: Tensor, batch: int) -> Tensor:
+        """The condition and the null condition, both ``[B, ...]``: a scalar or ``[1, ...]``
+        condition (e.g. one text embedding for the batch) is broadcast to the batch."""
         cond = torch.as_tensor(cond)
         if cond.dim() == 0:
             cond = cond.expand(batch)
+        elif cond.shape[0] == 1 and batch != 1:
+            cond = cond.expand((batch,) + tuple(cond.shape[1:]))
         null = torch.as_tensor(self.null_label, dtype=cond.dtype, device=cond.device)
-        return cond, null.expand_as(cond) if null.dim() == 0 else null
+        if null.dim() == 0:
+            return cond, null.expand_as(cond)
+        if null.shape[0] == 1 and cond.shape[0] != 1:
+            null = null.expand((cond.shape[0],) + tuple(null.shape[1:]))
+        return cond, null
 
     def predict(self, x: Tensor, t) -> Prediction:
         """``(x0, eps)`` of the guided model at ``x`` ``[B, ...]``."""
@@ -132,8 +141,11 @@ class GradientGuidance(DenoiserBase):
         through_denoiser: build the prediction with autograd so ``log L`` may use
             ``pred.x0`` (DPS, universal guidance); ``False`` for ``log L`` of ``x_t`` alone
             (classifier guidance), which saves the backward pass through the network.
-    One network call per evaluation (NFE as the wrapped model).
+    One network call per evaluation (NFE as the wrapped model). ``needs_grad`` is true:
+    ``sample`` keeps autograd on for it.
     """
+
+    _needs_grad = True
 
     def __init__(self, den: DenoiserBase, log_likelihood: Callable, scale=1.0, interval=None,
                  through_denoiser: bool = True):
@@ -148,6 +160,7 @@ class GradientGuidance(DenoiserBase):
         self.through_denoiser = bool(through_denoiser)
         self.process = den.process
         self._counter = den._counter
+        self.default_ts = getattr(den, "default_ts", None)
 
     def _weights(self, t: Tensor, x: Tensor) -> Tensor:
         """Per-row guidance weight ``[B, 1, ...]``: ``scale(t)`` inside the interval, else 0."""

@@ -10,6 +10,7 @@ callbacks and trajectories are thin consumers of the generator (docs/architectur
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -103,10 +104,25 @@ def initial_noise(den: DenoiserBase, shape: Sequence[int], ts: Tensor, rng: Samp
     return z * float(den.process.sigma(ts[0]))
 
 
+def model_placement(den) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and floating dtype of the network under ``den`` (its first floating
+    parameter, looking through wrappers' ``den`` and a ``Denoiser``'s ``net``), or ``None``s."""
+    seen = 0
+    while den is not None and seen < 16:
+        net = getattr(den, "net", None)
+        params = getattr(net, "parameters", None)
+        if callable(params):
+            for p in params():
+                if p.is_floating_point():
+                    return p.device, p.dtype
+        den, seen = getattr(den, "den", None), seen + 1
+    return None, None
+
+
 def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | None = None,
            solver="dpmpp-2m", steps: int = 10, ts=None, seed=None, progress: bool = False,
            callback: Callable | None = None, return_trajectory: bool = False,
-           dtype=torch.float32, device="cpu", **solver_options) -> SampleResult:
+           dtype=None, device=None, **solver_options) -> SampleResult:
     """Draw samples by running ``solver`` over a time grid (``iterate``).
 
     Args:
@@ -115,18 +131,31 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
             as ``sigma(t_0) * z`` with per-sample streams.
         solver: a name from ``diffinfer.solvers.names()`` or a ``Solver``; extra keyword
             options go to it (e.g. ``eta=1.0``).
-        steps / ts: a number of steps on ``grids.default(process, steps)``, or a grid.
+        steps / ts: a number of steps on the model's own grid (``den.default_ts(steps)``,
+            e.g. a diffusers scheduler's) or ``grids.default(process, steps)``; or a grid.
         seed: int; row ``i`` uses stream ``(seed, i)`` for its initial and step noise, so a
             sample's noise is bitwise the same alone or in a batch. ``(seed, indices)`` picks rows.
         callback: ``callback(i, t_next, x, state)`` after each step.
+        dtype / device: of the drawn noise (with ``shape``); default: the network's parameters'
+            (float32 on the CPU for a model without parameters). With ``x_T`` they follow ``x_T``.
+
+    The solve runs under ``torch.no_grad()`` (no autograd graph is kept across steps, so
+    memory does not grow with the step count) unless ``den.needs_grad`` (gradient guidance,
+    DPS, noise optimisation), when the caller's autograd mode is kept.
     Returns:
         ``SampleResult`` with samples, NFE, wall time and (optionally) the trajectory.
     """
     if not isinstance(den, DenoiserBase):
         raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
     solver = solver_registry.get(solver, **solver_options)
+    if ts is None and callable(getattr(den, "default_ts", None)):
+        ts = den.default_ts(steps)
     ts = grids.resolve(den.process, steps, ts)
     if x_T is None:
+        if dtype is None or device is None:
+            m_device, m_dtype = model_placement(den)
+            device = device if device is not None else (m_device if m_device is not None else "cpu")
+            dtype = dtype if dtype is not None else (m_dtype if m_dtype is not None else torch.float32)
         if shape is None:
             raise ValueError("give x_T or shape")
         shape = tuple(int(s) for s in shape)
@@ -144,6 +173,11 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
         x = x_T
         rng = make_rng(seed, x.shape[0], x.device) if (solver.stochastic or seed is not None) else None
 
+    with contextlib.nullcontext() if den.needs_grad else torch.no_grad():
+        return _run(den, solver, x, ts, rng, progress, callback, return_trajectory)
+
+
+def _run(den, solver, x, ts, rng, progress, callback, return_trajectory) -> SampleResult:
     nfe0 = den.nfe
     start = time.perf_counter()
     traj = [x] if return_trajectory else None

@@ -358,10 +358,15 @@ class DiscreteVP(LogAlphaVP):
             betas = beta_table(beta_schedule, num_train_timesteps, beta_start, beta_end)
             alphas_cumprod = torch.cumprod(1.0 - betas, 0)
         acp = torch.as_tensor(alphas_cumprod, dtype=_F64).flatten()
-        if acp.numel() < 2 or not bool(((acp > 0) & (acp < 1)).all()) or not bool((acp[1:] < acp[:-1]).all()):
-            raise ValueError("alphas_cumprod must be a strictly decreasing table of values in (0, 1)")
+        inner = acp[:-1] if acp.numel() and float(acp[-1]) == 0.0 else acp
+        if acp.numel() < 2 or not bool(((inner > 0) & (inner < 1)).all()) or not bool((acp[1:] < acp[:-1]).all()):
+            raise ValueError("alphas_cumprod must be a strictly decreasing table of values in (0, 1) "
+                             "(the last may be 0: zero terminal SNR)")
         self.alphas_cumprod = acp
         self.N = acp.numel()
+        #: zero terminal SNR (Lin et al. 2024): alpha(1) = 0, as a flow's; the last segment is
+        #: then linear in alpha (log alpha would be -inf at its end)
+        self.zero_terminal = float(acp[-1]) == 0.0
         self._t_nodes = torch.cat([torch.zeros(1, dtype=_F64), torch.arange(1, self.N + 1, dtype=_F64) / self.N])
         self._la_nodes = torch.cat([torch.zeros(1, dtype=_F64), 0.5 * torch.log(acp)])
         self.t_min = 1.0 / self.N
@@ -374,25 +379,63 @@ class DiscreteVP(LogAlphaVP):
     def _segment(self, t: Tensor) -> Tensor:
         return torch.clamp(torch.searchsorted(self._t_nodes, t.contiguous(), right=True) - 1, 0, self.N - 1)
 
+    def _last(self, t: Tensor, k: Tensor) -> Tensor:
+        """Rows in the zero-terminal last segment (linear in alpha there)."""
+        return (k == self.N - 1) if self.zero_terminal else torch.zeros_like(t, dtype=torch.bool)
+
+    def _last_alpha(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``alpha`` and ``alpha'`` on the zero-terminal last segment (linear to ``alpha(1) = 0``)."""
+        a0 = math.exp(float(self._la_nodes[self.N - 1]))
+        return torch.clamp(a0 * (1.0 - t) * self.N, min=0.0), torch.full_like(t, -a0 * self.N)
+
     def log_alpha(self, t) -> Tensor:
         t = as_time(t)
         k = self._segment(t)
         t0, t1 = self._t_nodes[k], self._t_nodes[k + 1]
         l0, l1 = self._la_nodes[k], self._la_nodes[k + 1]
-        return l0 + (t - t0) * (l1 - l0) / (t1 - t0)
+        if not self.zero_terminal:
+            return l0 + (t - t0) * (l1 - l0) / (t1 - t0)
+        last = self._last(t, k)
+        inner = torch.where(last, l0, l0 + (t - t0) * (l1 - l0).nan_to_num(neginf=0.0) / (t1 - t0))
+        return torch.where(last, torch.log(self._last_alpha(t)[0]), inner)
 
     def d_log_alpha(self, t) -> Tensor:
         t = as_time(t)
         k = self._segment(t)
-        return (self._la_nodes[k + 1] - self._la_nodes[k]) / (self._t_nodes[k + 1] - self._t_nodes[k])
+        d = (self._la_nodes[k + 1] - self._la_nodes[k]) / (self._t_nodes[k + 1] - self._t_nodes[k])
+        if not self.zero_terminal:
+            return d
+        a, da = self._last_alpha(t)
+        return torch.where(self._last(t, k), da / a, d)
+
+    def d_alpha(self, t) -> Tensor:
+        t = as_time(t)
+        if not self.zero_terminal:
+            return super().d_alpha(t)
+        last = self._last(t, self._segment(t))
+        safe = torch.where(last, torch.zeros_like(t), t)  # no 0 * inf on the last segment
+        return torch.where(last, self._last_alpha(t)[1], super().d_alpha(safe))
+
+    def d_sigma(self, t) -> Tensor:
+        if not self.zero_terminal:
+            return super().d_sigma(t)
+        t = as_time(t)
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
     def t_from_logsnr(self, lam) -> Tensor:
+        """The time of half log-SNR ``lam``, clamped to ``[0, 1]`` (a float32 table's rounding
+        never maps past the ends)."""
         lam = as_time(lam)
         la = 0.5 * torch.nn.functional.logsigmoid(lam)
         # log alpha decreases along the nodes: flip both for interpolation
         xs, ys = -self._la_nodes, self._t_nodes
-        k = torch.clamp(torch.searchsorted(xs, (-la).contiguous(), right=True) - 1, 0, self.N - 1)
-        return ys[k] + (-la - xs[k]) * (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])
+        top = self.N - 1 if self.zero_terminal else self.N  # the last node of finite log alpha
+        k = torch.clamp(torch.searchsorted(xs[:top + 1].contiguous(), (-la).contiguous(), right=True) - 1, 0, top - 1)
+        t = ys[k] + (-la - xs[k]) * (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])
+        if self.zero_terminal:  # past the last finite node: invert alpha = a0 (1 - t) N
+            a0 = math.exp(float(self._la_nodes[top]))
+            t = torch.where(-la > xs[top], 1.0 - torch.exp(la) / (a0 * self.N), t)
+        return torch.clamp(t, 0.0, 1.0)
 
     def __repr__(self) -> str:
         return f"DiscreteVP(N={self.N})"

@@ -149,3 +149,14 @@ def test_name_lookups_use_the_one_registry(module, name):
     first = registry.names()[0]
     with pytest.raises(ValueError, match="already registered"):
         registry.register(first, lambda: None)
+
+
+def test_integrations_import_their_libraries_lazily():
+    """``import diffinfer`` and importing a bridge module load no diffusers / transformers /
+    k-diffusion: they are imported inside the functions that use them."""
+    code = ("import sys, diffinfer as di; di.integrations; di.thresholding; "
+            "import diffinfer.integrations.diffusers, diffinfer.integrations.k_diffusion, "
+            "diffinfer.integrations.transformers; "
+            "heavy = [m for m in ('diffusers', 'transformers', 'k_diffusion') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -70,3 +70,78 @@ def test_diffusion_lm_shift(shift):
         torch.testing.assert_close(out, raw)
     res = decode(m, prompt=[1, 2, 3], length=6, policy="low-confidence", steps=3, batch=2, seed=0)
     assert (res.tokens != 39).all() and res.nfe == 3
+
+
+# --- bring your own model: causal refusal, context length, suppression, BatchEncoding, KV cache --
+def test_masked_lm_refuses_a_causal_model():
+    with pytest.raises(ValueError, match=r"causal language model.*DiffusionLMModel\(model, mask_id=\.\.\., shift=True\)"):
+        MaskedLMModel(_llama(), mask_id=39)
+
+
+def test_context_length_from_max_position_embeddings():
+    m = DiffusionLMModel(_llama(), mask_id=39)
+    assert m.max_len == 64 and MaskedLMModel(_bert(mask_token_id=39)).max_len == 64
+    with pytest.raises(ValueError, match="context holds 64"):
+        decode(m, prompt=list(range(10)), length=60, seed=0)
+
+
+def test_token_suppression_and_logits_processors():
+    net = _bert(mask_token_id=39)
+    x = torch.randint(0, 39, (2, 8), generator=torch.Generator().manual_seed(0))
+    m = MaskedLMModel(net, suppress_tokens=[5, 6])
+    out = m.logits(x)
+    assert torch.isinf(out[..., [5, 6]]).all() and torch.isfinite(out[..., :5]).all()
+    res = decode(m, length=12, batch=3, seed=0, temperature=1.0)
+    assert not ((res.tokens == 5) | (res.tokens == 6)).any()
+    # a LogitsProcessorList: each position's scores with its row's canvas as input_ids
+    seen = []
+
+    class Record(transformers.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            seen.append(input_ids.shape)
+            return scores
+
+    procs = transformers.LogitsProcessorList([transformers.SuppressTokensLogitsProcessor([7]), Record()])
+    m2 = MaskedLMModel(net, logits_processor=procs)
+    out2 = m2.logits(x)
+    assert torch.isinf(out2[..., 7]).all() and seen == [torch.Size([16, 8])]
+    with torch.no_grad():
+        ref = net(input_ids=x).logits
+    torch.testing.assert_close(out2[..., :7], ref[..., :7])
+    with pytest.raises(ValueError, match="mask token"):
+        MaskedLMModel(net, suppress_tokens=[39])
+
+
+def test_batch_encoding_prompt_drops_padding():
+    m = MaskedLMModel(_bert(mask_token_id=39))
+    ref = decode(m, prompt=[[1, 2, 3], [4, 5]], length=6, policy="low-confidence", seed=0)
+    for ids, attn in ([[1, 2, 3, 0], [4, 5, 0, 0]], [[1, 1, 1, 0], [1, 1, 0, 0]]), \
+                     ([[1, 2, 3], [0, 4, 5]], [[1, 1, 1], [0, 1, 1]]):  # right and left padding
+        enc = transformers.BatchEncoding({"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(attn)})
+        out = decode(m, prompt=enc, length=6, policy="low-confidence", seed=0)
+        assert torch.equal(out.tokens, ref.tokens)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_kv_cache_through_past_key_values(shift):
+    m = DiffusionLMModel(_llama(), mask_id=39, shift=shift)
+    assert m.supports_kv_cache
+    x = torch.randint(0, 39, (2, 12), generator=torch.Generator().manual_seed(2))
+    full, cache = m.logits_with_cache(x)
+    torch.testing.assert_close(full, m.logits(x))
+    for start, end in ((4, 12), (4, 8), (0, 6)):  # prefix and dual windows (causal attention: exact)
+        win = m.logits_window(x[:, start:end], start, cache, tokens=x)
+        torch.testing.assert_close(win, full[:, start:end], rtol=1e-4, atol=1e-5)
+    sub = cache.select(torch.tensor([1]))
+    torch.testing.assert_close(m.logits_window(x[1:, 6:], 6, sub, tokens=x[1:]), full[1:, 6:], rtol=1e-4, atol=1e-5)
+    ref = decode(m, prompt=[1, 2, 3], length=8, block=4, steps=8, batch=2, seed=0)
+    for mode in ("prefix", "dual"):
+        out = decode(m, prompt=[1, 2, 3], length=8, block=4, steps=8, batch=2, seed=0, cache=mode)
+        assert torch.equal(out.tokens, ref.tokens), mode
+
+
+def test_no_kv_cache_for_encoder_models():
+    m = MaskedLMModel(_bert(mask_token_id=39))
+    assert not m.supports_kv_cache
+    with pytest.raises(ValueError, match="key/value-cache"):
+        decode(m, length=6, batch=1, cache="prefix", block=3, seed=0)

@@ -110,3 +110,24 @@ def test_grid_memo_host_values_and_sigma_ratios():
     for _ in range(Grid.MEMO_SIZE):  # the oldest grid is dropped
         Grid.of(p, torch.rand(4, dtype=F64).sort(descending=True).values)
     assert Grid.of(p, grid.ts) is not grid
+
+def test_zero_terminal_snr_table():
+    """A DDPM table rescaled to zero terminal SNR (Lin et al. 2024): alpha(1) = 0 as a flow's,
+    derivatives match finite differences, the inverse log-SNR round-trips, sampling runs."""
+    acp = torch.cumprod(1 - di.process.beta_table("linear"), 0)
+    a = acp.sqrt()
+    a = (a - a[-1]) * a[0] / (a[0] - a[-1])
+    a[-1] = 0.0
+    p = di.DiscreteVP(a * a)
+    assert p.zero_terminal and float(p.alpha(1.0)) == 0.0 and float(p.sigma(1.0)) == 1.0
+    t = torch.tensor([0.2003, 0.9985, 0.9995, 1.0], dtype=torch.float64)  # off the nodes (kinks)
+    assert torch.isfinite(p.d_alpha(t)).all() and torch.isfinite(p.d_sigma(t)).all()
+    h = 1e-7
+    tt = t[:3]
+    torch.testing.assert_close(p.d_alpha(tt), (p.alpha(tt + h) - p.alpha(tt - h)) / (2 * h), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(p.d_sigma(tt), (p.sigma(tt + h) - p.sigma(tt - h)) / (2 * h), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(p.t_from_logsnr(p.logsnr(t)), t)
+    ts = di.grids.default(p, 6)
+    assert float(ts[0]) == 1.0  # uniform, as a flow: log-SNR spacing is infinite at t = 1
+    den = di.Denoiser(lambda x, t: 0.1 * x, p, "v")
+    assert torch.isfinite(di.sample(den, shape=(3, 2), solver="dpmpp-2m", steps=6, seed=0).x).all()

@@ -127,9 +127,10 @@ def get(name: str, process: Process, steps: int, **options) -> Tensor:
 
 
 def default_builder(process: Process):
-    """The grid family that suits a process: uniform for flows and general interpolants,
-    Karras for VE/EDM (as k-diffusion), log-SNR uniform otherwise (as DPM-Solver)."""
-    if isinstance(process, (RectifiedFlow, Interpolant)):
+    """The grid family that suits a process: uniform for flows, general interpolants and
+    zero-terminal-SNR tables (whose log-SNR is infinite at ``t = 1``, as a flow's), Karras for
+    VE/EDM (as k-diffusion), log-SNR uniform otherwise (as DPM-Solver)."""
+    if isinstance(process, (RectifiedFlow, Interpolant)) or getattr(process, "zero_terminal", False):
         return uniform
     if isinstance(process, (VE, EDM)):
         return karras

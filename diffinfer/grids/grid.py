@@ -40,7 +40,7 @@ class GridPoint(NamedTuple):
 class DeviceGrid(NamedTuple):
     """A grid's per-device casts for a sample's dtype and device (0-d tensors)."""
 
-    t: tuple[Tensor, ...]            # [N+1] the grid's times
+    t: tuple[Tensor, ...]            # [N+1] the grid's times (float32 for half-precision samples)
     sigma_ratio: tuple[Tensor, ...]  # [N]   sigma(ts[k+1]) / sigma(ts[k])
 
 
@@ -108,8 +108,9 @@ class Grid:
         found = self._casts.get(key)
         if found is None:
             s = self.coefficients.sigma
+            t_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # never bf16 times
             found = self._casts[key] = DeviceGrid(
-                self.ts.to(device=x.device, dtype=x.dtype).unbind(),
+                self.ts.to(device=x.device, dtype=t_dtype).unbind(),
                 (s[1:] / s[:-1]).to(device=x.device, dtype=x.dtype).unbind())
         return found
 

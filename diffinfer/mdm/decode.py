@@ -99,6 +99,12 @@ def _prompt_rows(prompt, batch: int | None) -> list[Tensor]:
     different lengths) to a list of 1-D LongTensors, one per row."""
     if prompt is None:
         return [torch.zeros(0, dtype=torch.long) for _ in range(batch or 1)]
+    if hasattr(prompt, "keys") and "input_ids" in prompt.keys():  # a tokenizer's BatchEncoding (or a dict)
+        ids, attn = prompt["input_ids"], prompt.get("attention_mask")
+        ids = [torch.as_tensor(r, dtype=torch.long).reshape(-1) for r in ids]
+        if attn is not None:  # padding (left or right) is not prompt
+            ids = [r[torch.as_tensor(a).reshape(-1).bool()] for r, a in zip(ids, attn)]
+        prompt = ids
     if isinstance(prompt, Tensor):
         if prompt.dtype.is_floating_point:
             raise ValueError("prompt must hold integer token ids")
@@ -191,8 +197,9 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     Args:
         model: a masked model (``logits(tokens)`` and ``mask_id``), e.g. a ``MarkovChain``, a
             ``CharTransformerModel``, a transformers adapter; a bare ``CharTransformer`` with ``mask_id``.
-        prompt: ``None``, a list of ids, ``[P]`` or ``[B, P]`` tensor, or a list of prompts of
-            different lengths (rows are padded on the right with ``eos_id`` or the mask id).
+        prompt: ``None``, a list of ids, ``[P]`` or ``[B, P]`` tensor, a list of prompts of
+            different lengths (rows are padded on the right with ``eos_id`` or the mask id), or a
+            tokenizer's ``BatchEncoding`` (its ``attention_mask``'s padding is dropped).
         length: tokens to generate after each prompt.
         policy: an unmasking policy or its name: ``random``, ``ancestral``, ``low-confidence``,
             ``margin``, ``dilated``, ``entropy``, ``threshold``, ``factor``, ``confident``, ``rcr``; options

@@ -80,6 +80,7 @@ def optimize_noise(den: DenoiserBase, reward, x_T: Tensor, solver="euler", steps
     if int(iterations) < 0 or not lr > 0:
         raise ValueError(f"need iterations >= 0 and lr > 0, got {iterations}, {lr}")
     tap = Tap(den)
+    tap.needs_grad = True  # differentiates through the whole solve
     scale = float(den.process.sigma(grid(den.process, steps, ts)[0]))
     z = (x_T.detach() / scale).clone().requires_grad_(True)  # unit-variance noise
     radius = math.sqrt(z[0].numel())
