@@ -286,3 +286,25 @@ def test_denoiser_views_reject_times_outside_0_1(t):
         den.raw(x, t)
     assert den.nfe == 0
     assert torch.isfinite(den.x0(x, 0.5)).all() and torch.isfinite(den.x0(x, torch.tensor([0.0, 1.0]))).all()
+
+
+def test_model_output_and_os_errors_are_one_line(monkeypatch, tmp_path, capsys):
+    from diffinfer import viz
+    from diffinfer.cli import sample as sample_cmd
+    from diffinfer.denoiser import ModelOutputError
+    from diffinfer.zoo import quality
+
+    def broken(*args, **kwargs):
+        raise ModelOutputError("network output at t=0.5 contains NaN or Inf")
+    monkeypatch.setattr(quality, "sample_digits", broken)
+    rc, out, err = cli(["sample", "--model", "digits", "--n", "2", "--steps", "1"], capsys)
+    assert_one_line_error(rc, err, 1, "contains NaN or Inf")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(sample_cmd, "scatter_plot", disk_full)
+    rc, out, err = cli(["sample", "--model", "ring2d", "--n", "10", "--steps", "1", "--out", tmp_path / "a.png"], capsys)
+    assert_one_line_error(rc, err, 1, "No space left on device")
+    assert not (tmp_path / "a.png").exists()
+    with pytest.raises(OSError):
+        main(["sample", "--model", "ring2d", "--n", "10", "--steps", "1", "--out", str(tmp_path / "a.png"), "--debug"])
