@@ -256,6 +256,8 @@ class _StopSignals:
         return self
 
     def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal: stop now, without waiting for the step to end
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *exc):
