@@ -77,6 +77,10 @@ REJECTED = [
     (["scale", "--model", "digits", "--budget", "1000000"], "--budget"),
     (["decode", "--model", "shakespeare-ar"], "valid: markov"),
     (["decode", "--block", "0"], "--block"),
+    (["decode", "--steps", "4"], "--steps does not apply to --policy threshold"),
+    (["decode", "--policy", "random", "--threshold", "0.5"], "--threshold applies"),
+    (["decode", "--policy", "random", "--score", "margin"], "--score applies"),
+    (["decode", "--model", "shakespeare-char", "--length", "1000"], "valid: --length 1..256"),
 ]
 
 

@@ -20,6 +20,10 @@ from ..zoo.tasks import MARKOV_ALPHABET, TEXT_MODELS, load_text_model
 from .common import (MAX_TOKENS, UsageError, add_progress, float_in, int_in, progress_enabled, seed_int, steps_int)
 
 DECODE_MODELS = ("markov",) + tuple(TEXT_MODELS)
+#: policies that decide how many tokens to commit per step themselves (--steps does not apply)
+SELF_PACED = ("threshold", "factor", "dilated")
+#: policies with a --score option
+SCORED = ("threshold", "factor", "confident", "rcr")
 MAX_BATCH = 1024
 
 
@@ -38,25 +42,32 @@ def _block(value: str):
 
 
 def fit_length(model, prompt_len: int, length: int, block) -> int:
-    """Shorten ``length`` (to a multiple of an int ``block``) when prompt + length exceeds the
-    model's context, saying so on stderr; the library itself raises instead."""
+    """``length`` if the prompt and ``length`` tokens fit the model's context; otherwise a
+    ``UsageError`` naming the longest valid ``--length`` (never a silent shortening)."""
     max_len = getattr(model, "max_len", None)
     if max_len is None or prompt_len + length <= max_len:
         return length
-    fitted = max_len - prompt_len
-    if isinstance(block, int):
-        fitted -= fitted % block
-    if fitted < 1:
-        raise ValueError(f"the prompt ({prompt_len} tokens) leaves no room in the model's context of {max_len}")
-    print(f"note: the model's context holds {max_len} tokens; generating {fitted} instead of {length}",
-          file=sys.stderr)
-    return fitted
+    room = max_len - prompt_len
+    if room < 1:
+        raise UsageError(f"the prompt ({prompt_len} tokens) leaves no room in the model's context of {max_len}")
+    raise UsageError(f"--length {length} with a {prompt_len}-token prompt exceeds the model's context of {max_len} "
+                     f"tokens; valid: --length 1..{room}")
 
 
 def validate(args):
     if args.model not in DECODE_MODELS:
         raise UsageError(f"unknown --model {args.model!r}; valid: {', '.join(DECODE_MODELS)}")
     block = _block(args.block)
+    if args.steps is not None and args.policy in SELF_PACED:
+        raise UsageError(f"--steps does not apply to --policy {args.policy} (it decides how many tokens to commit "
+                         f"per step); policies with a step schedule: "
+                         f"{', '.join(p for p in policy_names() if p not in SELF_PACED)}")
+    if args.threshold is not None and args.policy not in ("threshold", "confident"):
+        raise UsageError(f"--threshold applies to --policy threshold or confident, not {args.policy}")
+    if args.factor is not None and args.policy != "factor":
+        raise UsageError(f"--factor applies to --policy factor, not {args.policy}")
+    if args.score is not None and args.policy not in SCORED:
+        raise UsageError(f"--score applies to --policy {', '.join(SCORED)}, not {args.policy}")
     if args.eos is not None and len(args.eos) != 1:
         raise UsageError(f"--eos must be one character, got {args.eos!r}")
     if args.model == "markov":
@@ -84,10 +95,10 @@ def cmd_decode(args) -> int:
     model, codec = load_text_model(args.model)
     options = {}
     if args.policy in ("threshold", "confident"):
-        options["threshold"] = args.threshold
+        options["threshold"] = 0.9 if args.threshold is None else args.threshold
     if args.policy == "factor":
-        options["factor"] = args.factor
-    if args.score and args.policy not in ("random", "ancestral", "low-confidence", "margin", "entropy"):
+        options["factor"] = 1.0 if args.factor is None else args.factor
+    if args.score:
         options["score"] = args.score
     prompt = codec.encode(args.prompt) if args.prompt else None
     delimiters = None
@@ -131,11 +142,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default="", help="text the generation continues")
     p.add_argument("--length", type=int_in(1, MAX_TOKENS), default=64, help=f"tokens to generate (1-{MAX_TOKENS})")
     p.add_argument("--policy", default="threshold", choices=policy_names())
-    p.add_argument("--threshold", type=float_in(0.0, 1.0), default=0.9, help="threshold / confident policies")
-    p.add_argument("--factor", type=float_in(0.0, lo_open=True), default=1.0, help="factor policy (Fast-dLLM)")
+    p.add_argument("--threshold", type=float_in(0.0, 1.0), default=None,
+                   help="threshold / confident policies (default 0.9)")
+    p.add_argument("--factor", type=float_in(0.0, lo_open=True), default=None,
+                   help="factor policy (Fast-dLLM; default 1.0)")
     p.add_argument("--score", default=None, choices=SCORES,
                    help="score for threshold / factor / confident / rcr")
-    p.add_argument("--steps", type=steps_int, default=None, help="steps for scheduled policies (default: length)")
+    p.add_argument("--steps", type=steps_int, default=None,
+                   help=f"steps for scheduled policies (default: length; not for {', '.join(SELF_PACED)})")
     p.add_argument("--block", default="none", help="block length, 'adaptive' or 'none'")
     p.add_argument("--cache", default="none", choices=CACHE_MODES)
     p.add_argument("--schedule", default="linear", choices=sorted(SCHEDULES))
