@@ -77,6 +77,8 @@ REJECTED = [
     (["scale", "--model", "digits", "--budget", "1000000"], "--budget"),
     (["decode", "--model", "shakespeare-ar"], "valid: markov"),
     (["decode", "--block", "0"], "--block"),
+    (["scale", "--model", "tilted", "--method", "smc", "--n", "4"], "--n applies"),
+    (["scale", "--model", "tilted", "--length", "4"], "--length applies"),
     (["decode", "--steps", "4"], "--steps does not apply to --policy threshold"),
     (["decode", "--policy", "random", "--threshold", "0.5"], "--threshold applies"),
     (["decode", "--policy", "random", "--score", "margin"], "--score applies"),

@@ -41,6 +41,13 @@ def validate(args) -> str:
     if args.budget > MAX_BUDGET[kind]:
         raise UsageError(f"--budget {args.budget}: at most {MAX_BUDGET[kind]} per sample for --model {args.model} "
                          f"(beyond, a run takes hours)")
+    if args.n is not None and (kind == "text" or args.method not in ("best-of-n", "dts")):
+        raise UsageError(f"--n applies to --method best-of-n or dts on toy and digits models, not {args.method} "
+                         f"on {args.model}")
+    if args.length is not None and kind != "text":
+        raise UsageError(f"--length applies to text models ({', '.join(TEXT_MODELS)}), not {args.model}")
+    args.n = 16 if args.n is None else args.n
+    args.length = 64 if args.length is None else args.length
     if kind == "text" and args.length > TEXT_LENGTH:
         raise UsageError(f"--length {args.length}: the text model's context holds {TEXT_LENGTH} tokens; "
                          f"valid: 1..{TEXT_LENGTH}")
@@ -110,9 +117,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         f"text: {', '.join(TEXT_REWARDS)}")
     p.add_argument("--budget", type=int_in(1), default=2000, help="per-sample NFE plus verifier calls")
     p.add_argument("--steps", type=steps_int, default=20, help="sampler steps (text: at most this many decoding steps)")
-    p.add_argument("--length", type=int_in(1, TEXT_LENGTH), default=64, help="tokens to generate (text models)")
+    p.add_argument("--length", type=int_in(1, TEXT_LENGTH), default=None,
+                   help="tokens to generate (text models; default 64)")
     p.add_argument("--lam", type=finite_float, default=1.0, help="tilt strength for smc / dts")
-    p.add_argument("--n", type=int_in(1, 4096), default=16, help="samples to return (best-of-n, dts)")
+    p.add_argument("--n", type=int_in(1, 4096), default=None, help="samples to return (best-of-n, dts; default 16)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default=None,
                    help="output PNG (a scatter for toys, a grid for digits); for text, a .txt of the samples")
