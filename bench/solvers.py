@@ -55,6 +55,7 @@ import diffinfer as di  # noqa: E402
 from bench import anchors  # noqa: E402
 from diffinfer import grids, metrics  # noqa: E402
 from diffinfer.loop import rollout  # noqa: E402
+from diffinfer.atomic import atomic_path, write_text  # noqa: E402
 from diffinfer.rng import make_rng  # noqa: E402
 from diffinfer.toys import gaussian_mixture  # noqa: E402
 
@@ -734,7 +735,8 @@ def plot(report: dict, out_dir: pathlib.Path, stem: str = "solvers") -> list[str
             _plot_metric(ax, model, metric, rows)
         fig.tight_layout()
         path = out_dir / f"{stem}_{model}.png"
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         paths.append(str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
     return paths
@@ -827,8 +829,8 @@ def run(quick: bool = False, models=None, out_dir=None, compute_grids: bool | No
     report["plots"] = plot(report, out_dir, stem)
     report["meta"]["seconds"] = time.perf_counter() - start
     report["meta"]["files"] = [f"{stem}.json", f"{stem}.md"]
-    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float))
-    (out_dir / f"{stem}.md").write_text(markdown(report))
+    write_text(out_dir / f"{stem}.json", json.dumps(report, indent=1, default=float))  # atomic writes
+    write_text(out_dir / f"{stem}.md", markdown(report))
     return report
 
 

@@ -264,8 +264,10 @@ class Denoiser(DenoiserBase):
         return new
 
     def raw(self, x: Tensor, t) -> Tensor:
-        """The network's own output at ``(x, t)`` (counts one NFE)."""
-        t = as_time(t)
+        """The network's own output at ``(x, t)`` (counts one NFE); ``t`` in ``[0, 1]``."""
+        return self._raw(x, as_time(t) if isinstance(t, GridPoint) else _checked_time(t))
+
+    def _raw(self, x: Tensor, t: Tensor) -> Tensor:
         tb = t.expand(x.shape[0]) if t.dim() == 0 else t
         if tb.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or shaped [B]={x.shape[0]}, got {tuple(t.shape)}")
@@ -305,8 +307,8 @@ class Denoiser(DenoiserBase):
             y = self._call_net(x, t_in, t.time)
             c = Coefficients(self.process, t.time, grid.alpha[k], grid.sigma[k], grid.d_alpha[k], grid.d_sigma[k])
             return to_prediction(y, self.prediction, x, c)
-        t = as_time(t)
-        y = self.raw(x, t)
+        t = as_time(t) if isinstance(t, GridPoint) else _checked_time(t)
+        y = self._raw(x, t)
         return to_prediction(y, self.prediction, x, self.process.at(t).broadcast(x))
 
     def __repr__(self) -> str:
@@ -317,6 +319,16 @@ def time_dtype(x: Tensor) -> torch.dtype:
     """The dtype a network's time input takes for samples ``x``: ``x``'s if float32/float64,
     else float32 (never half precision)."""
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _checked_time(t) -> Tensor:
+    """``as_time(t)`` for a time that is not a grid point, refusing NaN and times outside
+    ``[0, 1]`` (one host read; grid points skip it)."""
+    t = as_time(t)
+    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+        bad = t[~((t >= 0) & (t <= 1))].reshape(-1)[0]
+        raise ValueError(f"t must be in [0, 1] (and not NaN), got {float(bad)}")
+    return t
 
 
 def _fmt_t(t: Tensor) -> str:

@@ -147,6 +147,8 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
     """
     if not isinstance(den, DenoiserBase):
         raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
+    if x_T is None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a real floating-point dtype, got {dtype}")
     solver = solver_registry.get(solver, **solver_options)
     if ts is None and callable(getattr(den, "default_ts", None)):
         ts = den.default_ts(steps)
@@ -166,6 +168,10 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
     else:
         if not isinstance(x_T, Tensor) or x_T.dim() < 2:
             raise ValueError("x_T must be a tensor shaped [B, ...]")
+        if not x_T.is_floating_point():
+            raise TypeError(f"x_T must be a real floating-point tensor, got dtype {x_T.dtype}")
+        if x_T.numel() == 0:
+            raise ValueError(f"x_T is empty (shape {tuple(x_T.shape)}): need at least one sample of positive size")
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
         if not bool(torch.isfinite(x_T).all()):

@@ -10,17 +10,25 @@
 - ``autoregressive_loss``: next-token cross-entropy.
 - ``EMA``: exponential moving average of weights (Polyak averaging, as in DDPM).
 - ``fit``: the loop, with one ``torch.Generator`` for all randomness, checkpoint/resume
-  (model, EMA, optimiser, generator, step) and a tqdm bar showing the loss.
+  (model, EMA, optimiser, generators, step, the run's configuration) and a tqdm bar
+  showing the loss. Checkpoints are written atomically every ``checkpoint_every`` steps,
+  every ``checkpoint_seconds`` of work and on SIGINT / SIGTERM (then ``TrainingInterrupted``);
+  a resumed run is bitwise the uninterrupted one, and resuming a checkpoint of a different
+  configuration raises ``ResumeMismatch`` naming the difference.
 
 How each bundled model is trained (``RECIPES``, ``train_model``) is in ``diffinfer.zoo.recipes``.
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import pathlib
-from dataclasses import dataclass
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -144,7 +152,10 @@ class EMA:
 @dataclass
 class TrainConfig:
     """``steps`` optimiser steps of Adam(``lr``) with linear warm-up and cosine decay to
-    ``lr * final_lr_fraction``; gradient clipping at ``clip``; EMA ``ema_decay``."""
+    ``lr * final_lr_fraction``; gradient clipping at ``clip``; EMA ``ema_decay``.
+    Checkpoints: every ``checkpoint_every`` steps (0: off) and after ``checkpoint_seconds``
+    of work since the last one (``None``: off); these and ``log_every`` may change between a
+    run and its resumption, every other field may not."""
 
     steps: int = 1000
     lr: float = 1e-3
@@ -156,6 +167,52 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 50
+    checkpoint_seconds: float | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "TrainConfig":
+        def bad(name, value, valid):
+            raise ValueError(f"TrainConfig.{name} must be {valid}, got {value!r}")
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            bad("steps", self.steps, "a positive int")
+        for name in ("warmup", "checkpoint_every", "seed"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 0):
+                bad(name, v, "an int >= 0")
+        if not (isinstance(self.log_every, int) and self.log_every >= 1):
+            bad("log_every", self.log_every, "a positive int")
+        for name in ("lr", "final_lr_fraction", "weight_decay", "clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                bad(name, v, "a finite number >= 0")
+        if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
+            bad("ema_decay", self.ema_decay, "in [0, 1)")
+        cs = self.checkpoint_seconds
+        if cs is not None and not (isinstance(cs, (int, float)) and math.isfinite(cs) and cs > 0):
+            bad("checkpoint_seconds", cs, "None or a finite number > 0")
+        return self
+
+    def run_fields(self) -> dict:
+        """The fields that define the run (a resumed run must match them)."""
+        d = asdict(self)
+        for k in ("checkpoint_every", "log_every", "checkpoint_seconds"):
+            d.pop(k)
+        return d
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint was written by a run with a different configuration."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training; the checkpoint holds the last finished step."""
+
+    def __init__(self, step: int, checkpoint, signum: int):
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+        where = f"checkpoint saved to {checkpoint}; rerun to resume" if checkpoint else "no checkpoint path given"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step} ({where})")
 
 
 @dataclass
@@ -178,24 +235,81 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
+def _differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: checkpoint {saved.get(k, '<absent>')!r}, this run {current.get(k, '<absent>')!r}"
+            for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+
+
+class _StopSignals:
+    """Turn SIGINT / SIGTERM into a flag the loop checks after each step (main thread only)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal: stop now, without waiting for the step to end
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor], cfg: TrainConfig,
         checkpoint: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-        stop_at: int | None = None, desc: str = "train") -> TrainResult:
+        stop_at: int | None = None, desc: str = "train", run_config: dict | None = None) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps of ``loss_fn(model, generator) -> scalar``.
 
     All randomness (batches, times, noise) must come from the generator passed to
-    ``loss_fn``, so a run is determined by ``cfg.seed``. If ``checkpoint`` exists and
-    ``resume``, training continues from it and ends bitwise where an uninterrupted run
-    would. ``stop_at`` stops early (after saving), to test resuming.
+    ``loss_fn`` (or torch's global generator, which is saved too), so a run is determined by
+    ``cfg.seed``. If ``checkpoint`` exists and ``resume``, training continues from it and
+    ends bitwise where an uninterrupted run would; the checkpoint must come from a run with
+    the same ``cfg.run_fields()`` and ``run_config`` (a JSON-able description of everything
+    else that defines the run: data, model, ...), else ``ResumeMismatch`` lists the
+    differences. Checkpoints are written atomically (temporary file, fsync, rename) every
+    ``cfg.checkpoint_every`` steps, after ``cfg.checkpoint_seconds`` of work, at the end and
+    on SIGINT / SIGTERM, which then raise ``TrainingInterrupted``. ``stop_at`` stops early
+    (after saving), to test resuming.
     """
+    from .atomic import atomic_path, remove_stale_temporaries
+    cfg.validate()
+    if stop_at is not None and stop_at < 0:
+        raise ValueError(f"stop_at must be >= 0, got {stop_at}")
+    identity = {**cfg.run_fields(), **{f"run.{k}": v for k, v in (run_config or {}).items()}}
+    identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
     torch.manual_seed(cfg.seed)  # for any module that draws from the global generator
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
     step, losses = 0, []
     path = pathlib.Path(checkpoint) if checkpoint is not None else None
+    if path is not None:
+        remove_stale_temporaries(path)
     if path is not None and resume and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ResumeMismatch(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                                 f"delete it or train without resuming") from None
+        saved = json.loads(state["run"]) if "run" in state else None
+        if saved is None:
+            raise ResumeMismatch(f"checkpoint {path} records no run configuration (an older format); "
+                                 f"delete it or train without resuming")
+        diff = _differences(saved, identity)
+        if diff:
+            raise ResumeMismatch(f"checkpoint {path} is from a different run ({'; '.join(diff)}); "
+                                 f"use the same settings, another work directory, or no resume")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
@@ -207,11 +321,11 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                    "losses": torch.tensor(losses, dtype=torch.float64)}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+                        "losses": torch.tensor(losses, dtype=torch.float64),
+                        "run": json.dumps(identity, sort_keys=True)}, tmp)
 
     bar = None
     if progress:
@@ -220,30 +334,39 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
     model.train()
     running = None
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-    while step < end:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(cfg, step)
-        loss = loss_fn(model, gen)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        ema.update(model)
-        step += 1
-        losses.append(value)
-        running = value if running is None else 0.98 * running + 0.02 * value
+    last_save = time.monotonic()
+    try:
+        with _StopSignals(enabled=path is not None) as stop:
+            while step < end:
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(cfg, step)
+                loss = loss_fn(model, gen)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss became {value} at step {step}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                opt.step()
+                ema.update(model)
+                step += 1
+                losses.append(value)
+                running = value if running is None else 0.98 * running + 0.02 * value
+                if bar is not None:
+                    bar.update(1)
+                    if step % cfg.log_every == 0 or step == end:
+                        bar.set_postfix(loss=f"{running:.4f}")
+                if stop.signum is not None:
+                    save()
+                    raise TrainingInterrupted(step, path, stop.signum)
+                due = cfg.checkpoint_seconds is not None and time.monotonic() - last_save >= cfg.checkpoint_seconds
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or due:
+                    save()
+                    last_save = time.monotonic()
+    finally:
         if bar is not None:
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == end:
-                bar.set_postfix(loss=f"{running:.4f}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save()
-    if bar is not None:
-        bar.close()
+            bar.close()
     save()
     model.eval()
     return TrainResult(model, ema, step, losses)

@@ -1,4 +1,5 @@
-"""Every picture the package draws or reads (matplotlib, imported when first used).
+"""Every picture the package draws or reads (matplotlib, imported when first used); every
+file is written atomically (``diffinfer.atomic``: a temporary file, fsync, rename).
 
 - ``digit_grid`` / ``save_image``: digits ``[N, 1, 8, 8]`` tiled into one grey image and
   written as a PNG (dark ink on light paper);
@@ -12,6 +13,23 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def _format(path) -> str:
+    """The image format a path names by its suffix (default ``png``)."""
+    import pathlib
+    suffix = pathlib.Path(path).suffix.lower().lstrip(".")
+    return suffix or "png"
+
+
+def _savefig(fig, path: str) -> None:
+    """``fig.savefig`` written atomically (``diffinfer.atomic``)."""
+    from .atomic import atomic_path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=_format(path))
+    finally:
+        _pyplot().close(fig)
 
 
 def _pyplot():
@@ -40,7 +58,9 @@ def save_image(path: str, image: Tensor, scale: int = 4) -> None:
     """A grey image ``[H, W]`` in ``[0, 1]`` (1 is ink) as a PNG, each pixel ``scale`` x ``scale``."""
     plt = _pyplot()
     big = image.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    plt.imsave(path, big.numpy(), cmap="gray_r", vmin=0.0, vmax=1.0)
+    from .atomic import atomic_path
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, big.numpy(), cmap="gray_r", vmin=0.0, vmax=1.0, format=_format(path))
 
 
 def read_gray_image(path: str) -> Tensor:
@@ -68,8 +88,7 @@ def save_grid(path: str, x: Tensor, title: str) -> None:
             ax.imshow(x[k, 0].float().numpy(), cmap="gray")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _savefig(fig, path)
 
 
 # --- toys ---------------------------------------------------------------------------------
@@ -88,8 +107,7 @@ def scatter_plot(path: str, toy, process, samples: Tensor, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _savefig(fig, path)
 
 
 # --- sunspots -----------------------------------------------------------------------------
@@ -103,8 +121,7 @@ def series_plot(path: str, x: Tensor) -> None:
     ax.set_xlabel("year in window")
     ax.set_ylabel("sunspot number")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _savefig(fig, path)
 
 
 def forecast_plot(path: str, series: Tensor, truth: Tensor, fc: Tensor, naive: Tensor, title: str) -> None:
@@ -129,5 +146,4 @@ def forecast_plot(path: str, series: Tensor, truth: Tensor, fc: Tensor, naive: T
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _savefig(fig, path)

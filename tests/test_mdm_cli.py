@@ -9,9 +9,11 @@ def test_decode_markov_prints_text_and_statistics(capsys):
                "--threshold", "0.9", "--block", "8", "--batch", "2", "--json"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    texts = [json.loads(line) for line in lines if line.startswith('"')]
+    docs = [json.loads(line) for line in lines]  # JSON lines: one object per sample, nothing else
+    texts = [d["text"] for d in docs]
+    assert [d["sample"] for d in docs] == [0, 1]
     assert len(texts) == 2 and all(t.startswith("abc") and len(t) == 27 for t in texts)
-    stats = json.loads(lines[-1])
+    stats = docs[-1]["stats"]
     assert stats["decoded_tokens"] == 48 and stats["nfe"] >= 3 and stats["nll_per_token"] > 0
 
 

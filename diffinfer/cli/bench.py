@@ -23,7 +23,22 @@ def _bench_module(name: str):
 
 
 def _run_solvers(args) -> int:
-    return _bench_module("solvers").main_from_args(args)
+    from .common import UsageError
+    module = _bench_module("solvers")
+    valid = list(getattr(module, "TOY_MODELS", [])) + ["digits"]
+    unknown = [m for m in (getattr(args, "models", None) or []) if m not in valid]
+    if unknown:
+        raise UsageError(f"unknown --models {unknown}; valid: {', '.join(valid)}")
+    out = getattr(args, "out", None)
+    if out is not None and pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
+        raise UsageError(f"--out {out!r} is a file; give a directory")
+    return module.main_from_args(args)
+
+
+#: bench options whose values the input contract checks while parsing (dest -> argparse type)
+def _checked_types() -> dict:
+    from .common import int_in
+    return {"n_eval": int_in(1, 100_000)}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -35,4 +50,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         _bench_module("solvers").add_arguments(solvers)
     except (FileNotFoundError, ImportError):  # not a source checkout: running it reports why
         pass
+    checked = _checked_types()
+    for action in solvers._actions:
+        if action.dest in checked:
+            action.type = checked[action.dest]
     solvers.set_defaults(func=_run_solvers)

@@ -10,6 +10,11 @@ from .. import solvers
 from ..viz import digit_grid, save_image
 from ..zoo import quality
 from ..zoo.tasks import DIGIT_MODELS
+from .common import (UsageError, add_progress, check_out, finite_float, model_call_progress, samples_int, seed_int,
+                     steps_int)
+
+#: sample-steps (n x steps, summed over cells) one demo may take (about half an hour on a core)
+MAX_DEMO_WORK = 5_000_000
 
 DEMO_SOLVERS = ("ddim", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")
 
@@ -20,7 +25,14 @@ def cmd_demo(args) -> int:
     available = [s for s in (args.solvers or DEMO_SOLVERS) if s in solvers.names()]
     unknown = [s for s in (args.solvers or []) if s not in solvers.names()]
     if unknown:
-        raise ValueError(f"unknown solvers {unknown}; valid: {', '.join(solvers.names())}")
+        raise UsageError(f"unknown solvers {unknown}; valid: {', '.join(solvers.names())}")
+    if args.n < 2:
+        raise UsageError(f"--n {args.n}: the FD of digit samples needs at least 2 samples")
+    work = args.n * sum(args.steps) * len(available)
+    if work > MAX_DEMO_WORK:
+        raise UsageError(f"--n {args.n} x steps {args.steps} x {len(available)} solvers = {work} sample-steps would "
+                         f"take about {work / 3000 / 60:.0f} minutes; at most {MAX_DEMO_WORK}")
+    check_out(args.out)
     labels = torch.arange(args.n) % 10
     rows, images = [], []
     print(f"digits, {args.n} class-conditional samples per cell (labels 0-9), guidance={args.guidance}")
@@ -31,7 +43,8 @@ def cmd_demo(args) -> int:
     for name in available:
         for steps in args.steps:
             start = time.perf_counter()
-            x, nfe = quality.sample_digits(args.model, args.n, labels, args.guidance, name, steps, args.seed)
+            with model_call_progress(args, f"{name}@{steps}"):
+                x, nfe = quality.sample_digits(args.model, args.n, labels, args.guidance, name, steps, args.seed)
             wall = time.perf_counter() - start
             fd, acc = quality.fd_digits(x), quality.classifier_accuracy(x, labels)
             rows.append({"solver": name, "steps": steps, "nfe": nfe, "fd": fd, "accuracy": acc, "time": wall})
@@ -49,9 +62,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="sample the bundled digits model with several solvers; grid + FD table")
     p.add_argument("--model", default="digits", choices=DIGIT_MODELS)
     p.add_argument("--solvers", nargs="+", default=None, help=f"default: those of {', '.join(DEMO_SOLVERS)} available")
-    p.add_argument("--steps", nargs="+", type=int, default=[5, 10, 20])
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", nargs="+", type=steps_int, default=[5, 10, 20])
+    p.add_argument("--n", type=samples_int, default=500)
+    p.add_argument("--guidance", type=finite_float, default=None)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default="demo.png")
+    add_progress(p)
     p.set_defaults(func=cmd_demo)

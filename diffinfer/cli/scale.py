@@ -21,16 +21,45 @@ from ..process import VP
 from ..scaling import METHODS, run
 from ..scaling.text import TEXT_METHODS, TEXT_REWARDS, decoding_plan, run_text
 from ..viz import save_grid, scatter_plot
-from ..zoo.tasks import SCALE_MODELS, TEXT_MODELS, load_problem, load_text_problem
+from ..zoo.tasks import DIGIT_MODELS, SCALE_MODELS, TEXT_MODELS, load_problem, load_text_problem
+from .common import (UsageError, add_progress, check_out, finite_float, int_in, model_call_progress, samples_int,
+                     seed_int, steps_int, write_text)
+
+#: per-sample budget (NFE + verifier calls) a run may spend: beyond, it runs for hours
+MAX_BUDGET = {"toy": 1_000_000, "digits": 50_000, "text": 20_000}
+TEXT_LENGTH = 256
+
+
+def validate(args) -> str:
+    """Check every option against the model before any work."""
+    if args.model not in SCALE_MODELS:
+        raise UsageError(f"unknown --model {args.model!r}; valid: {', '.join(SCALE_MODELS)}")
+    kind = "text" if args.model in TEXT_MODELS else "digits" if args.model in DIGIT_MODELS else "toy"
+    methods = TEXT_METHODS if kind == "text" else METHODS
+    if args.method not in methods:
+        raise UsageError(f"--method {args.method!r} does not run on --model {args.model}; valid: {', '.join(methods)}")
+    if args.budget > MAX_BUDGET[kind]:
+        raise UsageError(f"--budget {args.budget}: at most {MAX_BUDGET[kind]} per sample for --model {args.model} "
+                         f"(beyond, a run takes hours)")
+    if args.n is not None and (kind == "text" or args.method not in ("best-of-n", "dts")):
+        raise UsageError(f"--n applies to --method best-of-n or dts on toy and digits models, not {args.method} "
+                         f"on {args.model}")
+    if args.length is not None and kind != "text":
+        raise UsageError(f"--length applies to text models ({', '.join(TEXT_MODELS)}), not {args.model}")
+    args.n = 16 if args.n is None else args.n
+    args.length = 64 if args.length is None else args.length
+    if kind == "text" and args.length > TEXT_LENGTH:
+        raise UsageError(f"--length {args.length}: the text model's context holds {TEXT_LENGTH} tokens; "
+                         f"valid: 1..{TEXT_LENGTH}")
+    check_out(args.out)
+    return kind
 
 
 def cmd_scale_text(args) -> int:
     """``scale`` on a text model: best-of-N or SMC over masked-diffusion decoding."""
-    if args.method not in TEXT_METHODS:
-        raise ValueError(f"method {args.method!r} does not run on text models; valid: {', '.join(TEXT_METHODS)}")
     model, reward = load_text_problem(args.model, args.reward)
     k, S = decoding_plan(args.length, args.steps)
-    with torch.no_grad():
+    with torch.no_grad(), model_call_progress(args, f"scale ({args.method})"):
         res = run_text(args.method, model, reward, args.budget, args.length, steps=args.steps, seed=args.seed,
                        lam=args.lam)
     r = res.reward.double()
@@ -43,21 +72,20 @@ def cmd_scale_text(args) -> int:
     print(f"text (best, reward {float(r[best]):.4f}):")
     print(texts[best])
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("\n\n".join(f"# reward {float(v):.4f}\n{t}" for v, t in zip(r.tolist(), texts)) + "\n")
+        write_text(args.out, "\n\n".join(f"# reward {float(v):.4f}\n{t}" for v, t in zip(r.tolist(), texts)) + "\n")
         print(f"wrote {args.out}")
     return 0
 
 
 def cmd_scale(args) -> int:
-    if args.model in TEXT_MODELS:
+    if validate(args) == "text":
         return cmd_scale_text(args)
     den, reward, shape, toy, target = load_problem(args.model, args.reward, args.lam)
     dtype = torch.float64 if toy is not None else torch.float32
     options = {}
     if args.method in ("best-of-n", "dts"):
         options["n_samples"] = args.n
-    with torch.no_grad():
+    with torch.no_grad(), model_call_progress(args, f"scale ({args.method})"):
         res = run(args.method, den, reward, args.budget, shape, steps=args.steps, seed=args.seed, lam=args.lam,
                   dtype=dtype, **options)
     r = res.reward.double()
@@ -87,12 +115,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reward", default=None,
                    help="class:K (digits), density, region:R, measurement (tilted; its default); "
                         f"text: {', '.join(TEXT_REWARDS)}")
-    p.add_argument("--budget", type=int, default=2000, help="per-sample NFE plus verifier calls")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (text: at most this many decoding steps)")
-    p.add_argument("--length", type=int, default=64, help="tokens to generate (text models)")
-    p.add_argument("--lam", type=float, default=1.0, help="tilt strength for smc / dts")
-    p.add_argument("--n", type=int, default=16, help="samples to return (best-of-n, dts)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=int_in(1), default=2000, help="per-sample NFE plus verifier calls")
+    p.add_argument("--steps", type=steps_int, default=20, help="sampler steps (text: at most this many decoding steps)")
+    p.add_argument("--length", type=int_in(1, TEXT_LENGTH), default=None,
+                   help="tokens to generate (text models; default 64)")
+    p.add_argument("--lam", type=finite_float, default=1.0, help="tilt strength for smc / dts")
+    p.add_argument("--n", type=int_in(1, 4096), default=None, help="samples to return (best-of-n, dts; default 16)")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default=None,
                    help="output PNG (a scatter for toys, a grid for digits); for text, a .txt of the samples")
+    add_progress(p)
     p.set_defaults(func=cmd_scale)

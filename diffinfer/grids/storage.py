@@ -78,7 +78,8 @@ def save(path, grids, meta: dict | None = None) -> pathlib.Path:
     for g in grids:
         data["grids"][g.key] = asdict(g)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    from ..atomic import write_text
+    write_text(path, json.dumps(data, indent=1, sort_keys=True))  # temp file + fsync + rename
     return path
 
 

@@ -119,25 +119,139 @@ def card(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def build_network(spec: dict) -> nn.Module:
-    """A network from ``{"arch": name, "kwargs": {...}}``."""
+#: architecture name -> (module, class) whose constructor arguments a checkpoint may set
+ARCH_CLASSES = {
+    "mlp": ("diffinfer.nets.mlp", "MLPDenoiser"),
+    "unet": ("diffinfer.nets.unet", "UNet"),
+    "unet-classifier": ("diffinfer.nets.unet", "UNetClassifier"),
+    "dit": ("diffinfer.nets.dit", "DiT"),
+    "series": ("diffinfer.nets.series", "SeriesNet"),
+    "char-transformer": ("diffinfer.nets.char_transformer", "CharTransformer"),
+}
+#: the largest network a checkpoint may describe (parameters and buffers: 2 GB)
+MAX_NETWORK_BYTES = 2 * 1024 ** 3
+#: the sizes a data ``shape`` in a checkpoint config may have
+MAX_SHAPE_SIZE = 1 << 16
+
+
+def allowed_arguments(arch: str) -> list[str]:
+    """The constructor arguments a checkpoint's ``kwargs`` may give architecture ``arch``."""
+    import importlib
+    import inspect
+    if arch not in ARCH_CLASSES:
+        return []
+    module, cls = ARCH_CLASSES[arch]
+    params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
+    return [k for k, v in params.items() if k != "self" and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+
+
+def _check_spec(spec, where: str) -> tuple:
+    """``(arch, factory, kwargs)`` of a network spec, or ``ZooError`` naming what is wrong."""
+    if not isinstance(spec, dict):
+        raise ZooError(f"{where}: a network spec must be an object with 'arch' and 'kwargs', got {spec!r}")
     arch = spec.get("arch")
     try:
         factory = ARCHITECTURES.factory(arch)
     except ValueError as e:
         raise ZooError(str(e)) from None
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ZooError(f"{where}: 'kwargs' of {arch!r} must be an object, got {kwargs!r}")
     try:
-        return factory(**spec.get("kwargs", {}))
+        allowed = allowed_arguments(arch)
     except ModuleNotFoundError as e:
         raise ZooError(f"architecture {arch!r} needs {e.name}, which is not available: {e}") from None
+    unknown = sorted(set(kwargs) - set(allowed)) if allowed else []
+    if unknown:
+        raise ZooError(f"{where}: unknown arguments {unknown} for architecture {arch!r}; "
+                       f"allowed: {', '.join(allowed)}")
+    return arch, factory, kwargs
+
+
+def _meta_network(spec: dict, where: str = "network") -> nn.Module:
+    """The network of ``spec`` built on the meta device (nothing is allocated)."""
+    arch, factory, kwargs = _check_spec(spec, where)
+    try:
+        with torch.device("meta"):
+            return factory(**kwargs)
+    except ModuleNotFoundError as e:
+        raise ZooError(f"architecture {arch!r} needs {e.name}, which is not available: {e}") from None
+    except Exception as e:  # noqa: BLE001 - bad argument values (types, zero sizes, ...)
+        raise ZooError(f"{where}: invalid arguments {kwargs} for architecture {arch!r} "
+                       f"({type(e).__name__}: {e})") from None
+
+
+def network_bytes(spec: dict) -> int:
+    """Bytes of parameters and buffers the network of ``spec`` would allocate."""
+    net = _meta_network(spec)
+    return sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
+
+
+def _check_size(spec: dict, where: str) -> nn.Module:
+    net = _meta_network(spec, where)
+    size = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
+    if size > MAX_NETWORK_BYTES:
+        raise ZooError(f"{where}: architecture {spec.get('arch')!r} with {spec.get('kwargs')} would allocate "
+                       f"{size / 1024 ** 3:.3g} GB (the limit is {MAX_NETWORK_BYTES / 1024 ** 3:.3g} GB)")
+    return net
+
+
+def build_network(spec: dict) -> nn.Module:
+    """A network from ``{"arch": name, "kwargs": {...}}``, after checking the arguments
+    against the architecture's constructor and its size against ``MAX_NETWORK_BYTES``
+    (``ZooError`` before anything is allocated)."""
+    arch, factory, kwargs = _check_spec(spec, "network")
+    _check_size(spec, "network")
+    try:
+        return factory(**kwargs)
+    except ModuleNotFoundError as e:
+        raise ZooError(f"architecture {arch!r} needs {e.name}, which is not available: {e}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ZooError(f"invalid arguments {kwargs} for architecture {arch!r} ({type(e).__name__}: {e})") from None
+
+
+#: what a config of each kind must hold besides ``networks``
+REQUIRED_KEYS = {"denoiser": ("process", "prediction", "shape"), "classifiers": ("process",), "text": ("vocab",)}
+REQUIRED_NETWORKS = {"denoiser": ("net",), "classifiers": ("noisy", "clean"), "text": ("net",)}
+
+
+def validate_config(config, path="checkpoint") -> dict:
+    """Check a checkpoint's config (kind, required keys, data shape, network specs) before
+    anything is built; ``ZooError`` names the first problem."""
+    if not isinstance(config, dict):
+        raise ZooError(f"checkpoint {path}: config must be a JSON object, got {type(config).__name__}")
+    kind = config.get("kind")
+    if kind not in REQUIRED_KEYS:
+        raise ZooError(f"checkpoint {path} has unknown kind {kind!r}; valid: {', '.join(REQUIRED_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS[kind] if k not in config]
+    if missing:
+        raise ZooError(f"checkpoint {path}: config of kind {kind!r} lacks {missing}")
+    networks = config.get("networks")
+    if not isinstance(networks, dict):
+        raise ZooError(f"checkpoint {path}: config lacks a 'networks' object")
+    missing = [k for k in REQUIRED_NETWORKS[kind] if k not in networks]
+    if missing:
+        raise ZooError(f"checkpoint {path}: config of kind {kind!r} lacks networks {missing}")
+    if "shape" in config:
+        shape = config["shape"]
+        if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SHAPE_SIZE for v in shape)):
+            raise ZooError(f"checkpoint {path}: 'shape' must be a list of 1-4 ints in [1, {MAX_SHAPE_SIZE}], "
+                           f"got {shape!r}")
+    if kind == "text" and not (isinstance(config["vocab"], str) and config["vocab"]):
+        raise ZooError(f"checkpoint {path}: 'vocab' must be a non-empty string")
+    for key, spec in networks.items():
+        _check_spec(spec, f"checkpoint {path}, network {key!r}")
+    return config
 
 
 # --- reading and writing --------------------------------------------------------------
 def save_checkpoint(path: str | pathlib.Path, nets: dict[str, nn.Module], config: dict) -> pathlib.Path:
     """Write ``nets`` (``{"net": module, ...}``) into one safetensors file, prefixing each
     tensor with its key, and ``config`` (must contain ``networks: {key: {arch, kwargs}}``)
-    as JSON metadata."""
+    as JSON metadata. Written atomically (``diffinfer.atomic``)."""
     from safetensors.torch import save_file
+    from ..atomic import atomic_path
     missing = set(nets) - set(config.get("networks", {}))
     if missing:
         raise ValueError(f"config['networks'] lacks specs for {sorted(missing)}")
@@ -145,8 +259,8 @@ def save_checkpoint(path: str | pathlib.Path, nets: dict[str, nn.Module], config
                for k, v in net.state_dict().items()}
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"config": json.dumps(config)})
-    path.chmod(0o644)
+    with atomic_path(path) as tmp:  # temp file + fsync + rename: never a half-written checkpoint
+        save_file(tensors, str(tmp), metadata={"config": json.dumps(config)})
     return path
 
 
@@ -159,13 +273,28 @@ def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, nn.Module], dic
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         config = json.loads(meta["config"])
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise ZooError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
                        f"retrain it with `diffinfer train {path.stem}`") from None
+    validate_config(config, path)
+    for key, spec in config["networks"].items():  # sizes and shapes checked on the meta device
+        where = f"checkpoint {path}, network {key!r}"
+        expected = {k: tuple(v.shape) for k, v in _check_size(spec, where).state_dict().items()}
+        prefix = key + "."
+        stored = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+        if expected != stored:
+            diff = sorted(set(expected) ^ set(stored)) or [k for k in expected if expected[k] != stored[k]]
+            raise ZooError(f"checkpoint {path}: weights of {key!r} do not fit {spec['arch']} "
+                           f"(first differing tensors: {diff[:3]})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise ZooError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
     nets = {}
-    for key, spec in config.get("networks", {}).items():
+    for key, spec in config["networks"].items():
         net = build_network(spec)
         prefix = key + "."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -233,6 +362,15 @@ class TextModel:
 
 
 def _assemble(nets: dict, config: dict, path):
+    try:
+        return _assemble_checked(nets, config, path)
+    except ZooError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a config the reader let through but the wrapper rejects
+        raise ZooError(f"checkpoint {path}: inconsistent config ({type(e).__name__}: {e})") from None
+
+
+def _assemble_checked(nets: dict, config: dict, path):
     kind = config.get("kind")
     if kind == "denoiser":
         process = get_process(config["process"], **config.get("process_options", {}))

@@ -158,7 +158,7 @@ TEXT_ORDERS = ("random", "left-to-right", "entropy", "low-confidence")
 
 
 def sample_text(model=None, n: int = 16, length: int = 256, seed: int = 0, batch: int = 16,
-                order: str = "random") -> Tensor:
+                order: str = "random", steps: int | None = None) -> Tensor:
     """``[n, length]`` samples of a masked-diffusion model (default ``shakespeare-char``),
     one token per step, each drawn from the model's softmax (mask token excluded) at
     temperature 1, by ``diffinfer.mdm.decode``. The order in which positions are unmasked:
@@ -172,19 +172,27 @@ def sample_text(model=None, n: int = 16, length: int = 256, seed: int = 0, batch
     - ``"low-confidence"``: the position whose sampled token has the highest probability
       first (LLaDA's low-confidence remasking, Nie et al. 2025).
 
-    Row ``i`` uses stream ``(seed, i)``."""
+    ``steps`` (default ``length``: one token per step) unmasks ``length / steps`` tokens per
+    step. Row ``i`` uses stream ``(seed, i)``."""
     from ..mdm.decode import decode
     if order not in TEXT_ORDERS:
         raise ValueError(f"unknown order {order!r}; valid: {', '.join(TEXT_ORDERS)}")
     model = load("shakespeare-char") if model is None else model
     if length > model.max_len:
         raise ValueError(f"length {length} exceeds the model's max_len {model.max_len}")
+    steps = length if steps is None else int(steps)
+    if not 1 <= steps <= length:
+        raise ValueError(f"steps must be in [1, {length}], got {steps}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     block = 1 if order == "left-to-right" else None
+    if block == 1 and steps != length:
+        raise ValueError("left-to-right order unmasks one token per step (steps = length)")
     policy = "random" if order in ("random", "left-to-right") else order
     out = []
     for start in range(0, n, batch):
         rows = list(range(start, min(n, start + batch)))
-        res = decode(model, length=length, policy=policy, steps=length, batch=len(rows), seed=(seed, rows),
+        res = decode(model, length=length, policy=policy, steps=steps, batch=len(rows), seed=(seed, rows),
                      temperature=1.0, block=block)
         out.append(res.tokens[:, -length:])
     return torch.cat(out)

@@ -5,10 +5,12 @@
   ``recipe_shakespeare_char``, ``recipe_shakespeare_ar`` and ``RECIPES`` (name -> recipe);
 - ``digits_classifier_split``: the train / held-out split of the digits classifiers;
 - ``train_model(name)``: train with the recipe (``train.fit``) and write the EMA weights and
-  their config to ``zoo/weights/NAME.safetensors``.
+  their config to ``NAME.safetensors`` in a user directory (``user_dir()``; never into the
+  installed package unless ``replace_bundled``).
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import time
 from dataclasses import dataclass
@@ -203,25 +205,79 @@ RECIPES: dict[str, Callable[[], Recipe]] = {
 }
 
 
+def user_dir() -> pathlib.Path:
+    """Where ``diffinfer train`` writes by default: ``$DIFFINFER_HOME``, else
+    ``$XDG_DATA_HOME/diffinfer``, else ``~/.local/share/diffinfer``."""
+    if os.environ.get("DIFFINFER_HOME"):
+        return pathlib.Path(os.environ["DIFFINFER_HOME"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or pathlib.Path.home() / ".local" / "share"
+    return pathlib.Path(base).expanduser() / "diffinfer"
+
+
+def default_out_dir() -> pathlib.Path:
+    """Default directory of trained models (``user_dir() / "models"``)."""
+    return user_dir() / "models"
+
+
+def default_work_dir() -> pathlib.Path:
+    """Default directory of resumable training checkpoints (``user_dir() / "train"``)."""
+    return user_dir() / "train"
+
+
+#: seconds of work between two checkpoints when no step interval is given
+DEFAULT_CHECKPOINT_SECONDS = 180.0
+
+
+def _is_bundled_dir(directory: pathlib.Path) -> bool:
+    try:
+        return directory.resolve() == WEIGHTS_DIR.resolve()
+    except OSError:
+        return False
+
+
 def train_model(name: str, steps: int | None = None, out_dir=None, work_dir=None, resume: bool = True,
-                progress: bool = True, threads: int | None = None) -> pathlib.Path:
+                progress: bool = True, threads: int | None = None, checkpoint_every: int | None = None,
+                checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
+                replace_bundled: bool = False) -> pathlib.Path:
     """Train bundled model ``name`` with its recipe and write ``NAME.safetensors`` (the EMA
     weights, with the config and training summary in the metadata) to ``out_dir``
-    (default: the package's ``zoo/weights``). The resumable checkpoint lives in
-    ``work_dir`` (default ``./.diffinfer-train``)."""
+    (default ``default_out_dir()``, a user directory). Writing into the package's
+    ``zoo/weights`` (replacing the bundled checkpoint) needs ``replace_bundled=True``.
+    The resumable checkpoint ``NAME.pt`` lives in ``work_dir`` (default
+    ``default_work_dir()``), written every ``checkpoint_every`` steps (default: the
+    recipe's), every ``checkpoint_seconds`` of work and on SIGINT / SIGTERM; a rerun resumes
+    it when the configuration matches (``train.ResumeMismatch`` otherwise) and ends bitwise
+    where an uninterrupted run would. Every file is written atomically."""
     if name not in RECIPES:
         raise ValueError(f"no training recipe for {name!r}; valid: {', '.join(sorted(RECIPES))}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 0):
+        raise ValueError(f"checkpoint_every must be an int >= 0 (steps), got {checkpoint_every!r}")
+    out = pathlib.Path(out_dir).expanduser() if out_dir else default_out_dir()
+    if _is_bundled_dir(out) and not replace_bundled:
+        raise ValueError(f"{out} holds the bundled checkpoints; pass --replace-bundled (replace_bundled=True) "
+                         f"to overwrite {name}.safetensors there, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {out} is a file")
+    work = pathlib.Path(work_dir).expanduser() if work_dir else default_work_dir()
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"work directory {work} is a file")
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(0)  # the networks' initial weights (built by the recipe), so a retrain from scratch is determined
     recipe = RECIPES[name]()
     if steps is not None:
         recipe.cfg.steps = int(steps)
+    if checkpoint_every is not None:
+        recipe.cfg.checkpoint_every = int(checkpoint_every)
+    recipe.cfg.checkpoint_seconds = checkpoint_seconds
     model = nn.ModuleDict(recipe.nets)
-    work = pathlib.Path(work_dir or ".diffinfer-train")
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = fit(model, recipe.loss_fn, recipe.cfg, checkpoint=work / f"{name}.pt", resume=resume,
-                 progress=progress, desc=name)
+                 progress=progress, desc=name, run_config={"recipe": name, "config": recipe.config})
     final = result.ema_model()
     tail = result.losses[-200:]
     config = dict(recipe.config)
@@ -230,5 +286,4 @@ def train_model(name: str, steps: int | None = None, out_dir=None, work_dir=None
                           "final_loss": sum(tail) / max(1, len(tail)),
                           "wall_seconds_last_session": round(time.perf_counter() - start, 1),
                           "command": f"diffinfer train {name}"}
-    out = pathlib.Path(out_dir) if out_dir else WEIGHTS_DIR
     return save_checkpoint(out / f"{name}.safetensors", dict(final.items()), config)
