@@ -149,3 +149,14 @@ def test_bad_inputs():
         tds(den, lambda x: x.sum(1), 8, (p.dim,), steps=5)
     with pytest.raises(ValueError, match="noise_std > 0"):
         LinearGaussianTwist(p.A, p.y, 0.0)
+
+
+@pytest.mark.parametrize("method", ["tds", "mcgdiff"])
+def test_runs_on_every_process(method, any_process):
+    """The DDPM transition on any process (flows start where alpha = 0: a flat twist)."""
+    p, _ = _problem(2)
+    den = p.prior.denoiser(any_process)
+    fn = {"tds": tds, "mcgdiff": mcgdiff}[method]
+    res = fn(den, p.reward, 300, (p.dim,), steps=40, seed=0, dtype=F64)
+    s = score(res.x, p.target)
+    assert math.isfinite(s["sw"]) and s["mass"] < 0.15, s

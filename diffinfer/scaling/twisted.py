@@ -42,7 +42,7 @@ from ..grids.grid import Grid, GridPoint
 from ..loop import initial_noise, iterate
 from ..rng import SampleRNG
 from ..solvers.ddim import DDIM, DDIMWeights, ddim_at
-from .common import ScalingResult, Tap, grid, sample_shape
+from .common import ScalingResult, Tap, sample_shape
 from .smc import RESAMPLE, RESAMPLERS, effective_sample_size, reselect
 
 _F64 = torch.float64
@@ -179,8 +179,15 @@ DEFAULT_GRID = "karras"
 
 
 def _grid(process, steps: int, ts, schedule: str):
+    """``ts`` checked, else ``schedule`` on ``process`` (the process's default grid where
+    that family does not apply, e.g. log-SNR spacing on a flow, infinite at ``t = 1``)."""
     from .. import grids
-    return grids.validate(ts) if ts is not None else grids.get(schedule, process, steps)
+    if ts is not None:
+        return grids.validate(ts)
+    try:
+        return grids.get(schedule, process, steps)
+    except ValueError:
+        return grids.default(process, steps)
 
 
 def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 100, ts=None, eta: float = 1.0,
