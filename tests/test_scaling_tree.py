@@ -67,3 +67,23 @@ def test_dts_result_and_errors():
         DiffusionTree(den, reward, (2,), solver="euler")
     with pytest.raises(ValueError, match="empty"):
         DiffusionTree(den, reward, (2,)).sample(1)
+
+
+def test_dts_star_exploration_bonus():
+    """DTS* adds ``explore * sqrt(log N(parent) / N(child))`` to the soft values: a huge
+    constant spreads the visits over the root's children, zero is the pure argmax (one
+    child takes nearly all); a negative constant is refused."""
+    prior, reward, _ = tilted_example(1.0)
+    den = prior.denoiser(VP())
+    spread = {}
+    for explore in (0.0, 1e6):
+        tree = DiffusionTree(den, reward, (2,), lam=1.0, steps=20, stride=10, greedy=True, explore=explore,
+                             seed=0, dtype=F64).grow(256, batch=16)
+        root = tree.nodes[0]
+        visits = [tree.nodes[c].visits for c in root.children]
+        spread[explore] = max(visits) / sum(visits)
+        b = tree.bonus(root)
+        assert b.shape == (len(root.children),) and bool((b >= 0).all())
+    assert spread[1e6] < 0.5 * spread[0.0], spread
+    with pytest.raises(ValueError, match="explore"):
+        DiffusionTree(den, reward, (2,), greedy=True, explore=-1.0)

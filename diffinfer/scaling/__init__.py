@@ -10,7 +10,9 @@ from .flows import FlowSDE, PathConversion, rollover_budget_forcing
 from .noise_opt import differentiable_sample, optimize_noise
 from .search import best_of_n, guided_search, path_search, random_search, zero_order_search
 from .smc import POTENTIALS, effective_sample_size, multinomial_resample, smc, systematic_resample
+from .mcgdiff import mcgdiff
 from .tree import DiffusionTree, dts, dts_star, tree_result
+from .twisted import LinearGaussianTwist, TwistedDenoiser, tds
 from .verifiers import (ClassLogProb, Ensemble, LinearGaussian, LogDensity, Normalized, RegionIndicator,
                         Verifier, as_verifier, get_verifier)
 
@@ -19,7 +21,7 @@ __all__ = [
     "FlowSDE", "PathConversion", "rollover_budget_forcing", "differentiable_sample", "optimize_noise",
     "best_of_n", "random_search", "zero_order_search", "path_search", "guided_search",
     "smc", "POTENTIALS", "effective_sample_size", "multinomial_resample", "systematic_resample",
-    "DiffusionTree", "dts", "dts_star", "tree_result",
+    "DiffusionTree", "dts", "dts_star", "tree_result", "tds", "TwistedDenoiser", "LinearGaussianTwist", "mcgdiff",
     "Verifier", "as_verifier", "get_verifier", "LogDensity", "RegionIndicator", "LinearGaussian",
     "ClassLogProb", "Normalized", "Ensemble",
 ]

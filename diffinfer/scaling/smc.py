@@ -68,6 +68,19 @@ def systematic_resample(log_w: Tensor, n: int, generator: torch.Generator) -> Te
 RESAMPLE = {"multinomial": multinomial_resample, "systematic": systematic_resample}
 
 
+def reselect(step, idx: Tensor, den: DenoiserBase, x: Tensor | None = None) -> DenoiserBase:
+    """Resample a running loop: make the next step of ``iterate`` start from rows ``idx``
+    of ``step.x`` (or from ``x``, those rows already taken), of ``step.state`` (streams
+    forked, so copies of one particle part ways) and from the model ``den`` (already
+    selected by the caller). Returns ``den``."""
+    state = step.state.select(idx)
+    if state.rng is not None:
+        state = state.replace(rng=state.rng.fork(step.i + 1))
+    step.x = step.x[idx] if x is None else x
+    step.state, step.den = state, den
+    return den
+
+
 def _log_potential(kind: str, lam: float, r: Tensor, memo: dict) -> Tensor:
     """``log G_i`` ``[N]`` for the current rewards ``r`` and the lineage memory ``memo``
     (updated in place: previous reward, running max, running sum)."""
@@ -187,11 +200,7 @@ def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, so
             # potential from the solver's prediction at the start of this step (x_prev at ts[i])
             idx = weights.update(verifier(tap.x0_at(x_prev, ts[i])))
             if idx is not None:
-                state = step.state.select(idx)
-                if state.rng is not None:
-                    state = state.replace(rng=state.rng.fork(i + 1))  # copies of one particle part ways
-                tap = tap.select(idx)
-                step.x, step.state, step.den = x[idx], state, tap
+                tap = reselect(step, idx, tap.select(idx))
                 x = step.x
                 resampled.append(i)
         tap.clear()

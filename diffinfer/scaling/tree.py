@@ -9,7 +9,9 @@ leaves are clean samples with reward ``r(x_0)``. Each rollout
 1. *selects* a path from the root: at a node with fewer children than progressive
    widening allows (``widen_k * visits ** widen_alpha``, Couetoux et al. 2011), it
    expands a new child; otherwise it picks a child with probability
-   ``∝ exp(lam v(child))`` (DTS) or the child of largest ``v`` (DTS*);
+   ``∝ exp(lam v(child))`` (DTS) or, for DTS*, the child of largest upper confidence
+   bound ``v(child) + explore * sqrt(log N(node) / N(child))`` (the paper's UCT-style
+   selection, Kocsis & Szepesvari 2006; ``N`` the visit counts; ``explore = 0``: argmax);
 2. *rolls out* the new child to a leaf with the solver, adding a node at every level;
 3. *backs up* soft values ``v(node) = (1/lam) log mean_children exp(lam v(child))``
    (leaves: ``v = r(x_0)``).
@@ -58,7 +60,10 @@ class DiffusionTree:
         lam: the tilt ``p(x) exp(lam r(x))``.
         solver: a stochastic solver (``ddpm`` by default).
         steps / ts: the sampler's grid; ``stride``: grid steps between tree levels.
-        greedy: DTS* selection (argmax of soft values) instead of Boltzmann sampling.
+        greedy: DTS* selection (largest upper confidence bound of the soft values) instead
+            of Boltzmann sampling.
+        explore: DTS*'s exploration constant ``c`` in ``v + c sqrt(log N(parent) / N(child))``
+            (in reward units; 0 is pure argmax).
         widen_k, widen_alpha: progressive widening, a node may have
             ``ceil(widen_k * max(visits, 1) ** widen_alpha)`` children. Default ``alpha``:
             1 for sampling (wide trees: the tilted-target tests pass at this setting),
@@ -67,7 +72,7 @@ class DiffusionTree:
 
     def __init__(self, den: DenoiserBase, reward, shape, lam: float = 1.0, solver="ddpm", steps: int = 50,
                  ts=None, stride: int = 5, greedy: bool = False, widen_k: float = 1.0, widen_alpha: float | None = None,
-                 seed: int = 0, dtype=torch.float32, device="cpu", **solver_options):
+                 explore: float = 1.0, seed: int = 0, dtype=torch.float32, device="cpu", **solver_options):
         self.solver = solver_registry.get(solver, **solver_options)
         if not self.solver.stochastic:
             raise ValueError(f"tree search needs a stochastic solver for its branching transitions; "
@@ -81,7 +86,9 @@ class DiffusionTree:
         self.verifier = as_verifier(reward)
         self._calls0 = self.verifier.calls
         self.shape = sample_shape(shape)
-        self.lam, self.greedy = float(lam), bool(greedy)
+        if not explore >= 0:
+            raise ValueError(f"explore must be >= 0, got {explore}")
+        self.lam, self.greedy, self.explore = float(lam), bool(greedy), float(explore)
         self.widen_k, self.widen_alpha = float(widen_k), float(widen_alpha)
         self.ts = grid(den.process, steps, ts)
         n_int = self.ts.numel() - 1
@@ -102,9 +109,14 @@ class DiffusionTree:
     def _pick_child(self, node: _Node) -> int:
         vals = torch.tensor([self.nodes[c].value for c in node.children], dtype=torch.float64)
         if self.greedy:
-            return node.children[int(torch.argmax(vals))]
+            return node.children[int(torch.argmax(vals + self.explore * self.bonus(node)))]
         p = torch.softmax(self.lam * vals, 0)
         return node.children[int(torch.multinomial(p, 1, generator=self._gen))]
+
+    def bonus(self, node: _Node) -> Tensor:
+        """``sqrt(log N(node) / N(child))`` per child ``[C]`` (DTS*'s exploration bonus)."""
+        n_child = torch.tensor([max(self.nodes[c].visits, 1) for c in node.children], dtype=torch.float64)
+        return torch.sqrt(math.log(max(node.visits, 1)) / n_child)
 
     def _select(self, pending: dict) -> int:
         """Descend from the root to the node that gets a new child."""
