@@ -15,9 +15,11 @@ evaluation noise* (a choice the anchor's user could not make; it only makes the 
 stronger).
 
 Ours: the plain solvers on the same grids (reported), and the rule ``RULE`` fixed before
-the suite was run: UniPC on a grid fitted per problem and NFE with the low-dimensional
-spline parameterisation (``grids.SplineParams``, 3 knots in log-SNR plus the last noise
-level) started from every grid family of the process, the mean-squared loss, ``N_TRAIN`` training noises (seed ``TRAIN_SEED_OFFSET + seed``)
+the suite was run (on the tuning seeds ``TUNING_SEEDS`` only): UniPC on a grid fitted per
+problem and NFE with the low-dimensional spline parameterisation (``grids.SplineParams``,
+3 and then 5 intervals in log-SNR plus the last noise level, ``fit_rule``) started from
+every grid family of the process, then decoupled model times (``grids.ModelTimes``, LD3)
+fitted from the chosen grid; the mean-squared loss, ``N_TRAIN`` training noises (seed ``TRAIN_SEED_OFFSET + seed``)
 and selection by ``N_HOLDOUT`` held-out training noises (the next seed). The goal: at
 every NFE 4-10 the rule has at most 0.5x the best anchor's RMSE on >= 90% of the problems
 and at most 1.0x on every one.
@@ -40,17 +42,22 @@ T_REF = 1e-5
 #: fixed before any tuning; the rule's settings were chosen on other seeds (TUNING_SEEDS)
 SUITE_SEEDS = list(range(1400, 1408))
 QUICK_SEEDS = [900, 901]  # tuning seeds: the quick smoke test never looks at the suite
-TUNING_SEEDS = [900, 901, 902]
+TUNING_SEEDS = list(range(900, 908))
 NFES = list(range(4, 11))
 QUICK_NFES = [4, 6]
 EVAL_SEED_OFFSET = 50_000
 TRAIN_SEED_OFFSET = 20_000
-N_TRAIN, N_HOLDOUT, N_EVAL = 128, 128, 64
-EVALS_PER_FIT = 60
+N_TRAIN, N_HOLDOUT, N_EVAL = 96, 96, 64
+EVALS_PER_FIT = 50
 GOAL_RATIO, GOAL_FRACTION = 0.5, 0.9
 PROCESSES = ("vp", "edm", "rf")
 #: the rule judged by the goal: (label, solver, optimize options)
-RULE = ("unipc+spline-fit", "unipc", {"parameterization": "spline", "knots": 3})
+RULE = ("unipc+spline+model-times", "unipc", {})
+#: spline sizes tried by the rule (``fit_rule``), the choice made on held-out training noise
+KNOTS = (3, 5)
+#: then decoupled model times (grids.ModelTimes) fitted from that grid, budget per block
+MODEL_TIMES = True
+MODEL_TIMES_EVALS_PER_STEP, MODEL_TIMES_MAX_EVALS = 25, 120
 PLAIN = [("unipc", "unipc", {}), ("dpmpp-3m", "dpmpp-3m", {}), ("dpmpp-2m", "dpmpp-2m", {})]
 
 
@@ -114,10 +121,25 @@ def scores(x, x_ref) -> dict:
 
 
 def fit_rule(den, dim: int, nfe: int, seed: int, n_train: int, n_holdout: int, max_evals: int):
+    """The rule's fit: UniPC on a spline grid of ``KNOTS[0]`` intervals from every grid family
+    of the process, then of ``KNOTS[1]`` intervals from that fit (and the families); of the
+    two, the one with the lower MSE on the held-out training noise."""
     _, solver, opts = RULE
-    starts = [b(den.process, nfe) for b in grid_families(den.process).values()]  # every family: best start first
-    return grids.optimize(den, solver, nfe, shape=(dim,), n_train=n_train, n_holdout=n_holdout, init=starts,
-                          seed=TRAIN_SEED_OFFSET + int(seed), max_evals=max_evals, **opts)
+    starts = [b(den.process, nfe) for b in grid_families(den.process).values()]
+    common = dict(shape=(dim,), n_train=n_train, n_holdout=n_holdout, seed=TRAIN_SEED_OFFSET + int(seed),
+                  max_evals=max_evals, parameterization="spline", **opts)
+    fits = [grids.optimize(den, solver, nfe, init=starts, knots=KNOTS[0], **common)]
+    if grids.SplineParams.of(den.process, nfe, knots=KNOTS[1]).k > grids.SplineParams.of(den.process, nfe,
+                                                                                      knots=KNOTS[0]).k:
+        fits.append(grids.optimize(den, solver, nfe, init=[fits[0].grid] + starts, knots=KNOTS[1], **common))
+    best = min(fits, key=lambda f: f.holdout_mse)
+    if not MODEL_TIMES:
+        return best
+    common.pop("parameterization")
+    common["max_evals"] = min(MODEL_TIMES_EVALS_PER_STEP * nfe, MODEL_TIMES_MAX_EVALS)
+    # decoupled model times (LD3) from the chosen grid; the start (delta = 0, bitwise the
+    # plain solve) is among the checkpoints the held-out noise chooses from
+    return grids.optimize(den, solver, nfe, init=[best.grid], model_times=True, **common)
 
 
 def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_evals: int, log=print) -> dict:
@@ -147,9 +169,9 @@ def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_
                     continue
                 rows.append({"nfe": nfe, "method": name, "library": a.library, "grid": fam, **scores(x, x_ref)})
         rec = fit_rule(den, spec["dim"], nfe, seed, n_train, n_holdout, max_evals)
-        x = di.sample(den, x_T, solver=rec.solver, ts=rec.grid, **rec.solver_options).x
+        x = di.sample(rec.denoiser(den), x_T, solver=rec.solver, ts=rec.grid, **rec.solver_options).x
         rows.append({"nfe": nfe, "method": RULE[0], "library": "diffinfer", "grid": "fitted", **scores(x, x_ref)})
-        fits.append({"nfe": nfe, "ts": rec.ts, "train_mse": rec.train_mse, "holdout_mse": rec.holdout_mse,
+        fits.append({"nfe": nfe, "ts": rec.ts, "knots": rec.knots, "model_ts": rec.model_ts, "train_mse": rec.train_mse, "holdout_mse": rec.holdout_mse,
                      "initial_loss": rec.initial_loss, "loss": rec.loss, "evals": rec.evals, "seconds": rec.seconds,
                      "eval_mse": scores(x, x_ref)["rmse"] ** 2})
     per_nfe = []
@@ -194,7 +216,9 @@ def markdown(report: dict) -> str:
              f"held-out training seed = {TRAIN_SEED_OFFSET} + seed + 1). n_eval {m['n_eval']}, n_train {m['n_train']}, "
              f"n_holdout {m['n_holdout']}.", "",
              f"Rule (fixed before the run): `{RULE[0]}` = UniPC on a grid fitted per problem and NFE with "
-             f"`grids.optimize(..., {', '.join(f'{k}={v!r}' for k, v in RULE[2].items())}, n_holdout=...)`. "
+             f"`grids.optimize(..., parameterization='spline', knots=k, n_holdout=...)` for k in {KNOTS} "
+             "(the second started from the first), the one with the lower held-out training MSE, then decoupled "
+             "model times (`model_times=True`) fitted from it, the checkpoint chosen on held-out training noise. "
              "Anchor: the best diffusers scheduler x grid family per problem and NFE, chosen on the evaluation noise.",
              "", "## Summary per NFE (ratio = our RMSE / best anchor RMSE to the exact endpoint)", "",
              "| NFE | method | problems | fraction <= 0.5x | worst ratio | median ratio | goal |",
@@ -229,7 +253,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None) -> dict:
+def _run_one(args):
+    return run_problem(*args)
+
+
+def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None, jobs: int = 1) -> dict:
     import json
     import pathlib
     log = log or (lambda msg: print(msg, flush=True))
@@ -238,12 +266,19 @@ def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None) -> dict:
     seeds = list(seeds) if seeds else (QUICK_SEEDS if quick else SUITE_SEEDS)
     nfes = QUICK_NFES if quick else NFES
     n_eval, n_train, n_holdout, max_evals = (32, 64, 64, 30) if quick else (N_EVAL, N_TRAIN, N_HOLDOUT, EVALS_PER_FIT)
-    problems = [run_problem(s, nfes, n_eval, n_train, n_holdout, max_evals, log) for s in seeds]
-    report = {"meta": {"command": "python bench/solvers.py --suite" + (" --quick" if quick else ""), "quick": quick,
-                       "seeds": seeds, "nfes": nfes, "n_eval": n_eval, "n_train": n_train, "n_holdout": n_holdout,
+    work = [(s, nfes, n_eval, n_train, n_holdout, max_evals) for s in seeds]
+    if jobs > 1:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(int(jobs)) as pool:
+            problems = pool.map(_run_one, work, chunksize=1)
+    else:
+        problems = [run_problem(*w, log=log) for w in work]
+    command = "python bench/solvers.py --suite" + (" --quick" if quick else "") + (f" --jobs {jobs}" if jobs > 1 else "")
+    report = {"meta": {"command": command, "quick": quick,
+                       "seeds": seeds, "jobs": int(jobs), "nfes": nfes, "n_eval": n_eval, "n_train": n_train, "n_holdout": n_holdout,
                        "evals_per_fit": max_evals, "eval_seed_offset": EVAL_SEED_OFFSET,
                        "train_seed_offset": TRAIN_SEED_OFFSET, "rule": {"label": RULE[0], "solver": RULE[1],
-                                                                         "options": RULE[2]},
+                                                                         "knots": list(KNOTS)},
                        "goal": {"ratio": GOAL_RATIO, "fraction": GOAL_FRACTION, "worst": 1.0},
                        "t_ref": T_REF, "seconds": 0.0},
               "summary": summarise(problems, nfes), "problems": problems}
