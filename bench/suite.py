@@ -290,3 +290,4 @@ def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None, jobs: int
     (out / f"{stem}.md").write_text(markdown(report))
     report["meta"]["files"] = [str(out / f"{stem}.json"), str(out / f"{stem}.md")]
     return report
+
