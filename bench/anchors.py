@@ -32,8 +32,9 @@ from typing import Callable
 
 import torch
 
+from diffinfer.denoiser import DenoiserBase
 from diffinfer.integrations.k_diffusion import as_k_diffusion, k_diffusion_status, k_sigmas, load_k_diffusion
-from diffinfer.process import RectifiedFlow, expand_to
+from diffinfer.process import RectifiedFlow, as_time, expand_to
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -41,12 +42,49 @@ _F64 = torch.float64
 
 # --- the process as the other libraries see it ---------------------------------------------
 def process_kind(process) -> str:
-    """``'vp'`` (``alpha^2 + sigma^2 = 1``), ``'flow'`` (rectified flow) or ``'other'``."""
+    """``'vp'`` (``alpha^2 + sigma^2 = 1``), ``'flow'`` (rectified flow), ``'ve'``
+    (``alpha = 1``: EDM, VE) or ``'other'``."""
     if isinstance(process, RectifiedFlow):
         return "flow"
     t = torch.linspace(0.05, 0.95, 7, dtype=_F64)
     one = process.alpha(t) ** 2 + process.sigma(t) ** 2
-    return "vp" if torch.allclose(one, torch.ones_like(one), atol=1e-10) else "other"
+    if torch.allclose(one, torch.ones_like(one), atol=1e-10):
+        return "vp"
+    if torch.allclose(process.alpha(t), torch.ones_like(t), atol=1e-12):
+        return "ve"
+    return "other"
+
+
+class VPView(DenoiserBase):
+    """An ``alpha = 1`` model (EDM, VE) seen as the variance-preserving one with the same
+    log-SNR: ``x_vp = x / sqrt(1 + sigma^2)``, whose data and noise predictions are the
+    same (what diffusers' Karras-sigma schedulers do with an EDM model). The grids' times
+    are unchanged and ``alpha(0) = 1`` in both, so an endpoint at ``t = 0`` is the same
+    sample. Shares the model's NFE counter."""
+
+    def __init__(self, den: DenoiserBase):
+        from diffinfer.process import Interpolant
+        self.den, self._counter = den, den._counter
+        p = den.process
+        a = lambda t: 1.0 / torch.sqrt(1.0 + p.sigma(t) ** 2)  # noqa: E731
+        s = lambda t: p.sigma(t) * a(t)  # noqa: E731
+        da = lambda t: -p.sigma(t) * p.d_sigma(t) * a(t) ** 3  # noqa: E731
+        ds = lambda t: p.d_sigma(t) * a(t) ** 3  # noqa: E731
+        self.process = Interpolant(a, s, da, ds, t_min=p.t_min, t_max=p.t_max)
+        self.process.t_from_logsnr = p.t_from_logsnr
+
+    def predict(self, x: Tensor, t):
+        t = as_time(t)
+        return self.den.predict(x / expand_to(self.process.alpha(t), x), t)
+
+
+def vp_view(den, x_T: Tensor, ts: Tensor):
+    """``(den, x_T)`` as the anchors run them: an ``alpha = 1`` model through ``VPView`` with
+    its starting noise scaled to the view; others unchanged."""
+    if process_kind(den.process) != "ve":
+        return den, x_T
+    view = VPView(den)
+    return view, x_T * float(view.process.alpha(ts[0]))
 
 
 sigma_ratio = k_sigmas  # sigma(t)/alpha(t) on the grid (diffinfer.integrations.k_diffusion)
@@ -245,7 +283,10 @@ def unavailable_reason(name: str, process=None) -> str | None:
         module, reason = load_k_diffusion()
         if module is None:
             return reason
-    if process is not None and process_kind(process) not in anchor.kinds:
+    kind = None if process is None else process_kind(process)
+    if kind == "ve" and "vp" in anchor.kinds:  # run on the variance-preserving view (VPView)
+        kind = "vp"
+    if process is not None and kind not in anchor.kinds:
         return f"{anchor.algorithm} is run here only for {', '.join(anchor.kinds)} processes"
     return None
 
@@ -260,9 +301,10 @@ def run(name: str, den, x_T: Tensor, ts: Tensor) -> Tensor:
     reason = unavailable_reason(name, den.process)
     if reason is not None:
         raise RuntimeError(f"anchor {name!r} cannot run: {reason}")
+    den, x_T = vp_view(den, x_T, ts)
     with torch.no_grad():
         return ANCHORS[name].run(den, x_T, ts)
 
 
 __all__ = ["Anchor", "ANCHORS", "available", "run", "unavailable_reason", "load_k_diffusion", "k_diffusion_status",
-           "process_kind", "sigma_ratio"]
+           "process_kind", "sigma_ratio", "VPView", "vp_view"]

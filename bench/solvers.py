@@ -27,6 +27,7 @@ the adaptive solver, which diffusers lacks, against DPM-Solver++(2M)'s ``step()`
 
     python bench/solvers.py            # default (< 10 minutes once the grids are saved)
     python bench/solvers.py --quick    # < 1 minute
+    python bench/solvers.py --suite    # the randomized mixture suite (bench/suite.py, issue 14)
     diffinfer bench solvers [--quick]
 
 Writes ``bench/results/solvers.{json,md}`` and ``bench/results/solvers_*.png``
@@ -836,6 +837,9 @@ def run(quick: bool = False, models=None, out_dir=None, compute_grids: bool | No
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a subset in under a minute")
+    parser.add_argument("--suite", action="store_true",
+                        help="the randomized mixture suite (bench/suite.py): suite.{json,md} in --out")
+    parser.add_argument("--jobs", type=int, default=1, help="--suite: problems run in parallel processes")
     parser.add_argument("--models", nargs="+", help=f"models (default all: {', '.join(list(TOY_MODELS) + ['digits'])})")
     parser.add_argument("--out", default=None, help="output directory (default bench/results)")
     parser.add_argument("--n-eval", type=int, default=None, help="starting noises per toy model")
@@ -845,6 +849,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_from_args(args) -> int:
+    if getattr(args, "suite", False):
+        from bench import suite
+        report = suite.run_suite(quick=args.quick, out_dir=args.out, jobs=getattr(args, "jobs", 1))
+        print(suite.markdown(report).split("\n## Problems")[0])
+        print(f"wrote {', '.join(report['meta']['files'])} in {report['meta']['seconds']:.0f}s")
+        return 0
     report = run(quick=args.quick, models=args.models, out_dir=args.out, compute_grids=args.fit_grids,
                  n_eval=args.n_eval)
     print(markdown(report).split("\n## ")[1] if report["summary"] else "no comparable results")

@@ -183,3 +183,30 @@ def test_optimized_grid_keeps_the_model_times_setting_with_the_lowest_held_out_l
     best = min(fits, key=lambda f: f.holdout_loss)
     assert rec.holdout_loss == best.holdout_loss and rec.model_ts == best.model_ts
     assert grids.best(grids.load(tmp_path / "both" / "ring2d-vp.json"), 3, [("unipc", {}, True)]).ts == rec.ts
+
+
+def test_suite_quick_writes_seeds_ratios_and_quantiles(tmp_path):
+    from diffinfer.cli import main
+    from bench import suite
+    assert main(["bench", "solvers", "--suite", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "suite_quick.json").read_text())
+    meta = report["meta"]
+    assert meta["seeds"] == suite.QUICK_SEEDS and not set(meta["seeds"]) & set(suite.SUITE_SEEDS)
+    assert meta["rule"]["label"] == suite.RULE[0] and meta["nfes"] == suite.QUICK_NFES
+    assert len(report["problems"]) == len(meta["seeds"])
+    for p in report["problems"]:
+        assert p["problem"]["seed"] in meta["seeds"]
+        assert [q["nfe"] for q in p["per_nfe"]] == meta["nfes"]
+        for q in p["per_nfe"]:
+            assert math.isfinite(q["ratio"]) and q["ratio"] > 0
+            for side in ("rule", "anchor"):
+                r = q[side]
+                assert 0 < r["median"] <= r["p90"] and r["rmse"] > 0
+            assert q["anchor"]["library"] == "diffusers"
+        for f in p["fits"]:
+            assert math.isfinite(f["train_mse"]) and math.isfinite(f["holdout_mse"])
+    assert {s["nfe"] for s in report["summary"]} == set(meta["nfes"])
+    for s in report["summary"]:
+        assert 0.0 <= s["fraction_at_most_half"] <= 1.0 and s["median_ratio"] <= s["worst_ratio"]
+    md = (tmp_path / "suite_quick.md").read_text()
+    assert "fraction <= 0.5x" in md and str(meta["seeds"][0]) in md

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .fit_objective import Objective, check_solver_options, training_set
-from .fit_params import GridParams, default_t_lo
+from .fit_params import GridParams, SplineParams, default_t_lo
 from .fit_search import _candidates, check_holdout, early_stop, nelder_mead
 from .storage import OptimizedGrid
 
@@ -40,7 +40,9 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
              teacher_solver: str = "dpmpp-3m", t_lo: float | None = None, t_end_max: float | None = None,
              max_evals: int | None = None, init: list | None = None, dtype=torch.float64,
              distance=None, model_times: bool = False, restarts: int = 0, holdout: tuple | None = None,
-             t_max: float | None = None, t_min: float | None = None, **solver_options) -> OptimizedGrid:
+             t_max: float | None = None, t_min: float | None = None, parameterization: str = "points",
+             knots: int = 3, robust: str | None = None, trim: float = 0.1, n_holdout: int = 0,
+             **solver_options) -> OptimizedGrid:
     """Fit the grid of ``steps`` steps of ``solver`` to a teacher (Align Your Steps / LD3).
 
     Args:
@@ -82,20 +84,36 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
         the best starting grid).
     """
     check_solver_options(solver, solver_options)  # fail early on a bad name, option or keyword
-    params = GridParams.of(den.process, steps, t_max, t_min, t_lo, model_times)
+    if parameterization == "points":
+        params = GridParams.of(den.process, steps, t_max, t_min, t_lo, model_times)
+    elif parameterization == "spline":
+        if model_times:
+            raise ValueError("model_times is fitted with parameterization='points' only")
+        params = SplineParams.of(den.process, steps, t_max, t_min, t_lo, knots)
+    else:
+        raise ValueError(f"unknown parameterization {parameterization!r}; valid: 'points', 'spline'")
     x_T, teacher = training_set(den, x_T, teacher, n_train, shape, seed, teacher_steps, teacher_solver, params.t_lo,
                                 dtype, t_max=t_max)
+    if holdout is None and int(n_holdout) > 0:
+        holdout = training_set(den, None, None, int(n_holdout), tuple(x_T.shape[1:]), int(seed) + 1, teacher_steps,
+                               teacher_solver, params.t_lo, x_T.dtype, t_max=t_max)
     check_holdout(holdout, x_T)
     start = time.perf_counter()
-    loss = Objective(den, solver, solver_options, x_T, teacher, distance, t_end_max)
+    loss = Objective(den, solver, solver_options, x_T, teacher, distance, t_end_max, robust, trim)
     initial_loss, visited = nelder_mead(loss, params, params.starts(den.process, init, t_end_max), max_evals, restarts)
     held = None if holdout is None else (lambda ts, model_ts: loss.error(ts, model_ts, *holdout))
     (best_loss, (ts, model_ts)), holdout_loss, initial_holdout_loss = early_stop(visited, held)
+    seconds = time.perf_counter() - start
+    train_mse = loss.mse(ts, model_ts, x_T, teacher)
+    holdout_mse = float("nan") if holdout is None else loss.mse(ts, model_ts, *holdout)
     return OptimizedGrid(ts=[float(t) for t in ts], solver=str(solver), steps=params.steps,
                          solver_options=dict(solver_options), loss=float(best_loss), initial_loss=float(initial_loss),
-                         evals=loss.evals, seconds=time.perf_counter() - start, n_train=int(x_T.shape[0]),
+                         evals=loss.evals, seconds=seconds, n_train=int(x_T.shape[0]),
                          model_ts=None if model_ts is None else [float(t) for t in model_ts],
-                         holdout_loss=holdout_loss, initial_holdout_loss=initial_holdout_loss)
+                         holdout_loss=holdout_loss, initial_holdout_loss=initial_holdout_loss,
+                         parameterization=parameterization, knots=int(knots) if parameterization == "spline" else 0,
+                         robust=robust, train_mse=train_mse, holdout_mse=holdout_mse,
+                         n_holdout=0 if holdout is None else int(holdout[0].shape[0]))
 
 
 def fit_candidates(den, candidates, steps: int, x_T: Tensor | None = None, teacher: Tensor | None = None,

@@ -227,5 +227,152 @@ class GridParams:
         return starts
 
 
-__all__ = ["GridParams", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow",
+__all__ = ["GridParams", "SplineParams", "spline_positions", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow",
            "initial_grids", "initial_simplex"]
+
+
+# --- a low-dimensional parameterisation: a monotone spline in log-SNR -----------------------
+def _logsnr_span(process: Process, t_max: float) -> float:
+    """The log-SNR a spline grid starts from: ``logsnr(t_max)``, or where that is infinite
+    (rectified flow at ``t = 1``) the log-SNR a thousandth below ``t_max``."""
+    lam = float(process.logsnr(torch.tensor(t_max, dtype=_F64)))
+    if not math.isfinite(lam):
+        lam = float(process.logsnr(torch.tensor(t_max * (1 - 1e-3), dtype=_F64)))
+    return lam
+
+
+def spline_positions(theta, knots: int, u) -> np.ndarray:
+    """The monotone map ``z(u)`` on ``[0, 1]`` (``z(0) = 0``, ``z(1) = 1``) through ``knots + 1``
+    equally spaced knots whose values are ``cumsum(softmax([theta, 0]))`` (``knots - 1``
+    parameters), interpolated by a monotone cubic (PCHIP, Fritsch & Carlson 1980), at ``u``."""
+    from scipy.interpolate import PchipInterpolator
+    theta = np.asarray(theta, dtype=np.float64).reshape(-1)
+    if theta.size != knots - 1:
+        raise ValueError(f"a spline of {knots} intervals has {knots - 1} parameters, got {theta.size}")
+    if knots == 1:
+        return np.asarray(u, dtype=np.float64)
+    logits = np.concatenate([theta, [0.0]])
+    gaps = np.exp(logits - logits.max())
+    values = np.concatenate([[0.0], np.cumsum(gaps / gaps.sum())])
+    values[-1] = 1.0
+    return PchipInterpolator(np.linspace(0.0, 1.0, knots + 1), values)(np.asarray(u, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class SplineParams:
+    """A grid of ``steps`` steps from a few parameters (``optimize(..., parameterization="spline")``).
+
+    The grid is ``t_max = ts[0] > ts[1] > ... > ts[n-1] = t_end > ts[n] = 0``; point ``i``
+    of the first ``n`` sits at log-SNR ``lam_hi + z(i / (n-1)) (lam_end - lam_hi)``, where
+    ``z`` is a monotone cubic through ``knots + 1`` knots (``spline_positions``: ``knots - 1``
+    parameters, fewer when the grid has fewer interior points) and ``t_end`` is free in
+    ``(t_lo, t_max)`` (one more parameter, ``log t_end`` through a sigmoid) unless pinned
+    at ``t_min``. ``knots = 1`` is the log-SNR-uniform grid. Every parameter vector is a
+    valid grid; with 3 knots a fit has at most 3 parameters whatever the NFE, so it cannot
+    bend itself to a few training noises the way ``n - 1`` free points can."""
+
+    steps: int
+    t_max: float
+    t_lo: float
+    process: Process
+    knots: int = 3
+    t_min: float | None = None
+    model_times: bool = False  # not supported with a spline; kept for the search's interface
+
+    @classmethod
+    def of(cls, process: Process, steps: int, t_max: float | None = None, t_min: float | None = None,
+           t_lo: float | None = None, knots: int = 3) -> "SplineParams":
+        base = GridParams.of(process, steps, t_max, t_min, t_lo, False)
+        if int(knots) < 1:
+            raise ValueError(f"knots must be a positive integer, got {knots}")
+        return cls(base.steps, base.t_max, base.t_lo, process, int(knots), base.t_min)
+
+    @property
+    def pinned(self) -> float | None:
+        return self.t_min if self.steps >= 2 else None
+
+    @property
+    def n_inner(self) -> int:
+        """Grid points strictly between ``t_max`` and ``t_end``."""
+        return max(0, self.steps - 2)
+
+    @property
+    def k(self) -> int:
+        """The spline's intervals actually used (no more free values than interior points)."""
+        return max(1, min(self.knots, self.n_inner))
+
+    @property
+    def n_grid(self) -> int:
+        return (self.k - 1) + (0 if (self.pinned is not None or self.steps < 2) else 1)
+
+    def _end_bounds(self) -> tuple[float, float]:
+        return math.log(self.t_lo), math.log(self.t_max)
+
+    def t_end(self, th) -> float:
+        if self.steps < 2:
+            return 0.0
+        if self.pinned is not None:
+            return self.pinned
+        lo, hi = self._end_bounds()
+        a = float(th[self.k - 1])
+        return math.exp(lo + (hi - lo) / (1.0 + math.exp(-a)) if a > -700 else lo)
+
+    def grid(self, th) -> Tensor:
+        """The grid ``[steps + 1]`` of the vector ``th``."""
+        th = np.asarray(th, dtype=np.float64).reshape(-1)
+        if self.steps < 2:
+            return torch.tensor([self.t_max, 0.0], dtype=_F64)
+        t_end = self.t_end(th)
+        n = self.steps
+        lam_hi = _logsnr_span(self.process, self.t_max)
+        lam_end = float(self.process.logsnr(torch.tensor(t_end, dtype=_F64)))
+        z = spline_positions(th[:self.k - 1], self.k, np.arange(1, n - 1) / (n - 1))
+        inner = self.process.t_from_logsnr(torch.as_tensor(lam_hi + z * (lam_end - lam_hi), dtype=_F64))
+        return torch.cat([torch.tensor([self.t_max], dtype=_F64), inner.reshape(-1),
+                          torch.tensor([t_end, 0.0], dtype=_F64)])
+
+    def unpack(self, th) -> tuple[Tensor, None]:
+        return self.grid(th), None
+
+    def pack(self, g: Tensor):
+        """The vector whose grid is closest to ``g`` (least squares in the spline's variable;
+        exact for a grid of this parameterisation); ``None`` if ``g`` cannot be represented."""
+        from scipy.optimize import least_squares
+        g = validate(g)
+        if g.numel() != self.steps + 1 or float(g[-1]) != 0.0:
+            return None
+        th = np.zeros(self.n_grid)
+        if self.steps < 2:
+            return th
+        t_end = float(g[-2])
+        if self.pinned is None:
+            lo, hi = self._end_bounds()
+            s = (math.log(max(t_end, self.t_lo)) - lo) / (hi - lo)
+            s = min(max(s, 1e-12), 1 - 1e-12)
+            th[self.k - 1] = math.log(s / (1 - s))
+            t_end = self.t_end(th)
+        if self.k == 1:
+            return th
+        lam_hi = _logsnr_span(self.process, self.t_max)
+        lam_end = float(self.process.logsnr(torch.tensor(t_end, dtype=_F64)))
+        n = self.steps
+        u = np.arange(1, n - 1) / (n - 1)
+        z = ((self.process.logsnr(g[1:-2]).numpy() - lam_hi) / (lam_end - lam_hi)).clip(0.0, 1.0)
+        zk = np.interp(np.linspace(0, 1, self.k + 1), np.concatenate([[0.0], u, [1.0]]),
+                       np.concatenate([[0.0], z, [1.0]]))
+        gaps = np.maximum(np.diff(zk), 1e-6)
+        x0 = np.log(gaps[:-1]) - np.log(gaps[-1])
+        fit = least_squares(lambda p: spline_positions(p, self.k, u) - z, x0, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+        th[:self.k - 1] = fit.x
+        return th
+
+    def blocks(self) -> list:
+        return [np.arange(self.n_grid)] if self.n_grid else []
+
+    def simplex(self, x0, free):
+        """A starting simplex of 0.5 in each coordinate (the parameters are logits)."""
+        d = len(x0)
+        return np.vstack([x0, x0 + 0.5 * np.eye(d)]).reshape(d + 1, d)
+
+    def starts(self, process: Process, init=None, t_end_max: float | None = None) -> list[Tensor]:
+        return GridParams(self.steps, self.t_max, self.t_lo, self.t_min, False).starts(process, init, t_end_max)

@@ -29,7 +29,10 @@ class OptimizedGrid:
     (``steps`` points, ``ModelTimes``) or ``None`` (the model at the grid's times);
     ``loss`` / ``initial_loss``: the training objective (mean squared error per entry)
     after / before; ``holdout_loss`` / ``initial_holdout_loss``: the same on held-out
-    noise when the fit had some (``optimize``'s ``holdout``); ``evals``: solves used."""
+    noise when the fit had some (``optimize``'s ``holdout``); ``evals``: solves used;
+    ``parameterization`` / ``knots`` / ``robust``: how the fit was set up; ``train_mse`` /
+    ``holdout_mse``: the plain mean squared error per entry of the result on the training
+    and held-out noise (comparable whatever the objective), ``n_holdout`` held-out rows."""
 
     ts: list[float]
     solver: str
@@ -43,6 +46,12 @@ class OptimizedGrid:
     model_ts: list[float] | None = None
     holdout_loss: float = float("nan")
     initial_holdout_loss: float = float("nan")
+    parameterization: str = "points"
+    knots: int = 0
+    robust: str | None = None
+    train_mse: float = float("nan")
+    holdout_mse: float = float("nan")
+    n_holdout: int = 0
 
     @property
     def grid(self) -> Tensor:
