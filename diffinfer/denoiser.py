@@ -151,9 +151,21 @@ class DenoiserBase:
 
     process: Process
     _counter: _Counter
+    _data_scale: float | None = None
 
     def predict(self, x: Tensor, t) -> Prediction:
         raise NotImplementedError
+
+    @property
+    def data_scale(self) -> float:
+        """The per-entry RMS scale of the model's data (what guidance's divergence check
+        measures a sample against): set on the ``Denoiser`` (exact for the toy mixtures),
+        passed on by wrappers (``self.den``), else 1: data normalised to ``[-1, 1]`` or to
+        unit variance, as diffusion models are trained."""
+        if self._data_scale is not None:
+            return float(self._data_scale)
+        inner = getattr(self, "den", None)
+        return inner.data_scale if isinstance(inner, DenoiserBase) else 1.0
 
     @property
     def nfe(self) -> int:
@@ -206,11 +218,12 @@ class Denoiser(DenoiserBase):
         cond: keyword tensors passed to the network (batch first), e.g. class labels.
         check: raise ``ModelOutputError`` on a wrong output shape or NaN/Inf
             (this synchronises with the device once per call; turn off for speed).
+        data_scale: the per-entry RMS of the data (``DenoiserBase.data_scale``; default 1).
     """
 
     def __init__(self, net: Callable, process: Process, prediction: str = "eps",
                  time_input: Callable[[Tensor], Tensor] | None = None, cond: dict | None = None,
-                 check: bool = True):
+                 check: bool = True, data_scale: float | None = None):
         if not isinstance(process, Process):
             raise TypeError(f"process must be a diffinfer Process, got {type(process).__name__}")
         self.net = net
@@ -219,11 +232,13 @@ class Denoiser(DenoiserBase):
         self.time_input = time_input
         self.cond = dict(cond or {})
         self.check = check
+        self._data_scale = None if data_scale is None else float(data_scale)
         self._counter = _Counter()
 
     def bind(self, **cond) -> "Denoiser":
         """A copy with extra conditioning (``None`` removes a key); shares the NFE counter."""
-        new = Denoiser(self.net, self.process, self.prediction, self.time_input, self.cond, self.check)
+        new = Denoiser(self.net, self.process, self.prediction, self.time_input, self.cond, self.check,
+                       self._data_scale)
         new._counter = self._counter
         for k, v in cond.items():
             if v is None:

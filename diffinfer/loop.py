@@ -20,6 +20,7 @@ from torch import Tensor
 from . import solvers as solver_registry
 from . import grids
 from .denoiser import DenoiserBase
+from .guidance import GuidanceDivergenceError
 from .rng import SampleRNG, make_rng
 from .solvers.base import Solver, SolverState
 
@@ -63,7 +64,13 @@ def iterate(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, rng: Sampl
     else:
         offset = 0
     for i in range(start, stop):
-        x, state = solver.step(den, x, i - offset, state)
+        try:
+            x, state = solver.step(den, x, i - offset, state)
+            check = getattr(den, "check_divergence", None)  # guided models: no silent divergence
+            if check is not None:
+                check(x, state.grid.ts[i - offset + 1])
+        except GuidanceDivergenceError as e:  # name the step a guided model diverged in
+            raise e.at_step(i, n_steps) from None
         step = Step(i, x, state, den)
         yield step
         x, state, den = step.x, step.state, step.den

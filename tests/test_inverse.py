@@ -82,7 +82,7 @@ def test_task_operators_and_errors():
     with pytest.raises(ValueError, match="divisible"):
         Downsample(3)(torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="noise_std > 0"):
-        DPS(ring2d().denoiser(di.VP()), Linear(torch.eye(2)), torch.zeros(1, 2))
+        DPS(ring2d().denoiser(di.VP()), Linear(torch.eye(2)), torch.zeros(1, 2), likelihood="gaussian")
     with pytest.raises(ValueError, match="NaN"):
         DPS(ring2d().denoiser(di.VP()), Linear(torch.eye(2), noise_std=0.1), torch.full((1, 2), float("nan")))
 
@@ -116,7 +116,7 @@ def test_dps_red_diff_projection_land_closer_than_the_prior():
     prior_sw = sliced_wasserstein(prior.sample(N, seed=2), ref)
     op = Linear(A, noise_std=s)
     yb = y.expand(N, 1)
-    x_dps = di.sample(DPS(den, op, yb), shape=(N, 2), solver="ddpm", steps=100, seed=0, dtype=F64).x
+    x_dps = di.sample(DPS(den, op, yb, likelihood="gaussian"), shape=(N, 2), solver="ddpm", steps=100, seed=0, dtype=F64).x
     assert _report("DPS", x_dps, post, ref, prior_sw) < 0.25 * prior_sw
     x_red = red_diff(den, op, yb, seed=0)
     assert _report("RED-Diff", x_red, post, ref, prior_sw) < 0.5 * prior_sw
@@ -168,7 +168,8 @@ def test_two_prior_separation_reproduces_the_exact_posterior():
     print(f"\ntwo priors, exact: mean err {mean_err:.4f}, cov err {cov_err:.4f}, mode TV {mode_weight_error(z, post):.4f}")
     assert mean_err < 0.03 and cov_err < 0.02 and mode_weight_error(z, post) < 0.04
     prior_sw = sliced_wasserstein(product_mixture(px, ph).sample(N, seed=4), ref)
-    xd, hd = two_prior_posterior(px.denoiser(p), ph.denoiser(p), yb, s, solver="ddpm", steps=100, seed=0)
+    xd, hd = two_prior_posterior(px.denoiser(p), ph.denoiser(p), yb, s, solver="ddpm", steps=100, seed=0,
+                                likelihood="gaussian")
     assert _report("two priors, DPS", torch.cat([xd, hd], 1), post, ref, prior_sw) < 0.5 * prior_sw
 
 
