@@ -310,29 +310,46 @@ def task_operator(task: str, shape: Sequence[int], noise_std: float = 0.05) -> L
 
 # --- DPS ----------------------------------------------------------------------------
 class MeasurementLogLikelihood:
-    """``-|y - A x0_hat|^2 / (2 noise_std^2)`` ``[B]`` (Gaussian DPS), or with
-    ``normalized`` the paper's ``-|y - A x0_hat|`` whose gradient is DPS's step
-    ``grad |r|^2 / (2 |r|)`` (Chung et al. 2023, Algorithm 1 with ``zeta_i = zeta / |r|``).
+    """DPS's ``log p(y | x_t)`` read on ``x0_hat`` ``[B]``, with ``r = y - A x0_hat``:
+
+    - ``form="norm"``: ``-|r|``, whose gradient is DPS's normalised step
+      ``grad |r|^2 / (2 |r|)`` (Chung et al. 2023, Algorithm 1 with ``zeta_i = zeta / |r|``);
+    - ``form="gaussian"``: ``-|r|^2 / (2 noise_std^2)`` (the Bayes rule under DPS's
+      approximation);
+    - ``form="gaussian-capped"``: the Gaussian form with its step capped at the normalised
+      one, ``-|r|^2 / (2 noise_std^2) * sg[min(1, noise_std^2 / |r|)]``: the Gaussian
+      gradient where the residual is within ``noise_std^2``, the norm form's beyond.
+
     ``clip = (lo, hi)`` reads the residual on ``x0_hat`` clamped to the data range (as
     DDPM's ``clip_denoised``): a trained eps-network's ``x0_hat = (x - s eps) / a`` amplifies
     its errors by ``1 / a`` at high noise, and clamped entries pass no gradient."""
 
-    def __init__(self, op: LinearOperator, y: Tensor, normalized: bool = False, clip=None):
-        if not normalized and not op.noise_std > 0:
+    FORMS = ("norm", "gaussian", "gaussian-capped")
+
+    def __init__(self, op: LinearOperator, y: Tensor, normalized: bool = False, clip=None, form: str | None = None):
+        form = form or ("norm" if normalized else "gaussian")
+        if form not in self.FORMS:
+            raise ValueError(f"unknown DPS likelihood form {form!r}; valid: {', '.join(self.FORMS)}")
+        if form != "norm" and not op.noise_std > 0:
             raise ValueError("Gaussian DPS needs op.noise_std > 0; use likelihood='norm' for noiseless measurements")
         if not bool(torch.isfinite(y).all()):
             raise ValueError("the measurement y contains NaN or Inf")
-        self.op, self.y, self.normalized, self.clip = op, y, bool(normalized), clip
+        self.op, self.y, self.form, self.clip = op, y, form, clip
+        self.normalized = form == "norm"
 
     def __call__(self, x: Tensor, t, pred: Prediction) -> Tensor:
         x0 = pred.x0 if self.clip is None else pred.x0.clamp(*self.clip)
         r2 = self.op.residual_norm2(x0, self.y.to(x0))  # [B]
-        if self.normalized:
+        if self.form == "norm":
             return -torch.sqrt(r2 + 1e-30)
-        return -0.5 * r2 / self.op.noise_std ** 2
+        v2 = self.op.noise_std ** 2
+        ll = -0.5 * r2 / v2
+        if self.form == "gaussian-capped":
+            ll = ll * (v2 / torch.sqrt(r2.detach() + 1e-30)).clamp(max=1.0)
+        return ll
 
     def select(self, idx: Tensor) -> "MeasurementLogLikelihood":
-        return MeasurementLogLikelihood(self.op.select(idx), self.y[idx], self.normalized, self.clip)
+        return MeasurementLogLikelihood(self.op.select(idx), self.y[idx], clip=self.clip, form=self.form)
 
 
 DPS_LIKELIHOODS = ("norm", "gaussian")
@@ -340,36 +357,40 @@ DPS_LIKELIHOODS = ("norm", "gaussian")
 
 class DPS(GradientGuidance):
     """Diffusion posterior sampling (Chung et al. 2023) as a ``Denoiser`` wrapper: sample it
-    with any solver. Two likelihood forms:
+    with any solver. Two likelihood forms, each with the paper's step normalisation by
+    default (``normalized=True``):
 
-    - ``likelihood="norm"`` (default, ``normalized=True``): the paper's normalised step,
-      Algorithm 1 with ``zeta_i = zeta / |y - A x0_hat|``: the score gains
-      ``scale * grad_{x_t} (-|y - A x0_hat|)`` (``= -scale grad |r|^2 / (2 |r|)``), whose size
-      does not grow as the measurement noise shrinks; ``scale`` is ``zeta``. Works for
-      noiseless measurements. The default ``scale = 1`` is stable on every oracle-suite
-      seed (``toys.random_problem``, seeds 0-19) with DDPM (100 steps), DDIM, Heun and
-      DPM-Solver++(2M) (10 steps).
-    - ``likelihood="gaussian"`` (``normalized=False``): ``log N(y; A x0_hat, noise_std^2 I)``,
-      so ``scale = 1`` is the plain Bayes rule under DPS's ``p(y|x_t) ~ p(y|x0_hat)``. Its
-      gradient grows as ``1 / noise_std^2``: stable on the suite with DDPM at 100 steps,
-      it diverges on coarse grids (10 DPM-Solver++ steps) at small ``noise_std``, which the
-      divergence check (``guidance`` module docstring) reports instead of returning
-      ``1e22``-sized samples.
+    - ``likelihood="norm"`` (default): Algorithm 1's normalised step, ``zeta_i = zeta / |r|``
+      (``r = y - A x0_hat``): the score gains ``scale * grad_{x_t} (-|r|)``
+      (``= -scale grad |r|^2 / (2 |r|)``), whose size does not grow as the measurement noise
+      shrinks; ``scale`` is ``zeta``. Works for noiseless measurements.
+    - ``likelihood="gaussian"``: ``log N(y; A x0_hat, noise_std^2 I)`` (``scale = 1`` is the
+      Bayes rule under DPS's ``p(y|x_t) ~ p(y|x0_hat)``), its step capped at the normalised
+      one (``MeasurementLogLikelihood``, ``gaussian-capped``); ``normalized=False`` takes
+      the raw Gaussian gradient, which grows as ``1 / noise_std^2``: it diverges on coarse
+      grids at small ``noise_std`` (and on some suite seeds even at 100 DDPM steps), which
+      the divergence check (``guidance`` module docstring) reports instead of returning
+      huge samples.
+
+    Both defaults (``scale = 1``) stay finite and within the prior's scale on every
+    oracle-suite seed (``toys.random_problem``, seeds 0-19) with DDPM (100 steps) and
+    DPM-Solver++(2M) (10 steps) (``tests/test_guided_divergence.py``).
     """
 
     def __init__(self, den: DenoiserBase, op: LinearOperator, y: Tensor, scale=1.0,
                  normalized: bool | None = None, interval=None, clip=None, likelihood: str | None = None,
                  **check_options):
-        if likelihood is None:
+        if likelihood is None:  # normalized=False alone keeps its old meaning: the raw Gaussian form
             likelihood = "gaussian" if normalized is False else "norm"
         if likelihood not in DPS_LIKELIHOODS:
             raise ValueError(f"unknown DPS likelihood {likelihood!r}; valid: {', '.join(DPS_LIKELIHOODS)}")
-        if normalized is not None and normalized != (likelihood == "norm"):
-            raise ValueError(f"normalized={normalized} contradicts likelihood={likelihood!r} "
-                             "(the norm form is the normalised step)")
-        self.likelihood = likelihood
-        check_options.setdefault("method", f"DPS ({likelihood} likelihood)")
-        super().__init__(den, MeasurementLogLikelihood(op, y, likelihood == "norm", clip), scale, interval,
+        if likelihood == "norm" and normalized is False:
+            raise ValueError("the norm likelihood is the normalised step; normalized=False needs likelihood='gaussian'")
+        normalized = True if normalized is None else bool(normalized)
+        form = "norm" if likelihood == "norm" else ("gaussian-capped" if normalized else "gaussian")
+        self.likelihood, self.normalized = likelihood, normalized
+        check_options.setdefault("method", f"DPS ({likelihood} likelihood{'' if normalized else ', unnormalised'})")
+        super().__init__(den, MeasurementLogLikelihood(op, y, clip=clip, form=form), scale, interval,
                          through_denoiser=True, **check_options)
 
 
@@ -523,18 +544,20 @@ class StackedPriors(DenoiserBase):
 
 def two_prior_posterior(den_x: DenoiserBase, den_h: DenoiserBase, y: Tensor, noise_std: float,
                         solver="heun", steps: int = 40, seed=0, scale=1.0,
-                        log_likelihood: Callable | None = None, likelihood: str = "norm") -> tuple[Tensor, Tensor]:
+                        log_likelihood: Callable | None = None, likelihood: str = "norm",
+                        normalized: bool | None = None) -> tuple[Tensor, Tensor]:
     """Joint posterior samples ``(x, h)`` given ``y = x + h + noise`` ``[B, *shape]``.
 
     Runs ``StackedPriors`` guided by ``log p(y | x_t, h_t)``: DPS on ``y = x + h``
     (``likelihood="norm"``, the normalised step ``scale * grad -|y - x0_hat - h0_hat|``, or
-    ``"gaussian"``, ``-|y - x0_hat - h0_hat|^2 / (2 noise_std^2)``) unless an exact
+    ``"gaussian"``, ``-|y - x0_hat - h0_hat|^2 / (2 noise_std^2)`` with its step capped at
+    the normalised one unless ``normalized=False``; see ``DPS``) unless an exact
     ``log_likelihood`` (``f(z_t, t, pred) -> [B]``) is given (the toys'
     ``NoisyLogLikelihood``). Guided runs raise ``GuidanceDivergenceError`` if they leave the
     priors' scale (``guidance`` module docstring)."""
     joint = StackedPriors(den_x, den_h)
     if log_likelihood is None:
-        guided = DPS(joint, SumOfSources(noise_std), y, scale=scale, likelihood=likelihood,
+        guided = DPS(joint, SumOfSources(noise_std), y, scale=scale, likelihood=likelihood, normalized=normalized,
                      method=f"two_prior_posterior (DPS, {likelihood} likelihood)")
     else:
         guided = GradientGuidance(joint, log_likelihood, scale=scale, through_denoiser=True,

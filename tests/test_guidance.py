@@ -162,7 +162,7 @@ def test_steered_guidance_with_a_linear_inverse_model_is_dps():
     den = prior.denoiser(p)
     yb = y.expand(16, 1)
     steered = SteeredGuidance(den, lambda x0: x0 @ A.T, yb, scale=0.5 / s ** 2)
-    dps = DPS(den, Linear(A, noise_std=s), yb, likelihood="gaussian")
+    dps = DPS(den, Linear(A, noise_std=s), yb, likelihood="gaussian", normalized=False)
     x = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(4))
     for t in (0.2, 0.7):
         torch.testing.assert_close(steered.predict(x, t).x0, dps.predict(x, t).x0)

@@ -116,7 +116,7 @@ def test_dps_red_diff_projection_land_closer_than_the_prior():
     prior_sw = sliced_wasserstein(prior.sample(N, seed=2), ref)
     op = Linear(A, noise_std=s)
     yb = y.expand(N, 1)
-    x_dps = di.sample(DPS(den, op, yb, likelihood="gaussian"), shape=(N, 2), solver="ddpm", steps=100, seed=0, dtype=F64).x
+    x_dps = di.sample(DPS(den, op, yb, likelihood="gaussian", normalized=False), shape=(N, 2), solver="ddpm", steps=100, seed=0, dtype=F64).x
     assert _report("DPS", x_dps, post, ref, prior_sw) < 0.25 * prior_sw
     x_red = red_diff(den, op, yb, seed=0)
     assert _report("RED-Diff", x_red, post, ref, prior_sw) < 0.5 * prior_sw
@@ -169,7 +169,7 @@ def test_two_prior_separation_reproduces_the_exact_posterior():
     assert mean_err < 0.03 and cov_err < 0.02 and mode_weight_error(z, post) < 0.04
     prior_sw = sliced_wasserstein(product_mixture(px, ph).sample(N, seed=4), ref)
     xd, hd = two_prior_posterior(px.denoiser(p), ph.denoiser(p), yb, s, solver="ddpm", steps=100, seed=0,
-                                likelihood="gaussian")
+                                likelihood="gaussian", normalized=False)
     assert _report("two priors, DPS", torch.cat([xd, hd], 1), post, ref, prior_sw) < 0.5 * prior_sw
 
 
