@@ -30,6 +30,18 @@ from .process import Coefficients, Process, as_time
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 
 
+class GuidanceDivergenceError(FloatingPointError, ValueError):
+    """A guided run left the data's scale (or produced NaN / Inf): lower the guidance scale."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def at_step(self, i: int, n_steps: int) -> "GuidanceDivergenceError":
+        """The same error with the solver step ``i`` (of ``n_steps``) named."""
+        return GuidanceDivergenceError(f"{self.message} [solver step {i} of {n_steps}]")
+
+
 class ModelOutputError(RuntimeError):
     """A network returned the wrong shape or non-finite values."""
 

@@ -44,25 +44,13 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .denoiser import DenoiserBase, Prediction
+from .denoiser import DenoiserBase, GuidanceDivergenceError, Prediction
 from .process import as_time
 
 
 #: how many times the process's own scale a guided sample may reach before the run is
 #: declared divergent (module docstring)
 DIVERGENCE_K = 10.0
-
-
-class GuidanceDivergenceError(FloatingPointError, ValueError):
-    """A guided run left the data's scale (or produced NaN / Inf): lower the guidance scale."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-    def at_step(self, i: int, n_steps: int) -> "GuidanceDivergenceError":
-        """The same error with the solver step ``i`` (of ``n_steps``) named."""
-        return GuidanceDivergenceError(f"{self.message} [solver step {i} of {n_steps}]")
 
 
 def _rows_t(t: Tensor, batch: int) -> Tensor:

@@ -19,8 +19,7 @@ from torch import Tensor
 
 from . import solvers as solver_registry
 from . import grids
-from .denoiser import DenoiserBase
-from .guidance import GuidanceDivergenceError
+from .denoiser import DenoiserBase, GuidanceDivergenceError
 from .rng import SampleRNG, make_rng
 from .solvers.base import Solver, SolverState
 
