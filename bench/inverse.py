@@ -49,6 +49,81 @@ DIGIT_NOISE = 0.05
 TASKS = ("inpaint", "superres", "deblur")
 
 
+# --- 0. the oracle suite: each approximate method's distance to the exact posterior ----
+SUITE_METRICS = ("sw", "mass", "mean", "cov")
+
+
+def _suite_methods(den, op, y, n):
+    from diffinfer.guidance import GuidanceDivergenceError
+    methods = {
+        "DPS norm (default), ddpm 100": lambda: di.sample(inverse.DPS(den, op, y), shape=(n, den_dim(op)),
+                                                          solver="ddpm", steps=100, seed=0, dtype=F64).x,
+        "DPS gaussian (capped, default), ddpm 100": lambda: di.sample(
+            inverse.DPS(den, op, y, likelihood="gaussian"), shape=(n, den_dim(op)), solver="ddpm", steps=100, seed=0,
+            dtype=F64).x,
+        "DPS gaussian raw (normalized=False), ddpm 100": lambda: di.sample(
+            inverse.DPS(den, op, y, normalized=False), shape=(n, den_dim(op)), solver="ddpm", steps=100, seed=0,
+            dtype=F64).x,
+        "DPS norm, dpmpp-2m 10": lambda: di.sample(inverse.DPS(den, op, y), shape=(n, den_dim(op)), solver="dpmpp-2m",
+                                                   steps=10, seed=0, dtype=F64).x,
+        "RED-Diff, 300 iterations": lambda: inverse.red_diff(den, op, y, steps=300, seed=0),
+        "projection, ddpm 50": lambda: inverse.projection_sample(den, op, y, (n, den_dim(op)), steps=50, seed=0).x,
+    }
+    for name, fn in methods.items():
+        try:
+            yield name, fn()
+        except GuidanceDivergenceError:
+            yield name, None
+
+
+def den_dim(op) -> int:
+    return int(op.A.shape[1])
+
+
+def run_suite(quick: bool) -> dict:
+    """On ``toys.random_problem`` seeds (6 quick, 20 full), every method's ``score`` against
+    the exact posterior divided by the floor (two exact sample sets of the same size): 1 is
+    as close as exact sampling can show; the prior's ratio is printed as the ceiling. A run
+    that raises ``GuidanceDivergenceError`` counts as diverged."""
+    from diffinfer.toys import random_problem as rp
+    seeds = range(6) if quick else range(20)
+    n = 200 if quick else 500
+    per = {}
+    for seed in seeds:
+        pr = rp.random_problem(seed)
+        den = pr.prior.denoiser(di.VP())
+        op = inverse.Linear(pr.A, noise_std=pr.noise_std)
+        fl = rp.floors(pr.target, n, repeats=4)
+        y = pr.y.expand(n, -1)
+        results = list(_suite_methods(den, op, y, n)) + [("prior (ceiling)", pr.prior.sample(n, seed=7))]
+        for name, x in results:
+            row = per.setdefault(name, {"ratios": [], "diverged": 0})
+            if x is None:
+                row["diverged"] += 1
+                continue
+            sc = rp.score(x, pr.target)
+            row["ratios"].append({k: sc[k] / max(fl[k], 1e-12) for k in SUITE_METRICS})
+        print(f"  suite seed {seed} done", flush=True)
+    table = {}
+    for name, row in per.items():
+        r = row["ratios"]
+        table[name] = {"seeds": len(r) + row["diverged"], "diverged": row["diverged"],
+                       **{f"{k}_mean": round(sum(v[k] for v in r) / max(len(r), 1), 2) for k in SUITE_METRICS},
+                       **{f"{k}_worst": round(max((v[k] for v in r), default=float("nan")), 2) for k in SUITE_METRICS}}
+    return {"seeds": list(seeds), "n": n, "table": table}
+
+
+def suite_markdown(suite: dict) -> list[str]:
+    lines = [f"Oracle suite (`toys.random_problem` seeds {suite['seeds'][0]}-{suite['seeds'][-1]}, n={suite['n']}): "
+             "distance to the exact posterior / floor (two exact sets of the same size); mean over seeds and worst seed.",
+             "", "| method | diverged | SW mean | SW worst | mass mean | mass worst | mean-err mean | mean-err worst "
+             "| cov mean | cov worst |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in suite["table"].items():
+        lines.append(f"| {name} | {r['diverged']}/{r['seeds']} | {r['sw_mean']} | {r['sw_worst']} | {r['mass_mean']} | "
+                     f"{r['mass_worst']} | {r['mean_mean']} | {r['mean_worst']} | {r['cov_mean']} | {r['cov_worst']} |")
+    return lines
+
+
 # --- 1. mixtures ----------------------------------------------------------------------
 def ring_problem():
     prior = ring2d()
@@ -97,7 +172,8 @@ def run_mixtures(quick: bool) -> dict:
             if name.startswith("exact"):
                 x = di.sample(exact, shape=(n, 2), solver="heun", steps=steps, seed=0, dtype=F64).x
             elif name.startswith("DPS"):
-                x = di.sample(inverse.DPS(den, op, yb), shape=(n, 2), solver="ddpm", steps=steps, seed=0, dtype=F64).x
+                x = di.sample(inverse.DPS(den, op, yb, normalized=False), shape=(n, 2), solver="ddpm", steps=steps, seed=0,
+                              dtype=F64).x  # the Gaussian (Bayes-rule) form
             elif name == "RED-Diff":
                 x = inverse.red_diff(den, op, yb, steps=steps, seed=0)
             elif "RePaint" in name:
@@ -242,7 +318,7 @@ def run_sunspots(quick: bool, out_dir: pathlib.Path) -> dict:
 
 # --- report -----------------------------------------------------------------------------
 def write_markdown(res: dict, path: pathlib.Path) -> None:
-    lines = ["# Inverse problems (bench/inverse.py)", "",
+    lines = ["# Inverse problems (bench/inverse.py)", "", *suite_markdown(res["suite"]), "",
              f"quick={res['quick']}, wall time {res['total_wall_s']} s. Sliced Wasserstein (SW) and mode-weight "
              "total variation (TV) to exact posterior samples; lower is better.", ""]
     for key, title in (("ring", "Ring of 8 Gaussians, y = x_1 + 0.1 n"), ("two_priors", "Two priors, y = x + h + 0.1 n")):
@@ -319,12 +395,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--suite-only", action="store_true",
+                    help="only the oracle-suite table (writes inverse_suite.{json,md} under --out)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    res = {"quick": args.quick, "mixtures": run_mixtures(args.quick)}
+    if args.suite_only:
+        suite = run_suite(args.quick)
+        (out / "inverse_suite.json").write_text(json.dumps(suite, indent=1))
+        (out / "inverse_suite.md").write_text("\n".join(suite_markdown(suite)) + "\n")
+        print("\n".join(suite_markdown(suite)))
+        return 0
+    res = {"quick": args.quick, "suite": run_suite(args.quick), "mixtures": run_mixtures(args.quick)}
     res["mixtures_wall_s"] = round(time.perf_counter() - t0, 1)
     res["digits"] = run_digits(args.quick, out)
     res["digit_guidance"] = run_digit_guidance(args.quick)

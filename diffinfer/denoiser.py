@@ -30,6 +30,18 @@ from .process import Coefficients, Process, as_time
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 
 
+class GuidanceDivergenceError(FloatingPointError, ValueError):
+    """A guided run left the data's scale (or produced NaN / Inf): lower the guidance scale."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def at_step(self, i: int, n_steps: int) -> "GuidanceDivergenceError":
+        """The same error with the solver step ``i`` (of ``n_steps``) named."""
+        return GuidanceDivergenceError(f"{self.message} [solver step {i} of {n_steps}]")
+
+
 class ModelOutputError(RuntimeError):
     """A network returned the wrong shape or non-finite values."""
 
@@ -155,6 +167,7 @@ class DenoiserBase:
     #: ``default_ts(steps) -> ts``: the grid ``sample`` runs on when given none (e.g. a
     #: diffusers scheduler's own timesteps, ``integrations.diffusers``); ``None``: ``grids.default``
     default_ts = None
+    _data_scale: float | None = None
 
     def predict(self, x: Tensor, t) -> Prediction:
         raise NotImplementedError
@@ -173,6 +186,15 @@ class DenoiserBase:
     @needs_grad.setter
     def needs_grad(self, value: bool) -> None:
         self._needs_grad = bool(value)
+    def data_scale(self) -> float:
+        """The per-entry RMS scale of the model's data (what guidance's divergence check
+        measures a sample against): set on the ``Denoiser`` (exact for the toy mixtures),
+        passed on by wrappers (``self.den``), else 1: data normalised to ``[-1, 1]`` or to
+        unit variance, as diffusion models are trained."""
+        if self._data_scale is not None:
+            return float(self._data_scale)
+        inner = getattr(self, "den", None)
+        return inner.data_scale if isinstance(inner, DenoiserBase) else 1.0
 
     @property
     def nfe(self) -> int:
@@ -226,6 +248,7 @@ class Denoiser(DenoiserBase):
         check: raise ``ModelOutputError`` on a wrong output shape or NaN/Inf
             (this synchronises with the device once per call; turn off for speed).
         default_ts: ``default_ts(steps) -> ts``, the grid ``sample`` uses when given none.
+        data_scale: the per-entry RMS of the data (``DenoiserBase.data_scale``; default 1).
 
     The time reaches the network in ``x``'s dtype when that is float32 or float64, and in
     float32 for half-precision samples (a bf16 time input would round ``t * 1000`` to
@@ -234,7 +257,8 @@ class Denoiser(DenoiserBase):
 
     def __init__(self, net: Callable, process: Process, prediction: str = "eps",
                  time_input: Callable[[Tensor], Tensor] | None = None, cond: dict | None = None,
-                 check: bool = True, default_ts: Callable[[int], Tensor] | None = None):
+                 check: bool = True, default_ts: Callable[[int], Tensor] | None = None,
+                 data_scale: float | None = None):
         if not isinstance(process, Process):
             raise TypeError(f"process must be a diffinfer Process, got {type(process).__name__}")
         self.net = net
@@ -244,12 +268,13 @@ class Denoiser(DenoiserBase):
         self.cond = dict(cond or {})
         self.check = check
         self.default_ts = default_ts
+        self._data_scale = None if data_scale is None else float(data_scale)
         self._counter = _Counter()
 
     def bind(self, **cond) -> "Denoiser":
         """A copy with extra conditioning (``None`` removes a key); shares the NFE counter."""
         new = Denoiser(self.net, self.process, self.prediction, self.time_input, self.cond, self.check,
-                       self.default_ts)
+                       self.default_ts, self._data_scale)
         new._counter = self._counter
         for k, v in cond.items():
             if v is None:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import solvers as solver_registry
 from . import grids
-from .denoiser import DenoiserBase
+from .denoiser import DenoiserBase, GuidanceDivergenceError
 from .grids.grid import Grid
 from .rng import SampleRNG, make_rng
 from .solvers.base import Solver, SolverState
@@ -49,8 +49,9 @@ def iterate(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, rng: Sampl
     """Run ``solver`` on the grid ``ts`` from index ``start`` to ``stop`` (default: the end),
     yielding a ``Step`` (``i, x, state``) after each step ``i``.
 
-    ``ts``: a descending time tensor or a ``Grid``. Without ``state`` a fresh solver state is started on ``ts[start:]`` (the solve begins at
-    ``ts[start]``, with the solver's warm-up there); with ``state`` (a state on the grid
+    ``ts``: a descending time tensor or a ``Grid``. Without ``state`` a fresh solver state
+    is started on ``ts[start:]`` (the solve begins at ``ts[start]``, with the solver's
+    warm-up there); with ``state`` (a state on the grid
     ``ts``, e.g. one yielded earlier or a ``select``-ed copy) the run continues it. Indices
     ``i`` are always positions in ``ts``. The generator keeps nothing but the yielded
     ``Step``: stopping early and resuming from a yielded state gives the same steps.
@@ -67,7 +68,13 @@ def iterate(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, rng: Sampl
     else:
         offset = 0
     for i in range(start, stop):
-        x, state = solver.step(den, x, i - offset, state)
+        try:
+            x, state = solver.step(den, x, i - offset, state)
+            check = getattr(den, "check_divergence", None)  # guided models: no silent divergence
+            if check is not None:
+                check(x, state.grid.ts[i - offset + 1])
+        except GuidanceDivergenceError as e:  # name the step a guided model diverged in
+            raise e.at_step(i, n_steps) from None
         step = Step(i, x, state, den)
         yield step
         x, state, den = step.x, step.state, step.den

@@ -147,7 +147,7 @@ def test_reward_guidance_moves_toward_the_exact_tilted_target():
     prior, p = ring2d(), di.VP()
     reward = LinearGaussianReward(torch.tensor([[1.0, 1.0]], dtype=F64), torch.tensor([1.0], dtype=F64), 0.3)
     target = tilt(prior, reward)
-    x = di.sample(RewardGuidance(prior.denoiser(p), reward), shape=(N, 2), solver="ddpm", steps=100, seed=0,
+    x = di.sample(RewardGuidance(prior.denoiser(p), reward, normalized=False), shape=(N, 2), solver="ddpm", steps=100, seed=0,
                   dtype=F64).x
     ref = target.sample(N, seed=1)
     sw, sw_prior = sliced_wasserstein(x, ref), sliced_wasserstein(prior.sample(N, seed=2), ref)
@@ -162,7 +162,7 @@ def test_steered_guidance_with_a_linear_inverse_model_is_dps():
     den = prior.denoiser(p)
     yb = y.expand(16, 1)
     steered = SteeredGuidance(den, lambda x0: x0 @ A.T, yb, scale=0.5 / s ** 2)
-    dps = DPS(den, Linear(A, noise_std=s), yb)
+    dps = DPS(den, Linear(A, noise_std=s), yb, likelihood="gaussian", normalized=False)
     x = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(4))
     for t in (0.2, 0.7):
         torch.testing.assert_close(steered.predict(x, t).x0, dps.predict(x, t).x0)
@@ -230,7 +230,7 @@ def test_universal_backward_guidance_and_self_recurrence():
     torch.testing.assert_close(a * pb.x0 + s * pb.eps, x)
     target = tilt(prior, reward)
     ref = target.sample(500, seed=1)
-    xs = sample_with_resampling(RewardGuidance(den, reward), (500, 2), solver="ddpm", steps=50, seed=0,
+    xs = sample_with_resampling(RewardGuidance(den, reward, normalized=False), (500, 2), solver="ddpm", steps=50, seed=0,
                                 resample=2, jump=1, dtype=F64).x
     sw = sliced_wasserstein(xs, ref)
     print(f"\nuniversal guidance + self-recurrence (k=2): SW {sw:.4f}")

@@ -63,9 +63,20 @@ def test_kv_cache_decode(cache):
     ref = decode(m, prompt=prompt, length=16, block=4, steps=4, batch=3, temperature=0)
     one = decode(m, prompt=prompt, length=16, block=4, steps=4, batch=3, temperature=0, cache=cache)
     assert torch.equal(ref.tokens, one.tokens)
-    out = decode(m, prompt=prompt, length=16, block=4, policy="threshold", threshold=0.2, batch=3, seed=0,
-                 cache=cache)
-    assert (out.tokens != 11).all() and (out.tokens[:, :4] == prompt).all()
+    # the cache is used: with it, some forward passes see fewer query positions than the canvas
+    seen = []
+    hook = m.net.ln_f.register_forward_hook(lambda mod, inp, outp: seen.append(inp[0].shape[1]))
+    try:
+        full = decode(m, prompt=prompt, length=16, block=4, policy="threshold", threshold=0.2, batch=3, seed=0)
+        n_full = list(seen)
+        seen.clear()
+        out = decode(m, prompt=prompt, length=16, block=4, policy="threshold", threshold=0.2, batch=3, seed=0,
+                     cache=cache)
+    finally:
+        hook.remove()
+    canvas = 4 + 16  # prompt + generated
+    assert set(n_full) == {canvas} and min(seen) < canvas and sum(seen) < sum(n_full), (n_full, seen)
+    assert (out.tokens != 11).all() and (out.tokens[:, :4] == prompt).all() and full.tokens.shape == out.tokens.shape
     with pytest.raises(ValueError, match="guidance"):
         decode(m, prompt=prompt, length=16, cache=cache, cfg=1.0)
 

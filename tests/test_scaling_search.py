@@ -47,14 +47,23 @@ def test_zero_order_search_never_gets_worse_and_counts():
     assert torch.allclose(sample(den, x_T=res.info["x_T"], solver="euler", steps=8).x, res.x)
 
 
-def test_search_methods_beat_the_mean_reward_of_plain_sampling():
+def test_search_methods_beat_best_of_n_plain_sampling_at_the_same_cost():
+    """Search returns its best sample; the fair baseline is the best of as many plain samples
+    as search's budget buys (best-of-N at equal verifier calls), not their mean. Over seeds,
+    search's best must beat plain best-of-N on average and never fall clearly below it
+    (measured: zero-order search gains about 0.02, path search ties within 0.004)."""
     prior, den, reward = _setup()
-    plain = float(reward(sample(den, shape=(256, 2), solver="euler", steps=10, seed=5, dtype=F64).x).mean())
+    gains = []
     for seed in range(3):
         zo = search.zero_order_search(den, reward, 8, 4, (2,), steps=10, seed=seed, dtype=F64)
         ps = search.path_search(den, reward, n_paths=4, branch=4, shape=(2,), steps=10, forward=1, backward=3,
                                 seed=seed, dtype=F64)
-        assert float(zo.reward) > plain and float(ps.reward) > plain
+        for res in (zo, ps):
+            n = int(res.verifier_calls)
+            plain = reward(sample(den, shape=(n, 2), solver="euler", steps=10, seed=1000 + seed, dtype=F64).x)
+            gains.append(float(res.reward) - float(plain.max()))
+    print("\nsearch best minus plain best-of-N:", [round(g, 4) for g in gains])
+    assert sum(gains) / len(gains) > 0 and min(gains) > -0.01
 
 
 def test_path_search_rounds_and_errors():

@@ -188,3 +188,52 @@ def test_adaptive_error_tracks_tolerance(process_name, method):
         assert errors[-1] < 200 * tol
     assert errors[1] < errors[0] / 30
     assert math.isfinite(errors[1])
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc_order_3_exact_for_polynomial_predictions(variant):
+    """UniPC order 3 from exact history, on a model whose data prediction is a polynomial in
+    ``lambda`` (independent of x), where the exponential integrator's quadrature is exact:
+    the UniP-3 predictor (3 points) is exact for a quadratic; the UniC-3 corrector (3 old
+    points and the new one) is exact for a cubic: it replaces a wrong predicted point by
+    the quadrature. The cubic also shows the predictor alone is not exact there."""
+    from scipy.integrate import quad
+
+    process = VP("linear")
+    ts = grids.logsnr(process, 12, t_max=0.9, t_min=0.05, final_zero=False)
+    lam = [0.5 * float(process.logsnr(t)) for t in ts]
+    sig = [float(process.sigma(t)) for t in ts]
+
+    def model(coef):
+        def x0_of_lam(v):
+            return sum(c * v ** k for k, c in enumerate(coef))
+        den = Denoiser(lambda x, t: torch.full_like(x, x0_of_lam(0.5 * float(process.logsnr(t[0])))), process,
+                       prediction="x0")
+        return den, x0_of_lam
+
+    def exact(x0_of_lam, a, b, x_a):
+        integral = quad(lambda v: math.exp(v) * x0_of_lam(v), lam[a], lam[b], epsabs=1e-14, epsrel=1e-14)[0]
+        return sig[b] / sig[a] * x_a + sig[b] * integral
+
+    solver = solvers.get("unipc", order=3, variant=variant, lower_order_final=False)
+    i, x_prev = 5, 0.4
+
+    def hist(den, ks):
+        one = torch.ones(1, 1, dtype=torch.float64)
+        return tuple((k, den.x0(one, ts[k])) for k in ks)
+
+    # predictor: quadratic prediction, history (i-2, i-1), no correction
+    den, f = model((1.0, 0.3, -0.2))
+    x_i = torch.full((1, 1), x_prev, dtype=torch.float64)
+    state = solver.init(den, x_i, ts).replace(history=hist(den, (i - 2, i - 1)))
+    out, _ = solver.step(den, x_i, i, state)
+    assert abs(float(out) - exact(f, i, i + 1, x_prev)) < 1e-12
+    # corrector: cubic prediction, history (i-3, i-2, i-1), exact x at t_{i-1}, a wrong x~_i
+    den, f = model((1.0, 0.3, -0.2, 0.05))
+    x_true = exact(f, i - 1, i, x_prev)
+    state = solver.init(den, x_i, ts).replace(history=hist(den, (i - 3, i - 2, i - 1)), last_order=3,
+                                              last_x=torch.full((1, 1), x_prev, dtype=torch.float64))
+    out, new = solver.step(den, torch.full((1, 1), x_true + 0.1, dtype=torch.float64), i, state)
+    assert abs(float(new.last_x) - x_true) < 1e-12, float(new.last_x) - x_true
+    # and from the corrected point the order-3 predictor is not exact for a cubic
+    assert abs(float(out) - exact(f, i, i + 1, x_true)) > 1e-9

@@ -241,13 +241,19 @@ def guided_steps(ts: Tensor, t_min: float) -> int:
 def guided_search(den: DenoiserBase, reward, n: int, shape, refine: int = 0, branch: int = 4, keep: int = 1,
                   refine_forward: int | None = None, scale: float = 0.3, t_min: float = 0.4, solver="ddim",
                   steps: int = 8, ts=None, seed: int = 0, batch_size: int = 256, dtype=torch.float32,
-                  device="cpu", **solver_options) -> ScalingResult:
+                  device="cpu", normalized: bool = True, **solver_options) -> ScalingResult:
     """Gradient-guided proposals, then search over paths to polish the best one.
 
     1. Propose ``n`` samples with forward universal guidance (Bansal et al. 2023, "Universal
        Guidance for Diffusion Models", eq. 6; ``guidance.RewardGuidance``): the score gains
        ``scale * grad_{x_t} reward(x0_hat(x_t))`` at the grid's steps with ``t >= t_min``, where
        a sample's coarse content (a digit's class) is decided; later steps are unguided.
+       With ``normalized`` (default) the step has a fixed size whatever the reward's units:
+       each guided evaluation moves ``x0_hat`` by ``scale * data_scale`` RMS per entry in the
+       reward gradient's direction (``RewardGuidance(normalized=True)``), so a reward with
+       large gradients cannot blow the samples up; ``normalized=False`` adds the raw
+       gradient. A run that leaves the data's scale anyway raises
+       ``guidance.GuidanceDivergenceError`` naming ``guided_search`` and the scale to lower.
        The best proposal by ``reward`` is kept (best-of-N over guided samples).
     2. ``refine`` rounds of path search at the end of the grid (Ma et al. 2025, "Inference-Time
        Scaling for Diffusion Models beyond Scaling Denoising Steps", search over paths;
@@ -278,7 +284,8 @@ def guided_search(den: DenoiserBase, reward, n: int, shape, refine: int = 0, bra
     if not 1 <= refine_forward <= n_int:
         raise ValueError(f"refine_forward must lie in [1, {n_int}] (the grid's intervals), got {refine_forward}")
     grad_reward = GradientCounter(verifier.fn)
-    guided = RewardGuidance(tap, grad_reward, scale=float(scale), interval=(float(t_min), 1.0))
+    guided = RewardGuidance(tap, grad_reward, scale=float(scale), interval=(float(t_min), 1.0),
+                            normalized=normalized, method="guided_search (universal guidance)")
     x, _ = _sample_batches(guided, int(n), sample_shape(shape), solver, ts, seed, int(batch_size), dtype, device)
     r = verifier(x)  # [n]
     top = torch.sort(r.double(), descending=True, stable=True).indices[:int(keep)]

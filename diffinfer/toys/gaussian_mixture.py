@@ -149,8 +149,10 @@ class GaussianMixture:
         return self._per_time(x, process, t, 1)
 
     def denoiser(self, process: Process) -> Denoiser:
-        """The exact model as a ``Denoiser`` (prediction ``x0``)."""
-        return Denoiser(lambda x, t: self.posterior_mean(x, process, t), process, prediction="x0")
+        """The exact model as a ``Denoiser`` (prediction ``x0``; ``data_scale`` the mixture's
+        per-entry RMS ``sqrt(E|x|^2 / D)``)."""
+        rms = math.sqrt(float(torch.diagonal(self.covariance()).sum() + self.mean().square().sum()) / self.dim)
+        return Denoiser(lambda x, t: self.posterior_mean(x, process, t), process, prediction="x0", data_scale=rms)
 
     def sample(self, n: int, seed: int | None = 0) -> Tensor:
         """``n`` exact samples ``[n, D]`` (float64)."""

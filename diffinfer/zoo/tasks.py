@@ -67,7 +67,7 @@ def restore_digits(model: str, task: str, method: str, x: Tensor, noise_std: flo
     op = inverse.task_operator(task, den.shape, noise_std)
     y = op.measure(x, seed=seed + 1)
     if method == "dps":
-        options = {"interval": (0.0, GUIDANCE_T_MAX), "clip": DATA_RANGE, **options}
+        options = {"interval": (0.0, GUIDANCE_T_MAX), "clip": DATA_RANGE, "likelihood": "gaussian", "normalized": False, **options}
     if method == "reddiff" and task == "deblur":
         options = {"init": torch.zeros_like(x), "lr": 0.03, **options}
     scale = DPS_SCALES[task] if scale is None else scale
