@@ -154,8 +154,8 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
     """
     if not isinstance(den, DenoiserBase):
         raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
-    if x_T is None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a real floating-point dtype, got {dtype}")
+    if x_T is None and dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a real floating-point dtype (or None: the model's), got {dtype}")
     solver = solver_registry.get(solver, **solver_options)
     if ts is None and callable(getattr(den, "default_ts", None)):
         ts = den.default_ts(steps)
