@@ -186,6 +186,8 @@ class DenoiserBase:
     @needs_grad.setter
     def needs_grad(self, value: bool) -> None:
         self._needs_grad = bool(value)
+
+    @property
     def data_scale(self) -> float:
         """The per-entry RMS scale of the model's data (what guidance's divergence check
         measures a sample against): set on the ``Denoiser`` (exact for the toy mixtures),
