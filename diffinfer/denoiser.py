@@ -331,8 +331,8 @@ class Denoiser(DenoiserBase):
                 t_in = grid.on(x).t[k].expand(x.shape[0])  # [B]
             else:
                 t_in = self._time_input(t.time.expand(x.shape[0]), x)
-            y = self._call_net(x, t_in, t.time)
-            c = Coefficients(self.process, t.time, grid.alpha[k], grid.sigma[k], grid.d_alpha[k], grid.d_sigma[k])
+            y = self._call_net(x, t_in, t)  # t: the point (its time is read only for an error)
+            c = Coefficients(self.process, t, grid.alpha[k], grid.sigma[k], grid.d_alpha[k], grid.d_sigma[k])
             return to_prediction(y, self.prediction, x, c)
         t = as_time(t) if isinstance(t, GridPoint) else _checked_time(t)
         y = self._raw(x, t)
@@ -358,7 +358,8 @@ def _checked_time(t) -> Tensor:
     return t
 
 
-def _fmt_t(t: Tensor) -> str:
+def _fmt_t(t) -> str:
+    t = as_time(t)
     if t.dim() == 0:
         return f"{float(t):.6g}"
     return f"[{float(t.min()):.6g}..{float(t.max()):.6g}]"

@@ -67,17 +67,20 @@ def iterate(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, rng: Sampl
         offset = start
     else:
         offset = 0
+    check = getattr(den, "check_divergence", None)  # guided models: no silent divergence
     for i in range(start, stop):
         try:
             x, state = solver.step(den, x, i - offset, state)
-            check = getattr(den, "check_divergence", None)  # guided models: no silent divergence
             if check is not None:
                 check(x, state.grid.ts[i - offset + 1])
         except GuidanceDivergenceError as e:  # name the step a guided model diverged in
             raise e.at_step(i, n_steps) from None
         step = Step(i, x, state, den)
         yield step
-        x, state, den = step.x, step.state, step.den
+        x, state = step.x, step.state
+        if step.den is not den:
+            den = step.den
+            check = getattr(den, "check_divergence", None)
 
 
 def rollout(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, start: int = 0, stop: int | None = None,

@@ -62,7 +62,7 @@ class Grid:
         ts = ts.cpu().clone()
         c = process.at(ts)
         d = self.__dict__
-        d["process"], d["ts"], d["coefficients"], d["_casts"] = process, ts, c, {}
+        d["process"], d["ts"], d["coefficients"], d["_casts"], d["_memo"] = process, ts, c, {}, {}
         columns = torch.stack([getattr(c, name) for name in HOST_COLUMNS]).tolist()  # [8, N+1]
         for name, col in zip(HOST_COLUMNS, columns):
             d[name] = tuple(col)
@@ -112,6 +112,14 @@ class Grid:
             found = self._casts[key] = DeviceGrid(
                 self.ts.to(device=x.device, dtype=t_dtype).unbind(),
                 (s[1:] / s[:-1]).to(device=x.device, dtype=x.dtype).unbind())
+        return found
+
+    def memo(self, key, compute):
+        """``compute()`` once per ``key`` on this grid: host values derived from the grid
+        alone (a solver's step weights), kept so a second solve on the grid reuses them."""
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = compute()
         return found
 
     def __len__(self) -> int:

@@ -20,6 +20,7 @@ Python number and copies nothing to the device, so it never waits for an acceler
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -48,14 +49,28 @@ class SolverState:
         return self.grid.ts
 
     def replace(self, **changes) -> "SolverState":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (what ``dataclasses.replace`` does, without re-running
+        ``__init__``: a solver step calls it once or twice, so it is kept cheap)."""
+        names = _field_names(type(self))
+        unknown = changes.keys() - names
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(unknown)}")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
 
     def select(self, idx: Tensor) -> "SolverState":
         """The state of rows ``idx`` (repeats allowed): batch fields indexed, streams copied."""
         changes = {name: _take(getattr(self, name), idx) for name in self.batch_fields}
         if self.rng is not None:
             changes["rng"] = self.rng.select(idx)
-        return dataclasses.replace(self, **changes)
+        return self.replace(**changes)
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def _take(value: Any, idx: Tensor) -> Any:

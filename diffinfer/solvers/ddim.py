@@ -46,8 +46,9 @@ def ddim(a0: float, s0: float, a1: float, s1: float, eta: float = 0.0) -> DDIMWe
 
 
 def ddim_at(grid: Grid, i: int, eta: float = 0.0) -> DDIMWeights:
-    """``ddim`` from grid point ``i`` to ``i + 1``."""
-    return ddim(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], eta)
+    """``ddim`` from grid point ``i`` to ``i + 1`` (computed once per grid, step and ``eta``)."""
+    return grid.memo(("ddim", i, eta), lambda: ddim(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1],
+                                                      grid.sigma[i + 1], eta))
 
 
 def ddim_from_prediction(w: DDIMWeights, x0: Tensor, eps: Tensor, noise: Tensor | None = None) -> Tensor:
