@@ -22,6 +22,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")  # the child starts with torch imported: seconds, not minutes
 
 
+#: each training step lasts at least this long: 80 steps take >= 1.6 s, more than three kills
+#: at <= 0.4 s each can let a run progress, so at least three kills land before it finishes
+STEP_SECONDS = 0.02
+
+
 def recipe_tiny(steps: int, started):
     """A tiny recipe: an MLP denoiser on ring2d samples; the batch order from the run's
     generator and a jitter from torch's global generator (both must survive a resume)."""
@@ -37,6 +42,7 @@ def recipe_tiny(steps: int, started):
     def loss_fn(model, gen):
         if started is not None and not started.is_set():
             started.set()  # training (and its signal handlers) has begun
+        time.sleep(STEP_SECONDS)  # a floor on a run's length, so the kills below land mid-run
         idx = torch.randint(0, data.shape[0], (32,), generator=gen)
         jitter = 1.0 + 0.01 * torch.rand(())
         return denoising_loss(Denoiser(model["net"], process, "eps", check=False), data[idx], generator=gen) * jitter
