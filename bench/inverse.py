@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 import diffinfer as di  # noqa: E402
 from diffinfer import inverse, metrics  # noqa: E402
+from diffinfer.denoiser import GuidanceDivergenceError  # noqa: E402
 from diffinfer.guidance import GradientGuidance  # noqa: E402
 from diffinfer.toys import GaussianMixture, ring2d  # noqa: E402
 from diffinfer.toys.posterior import (NoisyLogLikelihood, linear_gaussian_posterior, mode_weight_error,  # noqa: E402
@@ -169,17 +170,22 @@ def run_mixtures(quick: bool) -> dict:
         for steps in steps_list:
             den.reset_nfe()
             t0 = time.perf_counter()
-            if name.startswith("exact"):
-                x = di.sample(exact, shape=(n, 2), solver="heun", steps=steps, seed=0, dtype=F64).x
-            elif name.startswith("DPS"):
-                x = di.sample(inverse.DPS(den, op, yb, normalized=False), shape=(n, 2), solver="ddpm", steps=steps, seed=0,
-                              dtype=F64).x  # the Gaussian (Bayes-rule) form
-            elif name == "RED-Diff":
-                x = inverse.red_diff(den, op, yb, steps=steps, seed=0)
-            elif "RePaint" in name:
-                x = inverse.projection_sample(den, mask, y_pad, (n, 2), steps=steps, seed=0, resample=4, jump=5).x
-            else:
-                x = inverse.projection_sample(den, mask, y_pad, (n, 2), steps=steps, seed=0).x
+            try:
+                if name.startswith("exact"):
+                    x = di.sample(exact, shape=(n, 2), solver="heun", steps=steps, seed=0, dtype=F64).x
+                elif name.startswith("DPS"):
+                    x = di.sample(inverse.DPS(den, op, yb, normalized=False), shape=(n, 2), solver="ddpm", steps=steps,
+                                  seed=0, dtype=F64).x  # the Gaussian (Bayes-rule) form
+                elif name == "RED-Diff":
+                    x = inverse.red_diff(den, op, yb, steps=steps, seed=0)
+                elif "RePaint" in name:
+                    x = inverse.projection_sample(den, mask, y_pad, (n, 2), steps=steps, seed=0, resample=4, jump=5).x
+                else:
+                    x = inverse.projection_sample(den, mask, y_pad, (n, 2), steps=steps, seed=0).x
+            except GuidanceDivergenceError as e:  # too few steps for this step size: reported, not hidden
+                rows.append({"steps": steps, "nfe": den.nfe, "wall_s": round(time.perf_counter() - t0, 2),
+                             "sw": float("nan"), "mode_tv": float("nan"), "diverged": str(e)})
+                continue
             rows.append({"steps": steps, "nfe": den.nfe, "wall_s": round(time.perf_counter() - t0, 2),
                          **_score(x, post, ref)})
         out["methods"][name] = rows
