@@ -139,9 +139,7 @@ def summarise(rows):
 # call and each verifier call. "paths" is Ma et al.'s setting; the tuned row searches the
 # 8-step grid from its 4th level (t = 0.44, where the digit's class is settled), keeps the best
 # 2 of the candidates each round, and refines the best clean sample at the end. "guided-search"
-# proposes samples with reward-gradient guidance at t >= 0.4 (the raw-gradient step at scale 0.3
-# it was tuned with on seeds 200-231, ``normalized=False``; the library default is the
-# normalised step, which never diverges silently; a guided step costs 3 NFE and 3
+# proposes samples with reward-gradient guidance at t >= 0.4 (a guided step costs 3 NFE and 3
 # verifier calls) and refines the best 2 by path search (``scaling.search.guided_search``); its
 # settings were picked on seeds 200-231, none of the benchmark's.
 DIGITS_METHODS = [
@@ -151,7 +149,7 @@ DIGITS_METHODS = [
     ("paths-refine (8 steps)", "paths", 8, {"start": 3, "forward": 1, "backward": 2, "branch": 4, "keep": 2,
                                             "refine": 5, "refine_forward": 3}),
     ("smc", "smc", 10, {}),
-    ("guided-search (8 steps)", "guided-search", 8, {"normalized": False}),
+    ("guided-search (8 steps)", "guided-search", 8, {}),
     ("random-search", "random-search", 10, {}),
     ("dts*", "dts*", 10, {}),
     ("rbf", "rbf", 10, {"chunk": 4}),
