@@ -570,10 +570,21 @@ def _overhead_grid(case: OverheadCase, process, steps: int) -> Tensor:
     return torch.linspace(1.0, 1e-3, steps + 1, dtype=F64)  # score-SDE's uniform times, no t = 0 step
 
 
+def _steps_only(den, solver, x: Tensor, ts: Tensor, rng) -> Tensor:
+    """``solver.init`` and every ``solver.step`` called directly, without the driver loop
+    (what the overhead table timed before ``diffinfer.loop`` existed): the loop's own cost
+    is the difference to ``rollout``."""
+    state = solver.init(den, x, ts, rng)
+    for i in range(len(ts) - 1):
+        x, state = solver.step(den, x, i, state)
+    return x
+
+
 def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5, cases=None) -> list[dict]:
     """Seconds per step of each solver's own arithmetic (a model returning a fixed tensor),
     run through the driver loop users run (``diffinfer.loop.rollout``: ``init``, every
-    ``step``, the ``Step`` records), against diffusers' scheduler calls fed the same tensor
+    ``step``, the ``Step`` records) and with ``init``/``step`` called directly
+    (``steps_only``), against diffusers' scheduler calls fed the same tensor
     (``OVERHEAD_CASES``), interleaved; the fastest of ``repeats`` passes after one warm-up
     pass (the usual estimate of cost on a shared machine). A step is one interval of the
     grid on both sides (Heun: two model evaluations and two diffusers ``step()`` calls;
@@ -597,28 +608,36 @@ def overhead(shape=(4, 4, 32, 32), steps: int = 20, repeats: int = 5, cases=None
         theirs_case = case if case.anchor is not None else reference
         model_out = score if case.process == "ve" else out
         x0 = x_start * float(process.sigma(ts[0]))
-        ours, theirs, nfe = [], [], 0
-        for _ in range(repeats + 1):  # the first pass warms up and is dropped
+        ours, raw, theirs, nfe = [], [], [], 0
+        for r in range(repeats + 1):  # the first pass warms up and is dropped
             s = di.solvers.get(case.solver, **case.options)
-            rng = make_rng(OVERHEAD_SEED, shape[0], x0.device) if s.stochastic else None
-            x = x0.clone()
-            n0 = den.nfe
-            t0 = time.perf_counter()
-            x, _ = rollout(den, s, x, ts, rng=rng)
-            ours.append((time.perf_counter() - t0) / steps)
-            nfe = den.nfe - n0
+            # ours through the loop and steps only, in alternating order (the first after
+            # diffusers' pass meets colder caches)
+            for through_loop in ((True, False) if r % 2 else (False, True)):
+                rng = make_rng(OVERHEAD_SEED, shape[0], x0.device) if s.stochastic else None
+                x = x0.clone()
+                n0 = den.nfe
+                t0 = time.perf_counter()
+                if through_loop:
+                    x, _ = rollout(den, s, x, ts, rng=rng)
+                    ours.append((time.perf_counter() - t0) / steps)
+                    nfe = den.nfe - n0
+                else:
+                    x = _steps_only(den, s, x, ts, rng)
+                    raw.append((time.perf_counter() - t0) / steps)
             sched = theirs_case.make(process, ts, torch.float32)
             gen = torch.Generator().manual_seed(OVERHEAD_SEED) if s.stochastic else None
             x = x0.clone()
             t0 = time.perf_counter()
             x = theirs_case.loop(sched, model_out, x, gen)
             theirs.append((time.perf_counter() - t0) / steps)
-        a, b = min(ours[1:]), min(theirs[1:])
+        a, a_raw, b = min(ours[1:]), min(raw[1:]), min(theirs[1:])
         rows.append({"solver": case.solver, "anchor": case.anchor or f"none (vs {OVERHEAD_REFERENCE})",
                      "scheduler": case.scheduler if case.anchor else theirs_case.scheduler,
                      "equivalent": case.anchor is not None, "process": type(process).__name__,
                      "grid": case.grid, "steps": steps, "nfe": nfe, "diffusers_calls_per_step": case.calls,
                      "ours_us_per_step": 1e6 * a, "diffusers_us_per_step": 1e6 * b, "ratio": a / b,
+                     "steps_only_us_per_step": 1e6 * a_raw, "steps_only_ratio": a_raw / b,
                      "note": case.note})
     return rows
 
@@ -667,6 +686,35 @@ def summarise(rows: list[dict], metric_of: dict) -> list[dict]:
     return out
 
 
+def markdown_overhead(report: dict) -> str:
+    """The per-step overhead table of a report (``overhead``)."""
+    lines = ["", "## Per-step overhead (zero-cost model, batch "
+              f"{report['meta']['overhead_shape']})", "",
+              "Time per step, a step being one interval of the grid on both sides (the same grid and number "
+              "of steps; Heun: 2 model evaluations and 2 diffusers `step()` calls; `pc`: a corrector and a "
+              "predictor), diffinfer through its driver loop (`diffinfer.loop.rollout`: `init`, every `step`) "
+              "and, under *steps only*, with `init` and `step` called directly (the loop's own cost is the "
+              "difference). "
+              "Stochastic solvers are seeded on both sides. Rows marked *none* have no diffusers equivalent: "
+              "their ratio is against DPM-Solver++(2M)'s `step()`.", "",
+              "| diffinfer solver | diffusers scheduler | process, grid | NFE | diffusers calls/step | "
+              "diffinfer us/step | diffusers us/step | ratio | steps only: us/step | ratio | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for o in report["overhead"]:
+        anchor = o["anchor"] if o.get("equivalent", True) else f"*{o['anchor']}*"
+        scheduler = f"{anchor}: {o['scheduler']}" if "scheduler" in o else anchor
+        lines.append(f"| {o['solver']} | {scheduler} | {o.get('process', 'VP')}, {o.get('grid', 'logsnr')} | "
+                     f"{o.get('nfe', '')} | {o.get('diffusers_calls_per_step', '1')} | "
+                     f"{o['ours_us_per_step']:.0f} | {o['diffusers_us_per_step']:.0f} | {o['ratio']:.2f} | "
+                     f"{_fmt_opt(o, 'steps_only_us_per_step', '.0f')} | {_fmt_opt(o, 'steps_only_ratio', '.2f')} | "
+                     f"{o.get('note', '')} |")
+    return "\n".join(lines)
+
+
+def _fmt_opt(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else ""
+
+
 def markdown(report: dict) -> str:
     lines = ["# Solver benchmark: diffinfer vs diffusers and k-diffusion", "",
              f"Command: `{report['meta']['command']}` ({report['meta']['seconds']:.0f} s on "
@@ -697,23 +745,7 @@ def markdown(report: dict) -> str:
             vals = {r["budget"]: r[metric] for r in rows if r["method"] == method and r["grid"] == grid}
             lines.append(f"| {method} | {grid} | " + " | ".join(f"{vals[n]:.3g}" if n in vals else "" for n in nfes) + " |")
     if report.get("overhead"):
-        lines += ["", "## Per-step overhead (zero-cost model, batch "
-                  f"{report['meta']['overhead_shape']})", "",
-                  "Time per step, a step being one interval of the grid on both sides (the same grid and number "
-                  "of steps; Heun: 2 model evaluations and 2 diffusers `step()` calls; `pc`: a corrector and a "
-                  "predictor), diffinfer through its driver loop (`diffinfer.loop.rollout`: `init`, every `step`). "
-                  "Stochastic solvers are seeded on both sides. Rows marked *none* have no diffusers equivalent: "
-                  "their ratio is against DPM-Solver++(2M)'s `step()`.", "",
-                  "| diffinfer solver | diffusers scheduler | process, grid | NFE | diffusers calls/step | "
-                  "diffinfer us/step | diffusers us/step | ratio | note |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for o in report["overhead"]:
-            anchor = o["anchor"] if o.get("equivalent", True) else f"*{o['anchor']}*"
-            scheduler = f"{anchor}: {o['scheduler']}" if "scheduler" in o else anchor
-            lines.append(f"| {o['solver']} | {scheduler} | {o.get('process', 'VP')}, {o.get('grid', 'logsnr')} | "
-                         f"{o.get('nfe', '')} | {o.get('diffusers_calls_per_step', '1')} | "
-                         f"{o['ours_us_per_step']:.0f} | {o['diffusers_us_per_step']:.0f} | {o['ratio']:.2f} | "
-                         f"{o.get('note', '')} |")
+        lines += markdown_overhead(report).split("\n")
     if report.get("digits_wall"):
         w = report["digits_wall"]
         lines += ["", f"Whole sampling with digits ({w['n']} samples, NFE {w['nfe']}): "
@@ -771,7 +803,7 @@ def _plot_metric(ax, model: str, metric: str, rows: list[dict]) -> None:
 
 # --- driver ------------------------------------------------------------------------------
 def run(quick: bool = False, models=None, out_dir=None, compute_grids: bool | None = None, n_eval: int | None = None,
-        digits_samples: int | None = None, log=None) -> dict:
+        digits_samples: int | None = None, log=None, repeats: int | None = None) -> dict:
     """Run the benchmark; write ``solvers.json``, ``solvers.md`` and ``solvers_<model>.png``
     to ``out_dir`` (``solvers_quick.*`` for a quick run)."""
     log = log or (lambda msg: print(msg, flush=True))
@@ -805,7 +837,7 @@ def run(quick: bool = False, models=None, out_dir=None, compute_grids: bool | No
         if reason:
             notes.append(f"anchor {name} skipped: {reason}")
     shape = (2, 4, 16, 16) if quick else (4, 4, 32, 32)
-    over = overhead(shape=shape, steps=10 if quick else 20, repeats=3 if quick else 5)
+    over = overhead(shape=shape, steps=10 if quick else 20, repeats=repeats or (3 if quick else 9))
     wall = None if quick else digits_wall_time()
     try:
         import diffusers
@@ -840,6 +872,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", action="store_true",
                         help="the randomized mixture suite (bench/suite.py): suite.{json,md} in --out")
     parser.add_argument("--jobs", type=int, default=1, help="--suite: problems run in parallel processes")
+    parser.add_argument("--overhead", action="store_true",
+                        help="only the per-step overhead table: overhead.{json,md} in --out")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed passes per overhead row (default 9; 3 with --quick)")
     parser.add_argument("--models", nargs="+", help=f"models (default all: {', '.join(list(TOY_MODELS) + ['digits'])})")
     parser.add_argument("--out", default=None, help="output directory (default bench/results)")
     parser.add_argument("--n-eval", type=int, default=None, help="starting noises per toy model")
@@ -855,12 +891,40 @@ def main_from_args(args) -> int:
         print(suite.markdown(report).split("\n## Problems")[0])
         print(f"wrote {', '.join(report['meta']['files'])} in {report['meta']['seconds']:.0f}s")
         return 0
+    if getattr(args, "overhead", False):
+        return overhead_only(args.out, repeats=args.repeats or 9)
     report = run(quick=args.quick, models=args.models, out_dir=args.out, compute_grids=args.fit_grids,
-                 n_eval=args.n_eval)
+                 n_eval=args.n_eval, repeats=args.repeats)
     print(markdown(report).split("\n## ")[1] if report["summary"] else "no comparable results")
     json_name, md_name = report["meta"]["files"]
     print(f"wrote {args.out or RESULTS}/{json_name}, {md_name} and {len(report['plots'])} plots "
           f"in {report['meta']['seconds']:.0f}s")
+    return 0
+
+
+def overhead_only(out_dir=None, repeats: int = 5) -> int:
+    """The overhead table alone (``overhead``), written to ``overhead.{json,md}``."""
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a step's own cost on a small batch: Python, dispatch, one core
+    shape = (4, 4, 32, 32)
+    try:
+        rows = overhead(shape=shape, steps=20, repeats=repeats)
+    finally:
+        torch.set_num_threads(threads)
+    report = {"meta": {"command": f"python bench/solvers.py --overhead --repeats {repeats}",
+                       "seconds": time.perf_counter() - start, "overhead_shape": list(shape),
+                       "machine": f"{platform.machine()} CPU, 1 thread", "torch": torch.__version__},
+              "overhead": rows}
+    md = markdown_overhead(report)
+    out = pathlib.Path(out_dir) if out_dir else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "overhead.json", json.dumps(report, indent=1))
+    write_text(out / "overhead.md", f"# Per-step overhead\n\nCommand: `{report['meta']['command']}` "
+               f"({report['meta']['seconds']:.0f} s on {report['meta']['machine']}, torch {report['meta']['torch']}).\n"
+               + md + "\n")
+    print(md)
+    print(f"wrote {out}/overhead.json, overhead.md in {report['meta']['seconds']:.0f}s")
     return 0
 
 

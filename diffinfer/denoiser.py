@@ -328,12 +328,11 @@ class Denoiser(DenoiserBase):
         if isinstance(t, GridPoint) and t.grid.process is self.process:
             grid, k = t.grid, t.k
             if self.time_input is None:
-                t_in = grid.on(x).t[k].expand(x.shape[0])  # [B]
+                t_in = grid.on(x).batch_times(x.shape[0])[k]  # [B]
             else:
                 t_in = self._time_input(t.time.expand(x.shape[0]), x)
             y = self._call_net(x, t_in, t)  # t: the point (its time is read only for an error)
-            c = Coefficients(self.process, t, grid.alpha[k], grid.sigma[k], grid.d_alpha[k], grid.d_sigma[k])
-            return to_prediction(y, self.prediction, x, c)
+            return to_prediction(y, self.prediction, x, grid.host(k))
         t = as_time(t) if isinstance(t, GridPoint) else _checked_time(t)
         y = self._raw(x, t)
         return to_prediction(y, self.prediction, x, self.process.at(t).broadcast(x))

@@ -113,17 +113,32 @@ def test_quick_benchmark_writes_promised_fields(tmp_path):
     for solver in ("evodiff", "adaptive"):
         assert over[solver]["equivalent"] is False and "diffusers-dpmpp-2m" in over[solver]["anchor"]
     for o in report["overhead"]:
-        for key in ("ratio", "ours_us_per_step", "diffusers_us_per_step"):
+        for key in ("ratio", "ours_us_per_step", "diffusers_us_per_step", "steps_only_us_per_step",
+                    "steps_only_ratio"):
             assert math.isfinite(o[key]) and o[key] > 0, (o["solver"], key, o[key])
+        assert o["steps_only_ratio"] == pytest.approx(o["steps_only_us_per_step"] / o["diffusers_us_per_step"])
         assert o["nfe"] >= o["steps"]
     assert over["heun"]["nfe"] == 2 * over["heun"]["steps"] - 1 and over["pc"]["nfe"] == 2 * over["pc"]["steps"]
     for p in report["plots"]:
         path = pathlib.Path(p) if pathlib.Path(p).is_absolute() else ROOT / p
         assert path.read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "solvers_quick.md").read_text()
-    assert "| molrg-vp | 4 |" in md and "Per-step overhead" in md
+    assert "| molrg-vp | 4 |" in md and "Per-step overhead" in md and "steps only" in md
     for solver in ("heun", "ddpm", "dpmpp-2m-sde", "euler-maruyama", "pc", "evodiff", "adaptive"):
         assert f"| {solver} | " in md
+
+
+def test_overhead_only_writes_both_timings_and_keeps_the_thread_count(tmp_path):
+    from bench import solvers as bench
+    threads = torch.get_num_threads()
+    assert bench.overhead_only(tmp_path, repeats=1) == 0
+    assert torch.get_num_threads() == threads
+    report = json.loads((tmp_path / "overhead.json").read_text())
+    assert {o["solver"] for o in report["overhead"]} == set(di.solvers.names())
+    assert report["meta"]["command"] == "python bench/solvers.py --overhead --repeats 1"
+    md = (tmp_path / "overhead.md").read_text()
+    for o in report["overhead"]:
+        assert f"| {o['solver']} | " in md and f"| {o['steps_only_ratio']:.2f} |" in md
 
 
 def test_summary_per_goal_metric_and_digits_helpers():

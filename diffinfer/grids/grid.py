@@ -42,6 +42,14 @@ class DeviceGrid(NamedTuple):
 
     t: tuple[Tensor, ...]            # [N+1] the grid's times (float32 for half-precision samples)
     sigma_ratio: tuple[Tensor, ...]  # [N]   sigma(ts[k+1]) / sigma(ts[k])
+    batched: dict                    # batch size B -> the times expanded to [B] (views, made once)
+
+    def batch_times(self, batch: int) -> tuple[Tensor, ...]:
+        """The grid's times as ``[B]`` views for a batch of ``batch`` rows (made once per size)."""
+        found = self.batched.get(batch)
+        if found is None:
+            found = self.batched[batch] = tuple(t.expand(batch) for t in self.t)
+        return found
 
 
 class Grid:
@@ -66,7 +74,10 @@ class Grid:
         columns = torch.stack([getattr(c, name) for name in HOST_COLUMNS]).tolist()  # [8, N+1]
         for name, col in zip(HOST_COLUMNS, columns):
             d[name] = tuple(col)
-        d["_points"] = tuple(GridPoint(self, k) for k in range(ts.numel()))
+        d["_points"] = points = tuple(GridPoint(self, k) for k in range(ts.numel()))
+        # each point's coefficients as host floats (what a denoiser converts a prediction with)
+        d["_host"] = tuple(Coefficients(process, p, a, s, da, ds) for p, a, s, da, ds
+                           in zip(points, d["alpha"], d["sigma"], d["d_alpha"], d["d_sigma"]))
 
     @classmethod
     def of(cls, process: Process, ts) -> "Grid":
@@ -97,6 +108,10 @@ class Grid:
     def point(self, k: int) -> GridPoint:
         return self._points[k]
 
+    def host(self, k: int) -> Coefficients:
+        """The coefficient record of point ``k`` as Python floats (``t`` is the ``GridPoint``)."""
+        return self._host[k]
+
     def at(self, k: int) -> Coefficients:
         """The coefficient record of point ``k`` (0-d float64 tensors)."""
         c = self.coefficients
@@ -111,7 +126,7 @@ class Grid:
             t_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # never bf16 times
             found = self._casts[key] = DeviceGrid(
                 self.ts.to(device=x.device, dtype=t_dtype).unbind(),
-                (s[1:] / s[:-1]).to(device=x.device, dtype=x.dtype).unbind())
+                (s[1:] / s[:-1]).to(device=x.device, dtype=x.dtype).unbind(), {})
         return found
 
     def memo(self, key, compute):
