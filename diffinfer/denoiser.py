@@ -169,8 +169,26 @@ class DenoiserBase:
     default_ts = None
     _data_scale: float | None = None
 
+    #: ``check_divergence(x, t)``: raise ``GuidanceDivergenceError`` if a step's result has
+    #: left the prior's scale (guided wrappers define it); ``None``: nothing to check
+    check_divergence = None
+
     def predict(self, x: Tensor, t) -> Prediction:
         raise NotImplementedError
+
+    @property
+    def divergence_check(self):
+        """The check the driver loop runs after each step, ``check(x, t)``, or ``None``: this
+        model's ``check_divergence`` or, for a wrapper without one, that of the model it
+        wraps (so a guided model's check survives further wrapping)."""
+        den = self
+        for _ in range(32):
+            if den.check_divergence is not None:
+                return den.check_divergence
+            den = den.__dict__.get("den")
+            if not isinstance(den, DenoiserBase):
+                return None
+        return None
 
     @property
     def needs_grad(self) -> bool:

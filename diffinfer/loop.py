@@ -67,7 +67,7 @@ def iterate(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, rng: Sampl
         offset = start
     else:
         offset = 0
-    check = getattr(den, "check_divergence", None)  # guided models: no silent divergence
+    check = den.divergence_check  # guided models: no silent divergence
     for i in range(start, stop):
         try:
             x, state = solver.step(den, x, i - offset, state)
@@ -80,7 +80,7 @@ def iterate(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, rng: Sampl
         x, state = step.x, step.state
         if step.den is not den:
             den = step.den
-            check = getattr(den, "check_divergence", None)
+            check = den.divergence_check
 
 
 def rollout(den: DenoiserBase, solver: Solver, x: Tensor, ts: Tensor, start: int = 0, stop: int | None = None,

@@ -90,3 +90,15 @@ def test_the_gaussian_form_on_a_coarse_grid_raises_rather_than_returning_huge_va
     with pytest.raises(GuidanceDivergenceError, match=r"DPS \(gaussian likelihood, unnormalised\) diverged"):
         di.sample(DPS(den, op, y, normalized=False), shape=(N, pr.dim), solver="dpmpp-2m", steps=10, seed=0,
                   dtype=F64)
+
+
+def test_the_loop_checks_a_guided_model_through_further_wrappers():
+    """``iterate`` runs the nearest ``check_divergence`` after each step: a guided model
+    wrapped again (here by sample clipping) keeps its check; a plain model has none."""
+    from diffinfer.thresholding import ClipSample
+    pr, den, op, y = _setup(3)
+    guided = DPS(den, op, y)
+    assert den.divergence_check is None
+    assert guided.divergence_check == guided.check_divergence
+    assert ClipSample(guided, 100.0).divergence_check == guided.check_divergence
+    assert ClipSample(den, 100.0).divergence_check is None

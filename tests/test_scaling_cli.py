@@ -29,6 +29,14 @@ def test_every_method_stays_within_its_budget():
         assert 0 < res.cost <= 500, (method, res.cost)
 
 
+def test_every_listed_method_is_registered_and_unknown_names_list_the_valid_ones():
+    from diffinfer.scaling.budget import SIZED
+    assert set(METHODS) == set(SIZED.names()) and len(METHODS) == len(SIZED)
+    prior, reward, _ = tilted_example()
+    with pytest.raises(ValueError, match="unknown scaling method 'nope'; valid: best-of-n"):
+        run("nope", prior.denoiser(VP()), reward, 500, (2,))
+
+
 def test_bad_names(capsys):
     assert main(["scale", "--model", "tilted", "--method", "nope"]) == 2
     assert "valid: best-of-n" in capsys.readouterr().err

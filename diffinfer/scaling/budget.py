@@ -31,81 +31,131 @@ differentiable verifier call with its backward pass as 3 verifier calls.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..registry import Registry
 from . import search
 from .search import guided_cost, guided_steps, paths_cost
 from .flows import rollover_budget_forcing
 from .smc import smc
 from .tree import DiffusionTree, tree_result
 
-METHODS = ("best-of-n", "random-search", "zero-order", "paths", "smc", "dts", "dts*", "rbf", "guided-search",
-           "noise-opt")
+@dataclass(frozen=True)
+class Job:
+    """What every budgeted method is sized from: the model, the reward, the budget ``C``
+    (per-sample NFE + verifier calls), the sample shape, ``S`` sampler steps, the seed, the
+    reward's temperature ``lam`` and how many samples to return."""
+
+    den: object
+    reward: object
+    budget: int
+    shape: tuple
+    steps: int
+    seed: int
+    lam: float
+    n_samples: int
+
+    @property
+    def per_run(self) -> int:
+        """One sampler run and one verifier call: ``S + 1``."""
+        return self.steps + 1
+
+
+#: method name -> ``size_and_run(job, options)``; the table in the module docstring
+SIZED = Registry("scaling method")
 
 
 def run(method: str, den, reward, budget: int, shape, steps: int = 20, seed: int = 0, lam: float = 1.0,
         n_samples: int = 1, **options):
     """Run ``method`` within ``budget``; returns a ``ScalingResult``."""
-    if method not in METHODS:
-        raise ValueError(f"unknown scaling method {method!r}; valid: {', '.join(METHODS)}")
-    budget, steps = int(budget), int(steps)
-    per_run = steps + 1
-    if budget < per_run:
-        raise ValueError(f"budget {budget} is below one sampler run ({per_run} = {steps} steps + 1 verifier call)")
-    if method == "best-of-n":
-        return search.best_of_n(den, reward, budget // per_run, shape, solver=options.pop("solver", "ddpm"),
-                                steps=steps, seed=seed, keep=min(n_samples, budget // per_run), **options)
-    if method == "random-search":
-        return search.random_search(den, reward, budget // per_run, shape, steps=steps, seed=seed, **options)
-    if method == "zero-order":
-        m = options.pop("n_neighbors", 4)
-        return search.zero_order_search(den, reward, m, (budget // per_run - 1) // m, shape, steps=steps,
-                                        seed=seed, **options)
-    if method == "paths":
-        size = {"forward": options.pop("forward", 1), "backward": options.pop("backward", 3),
-                "keep": options.pop("keep", None), "refine": options.pop("refine", 0),
-                "refine_forward": options.pop("refine_forward", 3)}
-        branch, start = options.pop("branch", 4), options.pop("start", max(1, steps // 4))
-        n_int = steps  # default grids have `steps` intervals
+    size_and_run = SIZED.factory(method)
+    job = Job(den, reward, int(budget), shape, int(steps), seed, lam, n_samples)
+    if job.budget < job.per_run:
+        raise ValueError(f"budget {job.budget} is below one sampler run ({job.per_run} = {job.steps} steps + 1 "
+                         "verifier call)")
+    return size_and_run(job, options)
 
-        def cost(n, m):
-            return paths_cost(n, m, n_int, start, **size)
-        while branch > 1 and cost(1, branch) > budget:
-            branch -= 1
-        if cost(1, branch) > budget:
-            raise ValueError(f"budget {budget} is below one path search with {steps} steps")
-        n = 1
-        while cost(n + 1, branch) <= budget:
-            n += 1
-        return search.path_search(den, reward, n, branch, shape, steps=steps, start=start, seed=seed,
-                                  **size, **options)
-    if method == "smc":
-        n = max(budget // (2 * steps), 1)
-        return smc(den, reward, n, shape, lam=lam, solver=options.pop("solver", "ddpm"), steps=steps,
-                   seed=seed, **options)
-    if method in ("dts", "dts*"):
-        stride = options.pop("stride", max(1, steps // 5))
-        batch = options.pop("batch", 8)
-        tree = DiffusionTree(den, reward, shape, lam=lam, steps=steps, stride=stride, greedy=method == "dts*",
-                             seed=seed, **options)
-        # rollouts from deep nodes are cheaper than a full run: grow until the budget is spent
-        while True:
-            room = (budget - tree.nfe - tree.verifier_calls) // per_run  # full rollouts that surely fit
-            if room < 1:
-                break
-            tree.grow(min(batch, room), batch=batch)
-        return tree_result(tree, method, n_samples)
-    if method == "guided-search":
-        return _guided_search(den, reward, budget, shape, steps, seed, options)
-    if method == "noise-opt":
-        return _noise_opt(den, reward, budget, shape, steps, seed, options)
+
+@SIZED.register("best-of-n")
+def _best_of_n(job: Job, options: dict):
+    n = job.budget // job.per_run
+    return search.best_of_n(job.den, job.reward, n, job.shape, solver=options.pop("solver", "ddpm"),
+                            steps=job.steps, seed=job.seed, keep=min(job.n_samples, n), **options)
+
+
+@SIZED.register("random-search")
+def _random_search(job: Job, options: dict):
+    return search.random_search(job.den, job.reward, job.budget // job.per_run, job.shape, steps=job.steps,
+                                seed=job.seed, **options)
+
+
+@SIZED.register("zero-order")
+def _zero_order(job: Job, options: dict):
+    m = options.pop("n_neighbors", 4)
+    return search.zero_order_search(job.den, job.reward, m, (job.budget // job.per_run - 1) // m, job.shape,
+                                    steps=job.steps, seed=job.seed, **options)
+
+
+@SIZED.register("paths")
+def _paths(job: Job, options: dict):
+    size = {"forward": options.pop("forward", 1), "backward": options.pop("backward", 3),
+            "keep": options.pop("keep", None), "refine": options.pop("refine", 0),
+            "refine_forward": options.pop("refine_forward", 3)}
+    branch, start = options.pop("branch", 4), options.pop("start", max(1, job.steps // 4))
+    n_int = job.steps  # default grids have `steps` intervals
+
+    def cost(n, m):
+        return paths_cost(n, m, n_int, start, **size)
+    while branch > 1 and cost(1, branch) > job.budget:
+        branch -= 1
+    if cost(1, branch) > job.budget:
+        raise ValueError(f"budget {job.budget} is below one path search with {job.steps} steps")
+    n = 1
+    while cost(n + 1, branch) <= job.budget:
+        n += 1
+    return search.path_search(job.den, job.reward, n, branch, job.shape, steps=job.steps, start=start,
+                              seed=job.seed, **size, **options)
+
+
+@SIZED.register("smc")
+def _smc(job: Job, options: dict):
+    n = max(job.budget // (2 * job.steps), 1)
+    return smc(job.den, job.reward, n, job.shape, lam=job.lam, solver=options.pop("solver", "ddpm"),
+               steps=job.steps, seed=job.seed, **options)
+
+
+def _tree(job: Job, options: dict, method: str):
+    stride = options.pop("stride", max(1, job.steps // 5))
+    batch = options.pop("batch", 8)
+    tree = DiffusionTree(job.den, job.reward, job.shape, lam=job.lam, steps=job.steps, stride=stride,
+                         greedy=method == "dts*", seed=job.seed, **options)
+    # rollouts from deep nodes are cheaper than a full run: grow until the budget is spent
+    while True:
+        room = (job.budget - tree.nfe - tree.verifier_calls) // job.per_run  # full rollouts that surely fit
+        if room < 1:
+            break
+        tree.grow(min(batch, room), batch=batch)
+    return tree_result(tree, method, job.n_samples)
+
+
+SIZED.register("dts", lambda job, options: _tree(job, options, "dts"))
+SIZED.register("dts*", lambda job, options: _tree(job, options, "dts*"))
+
+
+@SIZED.register("rbf")
+def _rbf(job: Job, options: dict):
     # each candidate costs one NFE and one verifier call
-    return rollover_budget_forcing(den, reward, budget // 2, shape, steps=steps, seed=seed, **options)
+    return rollover_budget_forcing(job.den, job.reward, job.budget // 2, job.shape, steps=job.steps,
+                                   seed=job.seed, **options)
 
 
-def _guided_search(den, reward, budget: int, shape, steps: int, seed: int, options: dict):
-    """``guided_search`` sized to ``budget``: half of it on guided proposals, the rest on
+@SIZED.register("guided-search")
+def _guided_search(job: Job, options: dict):
+    """``guided_search`` sized to the budget: half of it on guided proposals, the rest on
     refine rounds (see the table above)."""
+    den, reward, budget, shape, steps, seed = job.den, job.reward, job.budget, job.shape, job.steps, job.seed
     from .. import solvers as solver_registry
     from .common import grid
     solver = solver_registry.get(options.pop("solver", "ddim"))
@@ -127,8 +177,10 @@ def _guided_search(den, reward, budget: int, shape, steps: int, seed: int, optio
                                 t_min=t_min, solver=solver, ts=ts, seed=seed, **options)
 
 
-def _noise_opt(den, reward, budget: int, shape, steps: int, seed: int, options: dict):
-    """``optimize_noise`` on one starting noise sized to ``budget`` (see the table above)."""
+@SIZED.register("noise-opt")
+def _noise_opt(job: Job, options: dict):
+    """``optimize_noise`` on one starting noise sized to the budget (see the table above)."""
+    den, reward, budget, shape, steps, seed = job.den, job.reward, job.budget, job.shape, job.steps, job.seed
     from .. import solvers as solver_registry
     from ..rng import SampleRNG
     from ..loop import initial_noise
@@ -144,3 +196,8 @@ def _noise_opt(den, reward, budget: int, shape, steps: int, seed: int, options: 
                         dtype=options.pop("dtype", torch.float32))
     return optimize_noise(den, reward, x_T, solver=solver, steps=steps, ts=ts, iterations=(budget - per_run) // (3 * per_run),
                           use_checkpoint=False, **options)
+
+
+#: the method names in the docstring table's order
+METHODS = ("best-of-n", "random-search", "zero-order", "paths", "smc", "dts", "dts*", "rbf", "guided-search",
+           "noise-opt")
