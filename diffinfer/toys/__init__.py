@@ -1,10 +1,6 @@
-"""Exact oracles: Gaussian mixtures (continuous) and Markov chains (discrete)."""
+"""Exact oracles: Gaussian mixtures (continuous), Markov chains and hidden Markov models (discrete)."""
 from .gaussian_mixture import GaussianMixture, molrg, preset, ring2d
+from .hmm import HiddenMarkovModel
+from .markov_chain import MarkovChain
 
-__all__ = ["GaussianMixture", "ring2d", "molrg", "preset"]
-
-try:  # written alongside the masked-diffusion decoder
-    from .markov_chain import MarkovChain  # noqa: F401
-    __all__.append("MarkovChain")
-except ImportError:  # pragma: no cover
-    pass
+__all__ = ["GaussianMixture", "ring2d", "molrg", "preset", "MarkovChain", "HiddenMarkovModel"]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .masked_oracle import MaskedOracle
+
 
 def _as_probability_table(x, name: str, dims: int) -> Tensor:
     x = torch.as_tensor(x, dtype=torch.float64)
@@ -27,7 +29,7 @@ def _as_probability_table(x, name: str, dims: int) -> Tensor:
     return x / sums.unsqueeze(-1)
 
 
-class MarkovChain:
+class MarkovChain(MaskedOracle):
     """``P(x_0..x_{L-1}) = initial[x_0] * prod_i transition[x_{i-1}, x_i]`` over ``V`` states.
 
     As a masked model its vocabulary is the ``V`` states plus the mask token ``mask_id = V``.
@@ -36,10 +38,6 @@ class MarkovChain:
         transition: ``[V, V]`` row-stochastic matrix.
         initial: ``[V]`` law of the first token; default the stationary law.
     """
-
-    takes_time = False
-    shift_logits = False
-    supports_kv_cache = False
 
     def __init__(self, transition, initial=None):
         self.transition = _as_probability_table(transition, "transition", 2)  # [V, V]
@@ -80,10 +78,16 @@ class MarkovChain:
         row_entropy = -torch.special.xlogy(self.transition, self.transition).sum(1)  # [V]
         return (h0 + float((m[:-1] @ row_entropy).sum())) / length
 
+    def pair_distribution(self, length: int, lag: int = 1) -> Tensor:
+        """Law of ``(x_i, x_{i+lag})`` with ``i`` uniform in ``[0, length - lag)``, ``[V, V]``."""
+        if not 1 <= lag < length:
+            raise ValueError(f"need 1 <= lag < length, got lag={lag}, length={length}")
+        m = self.marginals(length)[: length - lag].mean(0)  # [V]
+        return m[:, None] * torch.linalg.matrix_power(self.transition, lag)
+
     def bigram_distribution(self, length: int) -> Tensor:
         """Law of ``(x_i, x_{i+1})`` with ``i`` uniform in ``[0, length-1)``, ``[V, V]``."""
-        m = self.marginals(length)[:-1].mean(0)  # [V]
-        return m[:, None] * self.transition
+        return self.pair_distribution(length, 1)
 
     # ---- exact sampling and likelihood ------------------------------------------------
     def sample(self, n: int, length: int, generator: torch.Generator | None = None) -> Tensor:
@@ -103,16 +107,6 @@ class MarkovChain:
         return lp + torch.log(self.transition[tokens[:, :-1], tokens[:, 1:]]).sum(1)
 
     # ---- the masked-model protocol ----------------------------------------------------
-    def _check_tokens(self, tokens: Tensor) -> Tensor:
-        tokens = torch.as_tensor(tokens)
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be [B, L], got shape {tuple(tokens.shape)}")
-        if tokens.dtype.is_floating_point:
-            raise ValueError("tokens must be integers")
-        if ((tokens < 0) | (tokens > self.mask_id)).any():
-            raise ValueError(f"tokens must lie in [0, {self.mask_id}] (mask_id = {self.mask_id})")
-        return tokens.long()
-
     def conditionals(self, tokens: Tensor) -> Tensor:
         """Exact ``P(x_i = v | unmasked tokens)`` for every position, ``[B, L, V]`` float64.
 
@@ -145,15 +139,6 @@ class MarkovChain:
             bwd[:, i] = b
         post = fwd * bwd
         return post / post.sum(-1, keepdim=True)
-
-    def logits(self, tokens: Tensor) -> Tensor:
-        """Log conditionals over the ``V + 1`` tokens, ``[B, L, V+1]``; the mask gets ``-inf``."""
-        p = self.conditionals(tokens)
-        mask_col = torch.zeros(*p.shape[:2], 1, dtype=p.dtype)
-        return torch.log(torch.cat([p, mask_col], dim=-1))
-
-    def __call__(self, tokens: Tensor) -> Tensor:
-        return self.logits(tokens)
 
     # ---- a few standard chains ----------------------------------------------------------
     @classmethod
