@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from diffinfer import metrics  # noqa: E402
 from diffinfer.zoo import quality  # noqa: E402
-from diffinfer.mdm import decode  # noqa: E402
+from diffinfer.mdm import EnergyReweighting, decode  # noqa: E402
 from diffinfer.mdm.metrics import bigram_tv, nll_per_token, pair_tv  # noqa: E402
 from diffinfer.toys.hmm import HiddenMarkovModel  # noqa: E402
 from diffinfer.toys.markov_chain import MarkovChain  # noqa: E402
@@ -129,6 +129,10 @@ def hmms() -> dict:
                                                            seed=seed) for seed in HMM_SEEDS}
 
 
+def _steps_label(opts: dict) -> str:
+    return f" steps={opts['steps']}" if "steps" in opts else ""
+
+
 def run_hmm(quick: bool) -> dict:
     """Every policy of ``oracle_configs`` on each hidden-Markov oracle: bigram TV, lag-8 pair
     TV and NLL per token against the floors of 8 exact sample sets of the same size."""
@@ -145,10 +149,18 @@ def run_hmm(quick: bool) -> dict:
         nll_se = float(per_seq.std()) / math.sqrt(N) / expected
         rows = []
         exact = [(f"random steps={L} (one token per call: exact)", "random", {"steps": L})]
-        for label, policy, opts in exact + oracle_configs(L, quick):
+        # EDLM: the committed tokens chosen among K candidates by importance resampling under
+        # the oracle's exact marginal likelihood (energy calls counted apart)
+        edlm = [(f"{name}{_steps_label(opts)} + EDLM K={k}", name, {**opts, "reweight": EnergyReweighting(hmm.log_marginal, k)})
+                for name, opts, ks in (("dilated", {}, (16, 64)), ("random", {"steps": L // 8}, (16, 64)))
+                for k in (ks[:1] if quick else ks)]
+        for label, policy, opts in exact + oracle_configs(L, quick) + edlm:
             r = decode(hmm, length=L, batch=N, policy=policy, seed=0, **opts)
+            if "reweight" in opts:
+                policy = f"{policy}+edlm"
             tv, ptv, nll = bigram_tv(r.tokens, hmm), pair_tv(r.tokens, hmm, HMM_LAG), nll_per_token(r.tokens, hmm)
             row = {"config": label, "policy": policy, "tokens_per_nfe": round(r.tokens_per_nfe, 3), "nfe": r.nfe,
+                   "energy_calls": r.energy_calls, "energy_rows": r.energy_rows, "wall_s": round(r.wall_time, 2),
                    "bigram_tv_over_floor": round(tv / floor_bigram, 3), "pair_tv_over_floor": round(ptv / floor_pair, 3),
                    "nll_rel_err": round(nll / expected - 1, 4)}
             row["quality_holds"] = bool(tv <= BAR_TV * floor_bigram and ptv <= BAR_TV * floor_pair
@@ -201,11 +213,14 @@ def write_hmm_markdown(res: dict, path: pathlib.Path) -> None:
                   f"{c['expected_nll_per_token']:.4f} (standard error {100 * c['expected_nll_rel_standard_error']:.2f}%); "
                   f"floors: bigram TV {c['floor_bigram_tv']:.4f}, pair TV {c['floor_pair_tv']:.4f}; standard error of an "
                   f"exact sampler's NLL at this sample size {100 * c['nll_rel_standard_error']:.2f}%.", "",
-                  "| config | tokens/NFE | NFE | bigram TV / floor | pair TV / floor | NLL error | holds | meets bar |",
-                  "|---|---:|---:|---:|---:|---:|:---:|:---:|"]
+                  "| config | tokens/NFE | NFE | energy calls (rows) | bigram TV / floor | pair TV / floor | NLL error | "
+                  "wall (s) | holds | meets bar |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|"]
         for r in c["rows"]:
-            lines.append(f"| {r['config']} | {r['tokens_per_nfe']:.2f} | {r['nfe']} | {r['bigram_tv_over_floor']:.2f} | "
-                         f"{r['pair_tv_over_floor']:.2f} | {100 * r['nll_rel_err']:+.2f}% | "
+            energy = f"{r['energy_calls']} ({r['energy_rows']})" if r["energy_calls"] else ""
+            lines.append(f"| {r['config']} | {r['tokens_per_nfe']:.2f} | {r['nfe']} | {energy} | "
+                         f"{r['bigram_tv_over_floor']:.2f} | "
+                         f"{r['pair_tv_over_floor']:.2f} | {100 * r['nll_rel_err']:+.2f}% | {r['wall_s']:.1f} | "
                          f"{'yes' if r['quality_holds'] else 'no'} | {'yes' if r['meets_bar'] else 'no'} |")
     lines.append("")
     path.write_text("\n".join(lines))

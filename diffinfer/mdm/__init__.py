@@ -12,6 +12,7 @@ from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
 from .policies import POLICIES, get_policy, policy_names
 from .remasking import RunningConfidenceRemasking
+from .reweighting import EnergyReweighting
 from .schedules import (CosineSchedule, LinearSchedule, LogLinearSchedule, MaskSchedule, forward_mask,
                         get_schedule, reveal_probability, transfer_counts)
 from .template import Template
@@ -27,5 +28,5 @@ __all__ = [
     "Factor", "Confident", "Dilated", "RunningConfidenceRemasking", "POLICIES", "get_policy",
     "policy_names",
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
-    "LogitsEvaluator", "CACHE_MODES", "guided", "Template",
+    "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
 ]

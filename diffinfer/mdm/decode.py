@@ -28,6 +28,7 @@ from .model import as_masked_model
 from .sampling import filter_logits, propose_tokens
 from .schedules import get_schedule, reveal_probabilities, revealed_counts
 from .policies import get_policy
+from .reweighting import EnergyReweighting
 from .unmasking import StepContext
 
 
@@ -63,6 +64,8 @@ class DecodeResult:
     pad_id: int
     eos_id: int | None = None
     batch_nfe: int | None = None
+    energy_calls: int = 0
+    energy_rows: int = 0
 
     @property
     def nfe(self) -> int:
@@ -91,7 +94,8 @@ class DecodeResult:
 
     def stats(self) -> dict:
         return {"nfe": self.nfe, "tokens_per_nfe": round(self.tokens_per_nfe, 4), "steps": self.steps,
-                "wall_time_s": round(self.wall_time, 4), "decoded_tokens": int(self.decoded_per_row.sum())}
+                "wall_time_s": round(self.wall_time, 4), "decoded_tokens": int(self.decoded_per_row.sum()),
+                "energy_calls": self.energy_calls, "energy_rows": self.energy_rows}
 
 
 def _prompt_rows(prompt, batch: int | None) -> list[Tensor]:
@@ -191,7 +195,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
            top_p: float | None = None, seed=None, eos_id: int | None = None,
            callback: Callable | None = None, *, canvas=None, batch: int | None = None, cfg: float = 0.0,
            schedule="linear", delimiters: Sequence[int] | None = None, mask_id: int | None = None,
-           segments=None, **policy_options) -> DecodeResult:
+           segments=None, reweight=None, **policy_options) -> DecodeResult:
     """Decode a masked-diffusion language model.
 
     Args:
@@ -222,6 +226,9 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
             slots of a template; with ``eos_id`` the end-of-sequence rule then acts within each
             segment instead of the whole row (S^3 slot-length adaptation: a slot whose first
             ``eos_id`` has nothing masked before it in the slot is filled with ``eos_id`` to its end).
+        reweight: an ``EnergyReweighting`` (EDLM): the committed values are chosen among
+            several candidates by importance resampling under an energy; its calls are counted in
+            ``DecodeResult.energy_calls`` / ``energy_rows``, apart from the model's NFE.
     Returns:
         ``DecodeResult``.
     """
@@ -229,6 +236,10 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     model = as_masked_model(model, mask_id)
     policy = get_policy(policy, **policy_options)
     policy.reset()
+    if reweight is not None:
+        if not isinstance(reweight, EnergyReweighting):
+            raise TypeError(f"reweight must be an mdm.EnergyReweighting, got {type(reweight).__name__}")
+        reweight.reset()
     schedule = get_schedule(schedule)
     blocks = get_block_policy(block, delimiters)
     mask = model.mask_id
@@ -297,7 +308,10 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
                           decoded=in_block & ~given & ~masked & active[:, None], block_start=block_start)
         sel = policy.select(ctx)
         commit = sel.commit & candidates
-        tokens = torch.where(commit, x0, tokens)
+        if reweight is None:
+            tokens = torch.where(commit, x0, tokens)
+        else:
+            tokens = reweight.choose(tokens, logp, commit, masked & active[:, None], rng)
         if sel.remask is not None:
             tokens = tokens.masked_fill(sel.remask & ctx.decoded, mask)
         if eos_id is not None and segments is None:
@@ -313,7 +327,9 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         step += 1
     return DecodeResult(tokens=tokens, gen_start=gen_start, gen_end=gen_end, nfe_per_row=evaluator.nfe,
                         decoded_per_row=decoded_per_row, steps=step, wall_time=time.perf_counter() - t0,
-                        pad_id=pad_id, eos_id=eos_id, batch_nfe=batch_nfe)
+                        pad_id=pad_id, eos_id=eos_id, batch_nfe=batch_nfe,
+                        energy_calls=reweight.energy_calls if reweight is not None else 0,
+                        energy_rows=reweight.energy_rows if reweight is not None else 0)
 
 
 def _stop_at_eos(tokens: Tensor, given: Tensor, region: Tensor, mask_id: int, eos_id: int):

@@ -88,6 +88,13 @@ class HiddenMarkovModel(MaskedOracle):
         _, log_z = self._forward(self._evidence(tokens))
         return log_z
 
+    def log_marginal(self, tokens: Tensor) -> Tensor:
+        """Exact ``log P(unmasked tokens)`` of partially masked sequences ``[B, L]`` -> ``[B]``
+        (masked positions summed out; ``-inf`` where impossible): the energy of EDLM's
+        ``"commit"`` proposal (``mdm.EnergyReweighting``)."""
+        tokens = self._check_tokens(tokens)
+        return self._forward(self._evidence(tokens), strict=False)[1]
+
     def expected_nll_per_token(self, length: int, n: int = 8192, seed: int = 0) -> float:
         """``E[-log P(x)] / length`` estimated from ``n`` exact samples with the exact
         ``log_prob`` (no closed form for a hidden Markov model); its standard error is
