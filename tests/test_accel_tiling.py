@@ -188,6 +188,19 @@ def test_conditions_follow_their_rows_and_one_call_per_step():
     torch.testing.assert_close(a * p.x0 + s * p.eps, x, rtol=1e-12, atol=1e-12)
 
 
+def test_one_time_per_row_reaches_each_rows_tiles():
+    """With a time per row (as guidance wrappers pass it), each row's tiles get that row's
+    time: the batch equals the rows run one by one (fixed offsets: at times that are not
+    grid points the offsets follow the first row's time)."""
+    tiled = Tiled(model(W), W, offsets="fixed")
+    x = torch.randn(3, L, dtype=F64, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=F64)
+    both = tiled.predict(x, t)
+    for b in range(3):
+        one = tiled.predict(x[b:b + 1], t[b:b + 1])
+        torch.testing.assert_close(both.x0[b:b + 1], one.x0, rtol=1e-12, atol=1e-12)
+
+
 def test_bad_tiling_input_is_refused():
     den = model(W)
     with pytest.raises(ValueError, match="smaller than the tile"):

@@ -16,7 +16,8 @@ Tile starts along an axis of length ``L`` (tile ``w``, stride ``S``, offset ``o`
 ``[0, S)``): ``o + k S`` for every ``k`` whose tile meets the canvas, clipped into
 ``[0, L - w]`` (so the edges are always covered and a tile never leaves the canvas). The
 offset at grid point ``k`` is drawn from ``stream_seed(seed, k)`` (random) or is ``k *
-shift mod S`` (cyclic); at a time that is not a grid point it is drawn from the time's bits.
+shift mod S`` (cyclic); at a time that is not a grid point it is drawn from the time's bits
+(of the first row, for a time per row).
 It depends on the step, never on the batch: a sample is the same alone or in a batch.
 
 The blend is consistent: with the same weights on ``x0`` and ``eps``,
@@ -152,7 +153,7 @@ class Tiled(DenoiserBase):
         tt = t
         if not isinstance(t, (GridPoint, float, int)):
             tv = as_time(t)
-            if tv.dim() > 0 and tv.numel() == B and B > 1:
+            if tv.dim() > 0 and tv.numel() == B:
                 tt = tv.reshape(B).repeat_interleave(T)
         p = den.predict(tiles, tt)
         if T == 1:  # one tile covers the canvas: the model's own answer
