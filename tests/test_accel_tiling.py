@@ -146,6 +146,21 @@ def test_tiled_samples_match_the_long_process_on_stochastic_solvers(solver):
     assert max(float(d.diagonal(k).abs().max()) for k in range(MAX_LAG + 1)) <= 0.25 * FLOOR
 
 
+def test_a_tiled_warm_start_from_exact_draws_keeps_the_law():
+    """Warm start and tiling compose: from an exact long draw noised to t* = 0.4, the tiled
+    solve's output covariance ``M (a^2 Gamma + s^2 I) M^T`` (``M`` the truncated solve's linear
+    map) is within the floor, as is the full-canvas model's."""
+    from diffinfer.loop import truncate_grid
+
+    t_star = 0.4
+    ts = truncate_grid(di.grids.resolve(PROC, 40, None), t_star)
+    a, s = float(PROC.alpha(torch.tensor(t_star, dtype=F64))), float(PROC.sigma(torch.tensor(t_star, dtype=F64)))
+    cov_t = a * a * GAMMA + s * s * torch.eye(L, dtype=F64)  # the law of x_{t*}
+    for den in (model(L), Tiled(model(W), W)):
+        M = di.sample(den, x_T=torch.eye(L, dtype=F64), solver="dpmpp-2m", ts=ts).x.T
+        assert lag_error(M @ cov_t @ M.T) <= 0.5 * FLOOR
+
+
 def test_tiles_cover_the_canvas_and_shift_every_step():
     for length, tile, stride in [(16, 8, 8), (48, 16, 8), (20, 8, 6), (8, 8, 4)]:
         for o in range(stride):

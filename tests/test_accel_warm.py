@@ -134,6 +134,15 @@ def test_the_rule_matches_the_noise_level_to_the_error(name, c):
         assert float(co.sigma / co.alpha) == pytest.approx(c * s, rel=1e-7)
 
 
+def test_measured_error_is_the_error_std():
+    x0 = torch.randn(4000, 5, dtype=F64, generator=torch.Generator().manual_seed(0))
+    e = torch.randn(4000, 5, dtype=F64, generator=torch.Generator().manual_seed(1))
+    # the RMS of 20000 standard normals: 0.3 within 4 standard errors (0.3 / sqrt(2 * 20000))
+    assert abs(warm.measure_error(x0 + 0.3 * e, x0) - 0.3) < 4 * 0.3 / math.sqrt(2 * 20000)
+    with pytest.raises(ValueError, match="differ in shape"):
+        warm.measure_error(x0, x0[:, :3])
+
+
 def test_the_rule_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="error must be a finite std > 0"):
         warm.t_start_for(di.VP(), 0.0)
