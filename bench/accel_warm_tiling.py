@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import statistics
 import sys
@@ -207,7 +206,8 @@ def bench_sunspots(n=64, years=128, steps=50, stride=16) -> dict:
     out = {"real (1700-2008)": _series_stats(sunspots_from_unit(sunspots_series(F64))[None])}
     # tiles
     t0, n0 = time.perf_counter(), den.nfe
-    tiled = di.sample(tiling.Tiled(den, win, stride=stride), shape=(n, 1, years), solver="dpmpp-2m", steps=steps, seed=0)
+    tiled = di.sample(tiling.Tiled(den, win, stride=stride), shape=(n, 1, years), solver="dpmpp-2m", steps=steps,
+                      seed=0)
     out["tiled (stride 16)"] = {**_series_stats(sunspots_from_unit(tiled.x[:, 0]), seams),
                                 "nfe": den.nfe - n0, "seconds": round(time.perf_counter() - t0, 2)}
     # chunked warm starts: t* from the measured error of the shifted estimate on training windows
@@ -308,7 +308,8 @@ def main() -> None:
         md += ["## Tiling on the MA(2) oracle", "", tiling_md(res["tiling"]), ""]
     if "sunspots" in res:
         md += ["## Sunspots: 128 years from the 32-year model (64 samples, dpmpp-2m, 50 steps)", "",
-               table(res["sunspots"], ["mean", "std", "acf1", "acf5", "acf11", "seam_jump", "nfe", "seconds", "t_start"]),
+               table(res["sunspots"],
+                     ["mean", "std", "acf1", "acf5", "acf11", "seam_jump", "nfe", "seconds", "t_start"]),
                "", "seam_jump: RMS first difference across the 32-year seams (chunks: the 16-year ones) over the "
                "RMS first difference elsewhere (1 = no seam). Wall times on a shared CPU.", ""]
     if "digits" in res:

@@ -71,6 +71,10 @@ def window(kind: str, size: int) -> Tensor:
     raise ValueError(f"unknown weights {kind!r}; valid: {', '.join(WEIGHTS)}")
 
 
+def _sizes(v) -> tuple[int, ...]:
+    return (int(v),) if isinstance(v, int) else tuple(int(u) for u in v)
+
+
 class Tiled(DenoiserBase):
     """``den`` evaluated tile by tile on a larger canvas (module docstring).
 
@@ -93,8 +97,8 @@ class Tiled(DenoiserBase):
                  seed: int = 0):
         if not isinstance(den, DenoiserBase):
             raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
-        tile = (int(tile),) if isinstance(tile, int) else tuple(int(v) for v in tile)
-        stride = tuple(max(1, w // 2) for w in tile) if stride is None else ((int(stride),) if isinstance(stride, int) else tuple(int(v) for v in stride))
+        tile = _sizes(tile)
+        stride = tuple(max(1, w // 2) for w in tile) if stride is None else _sizes(stride)
         if len(stride) != len(tile) or not all(1 <= s <= w for s, w in zip(stride, tile)):
             raise ValueError(f"stride must give 1 <= stride <= tile per axis, got stride={stride}, tile={tile}")
         if offsets not in OFFSETS:
