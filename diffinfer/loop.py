@@ -129,10 +129,40 @@ def model_placement(den) -> tuple[torch.device | None, torch.dtype | None]:
     return None, None
 
 
+def truncate_grid(ts: Tensor, t_start: float) -> Tensor:
+    """The grid ``ts`` started at ``t_start``: ``[t_start, *ts[ts < t_start]]`` (a mid-path
+    start solves only the steps below ``t_start``; ``t_start`` itself is kept exactly, so the
+    noise level the solve starts from is the one the sample was noised to)."""
+    t_start = float(t_start)
+    if not 0.0 < t_start <= float(ts[0]):
+        raise ValueError(f"t_start must be in (0, {float(ts[0]):.6g}] (the grid's first time), got {t_start}")
+    below = ts[ts < t_start]
+    return torch.cat([torch.tensor([t_start], dtype=ts.dtype), below])
+
+
+def noise_estimate(den: DenoiserBase, init: Tensor, t_start: float, rng: SampleRNG, init_error: float = 0.0) -> Tensor:
+    """``x_{t*}`` from an estimate ``init`` ``[B, ...]`` of the data: the exact forward
+    transition ``q(x_{t*} | x_{t_e})`` (``Process.renoise``) from the time ``t_e`` at which
+    ``alpha(t_e) init`` is distributed as ``x_{t_e}`` (``sigma/alpha = init_error``: the
+    estimate is ``x0 + init_error z``), i.e. ``alpha(t*) init + sqrt(sigma(t*)^2 -
+    alpha(t*)^2 init_error^2) z`` with ``z`` from each row's stream; ``init_error = 0`` is
+    ``Process.add_noise(init, z, t*)``. Needs ``sigma(t*) / alpha(t*) >= init_error``."""
+    c = den.process.at(float(t_start))
+    a, s = float(c.alpha), float(c.sigma)
+    var = s * s - (a * init_error) ** 2
+    if var < -1e-9 * s * s:  # (round-off at t_start = accel.warm.t_start_for(..., c=1) is no error)
+        raise ValueError(f"t_start={float(t_start):.6g} is below the estimate's error level: sigma/alpha = "
+                         f"{s / a:.6g} < init_error = {init_error:.6g} (start later, e.g. "
+                         f"diffinfer.accel.warm.t_start_for(process, init_error))")
+    z = rng.randn(tuple(init.shape[1:]), dtype=init.dtype, device=init.device)
+    return den.process.add_noise(init, z * (max(var, 0.0) ** 0.5 / s), float(t_start))
+
+
 def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | None = None,
            solver="dpmpp-2m", steps: int = 10, ts=None, seed=None, progress: bool = False,
            callback: Callable | None = None, return_trajectory: bool = False,
-           dtype=None, device=None, **solver_options) -> SampleResult:
+           dtype=None, device=None, init: Tensor | None = None, t_start: float | None = None,
+           init_error: float = 0.0, **solver_options) -> SampleResult:
     """Draw samples by running ``solver`` over a time grid (``iterate``).
 
     Args:
@@ -148,6 +178,12 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
         callback: ``callback(i, t_next, x, state)`` after each step.
         dtype / device: of the drawn noise (with ``shape``); default: the network's parameters'
             (float32 on the CPU for a model without parameters). With ``x_T`` they follow ``x_T``.
+        init / t_start / init_error: a warm or mid-path start (SDEdit-style; Real-Time Iteration
+            for diffusion policies): the estimate ``init`` ``[B, ...]`` of the data is noised
+            to ``t_start`` in ``(0, ts[0]]`` with the exact forward transition
+            (``noise_estimate``; ``init_error``: the estimate's error std per entry) and the
+            solve runs on the grid truncated there (``truncate_grid``: ``steps`` / ``ts`` name
+            the full grid, so fewer steps run). The noise comes from row ``i``'s stream first.
 
     The solve runs under ``torch.no_grad()`` (no autograd graph is kept across steps, so
     memory does not grow with the step count) unless ``den.needs_grad`` (gradient guidance,
@@ -163,6 +199,12 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
     if ts is None and callable(getattr(den, "default_ts", None)):
         ts = den.default_ts(steps)
     ts = grids.resolve(den.process, steps, ts)
+    if init is not None or t_start is not None:
+        if init is None or t_start is None or x_T is not None:
+            raise ValueError("a warm start needs init and t_start (and no x_T)")
+        x_T, ts, rng = _warm_start(den, init, t_start, init_error, shape, ts, seed)
+    else:
+        rng = None
     if x_T is None:
         if dtype is None or device is None:
             m_device, m_dtype = model_placement(den)
@@ -187,10 +229,33 @@ def sample(den: DenoiserBase, x_T: Tensor | None = None, shape: Sequence[int] | 
         if not bool(torch.isfinite(x_T).all()):
             raise ValueError("x_T contains NaN or Inf")
         x = x_T
-        rng = make_rng(seed, x.shape[0], x.device) if (solver.stochastic or seed is not None) else None
+        if rng is None:
+            rng = make_rng(seed, x.shape[0], x.device) if (solver.stochastic or seed is not None) else None
 
     with contextlib.nullcontext() if den.needs_grad else torch.no_grad():
         return _run(den, solver, x, ts, rng, progress, callback, return_trajectory)
+
+
+def _warm_start(den, init, t_start, init_error, shape, ts, seed) -> tuple[Tensor, Tensor, SampleRNG]:
+    """Check a warm start's inputs; ``(x_{t_start}, truncated grid, the rows' streams)``."""
+    if not isinstance(init, Tensor) or init.dim() < 2 or not init.is_floating_point() or init.numel() == 0:
+        raise ValueError("init must be a non-empty real floating-point tensor shaped [B, ...]")
+    if shape is not None and tuple(shape) != tuple(init.shape):
+        raise ValueError(f"init has shape {tuple(init.shape)} but shape={tuple(shape)}")
+    model_shape = getattr(den, "shape", None)
+    if model_shape is not None and tuple(init.shape[1:]) != tuple(model_shape):
+        raise ValueError(f"init has sample shape {tuple(init.shape[1:])}, the model takes {tuple(model_shape)}")
+    if not bool(torch.isfinite(init).all()):
+        raise ValueError("init contains NaN or Inf")
+    t_start = float(t_start)
+    if not 0.0 < t_start <= 1.0:  # also NaN
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    init_error = float(init_error)
+    if not init_error >= 0.0 or init_error == float("inf"):
+        raise ValueError(f"init_error must be a finite std >= 0, got {init_error}")
+    ts = truncate_grid(ts, t_start)
+    rng = make_rng(seed, init.shape[0], init.device)
+    return noise_estimate(den, init, t_start, rng, init_error), ts, rng
 
 
 def _run(den, solver, x, ts, rng, progress, callback, return_trajectory) -> SampleResult:
