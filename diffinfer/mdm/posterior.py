@@ -1,0 +1,172 @@
+"""Discrete posterior sampling with a masked-diffusion prior, for per-position observations.
+
+An observation ``y`` of a token sequence ``x`` with a per-position likelihood
+``lik[i, v] = p(y_i | x_i = v)`` (a noisy symmetric channel, exact constraints for
+inpainting, or their product; see ``diffinfer.toys.hmm_posterior``) has the posterior
+``p(x | y) ~ p(x) prod_i lik[i, x_i]``. Two samplers, both on the masked model's
+conditionals ``p(x_j | x_U)`` given the unmasked tokens ``x_U``:
+
+- ``LikelihoodTilt`` (the guided-logits baseline): a masked-model wrapper whose logits add
+  ``log lik[j, v]`` to every position's candidates, so ``mdm.decode`` draws each token from
+  ``p(x_j | x_U) lik[j, x_j] / Z_j``. This is the per-token likelihood guidance that APS
+  (Anchored Posterior Sampling, "Test-Time Anchoring for Discrete Diffusion Posterior
+  Sampling", 2025) builds on: for a per-position likelihood its "quantized expectation"
+  guidance reduces to this exact per-token tilt, and its anchored remasking to a
+  confidence-ranked remasking policy (``decode(..., policy="rcr")``). It is *not* the
+  posterior: the right conditional is ``p(x_j | x_U, y)``, in which the observations
+  ``y_k`` at the still-masked positions ``k`` inform ``x_j`` through the prior; the tilt
+  ignores them, so its law is biased however exact the model is (measured in
+  ``bench/mdm_posterior.py``).
+- ``posterior_smc``: sequential Monte Carlo with the tilt as proposal (a fully adapted
+  particle filter, Pitt & Shephard 1999, on random-order decoding). With
+  ``gamma_s(x_U) = p(x_U) prod_{i in U} lik[i, x_i]`` as the target after ``s`` tokens, the
+  incremental weight of revealing position ``j`` is ``gamma_{s+1} / (gamma_s q) = Z_j``, the
+  tilt's normaliser, which does not depend on the drawn token: particles are weighted and
+  resampled *before* the draw. With exact conditionals the weighted particles target
+  ``p(x | y)`` exactly as their number grows (the last weights are returned; they are
+  uniform after a final resampling). This is FK steering's text SMC
+  (``diffinfer.scaling.text_smc``) with the likelihood as the potential, one token a step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..rng import SampleRNG
+from .model import as_masked_model
+from .sampling import filter_logits, propose_tokens
+from .unmasking import top_k_mask
+
+
+def _log_likelihood(lik: Tensor, vocab_size: int, mask_id: int) -> Tensor:
+    """``log lik`` ``[B|1, L, vocab_size]`` with 0 in the mask column; ``lik`` ``[L, V]`` or
+    ``[B, L, V]`` over the ``V = vocab_size - 1`` tokens other than the mask, in vocabulary
+    order, or over the whole vocabulary (its mask column is ignored)."""
+    lik = torch.as_tensor(lik, dtype=torch.float64)
+    lik = lik[None] if lik.dim() == 2 else lik
+    if lik.dim() != 3 or lik.shape[-1] not in (vocab_size - 1, vocab_size):
+        raise ValueError(f"likelihood must be [L, V] or [B, L, V] with V = {vocab_size - 1} (tokens "
+                         f"without the mask) or {vocab_size}, got shape {tuple(lik.shape)}")
+    if not torch.isfinite(lik).all() or (lik < 0).any():
+        raise ValueError("likelihood values must be finite and >= 0")
+    if lik.shape[-1] == vocab_size - 1:  # insert the mask column
+        lik = torch.cat([lik[..., :mask_id], torch.ones_like(lik[..., :1]), lik[..., mask_id:]], -1)
+    log_lik = torch.log(lik)
+    log_lik[..., mask_id] = 0.0
+    keep = torch.ones(vocab_size, dtype=torch.bool)
+    keep[mask_id] = False
+    if (log_lik[..., keep] == -torch.inf).all(-1).any():
+        raise ValueError("the likelihood rules out every token at some position")
+    return log_lik
+
+
+class LikelihoodTilt:
+    """A masked model whose conditionals are tilted by a per-position likelihood:
+    ``logits(x)[b, j, v] = model.logits(x)[b, j, v] + log lik[b, j, v]`` (decode normalises them).
+
+    Args:
+        model: a masked model (``logits(tokens)``, ``mask_id``, ``vocab_size``).
+        likelihood: ``[L, V]`` (every row of the batch) or ``[B, L, V]`` per-row
+            ``p(y_j | x_j = v)``; see ``_log_likelihood`` for the vocabulary layout.
+    """
+
+    takes_time = False
+    shift_logits = False
+    supports_kv_cache = False
+
+    def __init__(self, model, likelihood):
+        self.model = as_masked_model(model)
+        if getattr(self.model, "takes_time", False):
+            raise ValueError("LikelihoodTilt needs a time-free masked model")
+        self.mask_id, self.vocab_size = int(self.model.mask_id), int(self.model.vocab_size)
+        self.log_lik = _log_likelihood(likelihood, self.vocab_size, self.mask_id)  # [B|1, L, V+1]
+
+    def logits(self, tokens: Tensor) -> Tensor:
+        out = self.model.logits(tokens)  # [B, L, V+1]
+        B, L = tokens.shape
+        if self.log_lik.shape[1] != L or self.log_lik.shape[0] not in (1, B):
+            raise ValueError(f"the likelihood is for [{self.log_lik.shape[0]}, {self.log_lik.shape[1]}] "
+                             f"canvases, got a [{B}, {L}] canvas")
+        return out.to(torch.float64) + self.log_lik
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return self.logits(tokens)
+
+
+def tilt_normalisers(logp: Tensor, log_lik: Tensor) -> tuple[Tensor, Tensor]:
+    """For model log-conditionals ``logp`` ``[B, L, V]`` (normalised) and ``log_lik``
+    ``[B|1, L, V]``: the tilted log-law ``[B, L, V]`` and ``log Z_j = log sum_v p(v) lik[j, v]``
+    ``[B, L]``."""
+    joint = logp + log_lik
+    log_z = torch.logsumexp(joint, -1)  # [B, L]
+    return joint - log_z[..., None], log_z
+
+
+@torch.no_grad()
+def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_threshold: float = 0.5,
+                  final_resample: bool = False) -> dict:
+    """SMC posterior sampling for one observation (see the module docstring).
+
+    Args:
+        model: a masked model; ``likelihood``: ``[L, V]`` for the one observation.
+        n_particles: particles ``N``; ``seed``: per-particle streams (``diffinfer.rng``) and the
+            resampling stream; ``ess_threshold``: resample when ESS < ``ess_threshold * N``
+            (1.0: every step, 0: never, plain sequential importance sampling).
+        final_resample: end with one resampling, so the returned weights are uniform.
+    Returns:
+        dict with ``tokens`` ``[N, L]``, ``log_weights`` ``[N]`` (self-normalised use:
+        ``softmax(log_weights)``), ``log_evidence`` (the SMC estimate of ``log p(y)``, unbiased
+        in ``p(y)``), ``nfe`` (batched model calls, one per token), ``resampled`` (steps).
+    """
+    from ..scaling.smc import effective_sample_size, systematic_resample  # lazy: scaling imports mdm
+
+    model = as_masked_model(model)
+    mask, vocab = int(model.mask_id), int(model.vocab_size)
+    log_lik = _log_likelihood(likelihood, vocab, mask)  # [1, L, V+1]
+    if log_lik.shape[0] != 1:
+        raise ValueError("posterior_smc takes one observation: likelihood [L, V]")
+    if int(n_particles) < 1 or not 0 <= ess_threshold <= 1:
+        raise ValueError(f"need n_particles >= 1 and 0 <= ess_threshold <= 1, got {n_particles}, {ess_threshold}")
+    n, L = int(n_particles), log_lik.shape[1]
+    tokens = torch.full((n, L), mask, dtype=torch.long)
+    rng = SampleRNG.from_seed(seed, batch=n)
+    gen = torch.Generator().manual_seed(int(seed) ^ 0x5EC)
+    log_w = torch.zeros(n, dtype=torch.float64)
+    log_evidence, resampled, one = 0.0, [], torch.ones(n, dtype=torch.long)
+    for step in range(L):
+        logp = filter_logits(model.logits(tokens), mask)  # [N, L, V+1]
+        tilted, log_z = tilt_normalisers(logp, log_lik)
+        masked = tokens == mask
+        order = rng.rand((L,), dtype=torch.float64)  # random decoding order, per particle
+        commit = top_k_mask(order, masked, one)  # [N, L], one position per row
+        inc = torch.where(commit, log_z, torch.zeros_like(log_z)).sum(-1)  # [N]: log Z_j
+        if torch.isnan(inc).any():
+            raise ValueError("NaN in the tilt normalisers (the model returned NaN?)")
+        log_evidence += float(torch.logsumexp(log_w + inc, 0) - torch.logsumexp(log_w, 0))
+        log_w = log_w + inc
+        if not torch.isfinite(log_w).any():
+            raise ValueError("every particle has zero weight: the observation is impossible under the model")
+        if effective_sample_size(log_w) < ess_threshold * n or (final_resample and step == L - 1):
+            idx = systematic_resample(log_w, n, gen)  # [N]
+            tokens, tilted, commit = tokens[idx], tilted[idx], commit[idx]
+            rng = rng.select(idx).fork(step + 1)
+            log_w = torch.zeros(n, dtype=torch.float64)
+            resampled.append(step)
+        x0 = propose_tokens(tilted, rng, greedy=False)  # [N, L]
+        tokens = torch.where(commit, x0, tokens)
+    return {"tokens": tokens, "log_weights": log_w, "log_evidence": log_evidence, "nfe": L,
+            "resampled": resampled}
+
+
+def weighted_marginals(tokens: Tensor, n_states: int, log_weights: Tensor | None = None) -> Tensor:
+    """Per-position token law ``[L, V]`` of samples ``[N, L]`` (self-normalised weights)."""
+    hot = torch.nn.functional.one_hot(tokens, n_states).double()  # [N, L, V]
+    if log_weights is None:
+        return hot.mean(0)
+    w = torch.softmax(log_weights.double(), 0)
+    return (w[:, None, None] * hot).sum(0)
+
+
+def marginal_tv(marginals: Tensor, exact: Tensor) -> Tensor:
+    """Total variation per position ``[L]`` between two ``[L, V]`` per-position laws."""
+    return 0.5 * (marginals - exact).abs().sum(-1)

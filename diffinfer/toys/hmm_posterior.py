@@ -1,0 +1,120 @@
+"""Exact posteriors of a hidden-Markov prior under per-position token observations.
+
+An observation ``y`` that acts on each token separately has a per-position likelihood
+``lik[i, v] = p(y_i | x_i = v)`` (``[L, V]``). Under a ``HiddenMarkovModel`` prior the
+posterior ``p(x | y)`` is again a hidden Markov model whose emission at position ``i`` is
+``emission[h, v] * lik[i, v]``, so it is exact by forward-backward (Rabiner 1989, section
+III.A): ``hmm_posterior_marginals`` gives ``p(x_i = v | y)`` and ``hmm_posterior_sample``
+draws exact posterior sequences by forward filtering, backward sampling (FFBS; Carter & Kohn
+1994, Fruhwirth-Schnatter 1994). Two observation models build ``lik``:
+
+- ``symmetric_channel_likelihood``: each observed token is the true one with probability
+  ``1 - eps``, otherwise uniform over the ``V - 1`` others;
+- ``inpainting_likelihood``: some positions observed exactly (a one-hot constraint), the rest
+  unobserved (likelihood 1).
+
+Likelihoods multiply (``channel * constraints``). The masked-diffusion samplers that target
+these posteriors are in ``diffinfer.mdm.posterior``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .hmm import HiddenMarkovModel
+
+
+def symmetric_channel_likelihood(y: Tensor, n_states: int, eps: float) -> Tensor:
+    """``p(y_i | x_i = v)`` ``[..., L, V]`` of the symmetric channel: ``1 - eps`` if ``v == y_i``,
+    else ``eps / (V - 1)``. ``y``: ``[..., L]`` observed tokens in ``[0, V)``."""
+    y = torch.as_tensor(y)
+    if y.dtype.is_floating_point or ((y < 0) | (y >= n_states)).any():
+        raise ValueError(f"y must hold integer tokens in [0, {n_states})")
+    if not 0 <= eps <= 1 or n_states < 2:
+        raise ValueError(f"need 0 <= eps <= 1 and n_states >= 2, got eps={eps}, n_states={n_states}")
+    same = torch.nn.functional.one_hot(y.long(), n_states).double()  # [..., L, V]
+    return same * (1 - eps) + (1 - same) * (eps / (n_states - 1))
+
+
+def inpainting_likelihood(y: Tensor, observed: Tensor, n_states: int) -> Tensor:
+    """``[..., L, V]``: one-hot at ``y_i`` where ``observed`` ``[..., L]`` is true, 1 elsewhere."""
+    y, observed = torch.as_tensor(y), torch.as_tensor(observed, dtype=torch.bool)
+    if y.shape != observed.shape:
+        raise ValueError(f"y {tuple(y.shape)} and observed {tuple(observed.shape)} differ in shape")
+    if y.dtype.is_floating_point or ((y < 0) | (y >= n_states)).any():
+        raise ValueError(f"y must hold integer tokens in [0, {n_states})")
+    hot = torch.nn.functional.one_hot(y.long(), n_states).double()
+    return torch.where(observed[..., None], hot, torch.ones_like(hot))
+
+
+def check_likelihood(lik: Tensor, n_states: int) -> Tensor:
+    """``lik`` as float64 ``[B, L, V]`` (an ``[L, V]`` input gets ``B = 1``); raises on a wrong
+    vocabulary, negative or non-finite values, or a position that rules out every token."""
+    lik = torch.as_tensor(lik, dtype=torch.float64)
+    if lik.dim() == 2:
+        lik = lik[None]
+    if lik.dim() != 3 or lik.shape[-1] != n_states:
+        raise ValueError(f"likelihood must be [L, {n_states}] or [B, L, {n_states}], got {tuple(lik.shape)}")
+    if not torch.isfinite(lik).all() or (lik < 0).any():
+        raise ValueError("likelihood values must be finite and >= 0")
+    if (lik.sum(-1) <= 0).any():
+        raise ValueError("the likelihood rules out every token at some position")
+    return lik
+
+
+def _filter(hmm: HiddenMarkovModel, lik: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-position evidence ``P(y_i | h_i)`` ``[B, L, H]``, filtered messages
+    ``P(h_i | y_<=i)`` ``[B, L, H]`` and ``log p(y)`` ``[B]``."""
+    lik = check_likelihood(lik, hmm.n_states)
+    evidence = lik @ hmm.emission.T  # [B, L, H]
+    try:
+        fwd, log_z = hmm._forward(evidence)
+    except ValueError:
+        raise ValueError("the observation has probability zero under the prior") from None
+    return evidence, fwd, log_z
+
+
+def hmm_posterior_log_evidence(hmm: HiddenMarkovModel, lik: Tensor) -> Tensor:
+    """``log p(y) = log sum_x p(x) prod_i lik[i, x_i]`` ``[B]`` (the forward algorithm)."""
+    return _filter(hmm, lik)[2]
+
+
+def hmm_posterior_marginals(hmm: HiddenMarkovModel, lik: Tensor) -> Tensor:
+    """Exact ``p(x_i = v | y)`` ``[B, L, V]`` (float64) for per-position likelihoods ``lik``
+    ``[L, V]`` or ``[B, L, V]``, by forward-backward."""
+    evidence, fwd, _ = _filter(hmm, lik)
+    lik = check_likelihood(lik, hmm.n_states).expand(evidence.shape[0], -1, -1)
+    B, L, H = evidence.shape
+    bwd = torch.ones_like(fwd)  # P(y_>i | h_i), normalised per position
+    for i in range(L - 2, -1, -1):
+        b = (evidence[:, i + 1] * bwd[:, i + 1]) @ hmm.transition.T
+        bwd[:, i] = b / b.sum(-1, keepdim=True)
+    gamma = fwd * bwd
+    gamma = gamma / gamma.sum(-1, keepdim=True)  # [B, L, H]: P(h_i | y)
+    # P(x_i = v | h_i, y_i) = emission[h, v] lik[i, v] / evidence[i, h]
+    per_h = gamma / torch.where(evidence > 0, evidence, torch.ones_like(evidence))  # [B, L, H]
+    post = (per_h @ hmm.emission) * lik  # [B, L, V]
+    return post / post.sum(-1, keepdim=True)
+
+
+def hmm_posterior_sample(hmm: HiddenMarkovModel, lik: Tensor, n: int,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """``n`` exact posterior sequences ``[n, L]`` given one observation's ``lik`` ``[L, V]``,
+    by forward filtering, backward sampling of the hidden states, then each token from
+    ``emission[h_i] * lik[i]``."""
+    lik = check_likelihood(lik, hmm.n_states)
+    if lik.shape[0] != 1:
+        raise ValueError("hmm_posterior_sample takes one observation: lik [L, V] or [1, L, V]")
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _, fwd, _ = _filter(hmm, lik)
+    fwd, lik = fwd[0], lik[0]  # [L, H], [L, V]
+    L, H = fwd.shape
+    h = torch.empty(n, L, dtype=torch.long)
+    h[:, L - 1] = torch.multinomial(fwd[L - 1], n, replacement=True, generator=generator)
+    for i in range(L - 2, -1, -1):
+        w = fwd[i][None, :] * hmm.transition[:, h[:, i + 1]].T  # [n, H]: P(h_i | y_<=i) T[h_i, h_{i+1}]
+        h[:, i] = torch.multinomial(w, 1, generator=generator)[:, 0]
+    token_law = hmm.emission[h] * lik[None]  # [n, L, V]
+    flat = token_law.reshape(n * L, -1)
+    return torch.multinomial(flat, 1, generator=generator).view(n, L)
