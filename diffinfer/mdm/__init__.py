@@ -4,12 +4,14 @@
 the loop, ``unmasking``/``blocks``/``remasking``/``caching`` for the parts, ``policies`` for
 every unmasking policy by name, ``model`` for the protocol a model answers, ``schedules`` for
 the masked forward process, ``template`` for structured-output scaffolding (S^3) and
-``metrics`` for exact quality on a Markov chain.
+``metrics`` for exact quality on a Markov chain, ``posterior`` for posterior sampling
+under per-position observations (likelihood-tilted logits, SMC).
 """
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
 from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
+from .posterior import LikelihoodTilt, marginal_tv, posterior_smc, weighted_marginals
 from .policies import POLICIES, get_policy, policy_names
 from .remasking import RunningConfidenceRemasking
 from .reweighting import EnergyReweighting
@@ -29,4 +31,5 @@ __all__ = [
     "policy_names",
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
+    "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv",
 ]
