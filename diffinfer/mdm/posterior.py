@@ -102,9 +102,21 @@ def tilt_normalisers(logp: Tensor, log_lik: Tensor) -> tuple[Tensor, Tensor]:
     return joint - log_z[..., None], log_z
 
 
+def clamped_canvas(model, likelihood) -> Tensor:
+    """``[B|1, L]``: the token at positions whose likelihood allows exactly one token (exact
+    constraints, inpainting), the mask elsewhere. Decoding from this canvas
+    (``decode(..., canvas=)``) conditions the prior on those tokens exactly, with no weights."""
+    model = as_masked_model(model)
+    mask = int(model.mask_id)
+    log_lik = _log_likelihood(likelihood, int(model.vocab_size), mask).clone()  # [B|1, L, V+1]
+    log_lik[..., mask] = -torch.inf
+    exact = (log_lik > -torch.inf).sum(-1) == 1  # [B|1, L]
+    return torch.where(exact, log_lik.argmax(-1), torch.full_like(exact, mask, dtype=torch.long))
+
+
 @torch.no_grad()
 def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_threshold: float = 0.5,
-                  final_resample: bool = False) -> dict:
+                  final_resample: bool = False, clamp: bool = True) -> dict:
     """SMC posterior sampling for one observation (see the module docstring).
 
     Args:
@@ -113,10 +125,12 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
             resampling stream; ``ess_threshold``: resample when ESS < ``ess_threshold * N``
             (1.0: every step, 0: never, plain sequential importance sampling).
         final_resample: end with one resampling, so the returned weights are uniform.
+        clamp: write positions whose likelihood allows one token into the canvas first
+            (``clamped_canvas``); ``log_evidence`` is then ``log p(y_rest | clamped tokens)``.
     Returns:
         dict with ``tokens`` ``[N, L]``, ``log_weights`` ``[N]`` (self-normalised use:
         ``softmax(log_weights)``), ``log_evidence`` (the SMC estimate of ``log p(y)``, unbiased
-        in ``p(y)``), ``nfe`` (batched model calls, one per token), ``resampled`` (steps).
+        in ``p(y)``), ``nfe`` (batched model calls, one per decoded token), ``resampled`` (steps).
     """
     from ..scaling.smc import effective_sample_size, systematic_resample  # lazy: scaling imports mdm
 
@@ -129,11 +143,14 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
         raise ValueError(f"need n_particles >= 1 and 0 <= ess_threshold <= 1, got {n_particles}, {ess_threshold}")
     n, L = int(n_particles), log_lik.shape[1]
     tokens = torch.full((n, L), mask, dtype=torch.long)
+    if clamp:
+        tokens = clamped_canvas(model, likelihood).expand(n, L).clone()
+    n_steps = int((tokens == mask).sum(-1)[0])
     rng = SampleRNG.from_seed(seed, batch=n)
     gen = torch.Generator().manual_seed(int(seed) ^ 0x5EC)
     log_w = torch.zeros(n, dtype=torch.float64)
     log_evidence, resampled, one = 0.0, [], torch.ones(n, dtype=torch.long)
-    for step in range(L):
+    for step in range(n_steps):
         logp = filter_logits(model.logits(tokens), mask)  # [N, L, V+1]
         tilted, log_z = tilt_normalisers(logp, log_lik)
         masked = tokens == mask
@@ -146,7 +163,7 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
         log_w = log_w + inc
         if not torch.isfinite(log_w).any():
             raise ValueError("every particle has zero weight: the observation is impossible under the model")
-        if effective_sample_size(log_w) < ess_threshold * n or (final_resample and step == L - 1):
+        if effective_sample_size(log_w) < ess_threshold * n or (final_resample and step == n_steps - 1):
             idx = systematic_resample(log_w, n, gen)  # [N]
             tokens, tilted, commit = tokens[idx], tilted[idx], commit[idx]
             rng = rng.select(idx).fork(step + 1)
@@ -154,7 +171,7 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
             resampled.append(step)
         x0 = propose_tokens(tilted, rng, greedy=False)  # [N, L]
         tokens = torch.where(commit, x0, tokens)
-    return {"tokens": tokens, "log_weights": log_w, "log_evidence": log_evidence, "nfe": L,
+    return {"tokens": tokens, "log_weights": log_w, "log_evidence": log_evidence, "nfe": n_steps,
             "resampled": resampled}
 
 
@@ -170,3 +187,28 @@ def weighted_marginals(tokens: Tensor, n_states: int, log_weights: Tensor | None
 def marginal_tv(marginals: Tensor, exact: Tensor) -> Tensor:
     """Total variation per position ``[L]`` between two ``[L, V]`` per-position laws."""
     return 0.5 * (marginals - exact).abs().sum(-1)
+
+
+@torch.no_grad()
+def rao_blackwell_marginals(model, tokens: Tensor, likelihood, log_weights: Tensor | None = None) -> Tensor:
+    """Per-position posterior marginals ``[L, V]`` from samples ``tokens`` ``[N, L]`` (weighted
+    by ``log_weights``) with each position's one-hot replaced by its exact conditional
+    ``p(x_j | x_{-j}, y) = p(x_j | x_{-j}) lik[j, x_j] / Z`` (the model's conditional with only
+    ``j`` masked, tilted): a Rao-Blackwellised estimator of the same marginals, with lower
+    variance when the conditionals are exact. Costs one batched model call per position
+    (``L`` NFE); ``V`` counts the tokens other than the mask (mask id last)."""
+    model = as_masked_model(model)
+    mask, vocab = int(model.mask_id), int(model.vocab_size)
+    log_lik = _log_likelihood(likelihood, vocab, mask)
+    n, L = tokens.shape
+    w = torch.full((n,), 1.0 / n, dtype=torch.float64) if log_weights is None \
+        else torch.softmax(log_weights.double(), 0)
+    out = torch.zeros(L, vocab, dtype=torch.float64)
+    for j in range(L):
+        masked = tokens.clone()
+        masked[:, j] = mask
+        logp = filter_logits(model.logits(masked), mask)[:, j]  # [N, V+1]
+        law, _ = tilt_normalisers(logp, log_lik[:, j])  # [N, V+1]
+        out[j] = (w[:, None] * law.exp()).sum(0)
+    keep = torch.arange(vocab) != mask
+    return out[:, keep]
