@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from diffinfer.mdm import LikelihoodTilt, decode, marginal_tv, posterior_smc, weighted_marginals
+from diffinfer.mdm import (LikelihoodTilt, clamped_canvas, decode, marginal_tv, posterior_smc, rao_blackwell_marginals,
+                           weighted_marginals)
 from diffinfer.toys import (HiddenMarkovModel, hmm_posterior_log_evidence, hmm_posterior_marginals,
                             hmm_posterior_sample, inpainting_likelihood, symmetric_channel_likelihood)
 
@@ -129,17 +130,50 @@ def test_decoding_the_tilt_draws_its_exact_law_which_is_not_the_posterior(seed):
     assert 0.5 * float((q - p).abs().sum()) > 1e-3  # exact: 0.0029 and 0.0151 on these seeds
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_smc_targets_the_exact_joint_posterior(seed):
+@pytest.mark.parametrize("seed,clamp", [(0, True), (1, True), (2, True), (0, False)])
+def test_smc_targets_the_exact_joint_posterior(seed, clamp):
     """With an exact prior the weighted particles target p(x | y): joint TV within 2x the floor of
-    as many exact draws, and the evidence estimate close to the exact log p(y)."""
+    as many exact draws, and the evidence estimate close to the exact log p(y) (with the exact
+    constraint at position 1 clamped: log p(y) - log p(x_1 = y_1))."""
     hmm, n = _tiny(seed), 4000
     lik = _observation(hmm, seed)
     _, p = _posterior_by_enumeration(hmm, lik)
-    out = posterior_smc(hmm, lik, n, seed=seed)
+    out = posterior_smc(hmm, lik, n, seed=seed, clamp=clamp)
     assert _joint_tv(out["tokens"], p / p.sum(), out["log_weights"]) < 2 * _joint_floor(p / p.sum(), n)
-    assert abs(out["log_evidence"] - float(p.sum().log())) < 0.01
-    assert out["nfe"] == L
+    log_evidence = float(p.sum().log())
+    if clamp:
+        log_evidence -= float(hmm.marginals(L)[1, int(lik[1].argmax())].log())
+    assert abs(out["log_evidence"] - log_evidence) < 0.01
+    assert out["nfe"] == (L - 1 if clamp else L)
+
+
+def test_clamped_inpainting_makes_the_tilt_exact():
+    """With exact constraints only, decoding from the clamped canvas draws the exact posterior
+    (the unobserved positions carry likelihood 1, so the tilt is the prior's conditional)."""
+    hmm, n = _tiny(2), 4000
+    x = hmm.sample(1, L, generator=torch.Generator().manual_seed(5))[0]
+    lik = inpainting_likelihood(x, torch.tensor([True, False, False, True]), V)
+    canvas = clamped_canvas(hmm, lik)
+    assert canvas.tolist() == [[int(x[0]), hmm.mask_id, hmm.mask_id, int(x[3])]]
+    _, p = _posterior_by_enumeration(hmm, lik)
+    p = p / p.sum()
+    out = decode(LikelihoodTilt(hmm, lik), canvas=canvas.expand(n, L), policy="random", steps=2, seed=0)
+    assert out.nfe == 2
+    assert _joint_tv(out.tokens, p) < 1.5 * _joint_floor(p, n)
+
+
+def test_rao_blackwell_marginals_are_the_exact_full_conditionals():
+    """For one sequence, each position's estimate is p(x_j | x_{-j}, y) by enumeration."""
+    hmm = _tiny(0)
+    lik = _observation(hmm, 3)
+    seqs, p = _posterior_by_enumeration(hmm, lik)
+    x = torch.tensor([[2, int(lik[1].argmax()), 0, 1]])
+    rb = rao_blackwell_marginals(hmm, x, lik)  # [L, V]
+    for j in range(L):
+        others = [i for i in range(L) if i != j]
+        match = (seqs[:, others] == x[0, others]).all(-1)
+        want = torch.zeros(V, dtype=torch.float64).index_add_(0, seqs[match, j], p[match])
+        torch.testing.assert_close(rb[j], want / want.sum(), rtol=1e-10, atol=1e-14)
 
 
 def test_smc_marginals_on_a_sticky_hmm_within_the_floor_band():
@@ -159,6 +193,8 @@ def test_smc_marginals_on_a_sticky_hmm_within_the_floor_band():
     tilt_tv = marginal_tv(weighted_marginals(tilt, 8), exact).mean()
     assert smc < 2.5 * floor, (smc, floor)
     assert tilt_tv > 2.5 * floor, (tilt_tv, floor)
+    rb = marginal_tv(rao_blackwell_marginals(hmm, out["tokens"], lik, out["log_weights"]), exact).mean()
+    assert rb < floor, (rb, floor)  # Rao-Blackwellised: below the one-hot floor of exact draws
 
 
 def test_bad_input():
@@ -186,6 +222,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match="probability zero"):
         hmm_posterior_marginals(hard, impossible)
     with pytest.raises(ValueError, match="impossible"):
+        posterior_smc(hard, impossible, 8, clamp=False)
+    with pytest.raises(ValueError, match="probability zero"):  # clamped: the oracle itself refuses
         posterior_smc(hard, impossible, 8)
     with pytest.raises(ValueError, match=r"likelihood must be \[L, V\]"):
         LikelihoodTilt(hmm, torch.ones(L, V + 3))

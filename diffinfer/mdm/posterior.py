@@ -126,7 +126,8 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
             (1.0: every step, 0: never, plain sequential importance sampling).
         final_resample: end with one resampling, so the returned weights are uniform.
         clamp: write positions whose likelihood allows one token into the canvas first
-            (``clamped_canvas``); ``log_evidence`` is then ``log p(y_rest | clamped tokens)``.
+            (``clamped_canvas``); ``log_evidence`` then estimates ``log p(y) - log p(clamped tokens)``
+            (the masked model has no direct ``p(clamped tokens)``).
     Returns:
         dict with ``tokens`` ``[N, L]``, ``log_weights`` ``[N]`` (self-normalised use:
         ``softmax(log_weights)``), ``log_evidence`` (the SMC estimate of ``log p(y)``, unbiased
@@ -145,11 +146,13 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
     tokens = torch.full((n, L), mask, dtype=torch.long)
     if clamp:
         tokens = clamped_canvas(model, likelihood).expand(n, L).clone()
+    clamped = tokens[0] != mask  # [L]
     n_steps = int((tokens == mask).sum(-1)[0])
     rng = SampleRNG.from_seed(seed, batch=n)
     gen = torch.Generator().manual_seed(int(seed) ^ 0x5EC)
     log_w = torch.zeros(n, dtype=torch.float64)
-    log_evidence, resampled, one = 0.0, [], torch.ones(n, dtype=torch.long)
+    log_evidence = float(log_lik[0, clamped, tokens[0, clamped]].sum())  # the clamped tokens' likelihood
+    resampled, one = [], torch.ones(n, dtype=torch.long)
     for step in range(n_steps):
         logp = filter_logits(model.logits(tokens), mask)  # [N, L, V+1]
         tilted, log_z = tilt_normalisers(logp, log_lik)
