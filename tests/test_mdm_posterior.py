@@ -130,20 +130,23 @@ def test_decoding_the_tilt_draws_its_exact_law_which_is_not_the_posterior(seed):
     assert 0.5 * float((q - p).abs().sum()) > 1e-3  # exact: 0.0029 and 0.0151 on these seeds
 
 
-@pytest.mark.parametrize("seed,clamp", [(0, True), (1, True), (2, True), (0, False)])
-def test_smc_targets_the_exact_joint_posterior(seed, clamp):
+@pytest.mark.parametrize("seed,clamp,ess", [(0, True, 0.5), (1, True, 1.0), (2, True, 1.0), (0, False, 1.0)])
+def test_smc_targets_the_exact_joint_posterior(seed, clamp, ess):
     """With an exact prior the weighted particles target p(x | y): joint TV within 2x the floor of
     as many exact draws, and the evidence estimate close to the exact log p(y) (with the exact
     constraint at position 1 clamped: log p(y) - log p(x_1 = y_1))."""
     hmm, n = _tiny(seed), 4000
     lik = _observation(hmm, seed)
     _, p = _posterior_by_enumeration(hmm, lik)
-    out = posterior_smc(hmm, lik, n, seed=seed, clamp=clamp)
+    out = posterior_smc(hmm, lik, n, seed=seed, clamp=clamp, ess_threshold=ess)
+    assert (out["tokens"] != hmm.mask_id).all() and (out["tokens"][:, 1] == int(lik[1].argmax())).all()
+    assert len(out["resampled"]) == (out["nfe"] if ess == 1.0 else 0)  # ESS < N after each weighting
     assert _joint_tv(out["tokens"], p / p.sum(), out["log_weights"]) < 2 * _joint_floor(p / p.sum(), n)
     log_evidence = float(p.sum().log())
     if clamp:
         log_evidence -= float(hmm.marginals(L)[1, int(lik[1].argmax())].log())
-    assert abs(out["log_evidence"] - log_evidence) < 0.01
+    # the estimate's spread at N = 4000, resampling every step: std 0.012 over 12 other seeds
+    assert abs(out["log_evidence"] - log_evidence) < 0.05
     assert out["nfe"] == (L - 1 if clamp else L)
 
 
