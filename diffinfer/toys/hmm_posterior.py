@@ -118,3 +118,57 @@ def hmm_posterior_sample(hmm: HiddenMarkovModel, lik: Tensor, n: int,
     token_law = hmm.emission[h] * lik[None]  # [n, L, V]
     flat = token_law.reshape(n * L, -1)
     return torch.multinomial(flat, 1, generator=generator).view(n, L)
+
+
+def _token_values(values, n_states: int) -> Tensor:
+    a = torch.arange(n_states) if values is None else torch.as_tensor(values)
+    if a.shape != (n_states,) or a.dtype.is_floating_point or (a < 0).any():
+        raise ValueError(f"values must be {n_states} non-negative integers (one per token), got {values!r}")
+    return a.long()
+
+
+def hmm_sum_posterior_marginals(hmm: HiddenMarkovModel, length: int, y: float, sigma: float,
+                                values=None) -> Tensor:
+    """Exact ``p(x_i = v | y)`` ``[L, V]`` for the linear-sum observation
+    ``y = sum_i values[x_i] + N(0, sigma^2)`` (``values``: non-negative integers, default the
+    token ids). The posterior is not a per-position tilt: forward-backward runs on the
+    augmented state ``(h_i, S_i)`` with ``S_i`` the running sum of values, the backward message
+    starting from ``N(y; S_L, sigma^2)``."""
+    if int(length) < 1 or not sigma > 0:
+        raise ValueError(f"need length >= 1 and sigma > 0, got {length}, {sigma}")
+    a = _token_values(values, hmm.n_states)  # [V]
+    L, H, V = int(length), hmm.n_hidden, hmm.n_states
+    S = L * int(a.max()) + 1  # running sums 0..S-1
+    T, E = hmm.transition, hmm.emission
+
+    def shift(m: Tensor, k: int) -> Tensor:  # m[..., s] -> m[..., s + k] (zero beyond the range)
+        out = torch.zeros_like(m)
+        out[..., : S - k] = m[..., k:]
+        return out
+
+    def advance(m: Tensor, k: int) -> Tensor:  # m[..., s] -> m[..., s - k]
+        out = torch.zeros_like(m)
+        out[..., k:] = m[..., : S - k]
+        return out
+
+    sums = torch.arange(S, dtype=torch.float64)
+    log_end = -0.5 * ((float(y) - sums) / sigma) ** 2  # [S]
+    end = torch.exp(log_end - log_end.max())
+    # backward: b[i][h, s] = P(y | h_i = h, S_i = s), up to one constant
+    b = [None] * L
+    b[L - 1] = end.expand(H, S).clone()
+    for i in range(L - 2, -1, -1):
+        nxt = sum(E[:, v][:, None] * shift(b[i + 1], int(a[v])) for v in range(V))  # [H', S]: over x_{i+1}
+        b[i] = T @ nxt
+        b[i] = b[i] / b[i].max()
+    # forward: pred[h, s] = P(h_i = h, S_{i-1} = s) before emitting x_i
+    pred = torch.zeros(H, S, dtype=torch.float64)
+    pred[:, 0] = hmm.initial
+    out = torch.empty(L, V, dtype=torch.float64)
+    for i in range(L):
+        joint = torch.stack([(pred * E[:, v][:, None] * shift(b[i], int(a[v]))).sum() for v in range(V)])
+        out[i] = joint / joint.sum()
+        f = sum(advance(pred * E[:, v][:, None], int(a[v])) for v in range(V))  # P(h_i, S_i)
+        f = f / f.sum()
+        pred = T.T @ f
+    return out
