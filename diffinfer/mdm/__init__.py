@@ -11,7 +11,7 @@ from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_b
 from .caching import CACHE_MODES, LogitsEvaluator, guided
 from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
-from .posterior import (LikelihoodTilt, clamped_canvas, marginal_tv, posterior_smc, rao_blackwell_marginals,
+from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_smc, rao_blackwell_marginals,
                         weighted_marginals)
 from .policies import POLICIES, get_policy, policy_names
 from .remasking import RunningConfidenceRemasking
@@ -33,5 +33,5 @@ __all__ = [
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
-    "rao_blackwell_marginals",
+    "rao_blackwell_marginals", "SumPotential",
 ]

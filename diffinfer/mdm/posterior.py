@@ -114,13 +114,63 @@ def clamped_canvas(model, likelihood) -> Tensor:
     return torch.where(exact, log_lik.argmax(-1), torch.full_like(exact, mask, dtype=torch.long))
 
 
+class SumPotential:
+    """Twisting potentials for the linear-sum observation ``y = sum_i values[x_i] + N(0, sigma^2)``
+    (a likelihood that is not per-position): with the masked positions' values replaced by their
+    means and variances under the model's conditionals (factorised, moment-matched),
+    ``G(x_U) = N(y; sum_U values + sum_M mean_j, sigma^2 + sum_M var_j)``; on a complete
+    sequence it is the exact likelihood. ``step`` also gives each candidate's look-ahead
+    ``G(x_U, x_j = v)`` from the same conditionals (the proposal's tilt; no extra model call).
+
+    Args:
+        values: ``[V]`` the value of each token (mask excluded, in vocabulary order).
+        y, sigma: the observation and its noise; ``length``: ``L``.
+    """
+
+    def __init__(self, values, y: float, sigma: float, length: int):
+        self.values = torch.as_tensor(values, dtype=torch.float64)
+        if self.values.dim() != 1 or not torch.isfinite(self.values).all():
+            raise ValueError("values must be a finite [V] vector")
+        if not sigma > 0 or int(length) < 1:
+            raise ValueError(f"need sigma > 0 and length >= 1, got {sigma}, {length}")
+        self.y, self.sigma, self.length = float(y), float(sigma), int(length)
+
+    def _full(self, vocab: int, mask: int) -> Tensor:
+        if self.values.numel() != vocab - 1:
+            raise ValueError(f"values has {self.values.numel()} entries; the model has {vocab - 1} tokens")
+        return torch.cat([self.values[:mask], self.values.new_zeros(1), self.values[mask:]])  # [V+1]
+
+    def _log_normal(self, mean: Tensor, var: Tensor) -> Tensor:
+        return -0.5 * (torch.log(2 * torch.pi * var) + (self.y - mean) ** 2 / var)
+
+    def step(self, tokens: Tensor, probs: Tensor, mask: int) -> tuple[Tensor, Tensor]:
+        """``log G`` ``[N]`` of the canvas and the look-ahead ``log G`` per candidate ``[N, L, V+1]``."""
+        a = self._full(probs.shape[-1], mask)  # [V+1]
+        masked = tokens == mask  # [N, L]
+        known = torch.where(masked, 0.0, a[tokens]).sum(-1)  # [N]
+        mu = probs @ a  # [N, L]
+        var = (probs @ (a * a) - mu * mu).clamp_min(0)
+        mu, var = torch.where(masked, mu, 0.0), torch.where(masked, var, 0.0)
+        M, Vr = mu.sum(-1), var.sum(-1)  # [N]
+        log_g = self._log_normal(known + M, self.sigma ** 2 + Vr)
+        mean_v = (known + M)[:, None, None] - mu[..., None] + a  # [N, L, V+1]
+        var_v = (self.sigma ** 2 + Vr)[:, None, None] - var[..., None]
+        return log_g, self._log_normal(mean_v, var_v.clamp_min(self.sigma ** 2))
+
+    def final(self, tokens: Tensor, vocab: int, mask: int) -> Tensor:
+        """The exact ``log p(y | x)`` ``[N]`` of complete sequences."""
+        a = self._full(vocab, mask)
+        return self._log_normal(a[tokens].sum(-1), torch.tensor(self.sigma ** 2, dtype=torch.float64))
+
+
 @torch.no_grad()
 def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_threshold: float = 0.5,
-                  final_resample: bool = False, clamp: bool = True) -> dict:
+                  final_resample: bool = False, clamp: bool = True, potential: SumPotential | None = None) -> dict:
     """SMC posterior sampling for one observation (see the module docstring).
 
     Args:
-        model: a masked model; ``likelihood``: ``[L, V]`` for the one observation.
+        model: a masked model; ``likelihood``: ``[L, V]`` per-position likelihood of the one
+            observation, or ``None`` (no per-position part; then ``potential`` gives ``L``).
         n_particles: particles ``N``; ``seed``: per-particle streams (``diffinfer.rng``) and the
             resampling stream; ``ess_threshold``: resample when ESS < ``ess_threshold * N``
             (1.0: every step, 0: never, plain sequential importance sampling).
@@ -128,6 +178,11 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
         clamp: write positions whose likelihood allows one token into the canvas first
             (``clamped_canvas``); ``log_evidence`` then estimates ``log p(y) - log p(clamped tokens)``
             (the masked model has no direct ``p(clamped tokens)``).
+        potential: a further observation that does not factorise over positions (``SumPotential``):
+            the targets become ``gamma_s = p(x_U) prod_U lik G_s(x_U)``, the proposal is also tilted
+            by the potential's look-ahead ``Ghat_s(x_j)``, and the weight of a step is
+            ``Z_s G_{s+1} / (G_s Ghat_s(x_j))`` (``G_{s+1}`` from the next call's conditionals; the
+            last is the exact likelihood), so the target is still exactly the posterior.
     Returns:
         dict with ``tokens`` ``[N, L]``, ``log_weights`` ``[N]`` (self-normalised use:
         ``softmax(log_weights)``), ``log_evidence`` (the SMC estimate of ``log p(y)``, unbiased
@@ -137,12 +192,19 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
 
     model = as_masked_model(model)
     mask, vocab = int(model.mask_id), int(model.vocab_size)
+    if likelihood is None:
+        if potential is None:
+            raise ValueError("give a likelihood, a potential, or both")
+        likelihood = torch.ones(potential.length, vocab - 1, dtype=torch.float64)
+        clamp = False
     log_lik = _log_likelihood(likelihood, vocab, mask)  # [1, L, V+1]
     if log_lik.shape[0] != 1:
         raise ValueError("posterior_smc takes one observation: likelihood [L, V]")
     if int(n_particles) < 1 or not 0 <= ess_threshold <= 1:
         raise ValueError(f"need n_particles >= 1 and 0 <= ess_threshold <= 1, got {n_particles}, {ess_threshold}")
     n, L = int(n_particles), log_lik.shape[1]
+    if potential is not None and potential.length != L:
+        raise ValueError(f"the potential is for length {potential.length}, the likelihood for {L}")
     tokens = torch.full((n, L), mask, dtype=torch.long)
     if clamp:
         tokens = clamped_canvas(model, likelihood).expand(n, L).clone()
@@ -153,27 +215,50 @@ def posterior_smc(model, likelihood, n_particles: int, seed: int = 0, ess_thresh
     log_w = torch.zeros(n, dtype=torch.float64)
     log_evidence = float(log_lik[0, clamped, tokens[0, clamped]].sum())  # the clamped tokens' likelihood
     resampled, one = [], torch.ones(n, dtype=torch.long)
-    for step in range(n_steps):
-        logp = filter_logits(model.logits(tokens), mask)  # [N, L, V+1]
-        tilted, log_z = tilt_normalisers(logp, log_lik)
-        masked = tokens == mask
-        order = rng.rand((L,), dtype=torch.float64)  # random decoding order, per particle
-        commit = top_k_mask(order, masked, one)  # [N, L], one position per row
-        inc = torch.where(commit, log_z, torch.zeros_like(log_z)).sum(-1)  # [N]: log Z_j
+    zeros = torch.zeros(n, dtype=torch.float64)
+    g_prev, g_hat = zeros, zeros  # log G_{s-1}(x), log Ghat_{s-1}(x_j) of the token drawn last
+
+    def reweight(inc: Tensor) -> None:
+        nonlocal log_w, log_evidence
         if torch.isnan(inc).any():
-            raise ValueError("NaN in the tilt normalisers (the model returned NaN?)")
+            raise ValueError("NaN in the SMC weights (the model returned NaN?)")
         log_evidence += float(torch.logsumexp(log_w + inc, 0) - torch.logsumexp(log_w, 0))
         log_w = log_w + inc
         if not torch.isfinite(log_w).any():
             raise ValueError("every particle has zero weight: the observation is impossible under the model")
-        if effective_sample_size(log_w) < ess_threshold * n or (final_resample and step == n_steps - 1):
+
+    for step in range(n_steps):
+        logp = filter_logits(model.logits(tokens), mask)  # [N, L, V+1]
+        tilt = log_lik
+        inc = zeros
+        if potential is not None:
+            log_g, look = potential.step(tokens, logp.exp(), mask)  # [N], [N, L, V+1]
+            inc = log_g - g_prev - g_hat
+            tilt = log_lik + look
+            g_prev = log_g
+        tilted, log_z = tilt_normalisers(logp, tilt)
+        masked = tokens == mask
+        order = rng.rand((L,), dtype=torch.float64)  # random decoding order, per particle
+        commit = top_k_mask(order, masked, one)  # [N, L], one position per row
+        reweight(inc + torch.where(commit, log_z, torch.zeros_like(log_z)).sum(-1))  # + log Z_j
+        if effective_sample_size(log_w) < ess_threshold * n:
             idx = systematic_resample(log_w, n, gen)  # [N]
-            tokens, tilted, commit = tokens[idx], tilted[idx], commit[idx]
+            tokens, tilted, commit, g_prev = tokens[idx], tilted[idx], commit[idx], g_prev[idx]
+            if potential is not None:
+                look = look[idx]
             rng = rng.select(idx).fork(step + 1)
             log_w = torch.zeros(n, dtype=torch.float64)
             resampled.append(step)
         x0 = propose_tokens(tilted, rng, greedy=False)  # [N, L]
         tokens = torch.where(commit, x0, tokens)
+        if potential is not None:
+            g_hat = torch.where(commit, look.gather(-1, x0[..., None])[..., 0], 0.0).sum(-1)  # [N]
+    if potential is not None:
+        reweight(potential.final(tokens, vocab, mask) - g_prev - g_hat)
+    if final_resample:
+        idx = systematic_resample(log_w, n, gen)
+        tokens, log_w = tokens[idx], torch.zeros(n, dtype=torch.float64)
+        resampled.append(n_steps)
     return {"tokens": tokens, "log_weights": log_w, "log_evidence": log_evidence, "nfe": n_steps,
             "resampled": resampled}
 
