@@ -233,6 +233,20 @@ def test_smc_with_a_sum_potential_targets_the_exact_joint(seed, ess):
     assert abs(out["log_evidence"] - log_evidence) < 0.05  # as above: the estimate's spread is ~0.01
 
 
+def test_rao_blackwell_with_the_sum_observation_gives_the_full_conditionals():
+    hmm, values, y, sigma = _tiny(1), torch.tensor([0, 2, 1]), 3.3, 0.5
+    seqs, p = _sum_posterior_by_enumeration(hmm, values, y, sigma)
+    x = torch.tensor([[1, 0, 2, 1], [2, 2, 0, 1]])
+    lik = SumPotential(values, y, sigma, L).leave_one_out_likelihood(x)  # [2, L, V]
+    for b in range(2):
+        rb = rao_blackwell_marginals(hmm, x[b:b + 1], lik[b:b + 1])
+        for j in range(L):
+            others = [i for i in range(L) if i != j]
+            match = (seqs[:, others] == x[b, others]).all(-1)
+            want = torch.zeros(V, dtype=torch.float64).index_add_(0, seqs[match, j], p[match])
+            torch.testing.assert_close(rb[j], want / want.sum(), rtol=1e-10, atol=1e-14)
+
+
 def test_bad_input():
     hmm = _tiny(0)
     y = torch.tensor([0, 1, 2, 0])

@@ -157,6 +157,15 @@ class SumPotential:
         var_v = (self.sigma ** 2 + Vr)[:, None, None] - var[..., None]
         return log_g, self._log_normal(mean_v, var_v.clamp_min(self.sigma ** 2))
 
+    def leave_one_out_likelihood(self, tokens: Tensor) -> Tensor:
+        """``p(y | x_{-j}, x_j = v)`` ``[N, L, V]`` of complete sequences ``[N, L]`` (mask id last),
+        up to a factor per position (scaled so its largest entry is 1): the per-sample likelihood
+        with which ``rao_blackwell_marginals`` gives this observation's full conditionals."""
+        a = self.values
+        rest = a[tokens].sum(-1, keepdim=True) - a[tokens]  # [N, L]
+        log = self._log_normal(rest[..., None] + a, torch.tensor(self.sigma ** 2, dtype=torch.float64))
+        return (log - log.amax(-1, keepdim=True)).exp()
+
     def final(self, tokens: Tensor, vocab: int, mask: int) -> Tensor:
         """The exact ``log p(y | x)`` ``[N]`` of complete sequences."""
         a = self._full(vocab, mask)
@@ -283,8 +292,11 @@ def rao_blackwell_marginals(model, tokens: Tensor, likelihood, log_weights: Tens
     by ``log_weights``) with each position's one-hot replaced by its exact conditional
     ``p(x_j | x_{-j}, y) = p(x_j | x_{-j}) lik[j, x_j] / Z`` (the model's conditional with only
     ``j`` masked, tilted): a Rao-Blackwellised estimator of the same marginals, with lower
-    variance when the conditionals are exact. Costs one batched model call per position
-    (``L`` NFE); ``V`` counts the tokens other than the mask (mask id last)."""
+    variance when the conditionals are exact. ``likelihood``: ``[L, V]``, or per sample
+    ``[N, L, V]`` for an observation that does not factorise (the likelihood of each value at
+    ``j`` with the rest of that sample fixed, ``SumPotential.leave_one_out_likelihood``). Costs
+    one batched model call per position (``L`` NFE); ``V`` counts the tokens other than the mask
+    (mask id last)."""
     model = as_masked_model(model)
     mask, vocab = int(model.mask_id), int(model.vocab_size)
     log_lik = _log_likelihood(likelihood, vocab, mask)
