@@ -26,6 +26,11 @@ conditionals ``p(x_j | x_U)`` given the unmasked tokens ``x_U``:
   ``p(x | y)`` exactly as their number grows (the last weights are returned; they are
   uniform after a final resampling). This is FK steering's text SMC
   (``diffinfer.scaling.text_smc``) with the likelihood as the potential, one token a step.
+- ``SumPotential``: for an observation that does not factorise over positions, the linear sum
+  ``y = sum_i values[x_i] + N(0, sigma^2)``, moment-matched twisting potentials from the same
+  conditionals (no extra model call) in ``posterior_smc(..., potential=)``; still exact.
+- ``rao_blackwell_marginals``: posterior marginals from (weighted) samples with each position's
+  one-hot replaced by its exact full conditional ``p(x_j | x_{-j}, y)`` (``L`` model calls).
 """
 from __future__ import annotations
 
