@@ -120,8 +120,8 @@ def run(n: int, length: int, seeds) -> dict:
             rb_floor = float(marginal_tv(rao_blackwell_marginals(hmm, ffbs, lik), exact).mean())
             for name, (marg, nfe) in samplers(hmm, lik, n, length, seed).items():
                 tv = float(marginal_tv(marg, exact).mean())
-                rows.append({"seed": seed, "problem": prob, "sampler": name, "tv": tv, "floor": floor, "rb_floor": rb_floor,
-                             "nfe": nfe})
+                rows.append({"seed": seed, "problem": prob, "sampler": name, "tv": tv, "floor": floor,
+                             "rb_floor": rb_floor, "nfe": nfe})
                 print(f"seed {seed} {prob:8s} {name:9s} TV {tv:.4f} floor {floor:.4f} RB floor {rb_floor:.4f}",
                       flush=True)
         samples, exact, floor = sum_problem(hmm, n, length, seed)

@@ -7,10 +7,11 @@ import itertools
 import pytest
 import torch
 
-from diffinfer.mdm import (LikelihoodTilt, SumPotential, clamped_canvas, decode, marginal_tv, posterior_smc, rao_blackwell_marginals,
-                           weighted_marginals)
+from diffinfer.mdm import (LikelihoodTilt, SumPotential, clamped_canvas, decode, marginal_tv, posterior_smc,
+                           rao_blackwell_marginals, weighted_marginals)
 from diffinfer.toys import (HiddenMarkovModel, hmm_posterior_log_evidence, hmm_posterior_marginals,
-                            hmm_posterior_sample, hmm_sum_posterior_marginals, inpainting_likelihood, symmetric_channel_likelihood)
+                            hmm_posterior_sample, hmm_sum_posterior_marginals, inpainting_likelihood,
+                            symmetric_channel_likelihood)
 
 torch.set_num_threads(1)
 V, L = 3, 4

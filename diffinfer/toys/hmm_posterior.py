@@ -15,8 +15,8 @@ draws exact posterior sequences by forward filtering, backward sampling (FFBS; C
 
 Likelihoods multiply (``channel * constraints``). ``hmm_sum_posterior_marginals`` gives the
 exact marginals under a linear-sum observation ``y = sum_i values[x_i] + N(0, sigma^2)``, which
-does not factorise over positions (forward-backward on the hidden state and the running sum). The masked-diffusion samplers that target
-these posteriors are in ``diffinfer.mdm.posterior``.
+does not factorise over positions (forward-backward on the hidden state and the running sum).
+The masked-diffusion samplers that target these posteriors are in ``diffinfer.mdm.posterior``.
 """
 from __future__ import annotations
 
