@@ -10,7 +10,7 @@ import argparse
 import pathlib
 
 CHROMIUM = "/usr/bin/chromium"
-VIEWPORT = {"width": 1180, "height": 640}
+VIEWPORT = {"width": 1180, "height": 560}
 
 
 def open_page(browser, url: str):
@@ -21,31 +21,42 @@ def open_page(browser, url: str):
     return page
 
 
+def wait_for(page, selector: str, needle: str, error: str) -> None:
+    """Wait until ``selector``'s text has ``needle``; raise with the page's message if
+    ``error`` shows one instead."""
+    page.wait_for_function(f"document.querySelector('{selector}').textContent.includes('{needle}')"
+                           f" || document.querySelector('{error}').textContent !== ''", timeout=120_000)
+    message = page.locator(error).text_content()
+    if message:
+        raise RuntimeError(f"the page shows an error: {message}")
+
+
 def shoot_digits(page, path) -> None:
-    page.select_option("#d-solver", "unipc")
     page.fill("#d-steps", "6")
+    page.fill("#d-n", "16")
+    page.select_option("#c-solver-a", "ddim")
+    page.select_option("#c-solver-b", "unipc")
+    page.click("#c-compare")  # default grid, same seed
+    wait_for(page, "#c-info-b", "NFE", "#d-error")
+    page.select_option("#d-solver", "unipc")
     page.select_option("#d-grid", "fitted")
     page.fill("#d-n", "32")
     page.click("#d-sample")
-    page.wait_for_function("document.querySelector('#d-info').textContent.includes('NFE')", timeout=60_000)
-    page.select_option("#d-grid", "default")
-    page.select_option("#c-solver-a", "ddim")
-    page.select_option("#c-solver-b", "unipc")
-    page.click("#c-compare")
-    page.wait_for_function("document.querySelector('#c-info-b').textContent.includes('NFE')", timeout=60_000)
-    page.screenshot(path=str(path))
+    wait_for(page, "#d-info", "NFE", "#d-error")
+    page.screenshot(path=str(path), full_page=True)
 
 
 def shoot_text(page, path) -> None:
     page.click("#tab-text")
-    page.select_option("#t-policy", "low-confidence")
-    page.fill("#t-steps", "64")
-    page.fill("#t-length", "256")
+    page.select_option("#t-policy", "random")
+    page.fill("#t-steps", "250")
+    page.fill("#t-prompt", "ROMEO:")
+    page.fill("#t-length", "250")
     page.click("#t-decode")
-    page.wait_for_function("document.querySelector('#t-info').dataset.step === '63'", timeout=60_000)
-    page.evaluate("() => { const s = document.querySelector('#t-scrub'); s.value = '40';"
+    wait_for(page, "#t-info", "step 250 / 250", "#t-error")
+    page.evaluate("() => { const s = document.querySelector('#t-scrub'); s.value = '170';"
                   " s.dispatchEvent(new Event('input')); }")
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), full_page=True)
 
 
 def shoot_inverse(page, path) -> None:
@@ -55,7 +66,7 @@ def shoot_inverse(page, path) -> None:
     page.click("#i-box")
     page.fill("#i-n", "6")
     page.click("#i-inpaint")
-    page.wait_for_function("document.querySelector('#i-info').textContent.includes('PSNR')", timeout=60_000)
+    wait_for(page, "#i-info", "PSNR", "#i-error")
     page.screenshot(path=str(path))
 
 

@@ -71,7 +71,7 @@ $("c-compare").addEventListener("click", () => busy($("c-compare"), $("d-error")
 }));
 
 // --- text ------------------------------------------------------------------------------
-const TEXT = { frames: [], firstShown: [], timer: null, cols: 64 };
+const TEXT = { frames: [], firstShown: [], timer: null, cols: 64, prompt: "", layout: null };
 
 function syncTextFields() {
   const selfPaced = OPTIONS.self_paced.includes(val("t-policy"));
@@ -95,27 +95,43 @@ function firstShown(frames, maskChar) {
   return out;
 }
 
+// fixed places for the characters: the prompt, then the final text's lines (nothing moves
+// while the decode fills in the masks)
+function layout(prompt, finalText) {
+  const places = [];
+  let row = 0, col = 0;
+  const advance = (c) => { col++; if (col >= TEXT.cols || c === "\n") { col = 0; row++; } };
+  for (const c of Array.from(prompt)) advance(c);
+  for (const c of Array.from(finalText)) { places.push([row, col]); advance(c); }
+  return { places, rows: row + 1 };
+}
+
 function drawFrame(f) {
   const cv = $("text-canvas"), ctx = cv.getContext("2d");
   const chars = Array.from(TEXT.frames[f]), shown = TEXT.firstShown[f];
-  const cols = TEXT.cols, cw = 13.5, lh = 20, x0 = 12, y0 = 22;
+  const cw = 13.5, lh = 20, x0 = 12, y0 = 22;
   const steps = Math.max(1, TEXT.frames.length - 1);
   ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, cv.width, cv.height);
   ctx.font = "15px monospace"; ctx.textBaseline = "alphabetic";
   let row = 0, col = 0;
+  ctx.fillStyle = "#000";
+  for (const c of Array.from(TEXT.prompt)) {  // the prompt, given: black
+    if (c !== "\n") ctx.fillText(c, x0 + col * cw + 2, y0 + row * lh);
+    col++;
+    if (col >= TEXT.cols || c === "\n") { col = 0; row++; }
+  }
   for (let p = 0; p < chars.length; p++) {
-    const x = x0 + col * cw, y = y0 + row * lh;
+    const [r, c] = TEXT.layout.places[p];
+    const x = x0 + c * cw, y = y0 + r * lh;
     if (shown[p] < 0) {
       ctx.fillStyle = "#ddd"; ctx.fillRect(x, y - 13, cw - 2, 16);
     } else {
       const hue = 240 - 240 * (shown[p] / steps);
-      ctx.fillStyle = `hsl(${hue}, 75%, ${shown[p] === f && f > 0 ? 92 : 96}%)`;
+      ctx.fillStyle = `hsl(${hue}, 75%, ${shown[p] === f && f > 0 ? 90 : 96}%)`;
       ctx.fillRect(x, y - 13, cw - 1, 16);
       ctx.fillStyle = `hsl(${hue}, 75%, 38%)`;
       ctx.fillText(chars[p] === "\n" ? "\u21b5" : chars[p], x + 2, y);
     }
-    col++;
-    if (col >= cols || chars[p] === "\n") { col = 0; row++; }
   }
   cv.dataset.frame = String(f);
   $("t-scrub").value = String(f);
@@ -148,10 +164,9 @@ $("t-decode").addEventListener("click", () => busy($("t-decode"), $("t-error"), 
   TEXT.summary = `${r.policy}: ${r.length} characters in ${r.steps} steps, NFE ${r.nfe}, ${r.wall_time.toFixed(2)} s`
     + (r.prompt ? ` after the prompt "${r.prompt}"` : "");
   $("t-scrub").max = String(r.frames.length - 1);
-  const last = Array.from(r.frames[r.frames.length - 1] || "");
-  let rows = 1, col = 0;
-  for (const c of last) { col++; if (col >= TEXT.cols || c === "\n") { col = 0; rows++; } }
-  $("text-canvas").height = Math.max(120, 22 + rows * 20 + 8);
+  TEXT.prompt = r.prompt;
+  TEXT.layout = layout(r.prompt, r.frames[r.frames.length - 1]);
+  $("text-canvas").height = Math.max(120, 22 + TEXT.layout.rows * 20 + 8);
   play();
 }));
 $("t-replay").addEventListener("click", () => { if (TEXT.frames.length) play(); });
