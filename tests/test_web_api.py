@@ -307,3 +307,31 @@ def test_the_core_package_and_the_cli_import_no_web_framework():
             "bad = [m for m in ('fastapi', 'uvicorn', 'starlette', 'playwright') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serve_serves_the_page(tmp_path):
+    """``diffinfer serve`` end to end: the command starts uvicorn, the page and the API answer."""
+    import pathlib
+    import time
+    import urllib.request
+
+    from diffinfer.web.server import free_port
+    port = free_port()
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "diffinfer.cli", "serve", "--port", str(port)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err.txt", "w"))
+    try:
+        deadline, page = time.monotonic() + 120, None
+        while page is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.2)
+        assert page is not None, (tmp_path / "err.txt").read_text()
+        assert 'id="d-sample"' in page
+        opts = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/options", timeout=30).read().decode()
+        assert '"solvers"' in opts
+        assert f"http://127.0.0.1:{port}" in (tmp_path / "err.txt").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
