@@ -8,7 +8,8 @@ import argparse
 import os
 import sys
 
-from .common import UsageError, add_progress, finite_float, int_in, parse_options, positive_int, progress_enabled, seed_int, steps_int
+from .common import (UsageError, add_progress, finite_float, int_in, parse_options, positive_int, progress_enabled,
+                     seed_int, steps_int)
 
 #: the most rows one job may hold (shard names have 9 digits)
 MAX_ROWS = 999_999_999

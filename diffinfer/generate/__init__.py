@@ -14,8 +14,8 @@ the union of the shards written by ``K`` processes is bitwise the output of one 
   manifests), ``load_rows`` and ``status``;
 - ``run``: ``generate(config, out)``, the rank split (``RANK`` / ``WORLD_SIZE``) and progress.
 """
-from .config import ConfigMismatch, GenerateConfig
-from .run import generate, rank_env, shard_plan
+from .config import ConfigMismatch, GenerateConfig, shard_plan
+from .run import generate, rank_env
 from .store import format_status, load_rows, status
 
 __all__ = ["GenerateConfig", "ConfigMismatch", "generate", "rank_env", "shard_plan", "load_rows", "status",

@@ -87,6 +87,11 @@ class GenerateConfig:
         return out
 
 
+def shard_plan(n: int, batch: int) -> list[tuple[int, int]]:
+    """The shards of a job: ``[(0, B), (B, 2B), ..., (kB, n)]`` (the last one shorter)."""
+    return [(a, min(a + batch, n)) for a in range(0, n, batch)]
+
+
 def canonical(record: dict) -> str:
     return json.dumps(record, sort_keys=True, allow_nan=False, separators=(",", ":"))
 

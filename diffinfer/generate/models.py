@@ -159,7 +159,7 @@ def _bundled_denoiser(config) -> RowDrawer:
     if conditional:
         null = int(null)
 
-        def bind(rows):
+        def bind_rows(rows):
             idx = torch.as_tensor(rows, dtype=torch.int64)
             if config.label is not None:
                 lab = torch.full_like(idx, int(config.label))
@@ -169,6 +169,7 @@ def _bundled_denoiser(config) -> RowDrawer:
                 lab = torch.full_like(idx, null)
             d = base.bind(label=lab)
             return ClassifierFreeGuidance(d, config.guidance, null_label=null) if config.guidance is not None else d
+        bind = bind_rows
     fp = _hash_file(zoo.weights_path(config.model))
     return _continuous(config, base, shape, fp, bind=bind, image=_image_fn(shape))
 

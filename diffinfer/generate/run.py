@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from .. import __version__
-from .config import FORMAT, GenerateConfig, canonical, config_hash
+from .config import FORMAT, GenerateConfig, canonical, config_hash, shard_plan
 from .models import resolve
 from .store import done_shards, merge_ranges, open_job, write_rank, write_shard
 
@@ -39,11 +39,6 @@ def rank_env(environ=None) -> tuple[int, int, int]:
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"need 0 <= RANK < WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world}")
     return rank, world, local
-
-
-def shard_plan(n: int, batch: int) -> list[tuple[int, int]]:
-    """The shards of a job: ``[(0, B), (B, 2B), ..., (kB, n)]``."""
-    return [(a, min(a + batch, n)) for a in range(0, n, batch)]
 
 
 def assigned(plan, rank: int, world_size: int):

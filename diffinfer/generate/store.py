@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import TMP_SUFFIX, atomic_path, remove_stale_temporaries, write_text
-from .config import FORMAT, ConfigMismatch, canonical, differences
+from .config import FORMAT, ConfigMismatch, config_hash, differences, shard_plan
 
 JOB, SHARDS, RANKS = "job.json", "shards", "ranks"
 SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
@@ -159,8 +159,7 @@ def merge_ranges(ranges) -> list[list[int]]:
 
 
 def _plan(job: dict) -> list[tuple[int, int]]:
-    n, batch = int(job["config"]["n"]), int(job["config"]["batch"])
-    return [(a, min(a + batch, n)) for a in range(0, n, batch)]
+    return shard_plan(int(job["config"]["n"]), int(job["config"]["batch"]))
 
 
 def status(out) -> dict:
@@ -230,7 +229,6 @@ def load_rows(out, allow_partial: bool = False) -> dict[str, Tensor]:
     from safetensors import safe_open
     st = status(out)
     job = read_job(out)
-    from .config import config_hash
     want = config_hash(job["config"])
     if st["stray"]:
         raise ValueError(f"{out}: shard files outside the job's plan: {', '.join(st['stray'][:5])}")
