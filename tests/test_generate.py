@@ -285,3 +285,30 @@ def test_png_grids_beside_image_shards(tmp_path):
                      "rows-000000004-000000005.png", "rows-000000004-000000005.safetensors"]
     from diffinfer.viz import read_gray_image
     assert read_gray_image(str(tmp_path / SHARDS / names[0])).shape == (4 * 10, 4 * 37)  # 1 x 4 digits, scale 4
+
+
+def test_a_saved_diffusers_pipeline_by_path_equals_sample_on_the_bridged_model(tmp_path):
+    """``--model diffusers:PATH``: a tiny DDPM pipeline saved offline; each shard equals
+    ``di.sample(from_diffusers(pipe), seed=(seed, rows))`` on the pipeline loaded from PATH
+    bitwise (on the in-memory one to round-off: its tensors' layouts differ)."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffinfer.integrations.diffusers import from_diffusers
+    from diffinfer.loop import sample
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
+    pipe.save_pretrained(tmp_path / "pipe")
+    cfg = GenerateConfig(f"diffusers:{tmp_path / 'pipe'}", n=3, batch=2, steps=3, seed=4, png=True)
+    generate(cfg, tmp_path / "out", log=lambda s: None)
+    got = load_rows(tmp_path / "out")["x"]
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    for p in (loaded, pipe):
+        ref = torch.cat([sample(from_diffusers(p), shape=(b - a, 1, 8, 8), steps=3, seed=(4, list(range(a, b)))).x
+                         for a, b in [(0, 2), (2, 3)]])
+        if p is loaded:  # the same computation: bitwise
+            assert torch.equal(got, ref)
+        else:  # the in-memory pipeline (same weights, other tensor layouts): round-off (measured 1.5e-6)
+            assert float((got - ref).abs().max()) < 1e-5
+    assert len(list((tmp_path / "out" / SHARDS).glob("*.png"))) == 2
