@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -40,7 +40,6 @@ class RowDrawer:
     draw: Callable[[list[int]], dict[str, Tensor]]
     image: Callable[[Tensor], Tensor] | None = None
     texts: Callable[[Tensor], list[str]] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _zoo_models():
@@ -234,7 +233,7 @@ def _from_object(config, obj, where: str) -> RowDrawer:
     if isinstance(obj, DenoiserBase):
         return _continuous(config, obj, getattr(obj, "shape", None), weights_fingerprint(obj),
                            image=_image_fn(tuple(config.shape or getattr(obj, "shape", None) or ())))
-    if _is_masked(obj) or type(obj).__name__ == "CharTransformer":
+    if _is_masked(obj):
         return _text(config, obj, obj, weights_fingerprint(obj))
     raise ValueError(f"{where} returned a {type(obj).__name__}: expected a diffinfer Denoiser (or wrapper) "
                      f"or a masked model (logits(tokens) and mask_id)")

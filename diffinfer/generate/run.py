@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .. import __version__
 from .config import FORMAT, GenerateConfig, canonical, config_hash, shard_plan
 from .models import resolve
-from .store import done_shards, merge_ranges, open_job, write_rank, write_shard
+from .store import check_out_dir, done_shards, merge_ranges, open_job, write_rank, write_shard
 
 
 def rank_env(environ=None) -> tuple[int, int, int]:
@@ -95,6 +95,7 @@ def generate(config: GenerateConfig, out, *, rank: int | None = None, world_size
     world_size = env_world if world_size is None else int(world_size)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    check_out_dir(out)  # cheap checks before the model loads
     t_load = time.perf_counter()
     drawer = resolve(config)
     job = job_record(config, drawer)

@@ -62,22 +62,31 @@ def read_job(out) -> dict | None:
     return job
 
 
+def check_out_dir(out) -> None:
+    """Refuse, before any work, an ``out`` that is a file or a directory holding anything
+    but a generation job (``NotAJobDirectory``); a missing or empty directory is fine."""
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} is a file; give a directory")
+    if not out.is_dir() or read_job(out) is not None:
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise NotAJobDirectory(f"--out {str(out)!r} is not empty and holds no {JOB} (it has {shown}); "
+                               f"give a new or empty directory")
+
+
 def open_job(out, job: dict) -> bool:
     """Record ``job`` in ``out`` or check it against the recorded one; ``True`` if this call
     created the record. Refuses a directory holding anything else (``NotAJobDirectory``) and a
     different configuration (``ConfigMismatch``, naming the differing keys)."""
     out = pathlib.Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {str(out)!r} is a file; give a directory")
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     recorded = read_job(out)
     created = False
     if recorded is None:
-        foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-            raise NotAJobDirectory(f"--out {str(out)!r} is not empty and holds no {JOB} (it has {shown}); "
-                                   f"give a new or empty directory")
         fd, tmp = tempfile.mkstemp(prefix=f".{JOB}.", suffix=TMP_SUFFIX, dir=out)
         try:
             with os.fdopen(fd, "w") as f:
