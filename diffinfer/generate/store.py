@@ -213,12 +213,16 @@ def format_status(st: dict) -> str:
     if st["missing"]:
         shown = ", ".join(f"{a}..{b}" for a, b in st["missing"][:8]) + (" ..." if len(st["missing"]) > 8 else "")
         lines.append(f"missing rows: {shown}")
+    readable = [r for r in st["ranks"] if "error" not in r]
+    latest = max(readable, key=lambda r: float(r.get("updated", 0)))["world_size"] if readable else None
     for r in st["ranks"]:
         if "error" in r:
             lines.append(f"{r['file']}: {r['error']}")
             continue
         age = time.time() - float(r.get("updated", 0))
         state = "finished" if r.get("finished") else f"not finished (last update {age:.0f}s ago)"
+        if r["world_size"] != latest:
+            state += f", an earlier launch with {r['world_size']} processes"
         rate = r.get("samples_per_s")
         lines.append(f"rank {r['rank']}/{r['world_size']}: {r['rows_done']}/{r['rows_assigned']} rows "
                      f"({r['rows_drawn']} drawn by its last run" + (f", {rate:.3g} samples/s" if rate else "")
