@@ -6,8 +6,10 @@ One job (``digits``, ``dpmpp-2m``) drawn by K = 1 and K = 2 processes, each star
 ``torchrun`` would start it (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` in the environment,
 ``OMP_NUM_THREADS=1``), into a fresh directory; the K's alternate over ``--repeats`` rounds.
 Per run: the samples/s each process reports (drawing only: shards written, model load
-excluded), their sum, and the job's wall time from launch to the last exit (interpreter
-start, model load and writes included). Also: whether the K = 2 rows equal the K = 1 rows
+excluded), their sum, the job's wall time from launch to the last exit (interpreter
+start, model load and writes included) and the CPU time of all its processes (user +
+system): on a machine shared with other jobs the wall-clock rates say how much of the
+cores the job got, the CPU time how much work it did. Also: whether the K = 2 rows equal the K = 1 rows
 bitwise, and the cost of a rerun that finds everything done (what resuming costs before
 any drawing). Writes ``bench/results/generate.{json,md}``.
 """
@@ -19,6 +21,7 @@ import os
 import pathlib
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,6 +45,7 @@ def run_job(args, out: pathlib.Path, k: int) -> dict:
            "--batch", str(args.batch), "--steps", str(args.steps), "--solver", "dpmpp-2m", "--seed", "0",
            "--out", str(out), "--no-progress"]
     t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     procs = []
     for r in range(k):
         env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(k), LOCAL_RANK=str(r), OMP_NUM_THREADS="1",
@@ -56,7 +60,9 @@ def run_job(args, out: pathlib.Path, k: int) -> dict:
         ranks.append({"rank": int(m.group(1)), "rows": int(m.group(3)), "seconds": float(m.group(4)),
                       "samples_per_s": float(m.group(5))})
     wall = time.perf_counter() - t0
-    return {"k": k, "wall_s": wall, "ranks": ranks, "sum_samples_per_s": sum(r["samples_per_s"] for r in ranks),
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {"k": k, "wall_s": wall, "cpu_s": cpu, "ranks": ranks, "sum_samples_per_s": sum(r["samples_per_s"] for r in ranks),
             "job_samples_per_s": args.n / wall}
 
 
@@ -99,12 +105,12 @@ def main() -> None:
              f"{args.repeats}`: `digits`, `dpmpp-2m`, {args.steps} steps, {args.n} rows in shards of {args.batch}.",
              f"Conditions: {conditions}.", "",
              "| processes | repeat | samples/s per process (drawing) | sum over processes | job wall time (s) | "
-             "job samples/s (incl. start-up) |",
-             "|---|---|---|---|---|---|"]
+             "job samples/s (incl. start-up) | job CPU time (s, all processes) |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["k"], r["repeat"])):
         per = ", ".join(f"{x['samples_per_s']:.2f}" for x in sorted(r["ranks"], key=lambda x: x["rank"]))
         lines.append(f"| {r['k']} | {r['repeat']} | {per} | {r['sum_samples_per_s']:.2f} | {r['wall_s']:.1f} | "
-                     f"{r['job_samples_per_s']:.2f} |")
+                     f"{r['job_samples_per_s']:.2f} | {r['cpu_s']:.1f} |")
     lines += ["", f"K = 2 rows equal the K = 1 rows bitwise: {'yes' if bitwise else 'NO'}.",
               f"A rerun of the finished job with 2 processes (the cost of resuming before any drawing: "
               f"interpreter start, model load, directory listing) took {resume_s:.1f}s and drew "
