@@ -118,7 +118,7 @@ def test_text_rows_are_exact_across_ranks_and_written_as_json_lines(tmp_path):
 
 
 # --- 2. crash safety: SIGKILL a rank mid-run, three times; the rerun completes exactly ----------
-SLOW = ["--model", "generate_models:slow_toy", "--num-samples", 24, "--batch", 2, "--steps", 4, "--seed", 9,
+SLOW = ["--model", "generate_models:slow_toy", "--num-samples", 40, "--batch", 2, "--steps", 4, "--seed", 9,
         "--solver", "ddpm", "--no-progress"]
 
 
@@ -142,18 +142,18 @@ def _kill_after_next_shard(proc, out, shards, timeout=60.0):
 
 def test_sigkill_mid_run_then_rerun_gives_every_row_exactly_once_and_equal_to_an_uninterrupted_run(tmp_path):
     out = tmp_path / "job"
-    plan = [(a, a + 2) for a in range(0, 24, 2)]
+    plan = [(a, a + 2) for a in range(0, 40, 2)]
     rank0 = set(plan[0::2])  # rank 0 of 2 owns shards 0, 2, 4, ...
     # round 1: both ranks; rank 0 is killed after its first shard, rank 1 finishes
-    r0, r1 = launch([*SLOW, "--out", out], rank=0, world=2, GEN_TEST_SLEEP=0.05), \
-        launch([*SLOW, "--out", out], rank=1, world=2, GEN_TEST_SLEEP=0.05)
+    r0, r1 = launch([*SLOW, "--out", out], rank=0, world=2, GEN_TEST_SLEEP=0.08), \
+        launch([*SLOW, "--out", out], rank=1, world=2, GEN_TEST_SLEEP=0.08)
     _kill_after_next_shard(r0, out, rank0)
     finish([r1])
     # rounds 2 and 3: rank 0 alone, killed again after one more shard each time
     for _ in range(2):
-        _kill_after_next_shard(launch([*SLOW, "--out", out], rank=0, world=2, GEN_TEST_SLEEP=0.05), out, rank0)
+        _kill_after_next_shard(launch([*SLOW, "--out", out], rank=0, world=2, GEN_TEST_SLEEP=0.08), out, rank0)
     st = status(out)
-    assert 3 <= len(_shards_of(out, rank0)) < 6 and st["rows_done"] < 24 and st["missing"]
+    assert 3 <= len(_shards_of(out, rank0)) < 10 and st["rows_done"] < 40 and st["missing"]
     killed = {r["rank"]: r for r in st["ranks"]}[0]
     assert not killed["finished"]
     # a temporary left by a write the kill interrupted (planted: the kill lands between writes)
@@ -165,12 +165,12 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_exactly_once_and_equal_to_an
     # the rerun: with another process count (3), each rank skips what is done
     finish([launch([*SLOW, "--out", out], rank=r, world=3) for r in range(3)])
     got = load_rows(out)["x"]  # checks every row exactly once
-    ref = generate(GenerateConfig("generate_models:slow_toy", n=24, batch=2, steps=4, seed=9, solver="ddpm"),
+    ref = generate(GenerateConfig("generate_models:slow_toy", n=40, batch=2, steps=4, seed=9, solver="ddpm"),
                    tmp_path / "ref", log=lambda s: None)
-    assert ref.rows_drawn == 24
+    assert ref.rows_drawn == 40
     assert torch.equal(got, load_rows(tmp_path / "ref")["x"])
     assert not list((out / SHARDS).glob("*.partial"))
-    assert status(out)["rows_done"] == 24
+    assert status(out)["rows_done"] == 40
 
 
 # --- 3. a changed configuration refuses, naming the difference ------------------------------
