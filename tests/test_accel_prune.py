@@ -183,6 +183,24 @@ def test_select_respects_budget_sites_and_random_matches_counts():
     assert float(key[~keep].max()) <= float(key[keep].max())
 
 
+def test_unit_macs_count_each_site_at_its_resolution():
+    net = small_unet()
+    sites = P.find_sites(net)
+    (x, t), cond = _inputs("unet")
+    macs = P.unit_macs(net, sites, x, t, **cond)
+    pixels = {"down.0": 64, "down.1": 16, "mid": 16, "up.0": 16, "up.1": 64}
+    for s in sites:
+        b = net.get_submodule(s.name)
+        per_channel = (b.conv1.in_channels * 9 + b.conv2.out_channels * 9) * pixels[s.name] + 2 * b.emb.in_features
+        assert bool((s.units(macs) == per_channel * s.unit_size).all()), s.name
+    dit = small_dit()
+    dsites = P.find_sites(dit)
+    dmacs = P.unit_macs(dit, dsites, x, t)
+    assert bool((dmacs == (16 + 16) * 16).all())  # (d_model in + d_model out) x 16 tokens, one neuron per unit
+    keep = P.select(torch.zeros(P.n_units(sites), dtype=F64), sites, 0.5, costs=macs)
+    assert float(macs[~keep].sum()) <= 0.5 * float(macs.sum())
+
+
 def test_learned_masks_train_through_the_checkpointed_sampler():
     """A few mask steps with per-step checkpointing give the logits of the same steps
     without it (the recomputed steps repeat exactly); without the budget penalty a dead

@@ -140,6 +140,41 @@ def unit_costs(sites: list[Site]) -> Tensor:
     return torch.cat([torch.full((s.n_units,), float(s.unit_params), dtype=torch.float64) for s in sites])
 
 
+def unit_macs(net: nn.Module, sites: list[Site], *inputs, **kwargs) -> Tensor:
+    """Multiply-accumulates per sample each unit costs ``[n_units]`` (float64), measured by
+    one forward of ``net(*inputs, **kwargs)`` that records where each site runs: a
+    ResBlock unit's ``conv1`` and ``conv2`` weights times the pixels of its resolution, plus
+    its two embedding rows once; a linear-pair neuron's two weight vectors times the tokens.
+    Rank by this cost (``select(costs=...)``) to buy wall time rather than parameters: a
+    parameter at a UNet's coarsest level costs far less time than one at its finest."""
+    positions, handles = {}, []
+    for s in sites:
+        consumer = net.get_submodule(s.name).get_submodule(s.consumer)
+
+        def hook(module, args, name=s.name):
+            x = args[0]
+            positions[name] = x[0, 0].numel() if isinstance(module, nn.Conv2d) else x[0].numel() // x.shape[-1]
+
+        handles.append(consumer.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            net(*inputs, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for s in sites:
+        module = net.get_submodule(s.name)
+        if s.kind == "resblock":
+            per = (module.conv1.weight[0].numel() + module.conv2.weight[:, 0].numel()) * positions[s.name] \
+                + 2 * module.emb.in_features
+        else:
+            j = int(s.consumer)
+            per = (module[j - 2].in_features + module[j].out_features) * positions[s.name]
+        out.append(torch.full((s.n_units,), float(per * s.unit_size), dtype=torch.float64))
+    return torch.cat(out)
+
+
 def _check_values(values: Tensor, sites: list[Site], what: str) -> Tensor:
     values = torch.as_tensor(values)
     if values.shape != (n_units(sites),):
@@ -231,7 +266,7 @@ class MaskFit:
 def learn_masks(den: Denoiser, x_T: Tensor, keep: float, sites: list[Site] | None = None, solver="ddim",
                 steps: int = 8, ts: Tensor | None = None, iterations: int = 60, lr: float = 0.1,
                 penalty: float = 20.0, temperature: tuple[float, float] = (1.0, 0.1), init: float = 3.0,
-                use_checkpoint: bool = True) -> MaskFit:
+                use_checkpoint: bool = True, costs: Tensor | None = None) -> MaskFit:
     """Differentiable masks trained through the sampler ("Effortless Efficiency").
 
     The mask of unit ``u`` is ``sigmoid(logit_u / tau)`` with ``tau`` annealed geometrically
@@ -242,7 +277,7 @@ def learn_masks(den: Denoiser, x_T: Tensor, keep: float, sites: list[Site] | Non
 
     ``S`` the deterministic ``solver`` on ``ts`` (or ``steps`` default steps) from ``x_T``
     ``[B, ...]`` with the unmasked network, ``S_m`` the same with masks ``m``, ``kept(m)``
-    the fraction of the sites' parameters the soft masks keep, by gradient steps of length
+    the fraction of the sites' cost the soft masks keep (``costs``, default parameters), by gradient steps of length
     ``lr`` in the largest entry (normalised by the largest gradient entry, so units move at
     rates proportional to their gradients; Adam's per-entry normalisation would move every
     unit by nearly ``lr`` and erase the ranking). The network is copied and frozen; only
@@ -253,7 +288,7 @@ def learn_masks(den: Denoiser, x_T: Tensor, keep: float, sites: list[Site] | Non
     net = copy.deepcopy(den.net).requires_grad_(False)
     sites = find_sites(net) if sites is None else sites
     model = replace_network(den, net)
-    costs = unit_costs(sites).to(x_T.dtype)
+    costs = (unit_costs(sites) if costs is None else _check_values(costs, sites, "costs").double()).to(x_T.dtype)
     costs = costs / costs.sum()
     logits = torch.full((n_units(sites),), float(init), dtype=x_T.dtype, requires_grad=True)
     start = time.perf_counter()
@@ -279,19 +314,22 @@ def learn_masks(den: Denoiser, x_T: Tensor, keep: float, sites: list[Site] | Non
 
 
 # --- which units go -----------------------------------------------------------------
-def select(scores: Tensor, sites: list[Site], remove: float, per_parameter: bool = True,
-           min_units: int = 1) -> Tensor:
+def select(scores: Tensor, sites: list[Site], remove: float, per_cost: bool = True, min_units: int = 1,
+           costs: Tensor | None = None) -> Tensor:
     """The units to keep ``[n_units]`` (bool) when removing a ``remove`` fraction of the
-    sites' parameters: units are removed in ascending order of ``scores`` (divided by their
-    parameter count when ``per_parameter``: output change per parameter saved), skipping a
-    unit that would overshoot the budget or leave its site with fewer than ``min_units``."""
+    sites' cost (``costs`` ``[n_units]``; default ``unit_costs``, parameters; ``unit_macs``
+    for compute): units are removed in ascending order of ``scores`` (divided by their cost
+    when ``per_cost``: output change per unit of cost saved), skipping a unit that would
+    overshoot the budget or leave its site with fewer than ``min_units``."""
     scores = _check_values(scores, sites, "scores").double()
     if not 0.0 <= remove < 1.0:
         raise ValueError(f"remove must be in [0, 1), got {remove}")
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("scores contain NaN or Inf")
-    costs = unit_costs(sites)
-    key = scores / costs if per_parameter else scores
+    costs = unit_costs(sites) if costs is None else _check_values(costs, sites, "costs").double()
+    if not bool((costs > 0).all()):
+        raise ValueError("costs must be positive")
+    key = scores / costs if per_cost else scores
     owner = torch.cat([torch.full((s.n_units,), i) for i, s in enumerate(sites)])
     left = [s.n_units for s in sites]
     keep = torch.ones(scores.numel(), dtype=torch.bool)
@@ -383,5 +421,5 @@ def pruned_denoiser(den: Denoiser, keep: Tensor, sites: list[Site] | None = None
     return replace_network(den, prune(den.net, keep, sites))
 
 
-__all__ = ["Site", "KINDS", "find_sites", "n_units", "unit_costs", "masked", "noisy_batch", "importance",
+__all__ = ["Site", "KINDS", "find_sites", "n_units", "unit_costs", "unit_macs", "masked", "noisy_batch", "importance",
            "MaskFit", "learn_masks", "select", "random_like", "prune", "pruned_denoiser"]
