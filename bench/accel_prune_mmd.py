@@ -2,6 +2,7 @@
 -> bench/results/accel_prune_mmd.{json,md}.
 
     taskset -c 1 python bench/accel_prune_mmd.py --part prune   # digits UNet pruning (times on one core)
+    taskset -c 1 python bench/accel_prune_mmd.py --part time    # re-time the pruned networks alone
     python bench/accel_prune_mmd.py --part mmd                  # MMD finetuning on mixtures and digits
     python bench/accel_prune_mmd.py --quick                     # small sizes (a smoke run)
 
@@ -175,6 +176,34 @@ def run_prune(args) -> dict:
             "rows": rows, "seconds": time.perf_counter() - t_start}
 
 
+def run_timing(args, prune_result: dict) -> dict:
+    """Re-time the pruned networks of ``prune_result`` alone (``--part time``): a call's
+    cost depends only on each block's width, so each row's network is rebuilt with its
+    units-kept counts per block (``random_like`` positions) and rows of equal shapes share
+    one measurement (``--time-repeats`` interleaved calls on a batch of ``--time-batch``)."""
+    den = di.zoo.load("digits")
+    sites = P.find_sites(den.net)
+    shapes, nets = {}, {}
+    for r in prune_result["rows"]:
+        counts = tuple(r.get("units_kept", [s.n_units for s in sites]))
+        shapes[id(r)] = counts
+        if counts not in nets:
+            keep = torch.ones(P.n_units(sites), dtype=torch.bool)
+            for s, c in zip(sites, counts):
+                keep[s.offset + c:s.offset + s.n_units] = False
+            nets[counts] = P.prune(den.net, P.random_like(keep, sites, seed=2), sites)
+            assert count_parameters(nets[counts]) == r["params"]
+    keys = {counts: str(i) for i, counts in enumerate(nets)}
+    times = wall_times({keys[c]: n for c, n in nets.items()}, args.time_batch, args.time_repeats)
+    full = times[keys[tuple(s.n_units for s in sites)]]
+    for r in prune_result["rows"]:
+        t = times[keys[shapes[id(r)]]]
+        r["seconds_per_call"], r["speedup"] = t, full / t
+    prune_result["setup"].update({"time_batch": args.time_batch, "repeats": args.time_repeats,
+                                  "timing": "re-timed alone (--part time), equal shapes share one measurement"})
+    return prune_result
+
+
 # --- MMD: mixtures ---------------------------------------------------------------------
 def mixture(name: str):
     from diffinfer import toys
@@ -300,7 +329,8 @@ def markdown(res: dict) -> str:
                   f"parameters); FD of {s['n_fd']} class-balanced samples, {s['steps']} steps of {s['solver']} "
                   f"(FD of two real halves: {s['fd_floor_halves']:.3g}); wall time: one call on a batch of "
                   f"{s['time_batch']}, median of {s['repeats']}, {s['torch_threads']} thread(s); finetune: "
-                  f"{s['finetune_steps']} steps of the denoising loss. Part took {p['seconds']:.0f} s.", "",
+                  f"{s['finetune_steps']} steps of the denoising loss. Part took {p['seconds']:.0f} s."
+                  + (f" Times {s['timing']}." if s.get("timing") else ""), "",
                   "| method | remove (MACs) | finetuned | parameters | fraction | s / call | speed-up | FD | RMSE to unpruned |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in p["rows"]:
@@ -334,7 +364,8 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["prune", "mmd", "all"], default="all")
+    ap.add_argument("--part", choices=["prune", "mmd", "time", "all"], default="all")
+    ap.add_argument("--time-repeats", type=int, default=40)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--remove", type=float, nargs="+", default=[0.15, 0.3])
     ap.add_argument("--n-fd", type=int, default=1000)
@@ -366,6 +397,9 @@ def main(argv=None) -> int:
     if args.part in ("prune", "all"):
         log("pruning the digits UNet")
         new["prune"] = run_prune(args)
+    if args.part == "time":
+        log("re-timing the pruned networks")
+        new["prune"] = run_timing(args, json.loads(JSON_PATH.read_text())["prune"])
     if args.part in ("mmd", "all"):
         log("MMD finetuning")
         t0 = time.perf_counter()
