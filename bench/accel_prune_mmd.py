@@ -4,6 +4,7 @@
     taskset -c 1 python bench/accel_prune_mmd.py --part prune   # digits UNet pruning (times on one core)
     taskset -c 1 python bench/accel_prune_mmd.py --part time    # re-time the pruned networks alone
     python bench/accel_prune_mmd.py --part mmd                  # MMD finetuning on mixtures and digits
+    python bench/accel_prune_mmd.py --part mmd-digits --digits-features noisy-classifier   # one more digits row
     python bench/accel_prune_mmd.py --quick                     # small sizes (a smoke run)
 
 Each part rewrites its own section of the JSON; the markdown is rebuilt from the whole JSON.
@@ -296,15 +297,23 @@ def run_mmd_digits(args) -> list[dict]:
             idx = torch.randint(0, x_data.shape[0], (n,), generator=gen)
             return x_data[idx], {"label": y_data[idx]}
 
+        features = None
+        if args.digits_features == "noisy-classifier":
+            noisy = di.zoo.load("digits-classifier").noisy  # not the clean classifier FD is measured with
+
+            def features(x):
+                return noisy.features(x, torch.full((x.shape[0],), float(den.process.t_min)))
+
         res = M.mmd_finetune(den, data, (1, 8, 8), solver=solver, ts=rec.grid, iterations=args.digits_iterations,
-                             batch=args.digits_batch, lr=args.digits_lr, seed=0, log=log, log_every=20)
+                             batch=args.digits_batch, lr=args.digits_lr, seed=0, log=log, log_every=20,
+                             features=features)
         fd_mmd = quality.fd_digits(digits_samples(res.den, args.n_fd, rec.solver, ts=rec.grid, seed=3,
                                                   **rec.solver_options))
         rows.append({"model": "digits", "nfe": nfe, "fitted": rec.key, "fd_untouched_default": fd_default,
                      "fd_untouched_fitted": fd_fit, "fd_mmd_fitted": fd_mmd, "ratio": fd_mmd / fd_fit,
                      "goal_met": fd_mmd <= GOAL * fd_fit, "mmd_seconds": res.seconds, "mmd_first": res.losses[0],
                      "mmd_last_mean": sum(res.losses[-10:]) / 10, "iterations": args.digits_iterations,
-                     "batch": args.digits_batch, "lr": args.digits_lr})
+                     "batch": args.digits_batch, "lr": args.digits_lr, "features": args.digits_features})
         log(f"  digits NFE {nfe}: FD default {fd_default:.4g}, fitted {rec.key} {fd_fit:.4g}, "
             f"MMD-finetuned {fd_mmd:.4g} (ratio {fd_mmd / fd_fit:.3f}) in {res.seconds:.0f}s")
     return rows
@@ -352,10 +361,10 @@ def markdown(res: dict) -> str:
                          f"{fmt(r['goal_met'])} | {fmt(r['sw_floor'])} | {fmt(r['sw_model_50'])} |")
         if m.get("digits"):
             lines += ["", "Digits: FD of class-balanced samples from held-out noise.", "",
-                      "| NFE | fitted grid | untouched, default grid | untouched, fitted grid | MMD-finetuned, fitted "
-                      "grid | ratio | goal met | finetune |", "|---|---|---|---|---|---|---|---|"]
+                      "| NFE | MMD features | fitted grid | untouched, default grid | untouched, fitted grid | "
+                      "MMD-finetuned, fitted grid | ratio | goal met | finetune |", "|---|---|---|---|---|---|---|---|---|"]
             for r in m["digits"]:
-                lines.append(f"| {r['nfe']} | {r['fitted']} | {fmt(r['fd_untouched_default'])} | "
+                lines.append(f"| {r['nfe']} | {r.get('features', 'pixels')} | {r['fitted']} | {fmt(r['fd_untouched_default'])} | "
                              f"{fmt(r['fd_untouched_fitted'])} | {fmt(r['fd_mmd_fitted'])} | {r['ratio']:.3f} | "
                              f"{fmt(r['goal_met'])} | {r['iterations']} it x {r['batch']}, {r['mmd_seconds']:.0f} s |")
         lines += ["", f"Part took {m['seconds']:.0f} s."]
@@ -364,7 +373,7 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["prune", "mmd", "time", "all"], default="all")
+    ap.add_argument("--part", choices=["prune", "mmd", "mmd-digits", "time", "all"], default="all")
     ap.add_argument("--time-repeats", type=int, default=40)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--remove", type=float, nargs="+", default=[0.15, 0.3])
@@ -386,6 +395,7 @@ def main(argv=None) -> int:
     ap.add_argument("--digits-iterations", type=int, default=80)
     ap.add_argument("--digits-batch", type=int, default=48)
     ap.add_argument("--digits-lr", type=float, default=1e-5)
+    ap.add_argument("--digits-features", choices=["pixels", "noisy-classifier"], default="pixels")
     args = ap.parse_args(argv)
     if args.quick:
         args.remove, args.n_fd, args.calib, args.mask_iterations = [0.5], 200, 16, 3
@@ -400,6 +410,12 @@ def main(argv=None) -> int:
     if args.part == "time":
         log("re-timing the pruned networks")
         new["prune"] = run_timing(args, json.loads(JSON_PATH.read_text())["prune"])
+    if args.part == "mmd-digits":  # one more digits row (another feature space / setting)
+        log("MMD finetuning on digits")
+        prev = json.loads(JSON_PATH.read_text())["mmd"]
+        prev["digits"] = [r for r in prev.get("digits", []) if r.get("features", "pixels") != args.digits_features
+                          or r["nfe"] not in args.digits_nfes] + run_mmd_digits(args)
+        new["mmd"] = prev
     if args.part in ("mmd", "all"):
         log("MMD finetuning")
         t0 = time.perf_counter()

@@ -48,12 +48,15 @@ def _bandwidths(bandwidths) -> Tensor:
     return h
 
 
-def mmd2(x: Tensor, y: Tensor, bandwidths: Sequence[float], unbiased: bool = True) -> Tensor:
+def mmd2(x: Tensor, y: Tensor, bandwidths: Sequence[float], unbiased: bool = True, paired: bool = False) -> Tensor:
     """``sum_h MMD^2_h(x, y)`` with ``k_h(a, b) = exp(-|a - b|^2 / (2 h^2))`` between sample
     sets ``x`` ``[N, ...]`` and ``y`` ``[M, ...]`` (a 0-d tensor, differentiable in both).
 
     ``unbiased``: the U-statistic (diagonals of the within-set sums left out), whose
-    expectation is exactly the population MMD^2; else the biased V-statistic."""
+    expectation is exactly the population MMD^2; else the biased V-statistic.
+    ``paired``: row ``i`` of ``x`` depends on row ``i`` of ``y`` (e.g. a sample generated
+    with the label of data row ``i``), so the cross term leaves out the pairs ``(i, i)``
+    too (``N == M``); the rows of each set must still be independent of each other."""
     x, y = _flat(x), _flat(y)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature sizes differ: {x.shape[1]} vs {y.shape[1]}")
@@ -66,13 +69,19 @@ def mmd2(x: Tensor, y: Tensor, bandwidths: Sequence[float], unbiased: bool = Tru
         d2 = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2.0 * a @ b.T).clamp_min(0.0)
         return torch.exp(-d2.unsqueeze(0) / h2)
 
+    if paired and n != m:
+        raise ValueError(f"paired sets need equal sizes, got {n} and {m}")
     kxx, kyy, kxy = gram(x, x), gram(y, y), gram(x, y)
+    if paired:
+        cross = (kxy.sum((1, 2)) - kxy.diagonal(dim1=1, dim2=2).sum(1)) / (n * (n - 1))
+    else:
+        cross = kxy.mean((1, 2))
     if unbiased:
         term_x = (kxx.sum((1, 2)) - kxx.diagonal(dim1=1, dim2=2).sum(1)) / (n * (n - 1))
         term_y = (kyy.sum((1, 2)) - kyy.diagonal(dim1=1, dim2=2).sum(1)) / (m * (m - 1))
     else:
         term_x, term_y = kxx.mean((1, 2)), kyy.mean((1, 2))
-    return (term_x + term_y - 2.0 * kxy.mean((1, 2))).sum()
+    return (term_x + term_y - 2.0 * cross).sum()
 
 
 def gaussian_mmd2(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor, bandwidth: float) -> float:
@@ -145,7 +154,8 @@ def mmd_finetune(den: Denoiser, data, shape: Sequence[int], solver="ddim", steps
         data: data rows ``[N, *shape]`` (batches drawn with replacement), or a callable
             ``data(n, generator)`` returning ``x [n, *shape]`` or ``(x, cond)``; ``cond``
             (e.g. ``{"label": y}``) is bound to the model for the generated batch, so a
-            class-conditional model generates the same labels as the data batch.
+            class-conditional model generates the same labels as the data batch (the MMD
+            then leaves out the dependent pairs, ``mmd2(paired=True)``).
         shape: one sample's shape.
         solver: a deterministic solver name or instance (the steps are recomputed in the
             backward pass and must repeat exactly).
@@ -189,7 +199,7 @@ def mmd_finetune(den: Denoiser, data, shape: Sequence[int], solver="ddim", steps
         with torch.enable_grad():
             x = differentiable_sample(model.bind(**cond) if cond else model, x_T, solver, ts=ts,
                                       use_checkpoint=use_checkpoint)
-            loss = mmd2(features(x), features(y.to(dtype)), bandwidths)
+            loss = mmd2(features(x), features(y.to(dtype)), bandwidths, paired=bool(cond))
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"MMD loss became {float(loss.detach())} at iteration {k}")
             opt.zero_grad(set_to_none=True)
