@@ -1,8 +1,8 @@
 """Every picture the package draws or reads (matplotlib, imported when first used); every
 file is written atomically (``diffinfer.atomic``: a temporary file, fsync, rename).
 
-- ``digit_grid`` / ``save_image``: digits ``[N, 1, 8, 8]`` tiled into one grey image and
-  written as a PNG (dark ink on light paper);
+- ``digit_grid`` / ``save_image`` / ``image_bytes``: digits ``[N, 1, 8, 8]`` tiled into one
+  grey image and written (or encoded) as a PNG (dark ink on light paper);
 - ``read_gray_image``: a PNG as a grey ``[H, W]`` image in ``[0, 1]`` (``zoo.tasks.read_digit_png``);
 - ``save_grid``: images ``[B, 1, H, W]`` as a titled grid of panels;
 - ``scatter_plot``: 2-D samples over the contours of a toy's density;
@@ -54,13 +54,21 @@ def digit_grid(x: Tensor, nrow: int, pad: int = 1) -> Tensor:
     return grid
 
 
+def image_bytes(image: Tensor, scale: int = 4, format: str = "png") -> bytes:
+    """A grey image ``[H, W]`` in ``[0, 1]`` (1 is ink) encoded (PNG by default), each pixel
+    ``scale`` x ``scale``: what ``save_image`` writes (the web demo sends it)."""
+    import io
+    plt = _pyplot()
+    big = image.detach().cpu().float().repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    buf = io.BytesIO()
+    plt.imsave(buf, big.numpy(), cmap="gray_r", vmin=0.0, vmax=1.0, format=format)
+    return buf.getvalue()
+
+
 def save_image(path: str, image: Tensor, scale: int = 4) -> None:
     """A grey image ``[H, W]`` in ``[0, 1]`` (1 is ink) as a PNG, each pixel ``scale`` x ``scale``."""
-    plt = _pyplot()
-    big = image.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    from .atomic import atomic_path
-    with atomic_path(path) as tmp:
-        plt.imsave(tmp, big.numpy(), cmap="gray_r", vmin=0.0, vmax=1.0, format=_format(path))
+    from .atomic import write_bytes
+    write_bytes(path, image_bytes(image, scale, _format(path)))
 
 
 def read_gray_image(path: str) -> Tensor:

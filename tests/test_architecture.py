@@ -98,13 +98,15 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 
 def test_dependencies_point_down():
-    """The library never imports the command line; scaling and inverse problems do not
+    """The library never imports the command line or the web demo; scaling and inverse problems do not
     import zoo evaluation code (quality measures, tasks, training recipes; any import, also
     inside functions). Loading a bundled checkpoint (``zoo.load``) is allowed."""
     graph = import_graph(top_level_only=False)
     for mod, deps in graph.items():
         if not mod.startswith("diffinfer.cli"):
             assert not any(d == "diffinfer.cli" or d.startswith("diffinfer.cli.") for d in deps), (mod, deps)
+        if not mod.startswith(("diffinfer.cli", "diffinfer.web")):  # the web demo sits beside the CLI
+            assert not any(d == "diffinfer.web" or d.startswith("diffinfer.web.") for d in deps), (mod, deps)
         if mod.startswith(("diffinfer.scaling", "diffinfer.inverse")):
             bad = {d for d in deps if d.startswith(("diffinfer.zoo.quality", "diffinfer.zoo.tasks",
                                                     "diffinfer.zoo.recipes", "diffinfer.zoo.data"))}

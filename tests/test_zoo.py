@@ -168,3 +168,14 @@ def test_shakespeare_char_keeps_its_logit_shift_in_every_path():
     torch.testing.assert_close(full, m.logits(x), rtol=0, atol=0)
     window = adapter.logits_window(x[:, 20:], 20, cache, tokens=x)
     torch.testing.assert_close(window, full[:, 20:], rtol=1e-5, atol=1e-5)
+
+
+def test_the_shipped_digits_grids_are_the_benchmark_fits():
+    """``zoo.grids_path("digits")`` ships the grids ``bench/solvers.py`` fitted; a refit there
+    must be copied beside the checkpoint (``cp bench/results/grids/digits.json
+    diffinfer/zoo/weights/digits.grids.json``), or the web demo's "fitted" grids go stale."""
+    import pathlib
+
+    from diffinfer import zoo
+    fitted = pathlib.Path(__file__).resolve().parent.parent / "bench" / "results" / "grids" / "digits.json"
+    assert zoo.grids_path("digits").read_bytes() == fitted.read_bytes()

@@ -1,21 +1,29 @@
-"""Acceleration: parts that cut what a solve costs (docs/architecture.md, ``accel/``).
+"""Acceleration: parts that cut what a solve costs (docs/architecture.md, ``accel/``): fewer
+steps, cheaper calls, or a better few-step sampler; each works with every solver.
 
-Modules load on first use (``diffinfer.accel.warm``, ``diffinfer.accel.tiling``, ...):
+Submodules load on first use (``from diffinfer.accel import warm`` or ``di.accel.warm``):
+
 - ``warm``: warm and mid-path starts (an estimate noised to ``t*``), chunked sequences;
-- ``tiling``: any-size canvases from a fixed-size model by shifting, blended tiles.
+- ``tiling``: any-size canvases from a fixed-size model by shifting, blended tiles;
+- ``prune``: structured channel pruning (LD-Pruner's output-space importance; learned
+  differentiable masks trained through the sampler, "Effortless Efficiency"), with real
+  channel removal (``prune.prune``);
+- ``mmd``: MMD few-step finetuning through the differentiable sampler (MMD-DDM);
+- ``network``: replacing and counting a model's network.
 """
 from __future__ import annotations
 
 import importlib
 
-MODULES = ("warm", "tiling")
+#: submodules loaded on first attribute access
+SUBMODULES = ("warm", "tiling", "prune", "mmd", "network")
 
 
 def __getattr__(name: str):
-    if name in MODULES:
+    if name in SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'diffinfer.accel' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(MODULES))
+    return sorted(set(globals()) | set(SUBMODULES))

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import sys
 
-from . import bench, decode, demo, forecast, restore, sample, scale, solvers, train
+from . import bench, decode, demo, forecast, generate, restore, sample, scale, serve, solvers, train
 from .common import OneLineParser
 
 #: subcommand modules in the order of ``diffinfer --help``
-COMMAND_MODULES = (solvers, sample, demo, train, decode, restore, forecast, scale, bench)
+COMMAND_MODULES = (solvers, sample, generate, demo, train, decode, restore, forecast, scale, bench, serve)
 
 
 def build_parser() -> OneLineParser:

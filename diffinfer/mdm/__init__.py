@@ -4,26 +4,28 @@
 the loop, ``unmasking``/``blocks``/``remasking``/``caching`` for the parts, ``policies`` for
 every unmasking policy by name, ``model`` for the protocol a model answers, ``schedules`` for
 the masked forward process, ``template`` for structured-output scaffolding (S^3) and
-``metrics`` for exact quality on a Markov chain, ``posterior`` for posterior sampling
-under per-position observations (likelihood-tilted logits, SMC).
+``metrics`` for exact quality on a Markov chain, ``trace`` for a decode's history
+(``DecodeTrace``: every canvas and the step that committed each position), ``posterior`` for
+posterior sampling under token observations (likelihood-tilted logits, SMC).
 """
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
 from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
-from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_smc, rao_blackwell_marginals,
-                        weighted_marginals)
+from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_smc,
+                        rao_blackwell_marginals, weighted_marginals)
 from .policies import POLICIES, get_policy, policy_names
 from .remasking import RunningConfidenceRemasking
 from .reweighting import EnergyReweighting
 from .schedules import (CosineSchedule, LinearSchedule, LogLinearSchedule, MaskSchedule, forward_mask,
                         get_schedule, reveal_probability, transfer_counts)
 from .template import Template
+from .trace import DecodeTrace
 from .unmasking import (Ancestral, Confident, Dilated, Factor, RandomOrder, Selection, StepContext, Threshold,
                         TopKScore, UnmaskPolicy)
 
 __all__ = [
-    "decode", "DecodeResult",
+    "decode", "DecodeResult", "DecodeTrace",
     "MaskedModel", "CharTransformerModel", "as_masked_model", "shift_right",
     "MaskSchedule", "LinearSchedule", "CosineSchedule", "LogLinearSchedule", "get_schedule",
     "forward_mask", "transfer_counts", "reveal_probability",

@@ -55,16 +55,17 @@ DPS_SCALES = {"inpaint": 0.03, "superres": 0.1, "deblur": 0.1, "mri": 0.03}
 
 
 def restore_digits(model: str, task: str, method: str, x: Tensor, noise_std: float, steps: int | None,
-                   seed: int, scale: float | None = None,
+                   seed: int, scale: float | None = None, op: inverse.LinearOperator | None = None,
                    **options) -> tuple[Tensor, Tensor, inverse.LinearOperator, int]:
-    """Restore digits ``x`` ``[B, 1, 8, 8]``: measure with the task's operator, then run the
+    """Restore digits ``x`` ``[B, 1, 8, 8]``: measure with the task's operator (or ``op``, e.g.
+    an ``Inpaint`` of a drawn mask, whose own ``noise_std`` then applies), then run the
     method on the unconditional model. Returns ``(restored, y, op, nfe)``.
 
     Defaults: DPS at ``DPS_SCALES[task]`` (unless ``scale``), guided for ``t < 0.6`` on
     ``x0_hat`` clamped to ``[-1, 1]``; RED-Diff on deblurring starts from zeros with
     ``lr = 0.03`` (``A^+ y`` of a blur amplifies the noise)."""
     den = zoo.load(model)  # no label bound: the network uses its null class (unconditional)
-    op = inverse.task_operator(task, den.shape, noise_std)
+    op = inverse.task_operator(task, den.shape, noise_std) if op is None else op
     y = op.measure(x, seed=seed + 1)
     if method == "dps":
         options = {"interval": (0.0, GUIDANCE_T_MAX), "clip": DATA_RANGE, "likelihood": "gaussian", "normalized": False, **options}
