@@ -24,6 +24,7 @@ import torch
 from diffinfer import VP
 from diffinfer.scaling.mcgdiff import mcgdiff, merge_times, observation_times
 from diffinfer.scaling.twisted import LinearGaussianTwist, tds
+from diffinfer.toys import GaussianMixture
 from diffinfer.toys.random_problem import floors, random_problem, score
 
 F64 = torch.float64
@@ -119,6 +120,42 @@ def test_weights_are_exact_for_the_chain_on_any_grid(method):
     sd = math.sqrt(float(torch.diagonal(p.target.covariance()).max()))
     tol = 4 * sd * math.sqrt(1 / ess + 1 / ref_ess)
     assert float((mean - ref).abs().max()) < tol, ((mean - ref).tolist(), tol)
+
+
+def test_jacobian_twist_is_exact_for_a_gaussian_prior():
+    """For a Gaussian prior ``p(y | x_t) = N(y; A E[x0 | x_t], s^2 I + A Cov[x0 | x_t] A^T)``
+    exactly; the Jacobian twist must give that value and gradient (closed form), at high
+    and low noise. The flat twist does not (its covariance ignores the prior)."""
+    g = torch.Generator().manual_seed(7)
+    D, M, s = 4, 2, 0.3
+    L = torch.randn(D, D, dtype=F64, generator=g)
+    cov0 = L @ L.T / D + 0.1 * torch.eye(D, dtype=F64)
+    mu = torch.randn(D, dtype=F64, generator=g)
+    prior = GaussianMixture(mu[None], cov0[None], torch.ones(1, dtype=F64))
+    proc = VP()
+    den = prior.denoiser(proc)
+    A = torch.randn(M, D, dtype=F64, generator=g)
+    y = torch.randn(M, dtype=F64, generator=g)
+    twist = LinearGaussianTwist(A, y, s, covariance="jacobian")
+    for t in (0.2, 0.5, 0.9):
+        c = proc.at(torch.tensor(t, dtype=F64))
+        a, sg = float(c.alpha), float(c.sigma)
+        x = torch.randn(6, D, dtype=F64, generator=g).requires_grad_(True)
+
+        def exact(xx):  # x0 | x_t ~ N(mean, P), P = (cov0^-1 + a^2/sg^2 I)^-1
+            P = torch.linalg.inv(torch.linalg.inv(cov0) + a * a / sg ** 2 * torch.eye(D, dtype=F64))
+            mean = (P @ (torch.linalg.solve(cov0, mu)[:, None] + a / sg ** 2 * xx.T)).T
+            law = torch.distributions.MultivariateNormal(mean @ A.T, A @ P @ A.T + s * s * torch.eye(M, dtype=F64))
+            return law.log_prob(y)
+
+        value, grad, _ = twist.value_and_grad(den.predict(x, torch.tensor(t, dtype=F64)).x0, x, a, sg)
+        xx = x.detach().requires_grad_(True)
+        ref = exact(xx)
+        (ref_grad,) = torch.autograd.grad(ref.sum(), xx)
+        torch.testing.assert_close(value, ref.detach(), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-10)
+        flat = LinearGaussianTwist(A, y, s)(den.predict(x, torch.tensor(t, dtype=F64)).x0, a, sg)
+        assert float((flat.detach() - ref.detach()).abs().max()) > 1e-3
 
 
 def test_mcgdiff_times_and_grid():
