@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 #: subpackages and modules loaded on first use (``di.toys``, ``di.mdm``, ...): ``import
 #: diffinfer`` stays light, and none of them needs an import of its own
 LAZY = ("toys", "mdm", "guidance", "zoo", "scaling", "inverse", "invert", "nets", "metrics", "likelihood",
-        "classify", "compose", "integrations", "thresholding", "train", "viz")
+        "classify", "compose", "integrations", "thresholding", "train", "viz", "accel")
 
 
 def __getattr__(name: str):
