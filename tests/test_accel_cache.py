@@ -289,3 +289,15 @@ def test_clear_errors():
             accel.FeatureCache(_TwoCalls(den), every=2).predict(_noise(), 0.5)
     # the network is left as it was after an error and after use
     assert all("forward" not in m.__dict__ for m in den.net.modules())
+
+
+def test_accel_loads_lazily():
+    """``import diffinfer`` does not load ``diffinfer.accel``; ``di.accel`` loads no submodule
+    until a name is used; an unknown name raises AttributeError."""
+    import subprocess
+    import sys
+    code = ("import sys, diffinfer as di; assert 'diffinfer.accel' not in sys.modules; "
+            "a = di.accel; assert 'diffinfer.accel.cache' not in sys.modules; "
+            "a.FeatureCache; assert 'diffinfer.accel.cache' in sys.modules; "
+            "assert not hasattr(a, 'nonexistent')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
