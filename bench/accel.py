@@ -168,8 +168,12 @@ def ours_runner(solver: str, builder, cache_every: int | None = None) -> Callabl
 
 
 def fitted_runner(grids_dir: pathlib.Path) -> Callable:
+    records: dict = {}  # loaded once per step count, as a user keeps a fitted grid
+
     def run(den, x_T: Tensor, steps: int):
-        rec = bench_solvers.digits_grid(_BASE[0], int(steps), grids_dir, False)
+        if steps not in records:
+            records[steps] = bench_solvers.digits_grid(_BASE[0], int(steps), grids_dir, False)
+        rec = records[steps]
         if rec is None:
             raise RuntimeError(f"no fitted digits grid for {steps} steps in {grids_dir}")
         before = den.nfe
@@ -242,7 +246,7 @@ def round_robin_seconds(jobs: list[tuple[str, Callable]], repeats: int) -> dict[
 
 
 def run_time_to_quality(ms: list[Method], den, x_T: Tensor, x_ref: Tensor, n_ref: int, n_fd: int, fd_target: float,
-                        time_rows: int, repeats: int, fd_methods: int, log) -> list[dict]:
+                        time_rows: int, repeats: int, fd_methods: int, log, reuse: dict | None = None) -> list[dict]:
     """Search each method's smallest step count at the RMSE target (on ``n_ref`` rows) and, for
     the fastest ``fd_methods`` of each library, at the FD target (``n_fd`` rows); then time every
     found setting on ``time_rows`` rows, round-robin, scaled to ``N_SAMPLES``."""
@@ -251,6 +255,9 @@ def run_time_to_quality(ms: list[Method], den, x_T: Tensor, x_ref: Tensor, n_ref
     for m in ms:
         t0 = time.perf_counter()
         memo: dict = {}
+        old = (reuse or {}).get(m.name)
+        if old is not None:  # a previous run's search on the same rows, noise and targets
+            memo.update({int(k): (v["rmse"], v["nfe"]) for k, v in old["curve"].items()})
 
         def rmse_at(steps: int, m=m, memo=memo) -> float:
             if steps not in memo:
@@ -271,19 +278,23 @@ def run_time_to_quality(ms: list[Method], den, x_T: Tensor, x_ref: Tensor, n_ref
         rows.append(row)
         log(f"  {m.name}: RMSE target at steps {steps} (NFE {row['rmse_nfe']}, RMSE {row['rmse']}) "
             f"[{row['search_seconds']:.0f}s]")
-    # a first timing of the RMSE settings picks the FD candidates (the fastest few per library)
+    # FD candidates: the fewest model calls at the RMSE target, per library (the feature cache,
+    # whose calls are cheaper, and the fitted grids always)
     d_t, x_t = den.select(torch.arange(time_rows)), x_T[:time_rows]
-    jobs = [(r["method"], (lambda m=by_name[r["method"]], s=r["rmse_steps"]: m.run(d_t, x_t, s)))
-            for r in rows if r["rmse_steps"] is not None]
-    first = round_robin_seconds(jobs, 1)
     for lib in ("diffusers", "diffinfer"):
-        cands = sorted((r for r in rows if r["library"] == lib and r["method"] in first),
-                       key=lambda r: first[r["method"]])[:fd_methods]
+        found = [r for r in rows if r["library"] == lib and r["rmse_steps"] is not None]
+        cands = sorted(found, key=lambda r: (r["rmse_nfe"], r["method"]))[:fd_methods]
+        cands += [r for r in found if r["family"] in ("fitted grid",) and r not in cands]
         for r in cands:
             m = by_name[r["method"]]
             fds: dict = {}
+            old = (reuse or {}).get(m.name, {}).get("fd_curve")
+            if old:
+                fds.update({int(k): (v["fd"], v["nfe"]) for k, v in old.items()})
 
             def fd_at(steps: int, m=m, fds=fds) -> float:
+                if steps in fds:
+                    return fds[steps][0]
                 try:
                     x, nfe = m.run(den.select(torch.arange(n_fd)), x_T[:n_fd], steps)
                     fds[steps] = (quality.fd_digits(x) if bool(torch.isfinite(x).all()) else float("inf"), nfe)
@@ -491,7 +502,8 @@ def plot(report: dict, path: pathlib.Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def run(quick: bool = False, out_dir=None, n_ref=None, n_fd=None, time_rows=None, repeats=None, log=print) -> dict:
+def run(quick: bool = False, out_dir=None, n_ref=None, n_fd=None, time_rows=None, repeats=None, reuse=None,
+        log=print) -> dict:
     t_start = time.perf_counter()
     out_dir = pathlib.Path(out_dir) if out_dir else RESULTS
     n_ref = n_ref or (16 if quick else 32)
@@ -520,19 +532,30 @@ def run(quick: bool = False, out_dir=None, n_ref=None, n_fd=None, time_rows=None
         fd_target = FD_SLACK * fd_conv
         log(f"converged FD ({n_fd} samples): {fd_conv:.4f}; target {fd_target:.4f}")
         ms = methods(quick, grids_dir, base)
+        previous = None
+        if reuse:
+            old = json.loads(pathlib.Path(reuse).read_text())
+            same = {k: old["config"].get(k) for k in ("quick", "n_ref", "n_fd")} == {"quick": quick, "n_ref": n_ref,
+                                                                                  "n_fd": n_fd}
+            if not same or old.get("rmse_target") != RMSE_TARGET or abs(old.get("fd_target", 0) - fd_target) > 1e-9:
+                raise ValueError(f"{reuse} was run with other sizes or targets; run without --reuse")
+            previous = {r["method"]: r for r in old["results"]}
+            log(f"reusing the step searches of {reuse} (timings are new)")
         rows = run_time_to_quality(ms, den, x_T, x_ref, n_ref, n_fd, fd_target, time_rows, repeats,
-                                   fd_methods=1 if quick else 3, log=log)
+                                   fd_methods=1 if quick else 3, log=log, reuse=previous)
         cache_rows = run_cache_goal(den, x_T, x_ref, n_ref, time_rows, repeats + 2,
                                     ["dpmpp-2m"], log)
         bound = run_call_bound(den, x_T, time_rows, repeats)
         log(f"  one full call {bound['full_call_seconds']:.4f}s, one cached call {bound['cached_call_seconds']:.4f}s: "
             f"bound {bound['bound']:.2f}x")
-        cfg = run_cfg(den, x_T, time_rows, repeats)
+        cfg = run_cfg(den, x_T, time_rows, repeats + 2)
     report = {"config": {"quick": quick, "n_ref": n_ref, "n_fd": n_fd, "time_rows": time_rows, "repeats": repeats,
                          "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread"},
               "rmse_target": RMSE_TARGET, "fd_target": fd_target, "fd_converged": fd_conv,
               "results": rows, "cache": cache_rows, "cache_call_bound": bound, "cfg": cfg,
-              "command": "taskset -c 1 python bench/accel.py" + (" --quick" if quick else "")}
+              "command": "taskset -c 1 python bench/accel.py" + (" --quick" if quick else "")
+              + (f" --reuse {reuse}" if reuse else "") + (f" --repeats {repeats}" if repeats != (2 if quick else 3)
+                                                          else "")}
     report["summary"] = summarise(rows)
     report["seconds"] = time.perf_counter() - t_start
     stem = "accel_quick" if quick else "accel"
@@ -551,8 +574,10 @@ def main(argv=None) -> int:
     p.add_argument("--time-rows", type=int)
     p.add_argument("--repeats", type=int)
     p.add_argument("--out", help="output directory (default bench/results)")
+    p.add_argument("--reuse", help="a previous accel.json: reuse its step searches (same sizes; only the timing "
+                                   "is redone)")
     a = p.parse_args(argv)
-    report = run(a.quick, a.out, a.n_ref, a.n_fd, a.time_rows, a.repeats)
+    report = run(a.quick, a.out, a.n_ref, a.n_fd, a.time_rows, a.repeats, a.reuse)
     print(markdown(report))
     return 0
 
