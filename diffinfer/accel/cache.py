@@ -412,6 +412,11 @@ class FeatureCache(DenoiserBase):
         """Empty the cache: the next call starts a run."""
         self._store = _Store()
 
+    @property
+    def check_divergence(self):
+        """The wrapped model's divergence check (gradient guidance), so the loop still runs it."""
+        return getattr(self.den, "check_divergence", None)
+
     def bind(self, **cond):
         raise TypeError("FeatureCache must wrap guidance, not be wrapped by it: use "
                         "FeatureCache(ClassifierFreeGuidance(den.bind(...), ...), every=...)")
