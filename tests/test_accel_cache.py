@@ -301,3 +301,39 @@ def test_accel_loads_lazily():
             "a.FeatureCache; assert 'diffinfer.accel.cache' in sys.modules; "
             "assert not hasattr(a, 'nonexistent')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+
+
+def test_threshold_refreshes_exactly_the_rows_whose_shallow_feature_moved():
+    """Oracle for ``threshold``: the shallow feature entering the deep part depends only on
+    ``(x, t)``, so the refresh rows follow from the uncached network's features by the rule
+    "relative change since the row's last refresh > delta". Refreshed rows are the uncached
+    model's output; the others are not (their deep features are old)."""
+    den = _ours("unet")
+    plan = accel.plan_for(den.net)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(B, 1, 8, 8, generator=g, dtype=F64)
+    drift = torch.randn(B, 1, 8, 8, generator=g, dtype=F64) * torch.tensor([0.0, 0.02, 0.08, 0.3],
+                                                                          dtype=F64).reshape(B, 1, 1, 1)
+    calls = [(x0 + n * drift, 0.8 - 0.001 * n) for n in range(8)]
+    feats = []
+    hook = plan.modules[0].register_forward_pre_hook(lambda m, a: feats.append(a[0].detach().clone()))
+    with torch.no_grad():
+        plain = [den.predict(x, t).x0 for x, t in calls]
+    hook.remove()
+    delta = 0.05
+    ref, expected = feats[0].clone(), [torch.ones(B, dtype=torch.bool)]
+    for f in feats[1:]:
+        change = (f - ref).reshape(B, -1).norm(dim=1) / ref.reshape(B, -1).norm(dim=1)
+        mask = change > delta
+        ref[mask] = f[mask]
+        expected.append(mask)
+    assert 0 < int(torch.stack(expected[1:]).sum()) < B * 7, "the drifts must refresh some rows, not all"
+    cached = accel.FeatureCache(den, threshold=delta)
+    with torch.no_grad():
+        for (x, t), want, mask in zip(calls, plain, expected):
+            got = cached.predict(x, t).x0
+            assert torch.equal(got[mask], want[mask])
+            stale = (got - want).reshape(B, -1).abs().amax(1) > 0  # [B]
+            assert torch.equal(stale, ~mask)
+    assert cached.stats.rows_refreshed == int(torch.stack(expected).sum())
+    assert cached.stats.full == sum(bool(m.any()) for m in expected)
