@@ -17,21 +17,13 @@ import time
 import pytest
 import torch
 
-from diffinfer.cli import main
+from test_cli_contract import cli  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative imports)
 from diffinfer.generate import GenerateConfig, generate, load_rows, status
 from diffinfer.generate.store import SHARDS, done_shards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 
-
-def cli(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _env(rank=None, world=None, **extra):
