@@ -70,35 +70,18 @@ class DiffusionClassifier:
         if lp.shape != (self.n_classes,):
             raise ValueError(f"log_prior must have {self.n_classes} entries, got shape {tuple(lp.shape)}")
         self.log_prior = lp
-        lo, hi = t_range if t_range is not None else (max(self.process.t_min, 1e-4), min(self.process.t_max, 1.0 - 1e-4))
-        self.lam_max = float(self.process.logsnr(as_time(lo)))  # high SNR at small t
-        self.lam_min = float(self.process.logsnr(as_time(hi)))
-        if not (math.isfinite(self.lam_max) and math.isfinite(self.lam_min)):
-            raise ValueError(f"the t range {lo, hi} has an infinite log-SNR; pass t_range inside (0, 1)")
+        self.lam_max, self.lam_min = logsnr_range(self.process, t_range)
 
     def pairs(self, n: int, x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
-        """``n`` shared ``(t, eps)`` pairs: ``t`` stratified uniform in log-SNR ``[n]`` and
-        ``eps`` ``[n, B, ...]`` (each row of ``x`` its own noise)."""
-        g = torch.Generator().manual_seed(int(seed))
-        u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, dtype=torch.float64, generator=g)) / n
-        u = u[torch.randperm(n, generator=g)]  # so any prefix of the pairs is spread over t
-        t = self.process.t_from_logsnr(self.lam_max + u * (self.lam_min - self.lam_max))
-        eps = torch.randn((n,) + tuple(x.shape), generator=g, dtype=torch.float64).to(x.dtype)
-        return t, eps
+        """``n`` shared ``(t, eps)`` pairs (see ``logsnr_pairs``)."""
+        return logsnr_pairs(self.process, (self.lam_max, self.lam_min), n, x, seed)
 
     def _errors(self, den: DenoiserBase, x: Tensor, rows: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Weighted squared noise-prediction errors ``[len(rows), n_pairs]`` of one class's
         denoiser ``den``."""
         if rows.numel() != x.shape[0]:
             den = den.select(rows)
-        xr = x[rows]
-        out = []
-        for j in range(t.numel()):
-            e = eps[j][rows]
-            xt = self.process.add_noise(xr, e, t[j])
-            err = (den.eps(xt, t[j]) - e).reshape(xr.shape[0], -1).double()
-            out.append((err * err).sum(1))
-        return 0.5 * (self.lam_max - self.lam_min) * torch.stack(out, 1)
+        return weighted_eps_errors(den, x[rows], t, eps[:, rows], (self.lam_max, self.lam_min))
 
     def classify(self, x: Tensor, n_pairs: int = 64, prune: Sequence[tuple[int, int]] | None = None,
                  seed: int = 0) -> ClassifierResult:
@@ -135,6 +118,45 @@ class DiffusionClassifier:
                 alive = torch.zeros_like(alive).scatter_(1, cut, True) & alive
         score = torch.where(alive, -sums / counts.clamp(min=1) + self.log_prior, torch.full_like(sums, -math.inf))
         return ClassifierResult(labels=score.argmax(1), scores=score, pairs=counts.long(), nfe=counter.n - nfe0)
+
+
+# --- denoising errors uniform in log-SNR (shared with pid.py) ------------------------------
+def logsnr_range(process: Process, t_range: tuple[float, float] | None = None) -> tuple[float, float]:
+    """``(lam_max, lam_min)``: the log-SNR at the low and high end of ``t_range`` (default the
+    process bounds clipped to ``[1e-4, 1 - 1e-4]``)."""
+    lo, hi = t_range if t_range is not None else (max(process.t_min, 1e-4), min(process.t_max, 1.0 - 1e-4))
+    lam_max = float(process.logsnr(as_time(lo)))  # high SNR at small t
+    lam_min = float(process.logsnr(as_time(hi)))
+    if not (math.isfinite(lam_max) and math.isfinite(lam_min)):
+        raise ValueError(f"the t range {lo, hi} has an infinite log-SNR; pass t_range inside (0, 1)")
+    return lam_max, lam_min
+
+
+def logsnr_pairs(process: Process, lam: tuple[float, float], n: int, x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """``n`` ``(t, eps)`` pairs: ``t`` stratified uniform in log-SNR over ``lam = (lam_max,
+    lam_min)`` ``[n]`` and ``eps`` ``[n, B, ...]`` (each row of ``x`` its own noise)."""
+    lam_max, lam_min = lam
+    g = torch.Generator().manual_seed(int(seed))
+    u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, dtype=torch.float64, generator=g)) / n
+    u = u[torch.randperm(n, generator=g)]  # so any prefix of the pairs is spread over t
+    t = process.t_from_logsnr(lam_max + u * (lam_min - lam_max))
+    eps = torch.randn((n,) + tuple(x.shape), generator=g, dtype=torch.float64).to(x.dtype)
+    return t, eps
+
+
+def weighted_eps_errors(den: DenoiserBase, x: Tensor, t: Tensor, eps: Tensor, lam: tuple[float, float]) -> Tensor:
+    """``(lam_max - lam_min) / 2 * |eps - eps_hat(x_t, t)|^2`` ``[B, n]`` for ``x`` ``[B, ...]``,
+    ``t`` ``[n]``, ``eps`` ``[n, B, ...]``: with ``t`` uniform in log-SNR, its mean over pairs
+    estimates ``1/2 int mmse_eps(x, lam) dlam`` (Kingma et al. 2021, eq. 17; Kong et al. 2023)."""
+    process = den.process
+    out = []
+    for j in range(t.numel()):
+        xt = process.add_noise(x, eps[j], t[j])
+        err = (den.eps(xt, t[j]) - eps[j]).reshape(x.shape[0], -1).double()
+        if not bool(torch.isfinite(err).all()):
+            raise ValueError(f"the denoiser returned non-finite values at t={float(t[j]):.4g}")
+        out.append((err * err).sum(1))
+    return 0.5 * (lam[0] - lam[1]) * torch.stack(out, 1)
 
 
 # --- denoised smoothing ----------------------------------------------------------------
