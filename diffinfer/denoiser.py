@@ -176,6 +176,14 @@ class DenoiserBase:
     def predict(self, x: Tensor, t) -> Prediction:
         raise NotImplementedError
 
+    def _wrap(self, den: "DenoiserBase") -> None:
+        """Make this model a wrapper of ``den``: keep it as ``self.den`` and share its
+        process, NFE counter and default grid (what every ``Denoiser -> Denoiser`` wrapper
+        starts with)."""
+        if not isinstance(den, DenoiserBase):
+            raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
+        self.den, self.process, self._counter, self.default_ts = den, den.process, den._counter, den.default_ts
+
     @property
     def divergence_check(self):
         """The check the driver loop runs after each step, ``check(x, t)``, or ``None``: this

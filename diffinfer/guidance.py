@@ -97,11 +97,9 @@ class ClassifierFreeGuidance(DenoiserBase):
         scale = float(scale)
         if scale != scale:
             raise ValueError("guidance scale is NaN")
-        self.den, self.scale, self.null_label, self.cond_key = den, scale, null_label, cond_key
+        self._wrap(den)
+        self.scale, self.null_label, self.cond_key = scale, null_label, cond_key
         self.interval = _check_interval(interval)
-        self.process = den.process
-        self._counter = den._counter
-        self.default_ts = getattr(den, "default_ts", None)
 
     def _null_like(self, cond: Tensor, batch: int) -> Tensor:
         """The condition and the null condition, both ``[B, ...]``: a scalar or ``[1, ...]``
@@ -168,18 +166,14 @@ class GradientGuidance(DenoiserBase):
     def __init__(self, den: DenoiserBase, log_likelihood: Callable, scale=1.0, interval=None,
                  through_denoiser: bool = True, method: str | None = None, data_scale: float | None = None,
                  divergence_k: float = DIVERGENCE_K):
-        if not isinstance(den, DenoiserBase):
-            raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
+        self._wrap(den)
         if not callable(scale):
             scale = float(scale)
             if scale != scale:
                 raise ValueError("guidance scale is NaN")
-        self.den, self.log_likelihood, self.scale = den, log_likelihood, scale
+        self.log_likelihood, self.scale = log_likelihood, scale
         self.interval = _check_interval(interval)
         self.through_denoiser = bool(through_denoiser)
-        self.process = den.process
-        self._counter = den._counter
-        self.default_ts = getattr(den, "default_ts", None)
         self.method = method or type(self).__name__
         self._data_scale = None if data_scale is None else float(data_scale)
         if not self.data_scale > 0 or not divergence_k > 0:

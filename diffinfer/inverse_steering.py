@@ -152,13 +152,11 @@ class TractableSteering(DenoiserBase):
         yf = y.reshape(y.shape[0], -1).to(_F64)  # [B, D]
         if not bool(torch.isfinite(yf[:, observed]).all()):
             raise ValueError("the observation y contains NaN or Inf on the observed entries")
-        self.den, self.mix, self.mask, self.y, self.weight = den, mix, mask, y, weight
+        self._wrap(den)
+        self.mix, self.mask, self.y, self.weight = mix, mask, y, weight
         self.target, self.noise_std, self.replace_observed = target, float(noise_std), bool(replace_observed)
         self.observed, self._yf = observed, yf
         self.cond = MaskedConditional(mix, observed, yf[:, observed], self.noise_std)
-        self.process = den.process
-        self._counter = den._counter
-        self.default_ts = getattr(den, "default_ts", None)
 
     def _target(self, x: Tensor, t) -> Tensor:
         """The tractable model's estimate of ``x0_U`` ``[B, |U|]`` (float64)."""

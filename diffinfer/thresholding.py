@@ -23,12 +23,7 @@ class _X0Wrapper(DenoiserBase):
     """A wrapper that maps the wrapped model's ``x0_hat`` and re-derives ``eps``."""
 
     def __init__(self, den: DenoiserBase):
-        if not isinstance(den, DenoiserBase):
-            raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
-        self.den = den
-        self.process = den.process
-        self._counter = den._counter
-        self.default_ts = getattr(den, "default_ts", None)
+        self._wrap(den)
 
     def _map(self, x0: Tensor) -> Tensor:
         raise NotImplementedError

@@ -374,8 +374,7 @@ class FeatureCache(DenoiserBase):
 
     def __init__(self, den: DenoiserBase, every: int | None = None, steps: Sequence[int] | None = None,
                  threshold: float | None = None, plan: CachePlan | None = None, **plan_options):
-        if not isinstance(den, DenoiserBase):
-            raise TypeError(f"expected a Denoiser (or wrapper), got {type(den).__name__}")
+        self._wrap(den)
         if every is None and steps is None and threshold is None:
             raise ValueError("give a refresh schedule: every=k, steps=[...] or threshold=delta")
         if every is not None and steps is not None:
@@ -386,10 +385,6 @@ class FeatureCache(DenoiserBase):
             raise ValueError(f"refresh steps must be call indices >= 0, got {list(steps)}")
         if threshold is not None and not float(threshold) >= 0.0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
-        self.den = den
-        self.process = den.process
-        self._counter = den._counter
-        self.default_ts = getattr(den, "default_ts", None)
         self.every = None if every is None else int(every)
         self.steps = None if steps is None else frozenset(int(k) for k in steps) | {0}
         self.threshold = None if threshold is None else float(threshold)

@@ -95,23 +95,18 @@ class Tiled(DenoiserBase):
 
     def __init__(self, den: DenoiserBase, tile, stride=None, offsets: str = "random", weights: str = "hann",
                  seed: int = 0):
-        if not isinstance(den, DenoiserBase):
-            raise TypeError(f"den must be a Denoiser (or wrapper), got {type(den).__name__}")
+        self._wrap(den)
         tile = _sizes(tile)
         stride = tuple(max(1, w // 2) for w in tile) if stride is None else _sizes(stride)
         if len(stride) != len(tile) or not all(1 <= s <= w for s, w in zip(stride, tile)):
             raise ValueError(f"stride must give 1 <= stride <= tile per axis, got stride={stride}, tile={tile}")
         if offsets not in OFFSETS:
             raise ValueError(f"unknown offsets {offsets!r}; valid: {', '.join(OFFSETS)}")
-        self.den, self.tile, self.stride, self.offsets, self.weights, self.seed = \
-            den, tile, stride, offsets, weights, int(seed)
+        self.tile, self.stride, self.offsets, self.weights, self.seed = tile, stride, offsets, weights, int(seed)
         w = window(weights, tile[0])
         for size in tile[1:]:  # the outer product over the tiled axes
             w = w.unsqueeze(-1) * window(weights, size)
         self._w = w  # [*tile] float64
-        self.process = den.process
-        self._counter = den._counter
-        self.default_ts = den.default_ts
 
     # --- where the tiles go ------------------------------------------------------------
     def _step_key(self, t) -> int:
