@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .forward_backward import forward, smoothed
 from .markov_chain import MarkovChain, _as_probability_table
 from .masked_oracle import MaskedOracle
 
@@ -95,20 +96,20 @@ class HiddenMarkovModel(MaskedOracle):
         tokens = self._check_tokens(tokens)
         return self._forward(self._evidence(tokens), strict=False)[1]
 
-    def expected_nll_per_token(self, length: int, n: int = 8192, seed: int = 0) -> float:
+    def nll_estimate(self, length: int, n: int = 8192, seed: int = 0) -> tuple[float, float]:
         """``E[-log P(x)] / length`` estimated from ``n`` exact samples with the exact
-        ``log_prob`` (no closed form for a hidden Markov model); its standard error is
-        ``nll_standard_error``."""
-        return self._nll_samples(length, n, seed).mean().item()
+        ``log_prob`` (no closed form for a hidden Markov model), and its standard error."""
+        x = self.sample(n, length, generator=torch.Generator().manual_seed(seed))
+        per = -self.log_prob(x) / length  # [n]
+        return per.mean().item(), per.std().item() / math.sqrt(n)
+
+    def expected_nll_per_token(self, length: int, n: int = 8192, seed: int = 0) -> float:
+        """The estimate of ``nll_estimate``."""
+        return self.nll_estimate(length, n, seed)[0]
 
     def nll_standard_error(self, length: int, n: int = 8192, seed: int = 0) -> float:
-        """Standard error of ``expected_nll_per_token`` (same ``n``, ``seed``)."""
-        per = self._nll_samples(length, n, seed)
-        return per.std().item() / math.sqrt(n)
-
-    def _nll_samples(self, length: int, n: int, seed: int) -> Tensor:
-        x = self.sample(n, length, generator=torch.Generator().manual_seed(seed))
-        return -self.log_prob(x) / length  # [n]
+        """The standard error of ``nll_estimate``."""
+        return self.nll_estimate(length, n, seed)[1]
 
     def entropy_rate(self, length: int = 256, n: int = 2048, seed: int = 0) -> float:
         """Monte Carlo estimate of the token process's entropy rate (nats per token): the mean
@@ -128,9 +129,8 @@ class HiddenMarkovModel(MaskedOracle):
 
         def cond_entropy(initial: Tensor) -> float:  # H(X_n | X_<n) with the first hidden law `initial`
             model = HiddenMarkovModel(self.transition, self.emission, initial)
-            lp_full = model._forward(model._evidence(seqs), strict=False)[1]  # [V^n], -inf if impossible
-            lp_prefix = model._forward(model._evidence(seqs[:, :-1]), strict=False)[1] if n > 1 \
-                else torch.zeros_like(lp_full)
+            lp_full = model.log_marginal(seqs)  # [V^n], -inf if impossible
+            lp_prefix = model.log_marginal(seqs[:, :-1]) if n > 1 else torch.zeros_like(lp_full)
             possible = lp_full > -math.inf
             return float(-(lp_full[possible].exp() * (lp_full[possible] - lp_prefix[possible])).sum())
 
@@ -149,38 +149,14 @@ class HiddenMarkovModel(MaskedOracle):
     def _forward(self, evidence: Tensor, strict: bool = True) -> tuple[Tensor, Tensor]:
         """Normalised forward messages ``[B, L, H]`` and ``log P(evidence)`` ``[B]``; evidence
         of probability zero raises (``strict``) or gives ``-inf``."""
-        B, L, H = evidence.shape
-        fwd = torch.empty(B, L, H, dtype=torch.float64)
-        log_z = torch.zeros(B, dtype=torch.float64)
-        f = self.initial.expand(B, H) * evidence[:, 0]
-        for i in range(L):
-            if i > 0:
-                f = (f @ self.transition) * evidence[:, i]
-            z = f.sum(-1, keepdim=True)  # [B, 1]
-            if strict and (z <= 0).any():
-                raise ValueError("the unmasked tokens have probability zero under the model")
-            f = f / torch.where(z > 0, z, torch.ones_like(z))
-            log_z = log_z + torch.log(z[:, 0])
-            fwd[:, i] = f
-        return fwd, log_z
+        return forward(self.initial, self.transition, evidence, strict)
 
     def conditionals(self, tokens: Tensor) -> Tensor:
         """Exact ``P(x_i = v | unmasked tokens)`` for every position, ``[B, L, V]`` float64;
         unmasked positions come out one-hot. Raises ``ValueError`` if the unmasked tokens
         have probability zero."""
         tokens = self._check_tokens(tokens)
-        evidence = self._evidence(tokens)  # [B, L, H]
-        fwd, _ = self._forward(evidence)
-        B, L, H = evidence.shape
-        bwd = torch.empty_like(fwd)
-        b = torch.ones(B, H, dtype=torch.float64)
-        bwd[:, L - 1] = b
-        for i in range(L - 2, -1, -1):
-            b = (evidence[:, i + 1] * b) @ self.transition.T
-            b = b / b.sum(-1, keepdim=True)
-            bwd[:, i] = b
-        post = fwd * bwd  # [B, L, H]: P(h_i | observations); a masked position's own evidence is 1
-        post = post / post.sum(-1, keepdim=True)
+        post = smoothed(self.initial, self.transition, self._evidence(tokens))  # [B, L, H]: P(h_i | observations)
         probs = post @ self.emission  # [B, L, V]
         observed = tokens != self.mask_id
         one_hot = torch.nn.functional.one_hot(tokens.clamp_max(self.n_states - 1), self.n_states).double()

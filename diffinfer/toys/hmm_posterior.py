@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .forward_backward import backward
 from .hmm import HiddenMarkovModel
 
 
@@ -86,12 +87,7 @@ def hmm_posterior_marginals(hmm: HiddenMarkovModel, lik: Tensor) -> Tensor:
     ``[L, V]`` or ``[B, L, V]``, by forward-backward."""
     evidence, fwd, _ = _filter(hmm, lik)
     lik = check_likelihood(lik, hmm.n_states).expand(evidence.shape[0], -1, -1)
-    B, L, H = evidence.shape
-    bwd = torch.ones_like(fwd)  # P(y_>i | h_i), normalised per position
-    for i in range(L - 2, -1, -1):
-        b = (evidence[:, i + 1] * bwd[:, i + 1]) @ hmm.transition.T
-        bwd[:, i] = b / b.sum(-1, keepdim=True)
-    gamma = fwd * bwd
+    gamma = fwd * backward(hmm.transition, evidence)  # P(y_>i | h_i) normalised per position
     gamma = gamma / gamma.sum(-1, keepdim=True)  # [B, L, H]: P(h_i | y)
     # P(x_i = v | h_i, y_i) = emission[h, v] lik[i, v] / evidence[i, h]
     per_h = gamma / torch.where(evidence > 0, evidence, torch.ones_like(evidence))  # [B, L, H]

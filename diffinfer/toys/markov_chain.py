@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .forward_backward import smoothed
 from .masked_oracle import MaskedOracle
 
 
@@ -119,26 +120,7 @@ class MarkovChain(MaskedOracle):
         evidence = torch.ones(B, L, V, dtype=torch.float64)  # [B, L, V]
         obs = torch.nn.functional.one_hot(tokens.clamp_max(V - 1), V).double()
         evidence = torch.where(masked[..., None], evidence, obs)
-        T = self.transition
-        fwd = torch.empty(B, L, V, dtype=torch.float64)
-        f = self.initial.expand(B, V) * evidence[:, 0]
-        for i in range(L):
-            if i > 0:
-                f = (f @ T) * evidence[:, i]
-            z = f.sum(-1, keepdim=True)
-            if (z <= 0).any():
-                raise ValueError("the unmasked tokens have probability zero under the chain")
-            f = f / z
-            fwd[:, i] = f
-        bwd = torch.empty_like(fwd)
-        b = torch.ones(B, V, dtype=torch.float64)
-        bwd[:, L - 1] = b
-        for i in range(L - 2, -1, -1):
-            b = (evidence[:, i + 1] * b) @ T.T
-            b = b / b.sum(-1, keepdim=True)
-            bwd[:, i] = b
-        post = fwd * bwd
-        return post / post.sum(-1, keepdim=True)
+        return smoothed(self.initial, self.transition, evidence, error="the unmasked tokens have probability zero under the chain")
 
     # ---- a few standard chains ----------------------------------------------------------
     @classmethod
