@@ -89,6 +89,20 @@ def test_union_of_shards_from_1_2_3_processes_is_bitwise_the_one_process_output(
     assert k3 == {0: [[0, 3], [9, 11]], 1: [[3, 6]], 2: [[6, 9]]}
 
 
+def test_accelerate_launch_gives_the_same_bits(tmp_path):
+    """``accelerate launch`` (on a CPU machine: one process; its multi-process CPU mode needs
+    MPI) runs the job unchanged: the rows equal the in-process run bitwise."""
+    pytest.importorskip("accelerate")
+    one = generate(GenerateConfig(**DIGITS), tmp_path / "k1", log=lambda s: None)
+    proc = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "-m", "diffinfer.cli", "generate", *map(str, DIGITS_ARGS), "--out", tmp_path / "acc"],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finish([proc])
+    assert one.rows_drawn == 11
+    assert torch.equal(load_rows(tmp_path / "acc")["x"], load_rows(tmp_path / "k1")["x"])
+
+
 def test_text_rows_are_exact_across_ranks_and_written_as_json_lines(tmp_path):
     """Masked text (the ``markov`` oracle, ``mdm.decode`` with per-row streams): two ranks
     (in-process) equal one, and one equals ``decode`` per shard with ``seed=(seed, rows)``."""
