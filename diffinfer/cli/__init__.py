@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import sys
 
-from . import bench, decode, demo, forecast, generate, restore, sample, scale, serve, solvers, train
+from . import bench, decode, demo, forecast, generate, restore, sample, scale, serve, solvers, structured, train
 from .common import OneLineParser
 
 #: subcommand modules in the order of ``diffinfer --help``
-COMMAND_MODULES = (solvers, sample, generate, demo, train, decode, restore, forecast, scale, bench, serve)
+COMMAND_MODULES = (solvers, sample, generate, demo, train, decode, restore, forecast, structured, scale, bench,
+                   serve)
 
 
 def build_parser() -> OneLineParser:
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     from ..denoiser import ModelOutputError
     from ..train import TrainingInterrupted
     from ..zoo.checkpoints import ZooError
-    name = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
+    name = " ".join(filter(None, [args.command, getattr(args, "benchmark", None), getattr(args, "part", None)]))
     try:
         return int(args.func(args) or 0)
     except Exception as e:
