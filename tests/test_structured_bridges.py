@@ -4,8 +4,8 @@ against the exact law of jointly Gaussian pairs, energy guidance, the model view
 Oracles are independent of the code under test: the bridge as a Gaussian process
 (``Cov(x_u, x_v) = sigma^2 min(u, v) (1 - max(u, v))``) conditioned by the textbook formula,
 and the sampler's exact output law with the exact (linear) denoiser propagated as
-mean / covariance (``sampler_law``, weights written from the bridge's formulas, not from
-``step_weights``). Monte Carlo moments are judged against the floor of two exact sample
+mean / covariance (``toys.gaussian_pair.bridge_sampler_law``, weights written from the
+bridge's formulas, not from ``step_weights``). Monte Carlo moments are judged against the floor of two exact sample
 sets of the same size (``toys.random_problem.floors``); float64 throughout."""
 import math
 
@@ -19,7 +19,7 @@ from diffinfer.denoiser import Denoiser
 from diffinfer.loop import iterate
 from diffinfer.rng import make_rng
 from diffinfer.toys.gaussian_mixture import GaussianMixture
-from diffinfer.toys.gaussian_pair import GaussianPair
+from diffinfer.toys.gaussian_pair import GaussianPair, bridge_sampler_law as sampler_law
 
 F64 = torch.float64
 K_FLOOR = 2.0  # a Monte Carlo distance may be this many floors (fixed before running)
@@ -53,38 +53,6 @@ def within_floors(x: torch.Tensor, law: GaussianMixture, seed: int = 0):
     sc = moments(x, law)
     assert sc["mean"] <= K_FLOOR * fl["mean"] and sc["cov"] <= K_FLOOR * fl["cov"], (sc, fl)
     return sc, fl
-
-
-# --- the exact law of the discretised sampler (independent of bridges.step_weights) --------
-def sampler_law(pair: GaussianPair, x1: torch.Tensor, sig: float, ts, eta: float, r: torch.Tensor | None = None):
-    """Mean and covariance of ``BridgeSampler(eta)``'s output from ``x1`` ``[d]`` on ``ts``
-    with the exact denoiser of ``pair`` (each step is affine in ``x_t`` plus Gaussian noise).
-    ``r``: the denoiser is the one of the pair tilted by ``exp(r . x0)`` except at ``t = 1``
-    (``EnergyGuidance``'s first step)."""
-    d = pair.dim
-    eye = torch.eye(d, dtype=F64)
-    mu, P = pair.conditional(x1[None])
-    mu = mu[0]
-    shift = torch.zeros(d, dtype=F64) if r is None else P @ r
-    m, S = x1.clone(), torch.zeros(d, d, dtype=F64)
-    ts = [float(t) for t in ts]
-    for t, s in zip(ts[:-1], ts[1:]):
-        a, c2 = 1.0 - t, sig ** 2 * t * (1.0 - t)
-        K = torch.zeros(d, d, dtype=F64) if a == 0 else a * P @ torch.linalg.inv(a * a * P + c2 * eye)
-        centre = mu + (shift if t < 1 else 0.0)  # the (tilted) conditional mean the denoiser uses
-        k0 = centre - K @ (t * x1 + a * centre)  # D(x) = K x + k0
-        if s == 0.0:
-            return K @ m + k0, K @ S @ K.T
-        if t == 1.0:  # x_s = (1 - s) x0_hat + s x1 + sigma_s z
-            w_x, w_x0, w_src, v2 = s, 1.0 - s, 0.0, sig ** 2 * s * (1.0 - s)
-        else:
-            v2 = eta ** 2 * sig ** 2 * s * (t - s) / t  # eta * the bridge's conditional std
-            k = math.sqrt(sig ** 2 * s * (1.0 - s) - v2) / math.sqrt(c2)
-            w_x, w_x0, w_src = k, (1.0 - s) - k * (1.0 - t), s - k * t
-        M = w_x * eye + w_x0 * K
-        m = M @ m + w_x0 * k0 + w_src * x1
-        S = M @ S @ M.T + v2 * eye
-    raise AssertionError("a bridge grid ends at t = 0")
 
 
 def oracle_model(pair: GaussianPair, sig: float = 1.0) -> BridgeDenoiser:

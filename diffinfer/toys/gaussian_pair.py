@@ -10,8 +10,15 @@ given the source is ``N(mu(x1), P)``, ``mu = m0 + S01 S11^-1 (x1 - m1)``,
 computed through the eigendecomposition of ``P`` (``mu`` where ``alpha = 0``, i.e. at ``t = 1``,
 where ``x_t = x1`` says nothing more). A linear energy ``E(x0) = -r . x0`` tilts the target to
 ``N(mu + P r, P)`` (``tilted``).
+
+With that denoiser every step of ``bridges.BridgeSampler`` is affine in ``x_t`` plus Gaussian
+noise, so the sampler's output law on a grid is Gaussian and known exactly
+(``bridge_sampler_law``: mean and covariance pushed through the steps, with the weights
+written from the Brownian bridge's formulas, not taken from ``BrownianBridge.step_weights``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -87,3 +94,42 @@ class GaussianPair:
     def __repr__(self) -> str:
         return f"GaussianPair(dim={self.dim})"
 
+
+def bridge_sampler_law(pair: GaussianPair, x1: Tensor, sigma: float, ts, eta: float,
+                       r: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean ``[d]`` and covariance ``[d, d]`` of ``BridgeSampler(eta)``'s output from the source
+    ``x1`` ``[d]`` on the grid ``ts`` (from 1 to 0) with ``pair``'s exact denoiser on
+    ``BrownianBridge(sigma)``. A step ``t -> s`` is ``x_s = w_x x_t + w_x0 D(x_t) + w_src x1 +
+    v z`` with, for ``t < 1``, ``v^2 = eta^2 sigma^2 s (t - s) / t`` (``eta`` times the bridge's
+    conditional variance), ``k = sqrt(c_s^2 - v^2) / c_t``, ``w_x = k``, ``w_x0 = (1 - s) - k (1 -
+    t)``, ``w_src = s - k t``; from ``t = 1``: ``w_x = s``, ``w_x0 = 1 - s``, ``v = c_s``; the step
+    to 0 returns ``D(x_t)``. ``r``: the denoiser is the pair's tilted by ``exp(r . x0)`` except
+    at ``t = 1`` (``bridges.EnergyGuidance``, which cannot act there)."""
+    d = pair.dim
+    eye = torch.eye(d, dtype=_F64)
+    x1 = torch.as_tensor(x1, dtype=_F64).reshape(d)
+    mu, P = pair.conditional(x1[None])
+    mu = mu[0]
+    shift = torch.zeros(d, dtype=_F64) if r is None else P @ torch.as_tensor(r, dtype=_F64)
+    m, S = x1.clone(), torch.zeros(d, d, dtype=_F64)
+    ts = [float(t) for t in ts]
+    if ts[0] != 1.0 or ts[-1] != 0.0:
+        raise ValueError("a bridge grid runs from t = 1 to t = 0")
+    sig2 = float(sigma) ** 2
+    for t, s in zip(ts[:-1], ts[1:]):
+        a, c2 = 1.0 - t, sig2 * t * (1.0 - t)
+        K = torch.zeros(d, d, dtype=_F64) if a == 0 else a * P @ torch.linalg.inv(a * a * P + c2 * eye)
+        centre = mu + shift if t < 1 else mu  # the (tilted) conditional mean the denoiser uses
+        k0 = centre - K @ (t * x1 + a * centre)  # D(x) = K x + k0
+        if s == 0.0:
+            return K @ m + k0, K @ S @ K.T
+        if t == 1.0:
+            w_x, w_x0, w_src, v2 = s, 1.0 - s, 0.0, sig2 * s * (1.0 - s)
+        else:
+            v2 = float(eta) ** 2 * sig2 * s * (t - s) / t
+            k = math.sqrt(max(sig2 * s * (1.0 - s) - v2, 0.0) / c2)
+            w_x, w_x0, w_src = k, (1.0 - s) - k * (1.0 - t), s - k * t
+        M = w_x * eye + w_x0 * K
+        m = M @ m + w_x0 * k0 + w_src * x1
+        S = M @ S @ M.T + v2 * eye
+    raise AssertionError("unreachable: the grid ends at 0")
