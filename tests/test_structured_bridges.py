@@ -331,3 +331,28 @@ def test_bridge_loss_regresses_x0_on_the_marginal():
     torch.testing.assert_close(loss, x0.pow(2).mean())
     with pytest.raises(TypeError):
         bridge_loss(BridgeDenoiser(net, br, "eps"), x0, x1)
+
+
+def test_gaussian_pair_oracle():
+    """Cov[x0 | x1] is the inverse of the joint precision's x0 block; the denoiser is mu at
+    t = 1 and the identity (x_t = x0) at t = 0; E[x0 | x_t, x1] matches regression on samples."""
+    pair = GaussianPair.random(3, 9)
+    prec = torch.linalg.inv(pair.cov)
+    torch.testing.assert_close(pair.P, torch.linalg.inv(prec[:3, :3]), rtol=1e-10, atol=1e-12)
+    br = BrownianBridge(0.7)
+    net = pair.denoiser_net(br)
+    x0, x1 = pair.sample(5, seed=1)
+    mu, _ = pair.conditional(x1)
+    torch.testing.assert_close(net(x1, torch.ones(5, dtype=F64), source=x1), mu)
+    torch.testing.assert_close(net(x0, torch.zeros(5, dtype=F64), source=x1), x0, rtol=1e-10, atol=1e-10)
+    # least squares of x0 on (x_t, x1) over many draws at t = 0.4: the same linear map
+    n, t = 200_000, 0.4
+    x0, x1 = pair.sample(n, seed=2)
+    xt = br.marginal(x0, x1, t, torch.randn(n, 3, dtype=F64, generator=torch.Generator().manual_seed(3)))
+    feats = torch.cat([xt, x1, torch.ones(n, 1, dtype=F64)], 1)
+    coef = torch.linalg.lstsq(feats, x0).solution
+    probe = feats[:4]
+    resid_std = (x0 - feats @ coef).std(0)  # [3]
+    se = ((probe @ torch.linalg.inv(feats.T @ feats)) * probe).sum(1).sqrt()[:, None] * resid_std  # [4, 3]
+    diff = (probe @ coef - net(xt[:4], torch.full((4,), t, dtype=F64), source=x1[:4])).abs()
+    assert bool((diff <= 5 * se).all()), (diff, se)  # the fitted values' standard errors
