@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_int_in(1, 1000), default=20, help="bridge sampling steps (default 20)")
     p.add_argument("--eta", type=_eta, default=1.0,
                    help="1: the bridge's stochastic transition; 0: DDIM-like (deterministic after the first step)")
-    p.add_argument("--train-steps", type=_int_in(1, 100_000), default=800, help="training steps (default 800)")
+    p.add_argument("--train-steps", type=_int_in(1, 100_000), default=600, help="training steps (default 600)")
     p.add_argument("--n", type=_int_in(1, 180), default=180, help="held-out digits to translate (default 180)")
 
 
