@@ -267,10 +267,11 @@ def sample_field(den: DenoiserBase, field, x_T: Tensor | None = None, shape: Seq
     """Samples over a time field (``iterate_field``): from ``x_T`` (at ``field[0]``: noise, and
     the known values of elements held at ``t = 0``) or from ``sigma(field[0]) * z`` for
     ``shape``; row ``i`` draws its noise from stream ``(seed, i)``."""
-    f = validate_field(field)
+    if x_T is None and shape is None:
+        raise ValueError("give x_T or shape")
+    f = validate_field(field, tuple(shape)[1:] if x_T is None else x_T.shape[1:])
+    check_solver(solver, **options)
     if x_T is None:
-        if shape is None:
-            raise ValueError("give x_T or shape")
         rng = make_rng(seed, shape[0], device)
         x = initial_noise(den, f, shape, rng, dtype, device)
     else:
@@ -374,5 +375,33 @@ def _share_slice(pred: Prediction, sl: slice, x: Tensor, grid: Grid, j: int) -> 
     return Prediction(x0, derive=(x, c.alpha, c.sigma))
 
 
+def forecast(den: DenoiserBase, history: Tensor, horizon: int, base_ts, shift: int = 1, solver="dpmpp-2m",
+             context: int | None = None, seed=None, **options) -> Tensor:
+    """Forecast samples ``[B, *C, horizon]`` after clean ``history`` ``[B, *C, H]``.
+
+    ``shift >= 1``: rolling (``stream`` seeded with the last ``context`` values of the history,
+    default all of them); ``shift = 0``: the plain forecast, every horizon element on
+    ``base_ts`` at once beside the history held at ``t = 0`` (``sample_field``). With an exact
+    model both sample the model's predictive law."""
+    if history.dim() < 2 or history.shape[-1] < 1 or not history.is_floating_point():
+        raise ValueError(f"history must be a real tensor [B, *C, H] with H >= 1, got {tuple(history.shape)}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    B, C, H = history.shape[0], tuple(history.shape[1:-1]), history.shape[-1]
+    context = H if context is None else int(context)
+    if shift:
+        out = stream(den, base_ts, shift, horizon, B, C, solver, context, history, seed, history.dtype,
+                     history.device, **options)
+        return torch.stack(list(out), dim=-1)
+    base = torch.as_tensor(base_ts, dtype=torch.float64).reshape(-1)
+    h = history[..., -context:] if context else history[..., :0]
+    field = torch.cat([torch.zeros(base.numel(), h.shape[-1], dtype=torch.float64),
+                       base[:, None].expand(-1, horizon)], dim=1)  # [n + 1, context + horizon]
+    rng = make_rng(seed, B, history.device)
+    z = initial_noise(den, field[:, h.shape[-1]:], (B, *C, horizon), rng, history.dtype, history.device)
+    x = sample_field(den, field, x_T=torch.cat([h, z], dim=-1), solver=solver, seed=rng, **options).x
+    return x[..., h.shape[-1]:]
+
+
 __all__ = ["SUPPORTED", "check_solver", "anchor", "validate_field", "groups", "Group", "FieldSolve",
-           "iterate_field", "sample_field", "FieldResult", "initial_noise", "stream"]
+           "iterate_field", "sample_field", "FieldResult", "initial_noise", "stream", "forecast"]

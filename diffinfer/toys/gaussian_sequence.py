@@ -97,8 +97,14 @@ class GaussianAR:
     def sample(self, rows: int, length: int, seed: int | None = 0) -> Tensor:
         """``rows`` exact sequences ``[rows, length]`` (float64)."""
         g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        chol = torch.linalg.cholesky(self.covariance(length))
-        return self.mean + torch.randn(rows, length, dtype=_F64, generator=g) @ chol.T
+        p = min(self.order, length)
+        z = torch.randn(rows, length, dtype=_F64, generator=g)
+        x = torch.empty(rows, length, dtype=_F64)
+        x[:, :p] = z[:, :p] @ torch.linalg.cholesky(self.covariance(p)).T  # the stationary start
+        sd = math.sqrt(self.noise_var)
+        for n in range(p, length):  # x_n = sum_i phi_i x_{n-i} + e_n (mean removed)
+            x[:, n] = x[:, n - self.order:n].flip(1) @ self.phi + sd * z[:, n]
+        return self.mean + x
 
     def posterior_mean(self, x: Tensor, alpha, sigma) -> Tensor:
         """``E[x0 | x_t = x]`` for ``x`` ``[B, ...]`` whose flattened entries are the sequence,
