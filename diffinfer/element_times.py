@@ -269,14 +269,14 @@ def sample_field(den: DenoiserBase, field, x_T: Tensor | None = None, shape: Seq
     ``shape``; row ``i`` draws its noise from stream ``(seed, i)``."""
     if x_T is None and shape is None:
         raise ValueError("give x_T or shape")
+    if x_T is not None and not (isinstance(x_T, Tensor) and x_T.dim() >= 2 and x_T.is_floating_point()):
+        raise ValueError("x_T must be a real floating-point tensor shaped [B, ...]")
     f = validate_field(field, tuple(shape)[1:] if x_T is None else x_T.shape[1:])
     check_solver(solver, **options)
     if x_T is None:
         rng = make_rng(seed, shape[0], device)
         x = initial_noise(den, f, shape, rng, dtype, device)
     else:
-        if not isinstance(x_T, Tensor) or x_T.dim() < 2 or not x_T.is_floating_point():
-            raise ValueError("x_T must be a real floating-point tensor shaped [B, ...]")
         x = x_T
         s = check_solver(solver, **options)
         rng = make_rng(seed, x.shape[0], x.device) if (s.stochastic or seed is not None) else None

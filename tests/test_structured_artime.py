@@ -137,7 +137,7 @@ def test_a_uniform_field_is_the_ordinary_solver_bitwise(solver, proc):
     assert k == 0 and torch.equal(step, one)
 
 
-def test_one_ddim_step_on_a_nonuniform_field_is_the_per_element_formula():
+def test_one_step_on_a_nonuniform_field_is_the_per_element_formula():
     P = di.VP()
     den = AR.denoiser(P)
     t0 = torch.linspace(0.3, 0.9, L, dtype=F64)
@@ -149,6 +149,12 @@ def test_one_ddim_step_on_a_nonuniform_field_is_the_per_element_formula():
     want = (s1 / s0) * x + (a1 - s1 / s0 * a0) * x0
     assert torch.allclose(out, want, rtol=0, atol=1e-13)
     assert torch.equal(out[..., 0], x[..., 0])
+    # Euler in t on the probability-flow ODE (reads eps): x' = (1 - f dt) x - g^2 dt / (2 sigma) eps
+    _, out = next(iterate_field(den, di.solvers.EulerMaruyama(diffusion=0.0), x, torch.stack([t0, t1])))
+    c, dt = P.at(t0), t0 - t1
+    eps = (x - a0 * x0) / s0
+    want = (1 - c.f * dt) * x - 0.5 * c.g2 * dt / s0 * eps
+    assert torch.allclose(out, want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("proc", list(PROCESSES))
