@@ -195,6 +195,8 @@ class FieldSolve:
         self.solver = check_solver(solver, **options)
         self.field = validate_field(field, x.shape[1:])
         self.groups = groups(den.process, self.field, x.shape[1:])
+        for g in self.groups:
+            g.where = None if g.where is None else g.where.to(x.device)
         self.given = _Given(den.process, den._counter)
         self.states = [self.solver.init(self.given, x if g.where is None else x[:, g.where], g.grid, rng)
                        for g in self.groups]
@@ -323,15 +325,12 @@ def stream(den: DenoiserBase, base_ts, shift: int, count: int, batch: int, chann
     grid = Grid.of(den.process, base)
     rng = make_rng(seed, batch, device)
     given = _Given(den.process, den._counter)
-    ctx: collections.deque = collections.deque(maxlen=max(context, 1))
+    ctx: collections.deque = collections.deque(maxlen=context)  # the last finished elements, [B, *C, 1] each
     if history is not None:
         if history.shape[:-1] != (batch,) + channels:
             raise ValueError(f"history must be [B, *channels, H] = [{batch}, {', '.join(map(str, channels))}, H], "
                              f"got {tuple(history.shape)}")
-        for h in history.to(device=device, dtype=dtype).split(1, dim=-1)[-context:] if context else ():
-            ctx.append(h)
-    if context == 0:
-        ctx.clear()
+        ctx.extend(history.to(device=device, dtype=dtype).split(1, dim=-1))
     active: list[_Element] = []
     sigma0 = float(den.process.sigma(base[0]))
     emitted, entered, k = 0, 0, 0
@@ -341,7 +340,7 @@ def stream(den: DenoiserBase, base_ts, shift: int, count: int, batch: int, chann
                 x = rng.randn(channels + (1,), dtype=dtype, device=device) * sigma0
                 active.append(_Element(x, s.init(given, x, grid, rng), k))
                 entered += 1
-            window = (list(ctx) if context else []) + [e.x for e in active]
+            window = list(ctx) + [e.x for e in active]
             times = [0.0] * (len(window) - len(active)) + [grid.t[k - e.start] for e in active]
             xw = torch.cat(window, dim=-1)  # [B, *C, W]
             if all(t == times[0] for t in times):
@@ -360,8 +359,7 @@ def stream(den: DenoiserBase, base_ts, shift: int, count: int, batch: int, chann
             k += 1
             while active and k - active[0].start == n:  # the front element is clean: it leaves
                 done = active.pop(0)
-                if context:
-                    ctx.append(done.x)
+                ctx.append(done.x)
                 emitted += 1
                 yield done.x[..., 0]
 

@@ -208,8 +208,16 @@ def test_the_stream_is_the_full_sequence_solve(solver):
     out = torch.stack(list(stream(den, base, shift, count, B, solver=solver, seed=5, dtype=F64)), -1)
     rng = make_rng(5, B, "cpu")  # the noise the stream draws, element by element
     z = torch.cat([rng.randn((1, 1), dtype=F64) for _ in range(count)], -1)
-    full = sample_field(den, anchor(base, count, shift), x_T=z, solver=solver).x
-    assert torch.allclose(out, full, rtol=0, atol=1e-12)
+    field = anchor(base, count, shift)
+    res = sample_field(den, field, x_T=z, solver=solver)
+    assert torch.allclose(out, res.x, rtol=0, atol=1e-12)
+    assert res.nfe == field.shape[0] - 1 == 12 + (count - 1) * shift  # one model call per global step
+    nfe0 = den.nfe
+    for _ in stream(den, base, shift, count, B, solver=solver, seed=5, dtype=F64):
+        pass
+    assert den.nfe - nfe0 == res.nfe
+    ctx0 = torch.stack(list(stream(den, base, shift, count, B, solver=solver, seed=5, dtype=F64, context=0)), -1)
+    assert not torch.allclose(ctx0, out, atol=1e-3)  # without the clean context the elements lose their link
 
 
 def lag_stats(x: torch.Tensor) -> torch.Tensor:
