@@ -309,9 +309,10 @@ def stream(den: DenoiserBase, base_ts, shift: int, count: int, batch: int, chann
     and the front element leaves when it reaches ``0``. The model sees the last ``context``
     finished elements (clean, ``t = 0``) and the active ones, along the last axis:
     ``[B, *channels, W]`` with a time field. ``history`` ``[B, *channels, H]`` (clean values)
-    seeds the context: a rolling forecast. For a Markov model of order ``p <= context`` whose
-    noisiest time carries no signal (``alpha(base_ts[0]) = 0``) this is exactly the
-    full-sequence solve on ``anchor(base_ts, count, shift)``."""
+    seeds the context: a rolling forecast. One model call per global step. With a
+    deterministic solver, a Markov model of order ``p <= context`` whose noisiest time
+    carries no signal (``alpha(base_ts[0]) = 0``, rectified flow) and the same initial noise,
+    this is the full-sequence solve on ``anchor(base_ts, count, shift)`` up to round-off."""
     s = check_solver(solver, **options)
     base = torch.as_tensor(base_ts, dtype=torch.float64).reshape(-1)
     n = base.numel() - 1
