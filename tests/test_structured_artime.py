@@ -157,6 +157,34 @@ def test_one_step_on_a_nonuniform_field_is_the_per_element_formula():
     assert torch.allclose(out, want, rtol=0, atol=1e-12)
 
 
+class EpsNet:
+    """The oracle as an eps-prediction network with per-element times: ``(x - a x0_hat) / s``
+    (0 where ``s = 0``)."""
+
+    takes_time_field = True
+
+    def __init__(self, process):
+        self.process, self.x0 = process, AR.network(process)
+
+    def __call__(self, x, t):
+        t = t.reshape((-1,) + (1,) * (x.dim() - 1)) if t.dim() == 1 else t
+        s = self.process.sigma(t).expand(x.shape)
+        eps = (x - self.process.alpha(t) * self.x0(x, t)) / torch.where(s > 0, s, 1.0)
+        return torch.where(s > 0, eps, 0.0)  # finished (clean) elements: any eps is consistent
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "euler-maruyama"])
+def test_an_eps_network_on_a_field_agrees_with_the_x0_network(solver):
+    """The field's prediction-type conversion (per-entry coefficients) and each group's share
+    of a model-given ``eps``: the same solve from an eps- and an x0-prediction network."""
+    P = di.VP()
+    field = anchor(di.grids.resolve(P, 10, None), L, 2)
+    x0_den, eps_den = AR.denoiser(P), di.Denoiser(EpsNet(P), P, prediction="eps")
+    a = sample_field(x0_den, field, shape=(3, 1, L), dtype=F64, solver=solver, seed=8).x
+    b = sample_field(eps_den, field, shape=(3, 1, L), dtype=F64, solver=solver, seed=8).x
+    assert torch.allclose(a, b, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("proc", list(PROCESSES))
 @pytest.mark.parametrize("solver", DETERMINISTIC + ["probability-flow euler-maruyama"])
 def test_an_anchor_field_reaches_the_exact_law_within_the_floor(solver, proc):
