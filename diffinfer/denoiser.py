@@ -266,7 +266,10 @@ class Denoiser(DenoiserBase):
     """Wrap ``net(x, time_input(t), **cond)`` with its process and prediction type.
 
     Args:
-        net: any callable; it gets ``x`` ``[B, ...]`` and a ``[B]`` time tensor.
+        net: any callable; it gets ``x`` ``[B, ...]`` and a ``[B]`` time tensor (a network
+            with the attribute ``takes_time_field = True`` also takes per-element times
+            shaped like ``x``: ``predict(x, t)`` with ``t`` of ``x``'s number of dimensions,
+            broadcastable to it; ``diffinfer.element_times``).
         process: the ``Process`` the network was trained with.
         prediction: one of ``eps``, ``x0``, ``v``, ``score``, ``velocity``.
         time_input: maps our ``t`` (float64 ``[B]``) to what the network expects
@@ -321,10 +324,24 @@ class Denoiser(DenoiserBase):
         return self._raw(x, as_time(t) if isinstance(t, GridPoint) else _checked_time(t))
 
     def _raw(self, x: Tensor, t: Tensor) -> Tensor:
+        if t.dim() >= 2 and t.dim() == x.dim():  # a time field: one time per entry (diffinfer.element_times)
+            return self._call_net(x, self._time_input(self._field(x, t), x), t)
         tb = t.expand(x.shape[0]) if t.dim() == 0 else t
         if tb.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or shaped [B]={x.shape[0]}, got {tuple(t.shape)}")
         return self._call_net(x, self._time_input(tb, x), t)
+
+    def _field(self, x: Tensor, t: Tensor) -> Tensor:
+        """A time field ``t`` (as many dimensions as ``x``, broadcastable to it) expanded to
+        ``x``'s shape, for a network that declares ``takes_time_field = True``."""
+        if not getattr(self.net, "takes_time_field", False):
+            raise ValueError(f"per-element times (t shaped {tuple(t.shape)}) need a network that declares "
+                             f"takes_time_field = True; {type(self.net).__name__} takes one time per row ([B])")
+        try:
+            return t.expand(x.shape)
+        except RuntimeError:
+            raise ValueError(f"a time field must broadcast to the sample's shape {tuple(x.shape)}, "
+                             f"got {tuple(t.shape)}") from None
 
     def _time_input(self, tb: Tensor, x: Tensor):
         """What the network takes as time for float64 times ``tb`` ``[B]``, cast for ``x``."""
