@@ -6,15 +6,17 @@ over the strict upper triangle (pairs ``(i, j)``, ``i < j``, ``j`` outer), indep
 of ``diffinfer.structured_state``'s row-major packing, and ``z0 ~ N(m, C)``. In matrix
 units ``y = (vec X, vec A) = E z`` with the 0/1 embedding ``E`` (``A_ij = A_ji = z_ij``).
 The forward process adds GDSS's symmetric noise (Jo et al. 2022): ``y_t = alpha y0 +
-sigma E xi``, ``xi ~ N(0, I_D)``, i.e. ``triu(Z, 1) + triu(Z, 1)^T`` on the adjacency.
+sigma E diag(d) xi``, ``xi ~ N(0, I_D)``, i.e. ``triu(Z, 1) + triu(Z, 1)^T`` on the adjacency,
+with a per-part noise scale ``d`` (``noise_scale = (nodes, adjacency)``, default 1: a part's
+constant log-SNR offset).
 
 Exact answers, in float64, all linear in closed form:
 
 - the denoiser in matrix units, ``E[y0 | y_t] = mu + alpha S K^+ (y_t - alpha mu)`` with
-  ``S = E C E^T``, ``K = alpha^2 S + sigma^2 E E^T`` (``K^+`` the pseudo-inverse; ``y_t``
+  ``S = E C E^T``, ``K = alpha^2 S + sigma^2 E diag(d^2) E^T`` (``K^+`` the pseudo-inverse; ``y_t``
   lies in the range of ``E``), returned as any prediction type (``net``);
-- the probability-flow ODE: with ``C = U diag(lambda) U^T`` each eigen-coordinate of
-  ``z_t - alpha_t m`` scales as ``sqrt(alpha_t^2 lambda + sigma_t^2)`` (``ode_endpoint``);
+- the probability-flow ODE: with ``diag(d)^-1 C diag(d)^-1 = U diag(lambda) U^T`` each
+  eigen-coordinate of ``diag(d)^-1 (z_t - alpha_t m)`` scales as ``sqrt(alpha_t^2 lambda + sigma_t^2)`` (``ode_endpoint``);
 - the law tilted by ``exp(<W, y0>)`` (a linear reward): ``N(m + C E^T W, C)`` (``tilted``).
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ class GraphGaussian:
     """``z0 ~ N(mean, cov)`` over the free coordinates of ``n``-node graphs with ``f`` node
     features (ordering: node features row-major, then adjacency pairs column-major)."""
 
-    def __init__(self, n: int, f: int, mean: Tensor, cov: Tensor):
+    def __init__(self, n: int, f: int, mean: Tensor, cov: Tensor, noise_scale: tuple[float, float] = (1.0, 1.0)):
         self.n, self.f = int(n), int(f)
         self.pairs = [(i, j) for j in range(self.n) for i in range(j)]  # column-major strict upper triangle
         self.dim = self.n * self.f + len(self.pairs)
@@ -41,7 +43,12 @@ class GraphGaussian:
         if self.mean.shape != (self.dim,) or self.cov.shape != (self.dim, self.dim):
             raise ValueError(f"mean must be [{self.dim}] and cov [{self.dim}, {self.dim}]")
         self.embed = self._embedding()  # [n f + n n, D]
-        self.evals, self.evecs = torch.linalg.eigh(self.cov)
+        self.noise_scale = (float(noise_scale[0]), float(noise_scale[1]))
+        self.noise_std = torch.cat([torch.full((self.n * self.f,), self.noise_scale[0], dtype=_F64),
+                                    torch.full((len(self.pairs),), self.noise_scale[1], dtype=_F64)])  # [D]
+        # the flow is diagonal in the eigenbasis of the covariance in noise-whitened coordinates z / d
+        d = self.noise_std
+        self.evals, self.evecs = torch.linalg.eigh(self.cov / d[:, None] / d[None, :])
         if float(self.evals.min()) < -1e-10 * float(self.evals.max()):
             raise ValueError("cov must be positive semi-definite")
         self.evals = self.evals.clamp(min=0.0)
@@ -58,7 +65,8 @@ class GraphGaussian:
         return E
 
     @classmethod
-    def random(cls, n: int = 5, f: int = 2, seed: int = 0, scale: float = 1.0) -> "GraphGaussian":
+    def random(cls, n: int = 5, f: int = 2, seed: int = 0, scale: float = 1.0,
+               noise_scale: tuple[float, float] = (1.0, 1.0)) -> "GraphGaussian":
         """A random law whose node features and adjacency are correlated (a dense random
         covariance with a floor on its spectrum), seeded."""
         g = torch.Generator().manual_seed(int(seed))
@@ -66,7 +74,7 @@ class GraphGaussian:
         L = torch.randn(D, D, generator=g, dtype=_F64) / D ** 0.5
         cov = scale ** 2 * (L @ L.T + 0.05 * torch.eye(D, dtype=_F64))
         mean = scale * 0.5 * torch.randn(D, generator=g, dtype=_F64)
-        return cls(n, f, mean, cov)
+        return cls(n, f, mean, cov, noise_scale)
 
     # --- coordinates --------------------------------------------------------------------
     def to_matrix(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,7 +115,7 @@ class GraphGaussian:
             if len(self._gains) > 1024:
                 self._gains.clear()
             E = self.embed
-            S, N = E @ self.cov @ E.T, E @ E.T
+            S, N = E @ self.cov @ E.T, (E * self.noise_std.square()) @ E.T
             self._gains[key] = a * S @ torch.linalg.pinv(a * a * S + s * s * N, hermitian=True)
         return self._gains[key]
 
@@ -126,9 +134,10 @@ class GraphGaussian:
         a0, s0 = float(process.alpha(as_time(t_from))), float(process.sigma(as_time(t_from)))
         a1, s1 = float(process.alpha(as_time(t_to))), float(process.sigma(as_time(t_to)))
         ratio = ((a1 * a1 * self.evals + s1 * s1) / (a0 * a0 * self.evals + s0 * s0)).sqrt()  # [D]
+        d = self.noise_std
         z = self.to_free(X, A)
-        w = (z - a0 * self.mean) @ self.evecs  # eigen-coordinates [B, D]
-        z1 = a1 * self.mean + (w * ratio) @ self.evecs.T
+        w = ((z - a0 * self.mean) / d) @ self.evecs  # whitened eigen-coordinates [B, D]
+        z1 = a1 * self.mean + d * ((w * ratio) @ self.evecs.T)
         X1, A1 = self.to_matrix(z1)
         return X1.to(X.dtype), A1.to(A.dtype)
 
@@ -136,13 +145,13 @@ class GraphGaussian:
         """``count`` exact graphs ``(X, A)`` (float64)."""
         g = torch.Generator().manual_seed(int(seed))
         xi = torch.randn(int(count), self.dim, generator=g, dtype=_F64)
-        z = self.mean + (xi * self.evals.sqrt()) @ self.evecs.T
+        z = self.mean + self.noise_std * ((xi * self.evals.sqrt()) @ self.evecs.T)
         return self.to_matrix(z)
 
     def tilted(self, WX: Tensor, WA: Tensor) -> "GraphGaussian":
         """The law tilted by ``exp(<WX, X0> + <WA, A0>)``: ``N(m + C E^T W, C)``."""
         w = self._flat_y(WX[None], WA[None])[0]  # [M]
-        return GraphGaussian(self.n, self.f, self.mean + self.cov @ (self.embed.T @ w), self.cov)
+        return GraphGaussian(self.n, self.f, self.mean + self.cov @ (self.embed.T @ w), self.cov, self.noise_scale)
 
     def __repr__(self) -> str:
         return f"GraphGaussian(n={self.n}, f={self.f}, D={self.dim})"
