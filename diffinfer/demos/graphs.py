@@ -11,12 +11,13 @@ training distribution).
 """
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 
 import torch
 
 from .. import graph_data, solvers
-from ..cli.common import UsageError, int_in, progress_enabled
 from ..graph_stats import graph_mmd
 from ..loop import sample
 from ..nets.graph import GraphNet
@@ -30,19 +31,34 @@ N_NODES = 12
 TRAIN_GRAPHS = 512
 
 
+def _int_in(lo: int, hi: int):
+    """An argparse type: an int in ``[lo, hi]`` (a bad value: one line, exit status 2)."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}], got {text!r}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--data", default="community", help=f"training graphs: {', '.join(graph_data.KINDS)}")
-    parser.add_argument("--train-steps", type=int_in(1, 20000), default=800, help="optimiser steps (default 800)")
-    parser.add_argument("--samples", type=int_in(2, 4096), default=128, help="graphs to sample and score (default 128)")
+    parser.add_argument("--train-steps", type=_int_in(1, 20000), default=800, help="optimiser steps (default 800)")
+    parser.add_argument("--samples", type=_int_in(2, 4096), default=128, help="graphs to sample and score (default 128)")
     parser.add_argument("--solver", default="dpmpp-2m-sde", help="a solver name (default dpmpp-2m-sde)")
-    parser.add_argument("--steps", type=int_in(1, 1000), default=40, help="solver steps (default 40)")
+    parser.add_argument("--steps", type=_int_in(1, 1000), default=40, help="solver steps (default 40)")
 
 
 def check(data: str, solver: str) -> None:
+    """Bad values raise ``ValueError`` (the CLI: one line, exit status 2)."""
     if data not in graph_data.KINDS:
-        raise UsageError(f"--data {data!r} is not valid; valid: {', '.join(graph_data.KINDS)}")
+        raise ValueError(f"--data {data!r} is not valid; valid: {', '.join(graph_data.KINDS)}")
     if solver not in solvers.names():
-        raise UsageError(f"--solver {solver!r} is not valid; valid: {', '.join(solvers.names())}")
+        raise ValueError(f"--solver {solver!r} is not valid; valid: {', '.join(solvers.names())}")
 
 
 def layout(n: int = N_NODES) -> Layout:
@@ -110,8 +126,8 @@ def table(result: dict) -> str:
 def run(args) -> int:
     check(args.data, args.solver)
     torch.set_num_threads(1)
-    r = evaluate(args.data, args.train_steps, args.samples, args.solver, args.steps, args.seed,
-                 progress_enabled(args))
+    progress = args.progress if args.progress is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
+    r = evaluate(args.data, args.train_steps, args.samples, args.solver, args.steps, args.seed, progress)
     print(f"{args.data} graphs ({r['nodes']} nodes): trained {r['train_steps']} steps on {r['train_graphs']} graphs "
           f"in {r['train_seconds']:.1f} s; {r['samples']} samples with {r['solver']} x {r['steps']} in "
           f"{r['sample_seconds']:.1f} s; edge density train {r['density']['train']:.3f}, model {r['density']['model']:.3f}")
