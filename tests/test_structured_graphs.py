@@ -314,3 +314,17 @@ def test_joint_net_registers_the_network_as_a_submodule():
     assert list(joint.parameters()) == []  # a plain callable is not a module
     joint = JointNet(net, layout)
     assert [p is q for p, q in zip(joint.parameters(), net.parameters())] == [True, True]
+
+
+def test_an_asymmetric_prediction_is_packed_as_its_symmetric_part():
+    """A joint network's adjacency prediction ``P`` (not symmetric) enters the packed state as
+    the upper triangle of ``(P + P^T) / 2``; its diagonal is dropped."""
+    layout = _layout()
+    g = torch.Generator().manual_seed(5)
+    P = torch.randn(3, N, N, generator=g, dtype=F64)
+    net = JointNet(lambda X, A, t: (X, P), layout)
+    X, A = _graphs(1, batch=3)
+    out = net(layout.pack(nodes=X, adj=A), torch.zeros(3, dtype=F64))
+    want = torch.stack([torch.tensor([(P[b, i, j] + P[b, j, i]) / 2 for i in range(N) for j in range(i + 1, N)],
+                                     dtype=F64) for b in range(3)])
+    assert torch.equal(out[:, N * F:], want)
