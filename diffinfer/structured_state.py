@@ -133,6 +133,8 @@ class Layout:
         if not parts:
             raise ValueError("a Layout needs at least one part, e.g. Layout(nodes=Dense(n, f), adj=Symmetric(n))")
         for name, part in parts.items():
+            if name in ("values", "strict"):
+                raise ValueError(f"{name!r} is reserved (an argument of Layout.pack); name the part otherwise")
             if not isinstance(part, PART_KINDS):
                 raise TypeError(f"part {name!r} must be Dense(...) or Symmetric(...), got {type(part).__name__}")
         self.parts: dict[str, Dense | Symmetric] = dict(parts)

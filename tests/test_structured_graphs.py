@@ -294,6 +294,8 @@ def test_bad_input_is_refused_with_a_clear_message():
         Layout(nodes=(N, F))
     with pytest.raises(ValueError):
         Symmetric(1)
+    with pytest.raises(ValueError, match="reserved"):
+        Layout(strict=Dense(2))
     with pytest.raises(ValueError, match="scale"):
         Dense(3, scale=0.0)
     den = joint_denoiser(lambda X, A, t: (X,), layout, VP(), "x0")

@@ -53,3 +53,38 @@ def test_graph_data_and_mmd():
     assert mmd_tv(p, q, sigma=1.0) == pytest.approx(2 - 2 * math.exp(-0.5), rel=1e-12)
     with pytest.raises(ValueError, match="unknown graph kind 'trees'; valid: community, grid"):
         graph_data.graphs("trees", 2)
+
+
+def test_graph_net_is_permutation_equivariant_and_its_edges_symmetric():
+    """Relabelling the nodes permutes both outputs alike; the edge output is symmetric with a
+    zero diagonal (float64, a random untrained net)."""
+    from diffinfer.nets.graph import GraphNet
+    torch.manual_seed(0)
+    net = GraphNet(node_features=2, hidden=16).double()
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(3, 7, 2, generator=g, dtype=torch.float64)
+    U = torch.randn(3, 7, 7, generator=g, dtype=torch.float64).triu(1)
+    A = U + U.transpose(1, 2)
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    X_out, A_out = net(X, A, t)
+    assert torch.equal(A_out, A_out.transpose(1, 2)) and not bool(torch.diagonal(A_out, dim1=1, dim2=2).any())
+    perm = torch.randperm(7, generator=g)
+    Xp, Ap = net(X[:, perm], A[:, perm][:, :, perm], t)
+    assert torch.allclose(Xp, X_out[:, perm], atol=1e-12) and torch.allclose(Ap, A_out[:, perm][:, :, perm], atol=1e-12)
+
+
+def test_a_seed_gives_the_same_graphs_alone_or_in_a_batch_with_the_graph_net():
+    """With a batched network (matrix products whose kernels may depend on the batch size)
+    the library promises agreement up to round-off: float32 states within 1e-4, and the same
+    graphs after thresholding."""
+    from diffinfer import VP, sample
+    from diffinfer.nets.graph import GraphNet
+    from diffinfer.structured_state import Dense, Layout, Symmetric, joint_denoiser
+    torch.manual_seed(0)
+    layout = Layout(nodes=Dense(8, 1), adj=Symmetric(8))
+    den = joint_denoiser(GraphNet(node_features=1, hidden=16), layout, VP("cosine"), "v")
+    batch = sample(den, shape=(5, layout.size), solver="dpmpp-2m-sde", steps=6, seed=3).x
+    alone = torch.cat([sample(den, shape=(1, layout.size), solver="dpmpp-2m-sde", steps=6, seed=(3, [k])).x
+                       for k in range(5)])
+    assert float((batch - alone).abs().max()) < 1e-4
+    assert torch.equal(layout.unpack(batch)[1] > 0, layout.unpack(alone)[1] > 0)

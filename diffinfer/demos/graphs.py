@@ -73,7 +73,7 @@ def train(data: str, steps: int, seed: int = 0, progress: bool = False):
     lay = layout()
     x0 = lay.pack(nodes=X, adj=graph_data.to_signed(A)).float()  # [G, D]
     net = GraphNet(node_features=1, hidden=48, rounds=2)
-    den = joint_denoiser(net, lay, VP("cosine"), "v", check=False)
+    den = joint_denoiser(net, lay, VP("cosine"), "v")  # checks each output for NaN / Inf
 
     def loss_fn(model, gen):
         rows = torch.randint(0, x0.shape[0], (64,), generator=gen)
@@ -91,9 +91,9 @@ def train(data: str, steps: int, seed: int = 0, progress: bool = False):
 def generate(den, count: int, solver: str, steps: int, seed: int) -> torch.Tensor:
     """``count`` sampled 0/1 adjacencies ``[count, n, n]`` (sign of the sampled ``A``)."""
     res = sample(den, shape=(count, den.net.layout.size), solver=solver, steps=steps, seed=seed)
-    _, A = den.net.layout.unpack(res.x)
-    if not torch.equal(A, A.transpose(1, 2)):  # symmetric by construction: a failure is a bug
-        raise AssertionError("a sampled adjacency is not symmetric")
+    if not bool(torch.isfinite(res.x).all()):
+        raise FloatingPointError(f"{solver} x {steps}: the sampled states hold NaN / Inf (train longer or use more steps)")
+    _, A = den.net.layout.unpack(res.x)  # symmetric by construction
     return graph_data.from_signed(A)
 
 
