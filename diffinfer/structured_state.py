@@ -90,11 +90,15 @@ class Symmetric:
 
     def pack(self, value: Tensor, strict: bool = True) -> Tensor:
         """``[B, n, n]`` -> ``[B, size]``: the upper triangle. ``strict``: the input must be
-        symmetric (data); otherwise (a network's prediction) its symmetric part is kept."""
+        symmetric, with a zero diagonal unless ``diagonal`` (data); otherwise (a network's
+        prediction) its symmetric part is kept and a diagonal not stored is dropped."""
         if strict:
             if not torch.equal(value, value.transpose(-1, -2)):
                 gap = float((value - value.transpose(-1, -2)).abs().max())
                 raise ValueError(f"a Symmetric part must be a symmetric matrix (max |A - A^T| = {gap:.3g})")
+            if not self.diagonal and bool(torch.diagonal(value, dim1=-2, dim2=-1).any()):
+                raise ValueError(f"Symmetric({self.n}) has a zero diagonal but the matrix has nonzero diagonal "
+                                 f"entries (self-loops); use Symmetric({self.n}, diagonal=True) to keep them")
             sym = value
         else:
             sym = 0.5 * (value + value.transpose(-1, -2))
@@ -108,7 +112,7 @@ class Symmetric:
         return padded[:, self._where.to(flat.device)].reshape(flat.shape[0], self.n, self.n)
 
     def __repr__(self) -> str:
-        extra = [f"diagonal=True"] if self.diagonal else []
+        extra = ["diagonal=True"] if self.diagonal else []
         extra += [f"scale={self.scale:g}"] if self.scale != 1.0 else []
         return f"Symmetric({self.n}{''.join(', ' + e for e in extra)})"
 

@@ -282,6 +282,8 @@ def test_bad_input_is_refused_with_a_clear_message():
     X, A = _graphs(0)
     with pytest.raises(ValueError, match="symmetric"):
         layout.pack(nodes=X, adj=A + torch.triu(torch.ones(N, N, dtype=F64), 1))
+    with pytest.raises(ValueError, match="diagonal=True"):
+        layout.pack(nodes=X, adj=A + torch.eye(N, dtype=F64))
     with pytest.raises(ValueError, match=r"part 'nodes' must be \[B, 5, 2\]"):
         layout.pack(nodes=X[:, :, :1], adj=A)
     with pytest.raises(ValueError, match="unknown.*nodes, adj"):
