@@ -19,6 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 PARTS: tuple[str, ...] = (
     "bridges",
     "artime",
+    "graphs",
 )
 
 

@@ -155,3 +155,19 @@ def forecast_plot(path: str, series: Tensor, truth: Tensor, fc: Tensor, naive: T
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     _savefig(fig, path)
+
+
+def graph_grid(path: str, adjacency: Tensor, title: str, ncol: int = 4) -> None:
+    """0/1 adjacencies ``[B, n, n]`` drawn as node-link panels (networkx spring layout, seeded)."""
+    import networkx as nx
+    from .graph_stats import to_networkx
+    plt = _pyplot()
+    graphs = to_networkx(adjacency)
+    nrow = (len(graphs) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.2 * ncol, 2.2 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, g in zip(axes.flat, graphs):
+        nx.draw_networkx(g, pos=nx.spring_layout(g, seed=0), ax=ax, node_size=40, with_labels=False, width=0.8)
+    fig.suptitle(title)
+    _savefig(fig, path)

@@ -15,6 +15,7 @@ from .common import add_progress, check_out, seed_int
 PARTS: dict[str, str] = {
     "bridges": "diffinfer.demos.bridges",
     "artime": "diffinfer.demos.artime",
+    "graphs": "diffinfer.demos.graphs",
 }
 
 
