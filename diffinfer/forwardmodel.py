@@ -22,7 +22,7 @@ posterior mean under its own parameters (a Kalman update per component). After t
 ``prior.as_mixture()`` is a ``toys.GaussianMixture`` and ``.denoiser(process)`` samples the
 learned prior with any solver.
 
-    prior = fit_prior(y, A, noise_std, process, TrainConfig(steps=400, lr=0.05))
+    prior = fit_prior(y, A, noise_std, process, TrainConfig(steps=800, lr=0.05))
     prior.mean(), prior.covariance()         # the learned moments
     di.sample(prior.as_mixture().denoiser(process), shape=(N, D))
 """
@@ -173,7 +173,7 @@ def fit_prior(y: Tensor, A: Tensor, noise_std: float, process: Process, cfg: Tra
     if not (math.isfinite(noise_std) and noise_std >= 0):
         raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
     y, A = y.to(_F64), A.to(_F64)
-    cfg = cfg or TrainConfig(steps=400, lr=0.05, warmup=20, ema_decay=0.9, checkpoint_every=0)
+    cfg = cfg or TrainConfig(steps=800, lr=0.05, warmup=20, ema_decay=0.9, checkpoint_every=0)
     model = model or GaussianPrior(A.shape[2], n_components, init_scale, seed=cfg.seed)
     N = y.shape[0]
     lam_lo, lam_hi = logsnr_range

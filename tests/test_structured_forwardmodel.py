@@ -145,3 +145,16 @@ def test_bad_measurements():
         fm.fit_prior(torch.zeros(4, 2, dtype=F64), torch.zeros(4, 2, 3, dtype=F64), -1.0, di.VP())
     with pytest.raises(ValueError, match="n_components"):
         fm.GaussianPrior(3, 0)
+
+
+def test_cli_demo(tmp_path, capsys):
+    from diffinfer.cli import main
+    png = tmp_path / "fm.png"
+    assert main(["structured", "forwardmodel", "--steps", "60", "--n", "500", "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "Cramer-Rao sd" in out and "samples of the learned prior" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad in (["--rank", "0"], ["--rank", "3"], ["--noise", "nan"]):
+        assert main(["structured", "forwardmodel", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error" in err

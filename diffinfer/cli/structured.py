@@ -13,6 +13,8 @@ from .common import add_progress, check_out, seed_int
 
 #: part name -> module defining HELP, add_arguments(parser), run(args)
 PARTS: dict[str, str] = {
+    "jointlabel": "diffinfer.demos.jointlabel",
+    "forwardmodel": "diffinfer.demos.forwardmodel",
 }
 
 

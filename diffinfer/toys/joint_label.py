@@ -140,3 +140,15 @@ class JointLabelMixture:
 
     def __repr__(self) -> str:
         return f"JointLabelMixture(K={self.gm.n_components}, D={self.dim}, classes={self.num_classes})"
+
+
+def random_labelled_mixture(seed: int, dim: int = 3, n_components: int = 5, n_classes: int = 3) -> JointLabelMixture:
+    """A seeded random labelled mixture: overlapping full-covariance components, every class
+    present and some classes holding several components."""
+    g = torch.Generator().manual_seed(seed)
+    means = 1.2 * torch.randn(n_components, dim, dtype=_F64, generator=g)
+    f = 0.5 * torch.randn(n_components, dim, dim, dtype=_F64, generator=g)
+    covs = f @ f.transpose(-1, -2) + 0.2 * torch.eye(dim, dtype=_F64)
+    weights = 0.2 + torch.rand(n_components, dtype=_F64, generator=g)
+    labels = torch.cat([torch.arange(n_classes), torch.randint(0, n_classes, (n_components - n_classes,), generator=g)])
+    return JointLabelMixture(GaussianMixture(means, covs, weights), labels)
