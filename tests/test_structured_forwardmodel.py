@@ -98,7 +98,7 @@ def _fit(y, A, noise_std, seed, weighting=True, steps=400):
     return fm.fit_prior(y, A, noise_std, di.RectifiedFlow(), cfg, batch=500, likelihood_weighting=weighting)
 
 
-@pytest.mark.parametrize("seed", [11])
+@pytest.mark.parametrize("seed", [11, 12])
 def test_prior_learned_from_measurements_matches_the_true_moments(seed):
     """x ~ N(mu, Sigma) in 3-D seen only through y_i = A_i x_i + 0.1 n_i with a random 2x3 A_i
     per sample (each of rank 2 < 3): the mean and covariance of the prior trained through the
