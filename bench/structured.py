@@ -20,6 +20,8 @@ PARTS: tuple[str, ...] = (
     "bridges",
     "artime",
     "graphs",
+    "jointlabel",
+    "forwardmodel",
 )
 
 

@@ -16,6 +16,8 @@ PARTS: dict[str, str] = {
     "bridges": "diffinfer.demos.bridges",
     "artime": "diffinfer.demos.artime",
     "graphs": "diffinfer.demos.graphs",
+    "jointlabel": "diffinfer.demos.jointlabel",
+    "forwardmodel": "diffinfer.demos.forwardmodel",
 }
 
 
