@@ -167,3 +167,30 @@ def test_the_wrapper_selects_rows_and_checks_shapes():
         w.predict(x[:2], t[:2])
     with pytest.raises(ValueError, match="NaN"):
         RegionShifted(den, torch.full((3, 6), float("nan")))
+
+
+# --- the digits task and the command line --------------------------------------------------------
+def test_digits_degradation_and_residual_shift():
+    """avg-pool then nearest upsampling: the residual hr - up(lr) has zero mean on every 2x2
+    block; the shift map is a function of the low-resolution input only (known when sampling)."""
+    from diffinfer.zoo import superres_digits as sr
+    hr = torch.linspace(-1, 1, 2 * 64, dtype=F64).reshape(2, 1, 8, 8)
+    up = sr.upsample(sr.degrade(hr))
+    res = torch.nn.functional.avg_pool2d(hr - up, 2)
+    torch.testing.assert_close(res, torch.zeros_like(res), rtol=0, atol=1e-12)
+    m = sr.shift_for(up, 0.5)
+    assert m.shape == up.shape and set(m.unique().tolist()) <= {-0.5, 0.0, 0.5}
+    torch.testing.assert_close(sr.shift_for(sr.upsample(sr.degrade(hr + 0.0)), 0.5), m)
+
+
+def test_cli_demo_and_bad_option(capsys, tmp_path):
+    from diffinfer.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["structured", "superres", "--scale", "-1"])
+    assert e.value.code == 2
+    assert "--scale" in capsys.readouterr().err.strip().splitlines()[-1]
+    code = main(["structured", "superres", "--steps", "2", "--sample-steps", "3", "--out", str(tmp_path / "s.png")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "region noise, corrected" in out and "plain noise" in out
+    assert (tmp_path / "s.png").is_file()
