@@ -153,6 +153,25 @@ def test_corrected_sampling_gives_the_exact_law(seed, solver, steps):
     assert max(sy[k] / fl[k] for k in ("sw", "mean")) > 3 * TOL, sy
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_corrected_view_is_the_ordinary_exact_denoiser(seed):
+    """Closed form: the exact modulated denoiser seen through RegionShifted at x~ is the exact
+    ordinary-process denoiser of N(mu, C) at x~, both x0 and eps (every solver's inputs)."""
+    proc = di.VP()
+    mu, C, m = _toy(seed)
+    den = _modulated_denoiser(mu, C, m, proc)
+    ordinary = GaussianMixture(mu[None], C[None]).denoiser(proc)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(50, 6, generator=g, dtype=F64) * 1.5
+    t = torch.rand(50, generator=g, dtype=F64) * 0.98 + 0.01
+    got = RegionShifted(den, m.expand(50, -1)).predict(x, t)
+    want = ordinary.predict(x, t)
+    torch.testing.assert_close(got.x0, want.x0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.eps, want.eps, rtol=1e-10, atol=1e-10)
+    # and not the modulated model used as an ordinary one (the paper's unchanged reverse process)
+    assert (den.predict(x, t).x0 - want.x0).abs().max() > 0.1
+
+
 def test_the_wrapper_selects_rows_and_checks_shapes():
     proc = di.VP()
     mu, C, m = _toy(0)
