@@ -182,8 +182,8 @@ def test_cli_demo_and_bad_option(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["structured", "routing", "--beta", "1.5"])
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "--beta" in err[-1]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("diffinfer") and "--beta" in err[0], err
     code = main(["structured", "routing", "--steps", "2", "--samples", "16", "--out", str(tmp_path / "r.png")])
     assert code == 0
     out = capsys.readouterr().out

@@ -35,6 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=_number(int, 1, 100_000), default=200, help="training steps of each model (default 200)")
     p.add_argument("--scale", type=_number(float, 0.0, 10.0, lo_open=True), default=0.5,
                    help="region shifts scale * (-1, 0, 1) for background / edge / stroke (default 0.5)")
+    p.add_argument("--n", type=_number(int, 1, 180), default=180,
+                   help="held-out digits to super-resolve (default: all 180)")
     p.add_argument("--sample-steps", type=_number(int, 2, 1000), default=50, help="DDPM sampling steps (default 50)")
 
 
@@ -43,18 +45,18 @@ def run(args) -> int:
     from ..zoo import superres_digits as sr
     torch.set_num_threads(1)
     print(f"digits 4x4 -> 8x8, {args.steps} training steps per model (batch 64), region shift scale "
-          f"{args.scale}, DDPM {args.sample_steps} steps; held-out split (180 digits)")
+          f"{args.scale}, DDPM {args.sample_steps} steps; {args.n} held-out digits")
     print(f"{'method':28s} {'PSNR dB':>8s} {'accuracy':>9s}")
-    for name, r in sr.baselines().items():
+    for name, r in sr.baselines(args.n).items():
         print(f"{name + ' (no model)':28s} {r['psnr']:8.2f} {r['accuracy']:9.3f}")
     outputs: dict = {}
     rows = sr.compare(args.steps, scale=args.scale, seeds=(args.seed,), sample_steps=args.sample_steps, batch=64,
-                      progress=_progress(args), outputs=outputs)
+                      n=args.n, progress=_progress(args), outputs=outputs)
     for r in rows:
         print(f"{r['name']:28s} {r['psnr']:8.2f} {r['accuracy']:9.3f}")
     if args.out:
         from ..viz import save_grid
-        _, hr, _, _ = sr.split()
+        hr = sr.split()[1][:args.n]
         lr_up = sr.upsample(sr.degrade(hr))
         pics = [lr_up[:8], outputs["plain noise"][:8], outputs["region noise, corrected"][:8], hr[:8]]
         save_grid(args.out, torch.cat(pics), "rows: low-res input, plain noise, region noise (corrected), truth")
