@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
                    help="region shifts scale * (-1, 0, 1) for background / edge / stroke (default 0.5)")
     p.add_argument("--n", type=_number(int, 1, 180), default=180,
                    help="held-out digits to super-resolve (default: all 180)")
-    p.add_argument("--sample-steps", type=_number(int, 2, 1000), default=50, help="DDPM sampling steps (default 50)")
+    p.add_argument("--sample-steps", type=_number(int, 2, 1000), default=30, help="DDPM sampling steps (default 30)")
 
 
 def run(args) -> int:
