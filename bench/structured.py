@@ -22,6 +22,8 @@ PARTS: tuple[str, ...] = (
     "graphs",
     "jointlabel",
     "forwardmodel",
+    "routing",
+    "superres",
 )
 
 

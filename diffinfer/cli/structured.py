@@ -18,6 +18,8 @@ PARTS: dict[str, str] = {
     "graphs": "diffinfer.demos.graphs",
     "jointlabel": "diffinfer.demos.jointlabel",
     "forwardmodel": "diffinfer.demos.forwardmodel",
+    "routing": "diffinfer.demos.routing",
+    "superres": "diffinfer.demos.superres",
 }
 
 

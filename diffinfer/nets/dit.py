@@ -11,6 +11,11 @@
   ``n_experts * sum_i f_i P_i`` (``f_i`` the fraction of token assignments to expert
   ``i``, ``P_i`` its mean router probability), which is 1 when routing is uniform.
 
+- Task routing (optional, ``routing={"beta": .., "alpha": ..}``): Park et al., "Denoising
+  Task Routing for Diffusion Models" (DTR, ICLR 2024): each block sees only a timestep-dependent
+  window of the channels, ``out = (1 - m_t) * x + Block(m_t * x)`` (``nets.routing``). Off by
+  default; it adds no parameters, so a checkpoint loads either way.
+
 ``net(x [B, C, H, W], t [B], label=None) -> [B, C, H, W]``; after each forward,
 ``net.aux_loss()`` is the mean balance loss of the MoE blocks (0 for a dense net).
 """
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .mlp import TimeLabelEmbedding
+from .routing import TaskRouting
 
 
 def _mlp(d: int, hidden: int) -> nn.Sequential:
@@ -76,27 +82,42 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``mask`` ``[B, 1, D]`` (DTR): the block runs on ``mask * x`` and the inactive channels
+        of ``x`` pass by, ``(1 - mask) * x + Block(mask * x)``."""
+        skip = None
+        if mask is not None:
+            skip, x = (1 - mask) * x, mask * x
         s1, b1, g1, s2, b2, g2 = self.modulation(F.silu(emb)).unsqueeze(1).chunk(6, dim=-1)  # [B, 1, D] each
         h = self.norm1(x) * (1 + s1) + b1
         x = x + g1 * self.attn(h, h, h, need_weights=False)[0]
         h = self.norm2(x) * (1 + s2) + b2
-        return x + g2 * self.mlp(h)
+        x = x + g2 * self.mlp(h)
+        return x if skip is None else skip + x
 
 
 class DiT(nn.Module):
     """``net(x [B, C, H, W], t [B], label=None)``; ``moe=None`` for dense blocks, or a dict
     ``{"n_experts": 4, "top_k": 2, "n_shared": 1}`` for DiT-MoE blocks (every
-    ``moe_every``-th block; 1 = all)."""
+    ``moe_every``-th block; 1 = all). ``routing=None`` (default) for the plain DiT, or
+    ``{"beta": 0.8, "alpha": 1.0, "t_max": 1.0}`` (any subset) for DTR channel masks of the
+    time input ``t`` (``nets.routing.TaskRouting``) on every block."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 8, patch: int = 2, d_model: int = 64,
                  depth: int = 4, n_heads: int = 4, mlp_ratio: float = 4.0, emb_dim: int = 128,
-                 num_classes: int = 0, moe: dict | None = None, moe_every: int = 1):
+                 num_classes: int = 0, moe: dict | None = None, moe_every: int = 1,
+                 routing: dict | None = None):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} is not divisible by patch {patch}")
         self.in_channels, self.image_size, self.patch = in_channels, image_size, patch
         self.grid = image_size // patch
+        if routing is not None and not isinstance(routing, dict):
+            raise TypeError(f"routing must be None or a dict of TaskRouting options, got {type(routing).__name__}")
+        unknown = sorted(set(routing or {}) - {"beta", "alpha", "t_max"})
+        if unknown:
+            raise ValueError(f"unknown routing options {unknown}; valid: alpha, beta, t_max")
+        self.routing = None if routing is None else TaskRouting(d_model, **routing)
         self.embed = TimeLabelEmbedding(emb_dim, num_classes)
         self.patchify = nn.Conv2d(in_channels, d_model, patch, stride=patch)
         self.pos = nn.Parameter(torch.randn(1, self.grid * self.grid, d_model) * 0.02)
@@ -127,8 +148,13 @@ class DiT(nn.Module):
                              f"got {tuple(x.shape)}")
         emb = self.embed(t, label)  # [B, emb_dim]
         h = self.patchify(x).flatten(2).transpose(1, 2) + self.pos  # [B, T, D]
-        for block in self.blocks:
-            h = block(h, emb)
+        if self.routing is None:
+            for block in self.blocks:
+                h = block(h, emb)
+        else:
+            mask = self.routing.mask(t, dtype=h.dtype, device=h.device).unsqueeze(1)  # [B, 1, D]
+            for block in self.blocks:
+                h = block(h, emb, mask)
         shift, scale = self.modulation_out(F.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
         h = self.head(self.norm_out(h) * (1 + scale) + shift)  # [B, T, p*p*C]
         p, g = self.patch, self.grid
