@@ -27,6 +27,7 @@ from diffinfer import VP
 from diffinfer.scaling.mcgdiff import mcgdiff, merge_times, observation_times
 from diffinfer.scaling.twisted import LinearGaussianTwist, tds
 from diffinfer.toys import GaussianMixture
+from diffinfer.toys.tilted import LinearGaussianReward
 from diffinfer.toys.random_problem import floors, random_problem, score
 
 F64 = torch.float64
@@ -172,6 +173,74 @@ def test_jacobian_twist_is_exact_for_a_gaussian_prior():
         assert float((flat.detach() - ref.detach()).abs().max()) > 1e-3
 
 
+def _gaussian_toy(seed, D=4, M=2, s=0.3):
+    g = torch.Generator().manual_seed(seed)
+    L = torch.randn(D, D, dtype=F64, generator=g)
+    cov0 = L @ L.T / D + 0.1 * torch.eye(D, dtype=F64)
+    mu = torch.randn(D, dtype=F64, generator=g)
+    A = torch.randn(M, D, dtype=F64, generator=g)
+    y = A @ (mu + 1.5 * torch.diagonal(cov0).sqrt()) + s * torch.randn(M, dtype=F64, generator=g)  # off-centre
+    return GaussianMixture(mu[None], cov0[None], torch.ones(1, dtype=F64)), LinearGaussianReward(A, y, s)
+
+
+#: a coarse grid ending close to t = 0 (the last step is the deterministic denoised estimate)
+COARSE_LOW = torch.tensor([1.0, 0.5, 0.2, 0.05, 0.01, 0.0], dtype=F64)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_moment_transition_is_the_exact_reverse_chain_for_a_gaussian_prior(seed):
+    """With ``transition="moment"`` the base chain's steps carry the true reverse
+    transition's covariance ``sigma_i^2 I + w_x0^2 Cov[x0 | x_i]`` (exact for a Gaussian
+    prior), so on a 5-step grid the chain's ``x_{t_4}`` has the prior's exact marginal and
+    the output ``x0_hat(x_{t_4})`` the Gaussian law ``N(mu, K S K^T)`` (``S = Cov[x_{t_4}]``,
+    ``K = alpha cov0 S^-1`` the linear denoiser's slope; the start's ``alpha(1) mu`` offset is
+    negligible). With an uninformative measurement (the weights stay even) TDS is that chain:
+    its output mean and covariance must match within 4 standard errors of ``N`` draws; the
+    ``ddpm`` chain (plug-in variance) falls short in covariance by more."""
+    prior, reward = _gaussian_toy(seed)
+    flat = LinearGaussianReward(reward.A, reward.y, 1e4)
+    proc, D, n = VP(), prior.dim, 20_000
+    den = prior.denoiser(proc)
+    mu, cov0 = prior.means[0], prior.covs[0]
+    c = proc.at(COARSE_LOW[-2])
+    a, sg = float(c.alpha), float(c.sigma)
+    S = a * a * cov0 + sg * sg * torch.eye(D, dtype=F64)  # Cov[x_t]
+    K = a * cov0 @ torch.linalg.inv(S)  # E[x0 | x_t] = mu + K (x_t - a mu)
+    c_out = K @ S @ K.T  # the output's covariance
+    scale = float(torch.diagonal(c_out).max())
+    tol_cov, tol_mean = 4 * math.sqrt(2 / n) * scale, 4 * math.sqrt(scale / n)
+    err = {}
+    for transition in ("moment", "ddpm"):
+        x = tds(den, flat, n, (D,), ts=COARSE_LOW, seed=3, dtype=F64, transition=transition).x
+        assert float((x.mean(0) - mu).abs().max()) < tol_mean
+        err[transition] = float((torch.cov(x.T) - c_out).abs().max())
+    assert err["moment"] < tol_cov < err["ddpm"], (err, tol_cov)
+
+
+def test_moment_move_weights_are_the_gaussian_density_ratio():
+    """``_moment_move``: the proposal is ``N(m + S g, S)`` and its log weight is
+    ``log N(x'; m, S) - log N(x'; m + S g, S)``, checked against torch's multivariate normal."""
+    from diffinfer.scaling.twisted import TwistRecord, _moment_move
+    from diffinfer.solvers.ddim import DDIMWeights
+    g = torch.Generator().manual_seed(5)
+    B, D = 7, 3
+    q, _ = torch.linalg.qr(torch.randn(B, D, D, dtype=F64, generator=g))
+    std = 0.2 + torch.rand(B, D, dtype=F64, generator=g)
+    w = DDIMWeights(a1=0.0, keep=0.0, w_x=0.9, w_x0=0.3, noise=0.25)
+    x, x0, grad = (torch.randn(B, D, dtype=F64, generator=g) for _ in range(3))
+    rec = TwistRecord(x, 0, x0, torch.zeros(B, dtype=F64), grad, w, None, (q, std))
+    m = w.w_x * x + w.w_x0 * x0
+    z = torch.randn(B, D, dtype=F64, generator=g)
+    u = m + w.noise ** 2 * grad + w.noise * z  # what the solver's twisted DDIM step draws
+    xn, log_ratio = _moment_move(rec, u)
+    cov = q @ torch.diag_embed(std ** 2) @ q.transpose(1, 2)
+    shifted = m + (cov @ grad.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(xn, shifted + (q @ (std * z).unsqueeze(-1)).squeeze(-1))
+    ref = (torch.distributions.MultivariateNormal(m, cov).log_prob(xn)
+           - torch.distributions.MultivariateNormal(shifted, cov).log_prob(xn))
+    torch.testing.assert_close(log_ratio, ref, rtol=1e-10, atol=1e-10)
+
+
 def test_mcgdiff_times_and_grid():
     """``tau_j`` solves ``sigma/alpha = s_y / S_j`` and lies on the grid, which keeps ``steps`` steps."""
     p, _ = _problem(0)
@@ -206,6 +275,10 @@ def test_bad_inputs():
         tds(den, p.reward, 8, (p.dim,), steps=5, proposal="nope")
     with pytest.raises(ValueError, match="covariance='jacobian'"):
         tds(den, p.reward, 8, (p.dim,), steps=5, proposal="gaussian", covariance="flat")
+    with pytest.raises(ValueError, match="valid: ddpm, moment"):
+        tds(den, p.reward, 8, (p.dim,), steps=5, transition="exact")
+    with pytest.raises(ValueError, match="gradient proposal"):
+        tds(den, p.reward, 8, (p.dim,), steps=5, transition="moment", proposal="gaussian")
 
 
 @pytest.mark.parametrize("method", ["tds", "mcgdiff"])

@@ -167,10 +167,13 @@ class TwistRecord:
     grad: Tensor
     weights: DDIMWeights | None  # None at the last step (to t = 0)
     lin: tuple | None = None  # (A x0_hat [B, M], A J [B, M, D], twist covariance [B, M, M]) or None
+    root: tuple | None = None  # (V [B, D, D], std [B, D]): the moment transition's covariance V diag(std^2) V^T
 
     def select(self, idx: Tensor) -> "TwistRecord":
         lin = None if self.lin is None else tuple(v[idx] for v in self.lin)
-        return TwistRecord(self.x[idx], self.k, self.x0[idx], self.log_twist[idx], self.grad[idx], self.weights, lin)
+        root = None if self.root is None else tuple(v[idx] for v in self.root)
+        return TwistRecord(self.x[idx], self.k, self.x0[idx], self.log_twist[idx], self.grad[idx], self.weights, lin,
+                           root)
 
 
 class TwistedDenoiser(DenoiserBase):
@@ -181,10 +184,14 @@ class TwistedDenoiser(DenoiserBase):
     ``evaluate`` computes (and keeps, by identity of ``x``) the twist record, so the
     driver's weight and the next step's proposal share one network call."""
 
-    def __init__(self, den: DenoiserBase, twist: LinearGaussianTwist, eta: float = 1.0, shift: bool = True):
+    def __init__(self, den: DenoiserBase, twist: LinearGaussianTwist, eta: float = 1.0, shift: bool = True,
+                 transition: str = "ddpm"):
         if not isinstance(den, DenoiserBase):
             raise TypeError(f"expected a Denoiser (or wrapper), got {type(den).__name__}")
+        if transition not in TRANSITIONS:
+            raise ValueError(f"unknown TDS transition {transition!r}; valid: {', '.join(TRANSITIONS)}")
         self.den, self.twist, self.eta, self.shift = den, twist, float(eta), bool(shift)
+        self.transition = transition
         self.process = den.process
         self._counter = den._counter
         self.cached: TwistRecord | None = None  # the latest evaluation
@@ -195,12 +202,15 @@ class TwistedDenoiser(DenoiserBase):
         if c is not None and c.x is x and c.k == point.k:
             return c
         g, k = point.grid, point.k
+        weights = ddim_at(g, k, self.eta) if g.t[k + 1] != 0.0 else None
+        root = None
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             pred = self.den.predict(xg, point)
+            if self.transition == "moment" and weights is not None:
+                root = _moment_root(pred.x0, xg, g.alpha[k], g.sigma[k], weights)
             log_twist, grad, lin = self.twist.value_and_grad(pred.x0, xg, g.alpha[k], g.sigma[k])  # [B], [B, ...]
-        weights = ddim_at(g, k, self.eta) if g.t[k + 1] != 0.0 else None
-        self.cached = TwistRecord(x, k, pred.x0.detach(), log_twist, grad, weights, lin)
+        self.cached = TwistRecord(x, k, pred.x0.detach(), log_twist, grad, weights, lin, root)
         return self.cached
 
     def predict(self, x: Tensor, t) -> Prediction:
@@ -217,13 +227,59 @@ class TwistedDenoiser(DenoiserBase):
         return Prediction(x0, derive=(x, g.alpha[k], g.sigma[k]))
 
     def select(self, idx: Tensor) -> "TwistedDenoiser":
-        new = TwistedDenoiser(self.den.select(idx), self.twist, self.eta, self.shift)
+        new = TwistedDenoiser(self.den.select(idx), self.twist, self.eta, self.shift, self.transition)
         new.cached = None if self.cached is None else self.cached.select(idx)
         return new
 
     @property
     def rows(self) -> int:
         return getattr(self.den, "rows", 0)
+
+
+#: the base transition ``p(x_{i+1} | x_i)`` TDS weights against (``tds(transition=)``):
+#: ``ddpm``, the ancestral step ``N(m, sigma_i^2 I)`` with the plug-in ``x0_hat``; or
+#: ``moment``, the same mean with the covariance of the true reverse transition,
+#: ``sigma_i^2 I + w_x0^2 Cov[x0 | x_i]`` (``Cov`` by second-order Tweedie from the
+#: denoiser's full Jacobian: Bao et al. 2022, "Estimating the Optimal Covariance with
+#: Imperfect Mean in Diffusion Probabilistic Models"; exact for a Gaussian prior)
+TRANSITIONS = ("ddpm", "moment")
+
+
+def _moment_root(x0_hat: Tensor, x: Tensor, alpha: float, sigma: float, w: DDIMWeights) -> tuple[Tensor, Tensor]:
+    """``(V [B, D, D], std [B, D])`` (float64) with ``V diag(std^2) V^T = w.noise^2 I +
+    w.w_x0^2 Cov[x0 | x]``, ``V`` orthogonal, where
+    ``Cov[x0 | x] = (sigma^2 / alpha) J`` (``J = d x0_hat / d x``, symmetrised and clipped to
+    be positive semi-definite): ``D`` vector-Jacobian products, keeping ``x0_hat``'s graph."""
+    B = x0_hat.shape[0]
+    flat = x0_hat.reshape(B, -1)  # [B, D]
+    D = flat.shape[1]
+    rows = []
+    for d in range(D):  # row d of J for every particle
+        (gd,) = torch.autograd.grad(flat[:, d].sum(), x, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(x).reshape(B, -1) if gd is None else gd.reshape(B, -1))
+    jac = torch.stack(rows, 1).to(_F64)  # [B, D, D]
+    cov = (sigma ** 2 / alpha) * 0.5 * (jac + jac.transpose(1, 2))
+    evals, evecs = torch.linalg.eigh(cov)
+    var = w.w_x0 ** 2 * evals.clamp(min=0.0) + w.noise ** 2  # [B, D]
+    return evecs, var.sqrt()
+
+
+def _moment_move(rec: TwistRecord, u: Tensor) -> tuple[Tensor, Tensor]:
+    """The twisted proposal on the moment-matched transition ``N(m, S)`` (``S = V diag(std^2)
+    V^T`` from ``rec.root``): ``x' = m + S g + V diag(std) z ~ N(m + S g, S)`` with
+    ``g = grad log p~`` and ``z`` recovered from the solver's draw ``u = m + sigma^2 g +
+    sigma z`` (so the per-row noise streams are kept). Returns ``x'`` (``u``'s shape) and
+    ``log N(x'; m, S) - log N(x'; m + S g, S) = -|a + z|^2 / 2 + |z|^2 / 2`` ``[B]`` with
+    ``a = diag(std) V^T g``."""
+    w = rec.weights
+    n = u.shape[0]
+    evecs, std = rec.root
+    m = (w.w_x * rec.x + w.w_x0 * rec.x0).reshape(n, -1).to(_F64)  # [B, D]
+    g = rec.grad.reshape(n, -1).to(_F64)
+    z = (u.reshape(n, -1).to(_F64) - m - w.noise ** 2 * g) / w.noise  # [B, D] the step's standard normal
+    a = std * torch.einsum("bdk,bd->bk", evecs, g)  # [B, D] diag(std) V^T g
+    xn = m + torch.einsum("bdk,bk->bd", evecs, std * (a + z))  # m + S g + V diag(std) z
+    return xn.to(u.dtype).reshape(u.shape), -0.5 * ((a + z) ** 2).sum(1) + 0.5 * (z * z).sum(1)
 
 
 def _sq(x: Tensor) -> Tensor:
@@ -301,7 +357,7 @@ def _grid(process, steps: int, ts, schedule: str):
 
 def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 100, ts=None, eta: float = 1.0,
         lam: float = 1.0, twist: LinearGaussianTwist | None = None, covariance: str = "auto",
-        proposal: str = "gradient", resample: str = "systematic",
+        proposal: str = "gradient", transition: str = "ddpm", resample: str = "systematic",
         ess_threshold: float = 0.25, seed: int = 0, return_weighted: bool = False, schedule: str = DEFAULT_GRID,
         dtype=torch.float32, device="cpu") -> ScalingResult:
     """Twisted Diffusion Sampler targeting ``p(x0 | y)`` (module docstring).
@@ -317,6 +373,9 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
             ``auto``: ``jacobian`` up to ``JACOBIAN_MAX_ROWS`` measurement rows, else ``flat``).
         proposal: ``gradient`` (the paper's) or ``gaussian`` (``_gaussian_move``; needs
             ``covariance="jacobian"``).
+        transition: the base transition the weights are exact for (``TRANSITIONS``):
+            ``ddpm`` or ``moment`` (its covariance from the denoiser's full Jacobian:
+            ``D`` vector-Jacobian products per step; with ``proposal="gradient"``).
         twist: a ``LinearGaussianTwist`` to use instead (for ablations).
         resample, ess_threshold: as ``smc`` (the default threshold 0.25 was chosen on the
             training seeds, as ``DEFAULT_GRID``).
@@ -343,6 +402,10 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
     twist = LinearGaussianTwist.of(measurement, lam, covariance) if twist is None else twist
     if proposal == "gaussian" and twist.covariance != "jacobian":
         raise ValueError("proposal='gaussian' needs the twist's Jacobian: pass covariance='jacobian'")
+    if transition not in TRANSITIONS:
+        raise ValueError(f"unknown TDS transition {transition!r}; valid: {', '.join(TRANSITIONS)}")
+    if transition == "moment" and proposal != "gradient":
+        raise ValueError("transition='moment' takes the gradient proposal (proposal='gradient')")
     solver = DDIM(eta)
     ts = _grid(den.process, steps, ts, schedule)
     g = Grid.of(den.process, ts)
@@ -351,7 +414,7 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
     gen = torch.Generator().manual_seed(int(seed) ^ 0x7D5)
     rng = SampleRNG.from_seed(seed, batch=n, device=device)
     x = initial_noise(den, (n,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
-    model = TwistedDenoiser(Tap(den), twist, eta, shift=proposal == "gradient")
+    model = TwistedDenoiser(Tap(den), twist, eta, shift=proposal == "gradient", transition=transition)
     log_w = model.evaluate(x, g.point(0)).log_twist.clone()  # p(x_T) p~_T / p(x_T)
     ess, resampled = [], []
     for step in iterate(model, solver, x, ts, rng):
@@ -359,6 +422,11 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
         prev = model.last  # the twist at x_i that this step's proposal used
         if i < n_steps - 1 and proposal == "gaussian":
             x, log_ratio = _gaussian_move(twist.y, prev, x, gen)
+            step.x = x
+            new = model.evaluate(x, g.point(i + 1))
+            log_w = log_w + log_ratio + new.log_twist - prev.log_twist
+        elif i < n_steps - 1 and prev.root is not None:
+            x, log_ratio = _moment_move(prev, x)
             step.x = x
             new = model.evaluate(x, g.point(i + 1))
             log_w = log_w + log_ratio + new.log_twist - prev.log_twist
