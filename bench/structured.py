@@ -18,6 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 #: part names, each with bench/structured_<name>.py
 PARTS: tuple[str, ...] = (
     "interpolant2",
+    "lowrank",
 )
 
 

@@ -153,6 +153,42 @@ def fit_lowrank(points: Tensor, rank: int, n_components: int, process: Process, 
     return model
 
 
+def fit_network(points: Tensor, process: Process, hidden: int = 32, depth: int = 1, steps: int = 600,
+                batch: int = 128, lr: float = 1e-2, seed: int = 0, t_max: float = 0.5,
+                progress: bool = False) -> Denoiser:
+    """Train a small ``nets.MLPDenoiser`` (x0 prediction, float32) on ``points`` ``[N, D]`` with
+    ``diffinfer.train`` (``t`` uniform on ``[process.t_min, t_max]``); returns its ``Denoiser``.
+    The flexible model that memorises a small training set (module docstring)."""
+    from .nets.mlp import MLPDenoiser
+    from .train import TrainConfig, denoising_loss, fit
+    pts = torch.as_tensor(points).float()
+    torch.manual_seed(int(seed))
+    net = MLPDenoiser(pts.shape[1], hidden=hidden, depth=depth)
+    den = Denoiser(net, process, prediction="x0")
+
+    def loss_fn(m, g):
+        idx = torch.randint(0, pts.shape[0], (batch,), generator=g)
+        t = process.t_min + (t_max - process.t_min) * torch.rand(batch, dtype=_F64, generator=g)
+        return denoising_loss(den, pts[idx], t=t, generator=g)
+
+    cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 30), ema_decay=0.0, seed=seed, checkpoint_every=0)
+    fit(net, loss_fn, cfg, progress=progress, desc="mlp")
+    return den
+
+
+def copy_fraction(samples: Tensor, points: Tensor, radius: float) -> float:
+    """Fraction of ``samples`` ``[B, D]`` within ``radius`` of a training point ``[N, D]``."""
+    return float((torch.cdist(samples.to(_F64), points.to(_F64)).min(1).values < radius).double().mean())
+
+
+def off_subspace(samples: Tensor, bases: Tensor) -> Tensor:
+    """Distance of each sample ``[B, D]`` to the nearest subspace ``[K, D, d]`` (``[B]``), relative
+    to the sample's norm."""
+    x = samples.to(_F64)
+    resid = x.unsqueeze(1) - torch.einsum("kdr,ker,be->bkd", bases, bases, x)  # [B, K, D]
+    return resid.norm(dim=-1).min(1).values / x.norm(dim=1).clamp_min(1e-12)
+
+
 def denoising_gap(f, g, x0: Tensor, process: Process, ts, seed: int = 0) -> float:
     """``sqrt(mean |f(x_t, t) - g(x_t, t)|^2 / D)`` over ``x_t = alpha x0 + sigma eps`` at each
     time of ``ts`` (fresh noise from ``seed``): the RMS difference of two denoisers ``(x, t) ->
@@ -179,4 +215,5 @@ def generalisation_score(model, exact, memorising, x0: Tensor, process: Process,
 
 
 __all__ = ["molrg_posterior_mean", "LowRankDenoiser", "empirical_posterior_mean", "empirical_denoiser",
-           "subspace_error", "fit_lowrank", "denoising_gap", "generalisation_score"]
+           "subspace_error", "fit_lowrank", "fit_network", "copy_fraction", "off_subspace", "denoising_gap",
+           "generalisation_score"]

@@ -11,7 +11,7 @@ import torch
 from diffinfer import VP, Denoiser, sample
 from diffinfer.cli import main
 from diffinfer.lowrank import (LowRankDenoiser, denoising_gap, empirical_denoiser, empirical_posterior_mean,
-                               fit_lowrank, molrg_posterior_mean, subspace_error)
+                               fit_lowrank, fit_network, molrg_posterior_mean, subspace_error)
 from diffinfer.toys import GaussianMixture, molrg
 
 F64 = torch.float64
@@ -124,19 +124,10 @@ def test_a_small_network_memorises_a_tiny_training_set():
     within a quarter of the empirical optimum's distance to the exact denoiser from the
     empirical optimum (RMS over fresh points at t = 0.2-0.4; at lower noise fresh points lie
     off the noisy training set, where the network was never trained)."""
-    from diffinfer.nets.mlp import MLPDenoiser
-    from diffinfer.train import TrainConfig, denoising_loss, fit
     toy, U = problem(4, 1, 2, 2)
     pts = toy.sample(2, seed=3).float()
-    torch.manual_seed(0)
-    net = MLPDenoiser(4, hidden=32, depth=1)
-    den = Denoiser(net, PROC, prediction="x0")
-
-    def loss_fn(m, g):
-        idx = torch.randint(0, 2, (128,), generator=g)
-        t = PROC.t_min + (0.5 - PROC.t_min) * torch.rand(128, dtype=F64, generator=g)
-        return denoising_loss(den, pts[idx], t=t, generator=g)
-    fit(net, loss_fn, TrainConfig(steps=600, lr=1e-2, warmup=20, ema_decay=0.0, checkpoint_every=0), progress=False)
+    den = fit_network(pts, PROC, hidden=32, depth=1, steps=600, lr=1e-2, seed=0)
+    net = den.net
     model = lambda x, t: net(x.float(), t).double()  # noqa: E731
     exact = lambda x, t: molrg_posterior_mean(x, U, PROC, t)  # noqa: E731
     emp = lambda x, t: empirical_posterior_mean(x, pts.double(), PROC, t)  # noqa: E731

@@ -14,6 +14,7 @@ from .common import add_progress, check_out, seed_int
 #: part name -> module defining HELP, add_arguments(parser), run(args)
 PARTS: dict[str, str] = {
     "interpolant2": "diffinfer.demos.interpolant2",
+    "lowrank": "diffinfer.demos.lowrank",
 }
 
 
