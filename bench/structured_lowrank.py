@@ -5,7 +5,7 @@ Clustering". Data: noiseless MoLRG (``toys.molrg(noise_var=0)``), K = 2 subspace
 D = 32, VP process.
 
 1. The paper's low-rank denoiser (``lowrank.fit_lowrank``: 400 Adam steps with
-   ``diffinfer.train``) on N = ratio * K * d points, ratio from 0.5 to 10, d in {2, 4, 8},
+   ``diffinfer.train``, best of 4 random initialisations by training loss) on N = ratio * K * d points, ratio from 0.5 to 10, d in {2, 4, 8},
    3 seeds each: the subspace error (0: learned), success (error < 0.1), and the RMS gap to the
    exact denoiser on 256 fresh points (t in 0.05-0.3) beside the gap of the memorising
    (empirical) optimum on the same points. The transition N* (smallest N where every seed
@@ -15,7 +15,7 @@ D = 32, VP process.
    copies of a training point (within 0.1 sqrt(d)), against the same fraction for exact samples
    (the floor), and their median distance off the true subspaces (relative).
 
-    python bench/structured_lowrank.py           # about 5 minutes on a loaded 2-core machine
+    python bench/structured_lowrank.py           # about 8 minutes on a loaded 2-core machine
     python bench/structured_lowrank.py --quick   # d in {2, 4}, one seed, no network part
 
 Writes ``bench/results/structured_lowrank.{json,md}``.
@@ -40,7 +40,7 @@ from diffinfer.lowrank import (copy_fraction, denoising_gap, empirical_posterior
                                fit_network, molrg_posterior_mean, off_subspace, subspace_error)
 from diffinfer.toys import molrg  # noqa: E402
 
-RATIOS = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+RATIOS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 TS = (0.05, 0.1, 0.2, 0.3)
 SUCCESS = 0.1
 PROC = VP()
@@ -61,7 +61,7 @@ def low_rank_sweep(ranks, seeds, D=32, K=2) -> list[dict]:
                 toy, U = _problem(D, d, K, 1000 * d + seed)
                 pts = toy.sample(n, seed=seed + 1)
                 fresh = toy.sample(256, seed=seed + 99)
-                model = fit_lowrank(pts, d, K, PROC, steps=400, lr=0.2, seed=seed, t_max=0.15)
+                model = fit_lowrank(pts, d, K, PROC, steps=400, lr=0.2, seed=seed, t_max=0.15, restarts=4)
                 exact = lambda x, t: molrg_posterior_mean(x, U, PROC, t)  # noqa: E731
                 emp = lambda x, t: empirical_posterior_mean(x, pts, PROC, t)  # noqa: E731
                 cells.append((subspace_error(model.bases.detach(), U), denoising_gap(model, exact, fresh, PROC, TS),
@@ -90,7 +90,7 @@ def network_sweep(ranks=(1, 2), D=8, K=2, seed=0) -> list[dict]:
     for d in ranks:
         toy, U = _problem(D, d, K, 500 + d)
         radius = 0.1 * d ** 0.5
-        for r in (0.5, 1.0, 2.0, 5.0, 10.0, 40.0):
+        for r in (0.5, 1.0, 2.0, 5.0, 10.0):
             n = max(1, round(r * K * d))
             pts = toy.sample(n, seed=seed + 1)
             den = fit_network(pts, PROC, seed=seed)
@@ -106,7 +106,8 @@ def network_sweep(ranks=(1, 2), D=8, K=2, seed=0) -> list[dict]:
 
 def markdown(res: dict) -> str:
     lines = ["# Low-rank learning: the sample-size phase transition", "",
-             f"Noiseless MoLRG, K = 2 subspaces of rank d in D = 32; the paper's low-rank denoiser trained 400 steps; "
+             f"Noiseless MoLRG, K = 2 subspaces of rank d in D = 32; the paper's low-rank denoiser trained 400 steps "
+             f"(best of 4 random initialisations by training loss); "
              f"seeds {res['seeds']}; success: subspace error < {SUCCESS}. Gaps: RMS difference to the exact denoiser "
              f"over 256 fresh points at t in {TS}. `python bench/structured_lowrank.py`", "",
              "| d | N | N / (K d) | success | subspace error mean / worst | low-rank model gap | empirical (memorising) gap |",

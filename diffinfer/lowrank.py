@@ -131,26 +131,42 @@ def subspace_error(learned: Tensor, true: Tensor) -> float:
 
 
 def fit_lowrank(points: Tensor, rank: int, n_components: int, process: Process, steps: int = 400,
-                batch: int = 256, lr: float = 0.05, seed: int = 0, t_max: float = 0.5,
+                batch: int = 256, lr: float = 0.2, seed: int = 0, t_max: float = 0.15, restarts: int = 4,
                 progress: bool = False) -> LowRankDenoiser:
     """Train ``LowRankDenoiser`` on ``points`` ``[N, D]`` with ``diffinfer.train`` (x0-prediction
     denoising loss, ``t`` uniform on ``[process.t_min, t_max]``: at higher noise the loss says
-    little about the subspaces; Adam with warm-up and cosine decay; the weights are the last
-    iterate)."""
+    little about the subspaces; Adam with warm-up and cosine decay; last iterate).
+
+    The loss is non-convex (it is subspace clustering): ``restarts`` models from independent
+    random bases train side by side on the same batches (one optimiser; Adam's per-parameter
+    steps keep them independent) and the one with the lowest loss on a fixed evaluation set
+    (every training point, 8 noise draws at 8 times) is returned."""
     from .train import TrainConfig, denoising_loss, fit
+    if not (isinstance(restarts, int) and restarts >= 1):
+        raise ValueError(f"restarts must be a positive int, got {restarts!r}")
     pts = torch.as_tensor(points, dtype=_F64)
-    model = LowRankDenoiser(pts.shape[1], rank, n_components, process, seed=seed)
-    den = model.as_denoiser()
+    models = nn.ModuleList(LowRankDenoiser(pts.shape[1], rank, n_components, process, seed=seed * 1009 + r)
+                           for r in range(restarts))
+    dens = [m.as_denoiser() for m in models]
+
+    def draw_t(n, g):
+        return process.t_min + (t_max - process.t_min) * torch.rand(n, dtype=_F64, generator=g)
 
     def loss_fn(m, g):
         idx = torch.randint(0, pts.shape[0], (batch,), generator=g)
-        t = process.t_min + (t_max - process.t_min) * torch.rand(batch, dtype=_F64, generator=g)
-        return denoising_loss(den, pts[idx], t=t, generator=g)
+        t, eps = draw_t(batch, g), torch.randn(batch, pts.shape[1], dtype=_F64, generator=g)
+        return sum(denoising_loss(den, pts[idx], t=t, eps=eps) for den in dens)
 
     cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 20), ema_decay=0.0, seed=seed,
                       checkpoint_every=0, clip=0.0)
-    fit(model, loss_fn, cfg, progress=progress, desc="low-rank")
-    return model
+    fit(models, loss_fn, cfg, progress=progress, desc="low-rank")
+    g = torch.Generator().manual_seed(seed + 1)
+    x0 = pts.repeat(8, 1)
+    t = torch.linspace(process.t_min, t_max, 8, dtype=_F64).repeat_interleave(pts.shape[0])
+    eps = torch.randn(x0.shape, dtype=_F64, generator=g)
+    with torch.no_grad():
+        losses = [float(denoising_loss(den, x0, t=t, eps=eps)) for den in dens]
+    return models[min(range(restarts), key=losses.__getitem__)]
 
 
 def fit_network(points: Tensor, process: Process, hidden: int = 32, depth: int = 1, steps: int = 600,

@@ -101,7 +101,7 @@ def test_trained_low_rank_model_learns_the_subspaces_from_enough_points(seed):
     points is under a tenth of the memorising optimum's gap with the same points."""
     toy, U = problem(16, 2, 2, seed)
     pts = toy.sample(20, seed=seed + 1)
-    model = fit_lowrank(pts, 2, 2, PROC, steps=400, lr=0.2, seed=seed, t_max=0.15)
+    model = fit_lowrank(pts, 2, 2, PROC, steps=400, lr=0.2, seed=seed, t_max=0.15, restarts=2)
     fresh = toy.sample(256, seed=99)
     exact = lambda x, t: molrg_posterior_mean(x, U, PROC, t)  # noqa: E731
     emp = lambda x, t: empirical_posterior_mean(x, pts, PROC, t)  # noqa: E731
@@ -115,7 +115,7 @@ def test_trained_low_rank_model_cannot_learn_from_fewer_points_than_the_rank():
     minus the chance overlap of the unseen direction with it, about d / D)."""
     toy, U = problem(16, 2, 2, 0)
     pts = toy.sample(2, seed=1)
-    model = fit_lowrank(pts, 2, 2, PROC, steps=400, lr=0.2, seed=0, t_max=0.15)
+    model = fit_lowrank(pts, 2, 2, PROC, steps=400, lr=0.2, seed=0, t_max=0.15, restarts=2)
     assert subspace_error(model.bases.detach(), U) > math.sqrt(0.5) * (1 - 2 / 16)
 
 
