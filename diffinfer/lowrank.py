@@ -47,19 +47,23 @@ def _coeffs(process: Process, t, x: Tensor) -> tuple[Tensor, Tensor]:
 def molrg_posterior_mean(x: Tensor, bases: Tensor, process: Process, t) -> Tensor:
     """The closed-form MoLRG denoiser (module docstring) for ``x`` ``[B, D]`` with bases
     ``[K, D, d]`` (orthonormal columns, equal component weights, zero means, unit variance
-    inside each subspace, no noise off it); ``t`` scalar or ``[B]``; ``sigma(t) > 0``."""
-    if x.dim() != 2 or bases.dim() != 3 or bases.shape[1] != x.shape[1]:
-        raise ValueError(f"need x [B, D] and bases [K, D, d] with the same D, got {tuple(x.shape)}, "
-                         f"{tuple(bases.shape)}")
+    inside each subspace, no noise off it); ``t`` scalar or ``[B]``; ``sigma(t) > 0``.
+    Several models at once: ``x`` ``[B, E, D]`` with bases ``[E, K, D, d]`` (model ``e`` sees
+    ``x[:, e]``)."""
+    if x.dim() not in (2, 3) or bases.dim() != x.dim() + 1 or bases.shape[-2] != x.shape[-1] \
+            or (x.dim() == 3 and bases.shape[0] != x.shape[1]):
+        raise ValueError(f"need x [B, D] and bases [K, D, d] with the same D (or [B, E, D] and [E, K, D, d]), "
+                         f"got {tuple(x.shape)}, {tuple(bases.shape)}")
     a, s = _coeffs(process, t, x)
     if bool((s <= 0).any()):
         raise ValueError("the MoLRG denoiser needs sigma(t) > 0 (at t = 0 the data are singular)")
-    proj = torch.einsum("kdr,bd->bkr", bases.to(x.dtype), x)  # [B, K, d]: U_k^T x
-    v = a * a + s * s  # [B, 1] or scalar
-    logits = (a * a / (2 * s * s * v)) * proj.pow(2).sum(-1)  # [B, K]
-    w = torch.softmax(logits, dim=1)
-    recon = torch.einsum("kdr,bkr->bkd", bases.to(x.dtype), proj)  # [B, K, D]: U_k U_k^T x
-    return (a / v) * (w.unsqueeze(-1) * recon).sum(1)
+    U = bases.to(x.dtype)
+    proj = torch.einsum("...kdr,b...d->b...kr", U, x)  # [B, (E,) K, d]: U_k^T x
+    v = a * a + s * s  # broadcastable to x
+    logits = (a * a / (2 * s * s * v)) * proj.pow(2).sum(-1)  # [B, (E,) K]
+    w = torch.softmax(logits, dim=-1)
+    recon = torch.einsum("...kdr,b...kr->b...kd", U, proj)  # [B, (E,) K, D]: U_k U_k^T x
+    return (a / v) * (w.unsqueeze(-1) * recon).sum(-2)
 
 
 class LowRankDenoiser(nn.Module):
@@ -138,35 +142,50 @@ def fit_lowrank(points: Tensor, rank: int, n_components: int, process: Process, 
     little about the subspaces; Adam with warm-up and cosine decay; last iterate).
 
     The loss is non-convex (it is subspace clustering): ``restarts`` models from independent
-    random bases train side by side on the same batches (one optimiser; Adam's per-parameter
-    steps keep them independent) and the one with the lowest loss on a fixed evaluation set
-    (every training point, 8 noise draws at 8 times) is returned."""
+    random bases train side by side, batched, on the same batches (one optimiser; Adam's
+    per-parameter steps keep them independent) and the one with the lowest loss on a fixed
+    evaluation set (every training point at 8 times, one noise draw each) is returned."""
     from .train import TrainConfig, denoising_loss, fit
     if not (isinstance(restarts, int) and restarts >= 1):
         raise ValueError(f"restarts must be a positive int, got {restarts!r}")
     pts = torch.as_tensor(points, dtype=_F64)
-    models = nn.ModuleList(LowRankDenoiser(pts.shape[1], rank, n_components, process, seed=seed * 1009 + r)
-                           for r in range(restarts))
-    dens = [m.as_denoiser() for m in models]
+    D = pts.shape[1]
+    init = torch.stack([LowRankDenoiser(D, rank, n_components, process, seed=seed * 1009 + r).weight.detach()
+                        for r in range(restarts)])  # [R, K, D, d]
+    bank = _Bank(init, process)
+    den = Denoiser(bank, process, prediction="x0")
 
-    def draw_t(n, g):
-        return process.t_min + (t_max - process.t_min) * torch.rand(n, dtype=_F64, generator=g)
-
-    def loss_fn(m, g):
+    def loss_fn(m, g):  # every restart sees the same x_t: rows [B, R, D]
         idx = torch.randint(0, pts.shape[0], (batch,), generator=g)
-        t, eps = draw_t(batch, g), torch.randn(batch, pts.shape[1], dtype=_F64, generator=g)
-        return sum(denoising_loss(den, pts[idx], t=t, eps=eps) for den in dens)
+        t = process.t_min + (t_max - process.t_min) * torch.rand(batch, dtype=_F64, generator=g)
+        eps = torch.randn(batch, 1, D, dtype=_F64, generator=g).expand(batch, restarts, D)
+        return restarts * denoising_loss(den, pts[idx].unsqueeze(1).expand(batch, restarts, D), t=t, eps=eps)
 
     cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 20), ema_decay=0.0, seed=seed,
                       checkpoint_every=0, clip=0.0)
-    fit(models, loss_fn, cfg, progress=progress, desc="low-rank")
+    fit(bank, loss_fn, cfg, progress=progress, desc="low-rank")
     g = torch.Generator().manual_seed(seed + 1)
-    x0 = pts.repeat(8, 1)
+    x0 = pts.repeat(8, 1)  # every training point at 8 times
     t = torch.linspace(process.t_min, t_max, 8, dtype=_F64).repeat_interleave(pts.shape[0])
     eps = torch.randn(x0.shape, dtype=_F64, generator=g)
+    c = process.at(t).broadcast(x0)
     with torch.no_grad():
-        losses = [float(denoising_loss(den, x0, t=t, eps=eps)) for den in dens]
-    return models[min(range(restarts), key=losses.__getitem__)]
+        xt = (c.alpha * x0 + c.sigma * eps).unsqueeze(1).expand(-1, restarts, D)
+        losses = (bank(xt, t) - x0.unsqueeze(1)).pow(2).mean(dim=(0, 2))  # [R]
+    best = int(torch.argmin(losses))
+    return LowRankDenoiser(D, rank, n_components, process, init=bank.weight.detach()[best])
+
+
+class _Bank(nn.Module):
+    """``R`` low-rank models side by side (weights ``[R, K, D, d]``) on inputs ``[B, R, D]``."""
+
+    def __init__(self, init: Tensor, process: Process):
+        super().__init__()
+        self.process = process
+        self.weight = nn.Parameter(init.clone())
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return molrg_posterior_mean(x, torch.linalg.qr(self.weight)[0], self.process, t)
 
 
 def fit_network(points: Tensor, process: Process, hidden: int = 32, depth: int = 1, steps: int = 600,

@@ -94,6 +94,18 @@ def test_the_low_rank_model_with_the_true_bases_is_the_exact_denoiser():
     assert subspace_error(model.bases.detach(), U) < 1e-12
 
 
+def test_models_side_by_side_equal_the_models_alone():
+    """fit_lowrank trains its restarts batched (x [B, E, D], bases [E, K, D, d]): each slice is
+    the single model's output."""
+    g = torch.Generator().manual_seed(0)
+    bases = torch.linalg.qr(torch.randn(3, 2, 7, 2, dtype=F64, generator=g))[0]  # [E, K, D, d]
+    x = torch.randn(5, 3, 7, dtype=F64, generator=g)
+    t = torch.rand(5, dtype=F64, generator=g) * 0.8 + 0.1
+    out = molrg_posterior_mean(x, bases, PROC, t)
+    for e in range(3):
+        torch.testing.assert_close(out[:, e], molrg_posterior_mean(x[:, e], bases[e], PROC, t), rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_trained_low_rank_model_learns_the_subspaces_from_enough_points(seed):
     """N = 20 points (about 5d per component, d = 2, D = 16): trained with diffinfer.train, the
