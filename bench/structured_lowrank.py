@@ -5,11 +5,11 @@ Clustering". Data: noiseless MoLRG (``toys.molrg(noise_var=0)``), K = 2 subspace
 D = 32, VP process.
 
 1. The paper's low-rank denoiser (``lowrank.fit_lowrank``: 400 Adam steps with
-   ``diffinfer.train``, best of 4 random initialisations by training loss) on N = ratio * K * d points, ratio from 0.5 to 10, d in {2, 4, 8},
-   3 seeds each: the subspace error (0: learned), success (error < 0.1), and the RMS gap to the
+   ``diffinfer.train``, best of 4 random initialisations by training loss) on
+   N = ratio * K * d points, ratio from 0.5 to 10, d in {2, 4, 8}, 3 seeds each: the subspace error (0: learned), success (error < 0.1), and the RMS gap to the
    exact denoiser on 256 fresh points (t in 0.05-0.3) beside the gap of the memorising
-   (empirical) optimum on the same points. The transition N* (smallest N where every seed
-   succeeds) is reported per d with N* / d.
+   (empirical) optimum on the same points. The transition N* (smallest N from which 2/3 of
+   the seeds succeed at every larger N) is reported per d with N* / d.
 2. A small network (``lowrank.fit_network``: MLP, hidden 32, 600 steps) on D = 8, K = 2,
    d in {1, 2}: the fraction of its 256 probability-flow samples (DDIM, 50 steps) that are
    copies of a training point (within 0.1 sqrt(d)), against the same fraction for exact samples
@@ -77,10 +77,17 @@ def low_rank_sweep(ranks, seeds, D=32, K=2) -> list[dict]:
 
 
 def transitions(rows) -> list[dict]:
+    """Per rank: N* = the smallest N of the grid from which at least 2/3 of the seeds learn the
+    subspaces at every larger N too (training can still land in a local minimum of the
+    clustering at any N: the success counts are in the table)."""
     out = []
     for d in sorted({r["d"] for r in rows}):
-        ok = [r["N"] for r in rows if r["d"] == d and r["success"] == r["seeds"]]
-        n_star = min(ok) if ok else None
+        grid = sorted((r for r in rows if r["d"] == d), key=lambda r: r["N"])
+        n_star = None
+        for i, r in enumerate(grid):
+            if all(3 * q["success"] >= 2 * q["seeds"] for q in grid[i:]):
+                n_star = r["N"]
+                break
         out.append({"d": d, "N_star": n_star, "N_star_over_d": None if n_star is None else round(n_star / d, 2)})
     return out
 
@@ -116,7 +123,8 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['d']} | {r['N']} | {r['ratio']:g} | {r['success']}/{r['seeds']} | "
                      f"{r['subspace_error']:.3f} / {r['worst_subspace_error']:.3f} | {r['model_gap']:.4f} | "
                      f"{r['empirical_gap']:.4f} |")
-    lines += ["", "Transition N* (smallest N at which every seed learns the subspaces):", "",
+    lines += ["", "Transition N* (smallest N from which at least 2/3 of the seeds learn the subspaces at every "
+              "larger N of the grid):", "",
               "| d | N* | N* / d |", "|---|---|---|"]
     for t in res["transitions"]:
         lines.append(f"| {t['d']} | {t['N_star']} | {t['N_star_over_d']} |")
