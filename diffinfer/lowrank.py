@@ -22,8 +22,9 @@ The other end is the empirical (memorising) optimum: over all functions, the den
 
 whose probability-flow samples are copies of training points (``empirical_denoiser``). A
 flexible network (``diffinfer.nets.MLPDenoiser``) approaches ``D_N`` when ``N`` is small and
-the ideal denoiser when ``N`` is large; ``generalisation_score`` measures where a model sits
-between the two.
+the ideal denoiser when ``N`` is large; ``denoising_gap`` measures a model's distance to either,
+``copy_fraction`` / ``off_subspace`` whether its samples copy training points or lie on the
+true subspaces.
 """
 from __future__ import annotations
 
@@ -240,15 +241,5 @@ def denoising_gap(f, g, x0: Tensor, process: Process, ts, seed: int = 0) -> floa
     return math.sqrt(total / len(ts))
 
 
-def generalisation_score(model, exact, memorising, x0: Tensor, process: Process, ts, seed: int = 0) -> float:
-    """Where ``model`` sits between the memorising optimum and the ideal denoiser:
-    ``e_mem / (e_mem + e_exact)`` with ``e`` the ``denoising_gap`` (squared) to each; 1 is the
-    ideal denoiser, 0 the empirical one."""
-    e_exact = denoising_gap(model, exact, x0, process, ts, seed) ** 2
-    e_mem = denoising_gap(model, memorising, x0, process, ts, seed) ** 2
-    return e_mem / (e_mem + e_exact) if e_mem + e_exact > 0 else 0.5
-
-
 __all__ = ["molrg_posterior_mean", "LowRankDenoiser", "empirical_posterior_mean", "empirical_denoiser",
-           "subspace_error", "fit_lowrank", "fit_network", "copy_fraction", "off_subspace", "denoising_gap",
-           "generalisation_score"]
+           "subspace_error", "fit_lowrank", "fit_network", "copy_fraction", "off_subspace", "denoising_gap"]

@@ -10,8 +10,9 @@ import torch
 
 from diffinfer import VP, Denoiser, sample
 from diffinfer.cli import main
-from diffinfer.lowrank import (LowRankDenoiser, denoising_gap, empirical_denoiser, empirical_posterior_mean,
-                               fit_lowrank, fit_network, molrg_posterior_mean, subspace_error)
+from diffinfer.lowrank import (LowRankDenoiser, copy_fraction, denoising_gap, empirical_denoiser, empirical_posterior_mean,
+                               fit_lowrank, fit_network, molrg_posterior_mean, off_subspace,
+                               subspace_error)
 from diffinfer.toys import GaussianMixture, molrg
 
 F64 = torch.float64
@@ -82,6 +83,15 @@ def test_the_empirical_denoiser_only_reproduces_training_points():
     out = sample(empirical_denoiser(pts, PROC), shape=(64, 6), solver="ddim", steps=60, seed=0, dtype=F64).x
     nearest = torch.cdist(out, pts).min(1).values
     assert float(nearest.max()) < 1e-6 * float(pts.norm(dim=1).min())
+
+
+def test_copy_and_subspace_measures():
+    toy, U = problem(6, 2, 2, 1)
+    pts = toy.sample(10, seed=2)
+    assert copy_fraction(pts, pts, 1e-9) == 1.0 and copy_fraction(pts + 1.0, pts, 1e-3) == 0.0
+    assert float(off_subspace(pts, U).max()) < 1e-12
+    off = torch.randn(10, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
+    assert float(off_subspace(off, U).min()) > 0.1
 
 
 def test_the_low_rank_model_with_the_true_bases_is_the_exact_denoiser():
