@@ -89,7 +89,7 @@ def test_copy_and_subspace_measures():
     toy, U = problem(6, 2, 2, 1)
     pts = toy.sample(10, seed=2)
     assert copy_fraction(pts, pts, 1e-9) == 1.0 and copy_fraction(pts + 1.0, pts, 1e-3) == 0.0
-    assert float(off_subspace(pts, U).max()) < 1e-12
+    assert float(off_subspace(pts, U).max()) < 1e-6  # the sampler takes square roots of round-off eigenvalues (~1e-16)
     off = torch.randn(10, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
     assert float(off_subspace(off, U).min()) > 0.1
 
