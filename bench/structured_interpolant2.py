@@ -79,7 +79,7 @@ def run(seeds: list[int], n: int) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Two-sided stochastic interpolants: rho0 -> rho1 with the exact drift",
+    lines = ["# Two-sided stochastic interpolants: rho0 -> rho1 with the exact drift",
              "",
              f"{len(res['seeds'])} seeded random pairs of 3-D Gaussian mixtures (seeds {res['seeds']}), "
              f"n = {res['n']} samples; each distance divided by its two-exact-sets floor "

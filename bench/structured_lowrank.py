@@ -6,16 +6,17 @@ D = 32, VP process.
 
 1. The paper's low-rank denoiser (``lowrank.fit_lowrank``: 400 Adam steps with
    ``diffinfer.train``, best of 4 random initialisations by training loss) on
-   N = ratio * K * d points, ratio from 0.5 to 10, d in {2, 4, 8}, 3 seeds each: the subspace error (0: learned), success (error < 0.1), and the RMS gap to the
-   exact denoiser on 256 fresh points (t in 0.05-0.3) beside the gap of the memorising
-   (empirical) optimum on the same points. The transition N* (smallest N from which 2/3 of
+   N = ratio * K * d points, ratio from 0.5 to 10, d in {2, 4, 8}, 3 seeds each: the
+   subspace error (0: learned), success (error < 0.1), and the RMS gap to the exact denoiser
+   on 256 fresh points (t in 0.05-0.3) beside the gap of the memorising (empirical) optimum
+   on the same points. The transition N* (smallest N from which 2/3 of
    the seeds succeed at every larger N) is reported per d with N* / d.
 2. A small network (``lowrank.fit_network``: MLP, hidden 32, 600 steps) on D = 8, K = 2,
    d in {1, 2}: the fraction of its 256 probability-flow samples (DDIM, 50 steps) that are
    copies of a training point (within 0.1 sqrt(d)), against the same fraction for exact samples
    (the floor), and their median distance off the true subspaces (relative).
 
-    python bench/structured_lowrank.py           # about 8 minutes on a loaded 2-core machine
+    python bench/structured_lowrank.py           # about 7 minutes on a loaded 2-core machine
     python bench/structured_lowrank.py --quick   # d in {2, 4}, one seed, no network part
 
 Writes ``bench/results/structured_lowrank.{json,md}``.

@@ -168,7 +168,6 @@ class MixtureInterpolant:
 
     def _fields(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
         """``b`` and ``s`` at scalar ``t`` for ``x`` ``[B, D]`` float64."""
-        from .toys.gaussian_mixture import GaussianMixture
         _, mu, S, d_mu, d_S = self._pairs(t)
         logpdf, prec_diff = self.rho0._component_logpdf(x, mu, S)  # [B, P], [B, P, D]
         r = torch.softmax(logpdf + torch.log(self.weights), dim=1)  # [B, P]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from diffinfer import VP, Denoiser, sample
+from diffinfer import VP, sample
 from diffinfer.cli import main
 from diffinfer.lowrank import (LowRankDenoiser, copy_fraction, denoising_gap, empirical_denoiser, empirical_posterior_mean,
                                fit_lowrank, fit_network, molrg_posterior_mean, off_subspace,
