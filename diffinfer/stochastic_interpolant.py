@@ -39,7 +39,8 @@ at the ends even where ``gamma'`` is not (``gamma = sqrt(a t (1 - t))``).
 ``transport`` integrates a drift with fixed steps (Heun for the ODE, Euler-Maruyama for the
 SDE, per-sample noise streams); ``diffinfer.toys.reference.pf_ode_solution`` (SciPy DOP853)
 takes the same drift object (``velocity(x, t)``) as an independent reference.
-``interpolant_loss`` is the quadratic objective whose minimiser is ``b`` (eq. 2.13).
+``interpolant_loss`` is the quadratic objective whose minimiser is ``b`` (eq. 2.13);
+``fit_drift`` trains a network on it with ``diffinfer.train``.
 """
 from __future__ import annotations
 
@@ -298,4 +299,33 @@ def interpolant_loss(model: Callable[[Tensor, Tensor], Tensor], interpolant: Two
     return (model(xt, as_time(t).to(x0.dtype)) - target).pow(2).flatten(1).mean(1).mean()
 
 
-__all__ = ["TwoSidedInterpolant", "MixtureInterpolant", "transport", "interpolant_loss", "PATHS"]
+def fit_drift(net: torch.nn.Module, interpolant: TwoSidedInterpolant, x0: Tensor, x1: Tensor, steps: int = 3000,
+              batch: int = 512, lr: float = 2e-3, ema_decay: float = 0.999, seed: int = 0, progress: bool = False):
+    """Train ``net(x, t [B]) -> b`` on ``interpolant_loss`` with ``diffinfer.train.fit`` (Adam,
+    warm-up, cosine decay, EMA ``ema_decay``), pairing random rows of the sample pools ``x0`` ``[N0, D]``
+    and ``x1`` ``[N1, D]`` independently (the independent coupling). Returns ``(drift, result)``:
+    ``drift(x, t)`` runs the EMA weights (in the net's dtype, answering in ``x``'s) for
+    ``transport``; ``result`` is ``train.TrainResult``."""
+    from .train import TrainConfig, fit
+    dtype = next(net.parameters()).dtype
+    p0, p1 = x0.to(dtype), x1.to(dtype)
+
+    def loss_fn(m, g):
+        i = torch.randint(0, p0.shape[0], (batch,), generator=g)
+        j = torch.randint(0, p1.shape[0], (batch,), generator=g)
+        return interpolant_loss(lambda x, t: m(x, t.to(dtype)), interpolant, p0[i], p1[j], generator=g)
+
+    cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 30), ema_decay=ema_decay, seed=seed,
+                      checkpoint_every=0)
+    result = fit(net, loss_fn, cfg, progress=progress, desc="drift")
+    ema = result.ema_model()
+
+    @torch.no_grad()
+    def drift(x: Tensor, t) -> Tensor:
+        tt = as_time(t).to(dtype)
+        tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
+        return ema(x.to(dtype), tt).to(x.dtype)
+    return drift, result
+
+
+__all__ = ["TwoSidedInterpolant", "MixtureInterpolant", "transport", "interpolant_loss", "fit_drift", "PATHS"]

@@ -8,7 +8,8 @@ import torch
 
 from diffinfer import RectifiedFlow
 from diffinfer.cli import main
-from diffinfer.stochastic_interpolant import MixtureInterpolant, TwoSidedInterpolant, interpolant_loss, transport
+from diffinfer.stochastic_interpolant import (MixtureInterpolant, TwoSidedInterpolant, fit_drift, interpolant_loss,
+                                              transport)
 from diffinfer.toys import GaussianMixture
 from diffinfer.toys.random_problem import floors, random_problem, score
 from diffinfer.toys.reference import pf_ode_solution
@@ -152,6 +153,26 @@ def test_the_exact_drift_minimises_the_interpolant_loss():
     cross = 2 * ((oracle.velocity(xt, t) - it.target_velocity(x0, x1, z, t)) * c).mean(1)  # [n]
     se = float(cross.std() / math.sqrt(n))
     assert abs(float(shifted - base) - float(c.pow(2).mean())) <= 5 * se
+
+
+def test_fit_drift_trains_a_network_toward_the_exact_drift():
+    """A few hundred steps of diffinfer.train on the drift objective bring a small MLP's RMS
+    distance to the exact drift (on x_t samples) well under that of the zero field."""
+    from diffinfer.nets.mlp import MLPDenoiser
+    rho0, rho1 = pair(10, dim=2)
+    it = TwoSidedInterpolant(a=1.0)
+    oracle = MixtureInterpolant(rho0, rho1, it)
+    torch.manual_seed(0)
+    drift, result = fit_drift(MLPDenoiser(2, hidden=32, depth=1), it, rho0.sample(4000, seed=1),
+                              rho1.sample(4000, seed=2), steps=300, batch=256, lr=3e-3, ema_decay=0.9)
+    assert result.step == 300
+    gaps, zero = [], []
+    for t in (0.2, 0.5, 0.8):
+        x = oracle.marginal(t).sample(500, seed=3)
+        b = oracle.velocity(x, t)
+        gaps.append(float((drift(x, t) - b).pow(2).mean()))
+        zero.append(float(b.pow(2).mean()))
+    assert sum(gaps) < 0.25 * sum(zero), (gaps, zero)
 
 
 def test_bad_inputs_raise_clear_errors():
