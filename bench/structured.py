@@ -24,6 +24,8 @@ PARTS: tuple[str, ...] = (
     "forwardmodel",
     "routing",
     "superres",
+    "interpolant2",
+    "lowrank",
 )
 
 

@@ -20,6 +20,8 @@ PARTS: dict[str, str] = {
     "forwardmodel": "diffinfer.demos.forwardmodel",
     "routing": "diffinfer.demos.routing",
     "superres": "diffinfer.demos.superres",
+    "interpolant2": "diffinfer.demos.interpolant2",
+    "lowrank": "diffinfer.demos.lowrank",
 }
 
 
