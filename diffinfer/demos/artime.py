@@ -14,37 +14,23 @@ from __future__ import annotations
 
 import torch
 
+from ..cli.common import int_in
+
 HELP = "per-element times (AR-Diffusion): a rolling sunspot forecast and a streamed AR sequence"
 HORIZON, HISTORY = 24, 8
 #: forecast ends (indices into the yearly series, counted back from its end) as bench/inverse.py
 ORIGIN_OFFSETS = (0, 6, 12, 18, 24, 30)
 
 
-def _int_in(lo: int, hi: int):
-    """An argparse type: an int in ``[lo, hi]`` (the library does not import ``cli``)."""
-    import argparse
-
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}], got {text!r}")
-        return v
-    parse.__name__ = "int"
-    return parse
-
-
 def add_arguments(p) -> None:
     from ..element_times import SUPPORTED
     from .. import solvers
     names = [n for n in solvers.names() if type(solvers.get(n)) in SUPPORTED]
-    p.add_argument("--order", type=_int_in(1, 8), default=2, help="AR order of the exact model (default 2)")
-    p.add_argument("--steps", type=_int_in(2, 1000), default=40, help="solver steps per element (default 40)")
-    p.add_argument("--shift", type=_int_in(1, 100), default=1, help="steps between elements entering (default 1)")
-    p.add_argument("--samples", type=_int_in(2, 5000), default=200, help="forecast samples (default 200)")
-    p.add_argument("--rows", type=_int_in(10, 20000), default=2000, help="rows of the stream check (default 2000)")
+    p.add_argument("--order", type=int_in(1, 8), default=2, help="AR order of the exact model (default 2)")
+    p.add_argument("--steps", type=int_in(2, 1000), default=40, help="solver steps per element (default 40)")
+    p.add_argument("--shift", type=int_in(1, 100), default=1, help="steps between elements entering (default 1)")
+    p.add_argument("--samples", type=int_in(2, 5000), default=200, help="forecast samples (default 200)")
+    p.add_argument("--rows", type=int_in(10, 20000), default=2000, help="rows of the stream check (default 2000)")
     p.add_argument("--solver", choices=names, default="dpmpp-2m")
 
 

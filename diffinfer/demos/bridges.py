@@ -9,40 +9,19 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli.common import float_in, int_in
+
 HELP = "Brownian-bridge translation: held-out digits -> their mirror images (small bridge trained in seconds)"
-
-
-def _int_in(lo: int, hi: int):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}], got {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}], got {text!r}")
-        return v
-    parse.__name__ = "int"
-    return parse
-
-
-def _eta(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairing", choices=("mirror", "mirror-coarse"), default="mirror",
                    help="source: the digit (mirror) or the digit at 4x4 (mirror-coarse); target: its mirror")
-    p.add_argument("--steps", type=_int_in(1, 1000), default=20, help="bridge sampling steps (default 20)")
-    p.add_argument("--eta", type=_eta, default=1.0,
+    p.add_argument("--steps", type=int_in(1, 1000), default=20, help="bridge sampling steps (default 20)")
+    p.add_argument("--eta", type=float_in(0.0, 1.0), default=1.0,
                    help="1: the bridge's stochastic transition; 0: DDIM-like (deterministic after the first step)")
-    p.add_argument("--train-steps", type=_int_in(1, 100_000), default=600, help="training steps (default 600)")
-    p.add_argument("--n", type=_int_in(1, 180), default=180, help="held-out digits to translate (default 180)")
+    p.add_argument("--train-steps", type=int_in(1, 100_000), default=600, help="training steps (default 600)")
+    p.add_argument("--n", type=int_in(1, 180), default=180, help="held-out digits to translate (default 180)")
 
 
 def run(args) -> int:

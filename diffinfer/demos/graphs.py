@@ -11,7 +11,6 @@ training distribution).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -24,6 +23,7 @@ from ..nets.graph import GraphNet
 from ..process import VP
 from ..structured_state import Dense, Layout, Symmetric, joint_denoiser
 from ..train import TrainConfig, denoising_loss, fit
+from ..cli.common import int_in
 
 HELP = "GDSS-style graph states: train a joint (nodes, symmetric adjacency) denoiser, sample graphs, degree/clustering MMD"
 
@@ -31,26 +31,12 @@ N_NODES = 12
 TRAIN_GRAPHS = 512
 
 
-def _int_in(lo: int, hi: int):
-    """An argparse type: an int in ``[lo, hi]`` (a bad value: one line, exit status 2)."""
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}], got {text!r}")
-        return v
-    parse.__name__ = "int"
-    return parse
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--data", default="community", help=f"training graphs: {', '.join(graph_data.KINDS)}")
-    parser.add_argument("--train-steps", type=_int_in(1, 20000), default=800, help="optimiser steps (default 800)")
-    parser.add_argument("--samples", type=_int_in(2, 4096), default=128, help="graphs to sample and score (default 128)")
+    parser.add_argument("--train-steps", type=int_in(1, 20000), default=800, help="optimiser steps (default 800)")
+    parser.add_argument("--samples", type=int_in(2, 4096), default=128, help="graphs to sample and score (default 128)")
     parser.add_argument("--solver", default="dpmpp-2m-sde", help="a solver name (default dpmpp-2m-sde)")
-    parser.add_argument("--steps", type=_int_in(1, 1000), default=40, help="solver steps (default 40)")
+    parser.add_argument("--steps", type=int_in(1, 1000), default=40, help="solver steps (default 40)")
 
 
 def check(data: str, solver: str) -> None:

@@ -7,36 +7,18 @@ from __future__ import annotations
 import torch
 
 from ..stochastic_interpolant import PATHS, MixtureInterpolant, TwoSidedInterpolant, transport
+from ..cli.common import float_in, int_in
 
 HELP = "two-sided stochastic interpolant: ring -> random mixture by ODE and SDE (exact drift)"
 METRICS = ("sw", "mass", "mean", "cov")
 
 
-def _number(kind, lo, hi, lo_open=False):
-    """An argparse type: a finite ``kind`` in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); the
-    demos do not import ``diffinfer.cli`` (dependencies point down)."""
-    import argparse
-    import math
-    what = f"{'an integer' if kind is int else 'a finite number'} in {'(' if lo_open else '['}{lo}, {hi}]"
-
-    def parse(text):
-        try:
-            v = kind(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return v
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def add_arguments(p) -> None:
-    p.add_argument("--n", type=_number(int, 1, 100_000), default=2000, help="samples (default 2000)")
-    p.add_argument("--steps", type=_number(int, 1, 10_000), default=100, help="ODE / SDE steps (default 100)")
-    p.add_argument("--eps", type=_number(float, 0.0, 100.0, lo_open=True), default=0.5,
+    p.add_argument("--n", type=int_in(1, 100_000), default=2000, help="samples (default 2000)")
+    p.add_argument("--steps", type=int_in(1, 10_000), default=100, help="ODE / SDE steps (default 100)")
+    p.add_argument("--eps", type=float_in(0.0, 100.0, lo_open=True), default=0.5,
                    help="SDE diffusion eps > 0 (default 0.5)")
-    p.add_argument("--a", type=_number(float, 0.0, 100.0), default=1.0, help="latent noise gamma^2 = a t (1 - t) (default 1)")
+    p.add_argument("--a", type=float_in(0.0, 100.0), default=1.0, help="latent noise gamma^2 = a t (1 - t) (default 1)")
     p.add_argument("--path", choices=PATHS.names(), default="linear", help="interpolant path (default linear)")
 
 

@@ -4,6 +4,7 @@ prints the learned subspaces' error and the RMS gap to the exact denoiser beside
 memorising (empirical) optimum's gap on the same points."""
 from __future__ import annotations
 
+from ..cli.common import int_in
 
 HELP = "low-rank learning: subspaces learned from N samples vs the rank (Wang et al. 2024)"
 RATIOS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
@@ -11,31 +12,12 @@ QUICK_RATIOS = (0.5, 2.0, 5.0)
 TS = (0.05, 0.1, 0.2, 0.3)
 
 
-def _number(kind, lo, hi, lo_open=False):
-    """An argparse type: a finite ``kind`` in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); the
-    demos do not import ``diffinfer.cli`` (dependencies point down)."""
-    import argparse
-    import math
-    what = f"{'an integer' if kind is int else 'a finite number'} in {'(' if lo_open else '['}{lo}, {hi}]"
-
-    def parse(text):
-        try:
-            v = kind(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return v
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def add_arguments(p) -> None:
-    p.add_argument("--rank", type=_number(int, 1, 16), default=3, help="intrinsic dimension d (default 3)")
-    p.add_argument("--dim", type=_number(int, 2, 256), default=24, help="ambient dimension D (default 24)")
-    p.add_argument("--components", type=_number(int, 1, 8), default=2, help="subspaces K (default 2)")
-    p.add_argument("--steps", type=_number(int, 1, 10_000), default=400, help="training steps (default 400)")
-    p.add_argument("--restarts", type=_number(int, 1, 16), default=2,
+    p.add_argument("--rank", type=int_in(1, 16), default=3, help="intrinsic dimension d (default 3)")
+    p.add_argument("--dim", type=int_in(2, 256), default=24, help="ambient dimension D (default 24)")
+    p.add_argument("--components", type=int_in(1, 8), default=2, help="subspaces K (default 2)")
+    p.add_argument("--steps", type=int_in(1, 10_000), default=400, help="training steps (default 400)")
+    p.add_argument("--restarts", type=int_in(1, 16), default=2,
                    help="random initialisations trained side by side, the lowest loss kept (default 2)")
     p.add_argument("--quick", action="store_true", help="three sample sizes, 200 steps, one initialisation")
 

@@ -3,39 +3,18 @@ Denoising Task Routing (Park et al. 2023; ``DiT(routing=...)``), same seed and s
 prints the final training loss, the fixed-draw evaluation loss and the FD of each."""
 from __future__ import annotations
 
+from ..cli.common import float_in, int_in, progress_enabled
 
 HELP = "DiT with / without Denoising Task Routing on the digits (loss, FD at equal steps)"
 
 
-def _number(kind, lo, hi, lo_open=False):
-    """An argparse type: ``kind`` in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``), finite."""
-    import argparse
-    import math
-
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
-        if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
-            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {text}")
-        return v
-    return parse
-
-
-def _progress(args) -> bool:
-    import sys
-    value = getattr(args, "progress", None)
-    return bool(sys.stderr.isatty()) if value is None else bool(value)
-
-
 def add_arguments(p) -> None:
-    p.add_argument("--steps", type=_number(int, 1, 100_000), default=200, help="training steps of each model (default 200)")
-    p.add_argument("--beta", type=_number(float, 0.0, 1.0, lo_open=True), default=0.8,
+    p.add_argument("--steps", type=int_in(1, 100_000), default=200, help="training steps of each model (default 200)")
+    p.add_argument("--beta", type=float_in(0.0, 1.0, lo_open=True), default=0.8,
                    help="active channel fraction of the DTR masks (default 0.8)")
-    p.add_argument("--alpha", type=_number(float, 0.0, 100.0, lo_open=True), default=1.0,
+    p.add_argument("--alpha", type=float_in(0.0, 100.0, lo_open=True), default=1.0,
                    help="window speed profile o(t) = round(t^alpha (C - C_beta)) (default 1)")
-    p.add_argument("--samples", type=_number(int, 16, 5000), default=256, help="samples for the FD (default 256)")
+    p.add_argument("--samples", type=int_in(16, 5000), default=256, help="samples for the FD (default 256)")
 
 
 def run(args) -> int:
@@ -48,7 +27,7 @@ def run(args) -> int:
           f"{args.steps} steps each, seed {args.seed}")
     print(f"{'model':8s} {'train loss':>10s} {'eval loss':>10s} {'FD':>8s}")
     for name, routing in configs.items():
-        net, losses = rd.train_dit(routing, args.steps, seed=args.seed, progress=_progress(args))
+        net, losses = rd.train_dit(routing, args.steps, seed=args.seed, progress=progress_enabled(args))
         tail = losses[-min(50, len(losses)):]
         fd, x = rd.sample_fd(net, n=args.samples, seed=args.seed)
         grids[name] = x[:32]

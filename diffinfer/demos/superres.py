@@ -5,39 +5,18 @@ SAM), sampled with the matching correction and, for the modulated model, also un
 the paper; prints PSNR to the truth and the digits classifier's accuracy on the held-out split."""
 from __future__ import annotations
 
+from ..cli.common import float_in, int_in, progress_enabled
 
 HELP = "digits 2x super-resolution with / without region-modulated training noise (PSNR, accuracy)"
 
 
-def _number(kind, lo, hi, lo_open=False):
-    """An argparse type: ``kind`` in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``), finite."""
-    import argparse
-    import math
-
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
-        if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
-            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {text}")
-        return v
-    return parse
-
-
-def _progress(args) -> bool:
-    import sys
-    value = getattr(args, "progress", None)
-    return bool(sys.stderr.isatty()) if value is None else bool(value)
-
-
 def add_arguments(p) -> None:
-    p.add_argument("--steps", type=_number(int, 1, 100_000), default=200, help="training steps of each model (default 200)")
-    p.add_argument("--scale", type=_number(float, 0.0, 10.0, lo_open=True), default=0.5,
+    p.add_argument("--steps", type=int_in(1, 100_000), default=200, help="training steps of each model (default 200)")
+    p.add_argument("--scale", type=float_in(0.0, 10.0, lo_open=True), default=0.5,
                    help="region shifts scale * (-1, 0, 1) for background / edge / stroke (default 0.5)")
-    p.add_argument("--n", type=_number(int, 1, 180), default=180,
+    p.add_argument("--n", type=int_in(1, 180), default=180,
                    help="held-out digits to super-resolve (default: all 180)")
-    p.add_argument("--sample-steps", type=_number(int, 2, 1000), default=30, help="DDPM sampling steps (default 30)")
+    p.add_argument("--sample-steps", type=int_in(2, 1000), default=30, help="DDPM sampling steps (default 30)")
 
 
 def run(args) -> int:
@@ -51,7 +30,7 @@ def run(args) -> int:
         print(f"{name + ' (no model)':28s} {r['psnr']:8.2f} {r['accuracy']:9.3f}")
     outputs: dict = {}
     rows = sr.compare(args.steps, scale=args.scale, seeds=(args.seed,), sample_steps=args.sample_steps, batch=64,
-                      n=args.n, progress=_progress(args), outputs=outputs)
+                      n=args.n, progress=progress_enabled(args), outputs=outputs)
     for r in rows:
         print(f"{r['name']:28s} {r['psnr']:8.2f} {r['accuracy']:9.3f}")
     if args.out:
