@@ -91,6 +91,8 @@ class LogitsEvaluator:
             kwargs["t"] = t[rows]
         if getattr(self.model, "takes_attention_mask", False) and self.attention_mask is not None:
             kwargs["attention_mask"] = self.attention_mask[rows]
+        if getattr(self.model, "takes_rows", False):
+            kwargs["rows"] = rows
         x = tokens[rows]  # [b, L]
         if not self.cfg_scale:
             self.nfe[rows] += 1
