@@ -139,6 +139,11 @@ def test_back_and_refine_by_confidence_repairs_one_step_captions():
     ref = back_and_refine(oracle, out, count=2, policy="low-confidence", temperature=0.0, seed=0)
     after = (oracle.caption_index(ref.tokens) >= 0).double().mean()
     assert before < 0.9 and after > before
+    # the backed characters are each row's two least confident (exact leave-one-out scores, checked above)
+    assert (ref.remasked.sum(-1) == 2).all()
+    backed_max = ref.scores.masked_fill(~ref.remasked, -1.0).max(-1).values
+    kept_min = ref.scores.masked_fill(ref.remasked, 2.0).min(-1).values
+    assert (backed_max <= kept_min).all()
     labels = torch.arange(10)
     point = _oracle(torch.nn.functional.one_hot(labels, 10).double())
     out = decode(point, length=cd.LENGTH, batch=10, steps=1, seed=0)
