@@ -132,8 +132,10 @@ def markdown(res: dict) -> str:
     for r in res["exact"]:
         by.setdefault((r["steps"], r["refine"]), []).append(r)
     for (steps, refine), rs in by.items():
-        lines.append(f"| {steps} | {refine} | {rs[0]['nfe']} | {sum(r['tv_over_floor_mean'] for r in rs) / len(rs):.2f} "
-                     f"| {max(r['tv_over_floor_worst'] for r in rs):.2f} | {sum(r['names'] for r in rs) / len(rs):.3f} |")
+        mean = sum(r["tv_over_floor_mean"] for r in rs) / len(rs)
+        worst = max(r["tv_over_floor_worst"] for r in rs)
+        names = sum(r["names"] for r in rs) / len(rs)
+        lines.append(f"| {steps} | {refine} | {rs[0]['nfe']} | {mean:.2f} | {worst:.2f} | {names:.3f} |")
     d = res["digits"]
     lines += ["", f"## Digits: bundled `digits-caption` on the {d['n_heldout']} held-out digits", "",
               f"Ceiling: `digits-classifier` (clean) held-out accuracy {d['classifier_accuracy']:.3f}. "
