@@ -170,6 +170,11 @@ def test_conditioned_binds_rows_and_refuses_bad_input():
     out = decode(m, length=4, batch=3, seed=0)
     assert out.tokens.tolist() == [[0] * 4, [1] * 4, [2] * 4]
 
+    class WithCache(Conditioned):
+        supports_kv_cache = True
+    with pytest.raises(ValueError, match="does not pass row indices"):  # the KV path would ignore rows
+        decode(WithCache(fn, torch.tensor([0, 1, 2]), 3, 4), length=4, batch=3, cache="prefix")
+
 
 def test_back_and_refine_refuses_bad_input():
     oracle = _oracle(torch.full((1, 10), 0.1, dtype=torch.float64))

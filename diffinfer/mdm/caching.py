@@ -76,6 +76,9 @@ class LogitsEvaluator:
                 raise ValueError(f"cache={mode!r} needs a model with a key/value-cache forward")
             if cfg_scale:
                 raise ValueError("the key/value cache does not combine with classifier-free guidance")
+            if getattr(model, "takes_rows", False):
+                raise ValueError(f"cache={mode!r} does not pass row indices; a per-row conditioned model "
+                                 f"(takes_rows) decodes with cache 'none' or 'reuse'")
         self.model, self.mode, self.spec, self.cfg_scale = model, mode, spec, float(cfg_scale)
         self.prompt_mask, self.attention_mask = prompt_mask, attention_mask
         self.nfe = torch.zeros(batch, dtype=torch.long)  # model calls per row
