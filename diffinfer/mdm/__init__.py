@@ -6,12 +6,16 @@ every unmasking policy by name, ``model`` for the protocol a model answers, ``sc
 the masked forward process, ``template`` for structured-output scaffolding (S^3) and
 ``metrics`` for exact quality on a Markov chain, ``trace`` for a decode's history
 (``DecodeTrace``: every canvas and the step that committed each position), ``posterior`` for
-posterior sampling under token observations (likelihood-tilted logits, SMC).
+posterior sampling under token observations (likelihood-tilted logits, SMC), ``conditional``
+for a model bound to one condition per row (``Conditioned``: captioning an image), ``refine`` for
+LaDiC's Back&Refine (``back_and_refine``).
 """
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
+from .conditional import Conditioned
 from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
+from .refine import RefineResult, back_and_refine, leave_one_out_confidence
 from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_smc,
                         rao_blackwell_marginals, weighted_marginals)
 from .policies import POLICIES, get_policy, policy_names
@@ -36,4 +40,5 @@ __all__ = [
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
     "rao_blackwell_marginals", "SumPotential",
+    "Conditioned", "back_and_refine", "leave_one_out_confidence", "RefineResult",
 ]

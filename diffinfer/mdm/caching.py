@@ -76,6 +76,9 @@ class LogitsEvaluator:
                 raise ValueError(f"cache={mode!r} needs a model with a key/value-cache forward")
             if cfg_scale:
                 raise ValueError("the key/value cache does not combine with classifier-free guidance")
+            if getattr(model, "takes_rows", False):
+                raise ValueError(f"cache={mode!r} does not pass row indices; a per-row conditioned model "
+                                 f"(takes_rows) decodes with cache 'none' or 'reuse'")
         self.model, self.mode, self.spec, self.cfg_scale = model, mode, spec, float(cfg_scale)
         self.prompt_mask, self.attention_mask = prompt_mask, attention_mask
         self.nfe = torch.zeros(batch, dtype=torch.long)  # model calls per row
@@ -91,6 +94,8 @@ class LogitsEvaluator:
             kwargs["t"] = t[rows]
         if getattr(self.model, "takes_attention_mask", False) and self.attention_mask is not None:
             kwargs["attention_mask"] = self.attention_mask[rows]
+        if getattr(self.model, "takes_rows", False):
+            kwargs["rows"] = rows
         x = tokens[rows]  # [b, L]
         if not self.cfg_scale:
             self.nfe[rows] += 1

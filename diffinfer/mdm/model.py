@@ -9,6 +9,9 @@ vocabulary. Optional capabilities are declared, never guessed:
   position ``i`` predicts token ``i + 1`` (Dream, Ye et al. 2025; Dimple, Yu et al. 2025);
   the protocol shifts by one so position ``i`` predicts token ``i`` (SDAR does not shift);
 - ``takes_attention_mask``: ``logits(tokens, attention_mask=...)`` ignores padded keys;
+- ``takes_rows``: ``logits(tokens, rows=...)`` is told which rows of the decode batch the
+  canvases ``tokens`` are (``rows`` ``[b]``, long), so a model with per-row conditioning (an
+  image per row, ``mdm.conditional``) picks its rows' conditions;
 - ``supports_kv_cache``: ``logits_with_cache(tokens) -> (logits, cache)`` and
   ``logits_window(tokens_window, start, cache) -> logits`` (Fast-dLLM, Wu et al. 2025).
 """
@@ -31,6 +34,7 @@ class MaskedModel:
     takes_time = False
     shift_logits = False
     takes_attention_mask = False
+    takes_rows = False
     supports_kv_cache = False
 
     def __init__(self, mask_id: int, vocab_size: int):
