@@ -24,7 +24,8 @@ One process for the whole state. GDSS may give the two parts different SDEs. A p
 eps`` in its own units: a constant log-SNR offset ``-2 log scale`` against the shared
 process, which is the only per-part difference a single time grid with scalar step weights
 can integrate exactly. Parts with different schedule shapes (e.g. VP nodes and VE
-adjacency) would need per-element step weights in the solvers and are not supported.
+adjacency) are ``diffinfer.part_processes``: one process per part, solved as a per-element
+time field (``diffinfer.element_times``) in one solver process's coordinates.
 
 The prediction a joint network returns for each part is in that part's units and of the
 denoiser's prediction type (the ``eps`` of a ``Symmetric`` part is the symmetric matrix
