@@ -1,0 +1,205 @@
+"""Block diffusion (SDAR / BD3-LM): the block-causal mask, the block-by-block evaluation, the
+exact block cache (bitwise the same decode as no cache, far fewer positions computed) and the
+block-diffusion loss, each against an exact reference."""
+import pytest
+import torch
+
+from diffinfer.mdm import decode
+from diffinfer.mdm.block_diffusion import BlockCausalModel, block_diffusion_loss, pair_mask
+from diffinfer.mdm.model import as_masked_model
+from diffinfer.nets.char_transformer import CharTransformer
+from diffinfer.train import masked_diffusion_loss
+
+torch.set_num_threads(1)
+V, MASK = 11, 10
+
+
+def _net(dtype=torch.float64, max_len=40, **kw):
+    torch.manual_seed(0)  # the same weights for every attention pattern
+    return CharTransformer(V, d_model=32, n_layers=2, n_heads=4, max_len=max_len, **kw).to(dtype).eval()
+
+
+def _tokens(B=3, L=30, seed=1):
+    return torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_block_one_is_the_causal_model_and_a_whole_block_the_bidirectional_one(dtype):
+    x = _tokens()
+    with torch.no_grad():
+        assert torch.equal(_net(dtype, attention="block-causal", block=1)(x), _net(dtype, causal=True)(x))
+        assert torch.equal(_net(dtype, attention="block-causal", block=30)(x), _net(dtype)(x))
+        assert torch.equal(_net(dtype, attention="block-causal", block=64)(x), _net(dtype)(x))
+
+
+def test_default_attention_is_unchanged():
+    a, b = _net(), _net(attention="bidirectional")
+    assert a.attention == "bidirectional" and a.block is None and not a.causal
+    assert _net(causal=True).attention == "causal"
+    assert a.state_dict().keys() == b.state_dict().keys()
+    x = _tokens()
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_block_causal_mask_semantics():
+    """Token i sees token j iff j // K <= i // K: changing a token of block 3 leaves blocks 0-2
+    bitwise unchanged and changes every position of block 3 and later."""
+    net, x = _net(attention="block-causal", block=4), _tokens()
+    y = x.clone()
+    y[:, 13] = (y[:, 13] + 1) % V
+    with torch.no_grad():
+        a, b = net(x), net(y)
+    assert torch.equal(a[:, :12], b[:, :12])
+    assert ((a[:, 12:] - b[:, 12:]).abs().amax(-1) > 0).all()
+
+
+def test_forward_blocks_equals_the_masked_forward_and_extends_bitwise():
+    net, x = _net(attention="block-causal", block=4), _tokens()
+    with torch.no_grad():
+        full = net(x)
+        blocks, cache = net.forward_blocks(x)
+        assert (blocks - full).abs().max() < 1e-12  # float64 round-off: other reduction shapes
+        assert cache.length == 30
+        for s in (4, 8, 28):  # cache of [0, s), then the rest: the same bits
+            head, c = net.forward_blocks(x[:, :s])
+            tail, c2 = net.forward_blocks(x[:, s:], s, c)
+            assert torch.equal(torch.cat([head, tail], 1), blocks)
+            assert all(torch.equal(k1, k2) for k1, k2 in zip(c2.keys, cache.keys))
+        with pytest.raises(ValueError, match="multiple of the block"):
+            net.forward_blocks(x[:, 6:], 6, net.forward_blocks(x[:, :6])[1])
+        with pytest.raises(ValueError, match="block-causal"):
+            _net().forward_blocks(x)
+
+
+def test_bad_attention_options():
+    with pytest.raises(ValueError, match="valid: bidirectional, causal, block-causal"):
+        _net(attention="sliding")
+    with pytest.raises(ValueError, match="block >= 1"):
+        _net(attention="block-causal")
+    with pytest.raises(ValueError, match="only for attention='block-causal'"):
+        _net(block=4)
+    with pytest.raises(ValueError, match="contradicts"):
+        _net(causal=True, attention="block-causal", block=4)
+
+
+# --- loss -----------------------------------------------------------------------------------
+def _per_block_loss(net, x, t, masked, K):
+    """The block-diffusion bound one block at a time: block b noisy, earlier blocks clean, later
+    blocks all masks (unseen by a block-causal net), one plain forward per block."""
+    B, L = x.shape
+    total = torch.zeros(B, dtype=torch.float64)
+    for b in range(-(-L // K)):
+        s, e = b * K, min(L, b * K + K)
+        inp = torch.full_like(x, MASK)
+        inp[:, :s] = x[:, :s]
+        inp[:, s:e] = torch.where(masked[:, s:e], torch.full_like(x[:, s:e], MASK), x[:, s:e])
+        logp = net(inp)[:, s:e].log_softmax(-1)
+        ce = -logp.gather(-1, x[:, s:e, None])[..., 0]  # [B, e-s]
+        total += (ce * masked[:, s:e]).sum(1) / t[:, b]
+    return total.mean() / L
+
+
+@pytest.mark.parametrize("K", [1, 4, 7, 30])
+def test_loss_equals_the_per_block_bound(K):
+    net, x = _net(attention="block-causal", block=K), _tokens()
+    nb = -(-30 // K)
+    t = 0.05 + 0.9 * torch.rand(3, nb, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        loss = block_diffusion_loss(net, x, MASK, torch.Generator().manual_seed(3), t=t)
+        masked = torch.rand(3, 30, generator=torch.Generator().manual_seed(3)) < t.repeat_interleave(K, 1)[:, :30]
+        ref = _per_block_loss(net, x, t, masked, K)
+    assert masked.any() and abs(float(loss) - float(ref)) < 1e-12
+
+
+def test_loss_with_one_block_is_the_masked_diffusion_loss():
+    x = _tokens()
+    t = torch.tensor([0.3, 0.6, 0.9], dtype=torch.float64)
+    with torch.no_grad():
+        a = block_diffusion_loss(_net(attention="block-causal", block=30), x, MASK,
+                                 torch.Generator().manual_seed(4), t=t[:, None])
+        b = masked_diffusion_loss(_net(), x, MASK, t=t, generator=torch.Generator().manual_seed(4))
+    assert abs(float(a) - float(b)) < 1e-6  # masked_diffusion_loss rounds the logits to float32
+
+
+def test_pair_mask_small():
+    m = pair_mask(4, 2).int()
+    assert m.tolist() == [[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0],
+                          [0, 0, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0],
+                          [0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0],
+                          [0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]]
+
+
+# --- decoding with the exact block cache ----------------------------------------------------
+class Recorder(BlockCausalModel):
+    """Keeps every output of the network (position range, logits)."""
+
+    def __init__(self, net):
+        super().__init__(net, MASK)
+        self.calls = []
+
+    def raw_logits(self, tokens):
+        out = super().raw_logits(tokens)
+        self.calls.append((0, out))
+        return out
+
+    def logits_blocks(self, window, start, cache):
+        out, kv = super().logits_blocks(window, start, cache)
+        self.calls.append((start, out))
+        return out, kv
+
+
+def _prompts():
+    return [torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7, 8, 9, 1])]  # not block-aligned
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("K,block,policy,steps", [(4, 4, "low-confidence", 16), (4, 8, "random", 8),
+                                                  (5, 3, "entropy", 24), (4, 4, "threshold", None)])
+def test_block_cache_decodes_bitwise_like_no_cache(dtype, K, block, policy, steps):
+    """Same tokens and, at every step, the same logits bits over the positions the cached call
+    computes (which hold the decode block); the prompt rows are not aligned with the blocks."""
+    net = _net(dtype, attention="block-causal", block=K)
+    opts = {"threshold": 0.3} if policy == "threshold" else {}
+    runs = {}
+    for cache in ("none", "block"):
+        m = Recorder(net)
+        res = decode(m, _prompts(), length=24, policy=policy, steps=steps, block=block, cache=cache,
+                     seed=7, temperature=1.0, **opts)
+        runs[cache] = (m, res)
+    (plain, rp), (cached, rc) = runs["none"], runs["block"]
+    assert torch.equal(rp.tokens, rc.tokens) and rp.nfe == rc.nfe == len(plain.calls) == len(cached.calls)
+    assert all(MASK not in row for row in rc.generated())
+    for (s0, full), (start, window) in zip(plain.calls, cached.calls):
+        assert s0 == 0 and start % K == 0
+        assert torch.equal(full[:, start:start + window.shape[1]], window)
+    assert cached.positions < plain.positions
+
+
+def test_block_cache_computes_the_predicted_positions():
+    """Aligned blocks of 4, one token per step: block 1 computes [0, 4) four times; each later
+    block computes the finished block and itself once (8), then itself three times (4 each)."""
+    m = BlockCausalModel(_net(attention="block-causal", block=4), MASK)
+    res = decode(m, length=16, batch=2, policy="random", steps=16, block=4, cache="block", seed=0)
+    assert res.nfe == 16 and m.positions == 2 * (4 * 4 + 3 * (8 + 3 * 4))
+    u = BlockCausalModel(m.net, MASK)
+    decode(u, length=16, batch=2, policy="random", steps=16, block=4, seed=0)
+    assert u.positions == 2 * 16 * 16
+
+
+def test_block_cache_follows_rows_that_finish():
+    """Rows that stop at an end-of-sequence token leave the cache; the others decode as without it."""
+    net = _net(attention="block-causal", block=4)
+    a = decode(BlockCausalModel(net, MASK), batch=6, length=24, block=4, eos_id=0, seed=3)
+    b = decode(BlockCausalModel(net, MASK), batch=6, length=24, block=4, eos_id=0, seed=3, cache="block")
+    assert (a.nfe_per_row < a.nfe_per_row.max()).any()  # some rows did finish early
+    assert torch.equal(a.tokens, b.tokens)
+
+
+def test_block_cache_refuses_other_models_and_as_masked_model_routes():
+    bi = _net()
+    with pytest.raises(ValueError, match="block-causal"):
+        decode(bi, length=8, mask_id=MASK, cache="block")
+    assert isinstance(as_masked_model(_net(attention="block-causal", block=4), MASK), BlockCausalModel)
+    with pytest.raises(ValueError, match="guidance"):
+        decode(_net(attention="block-causal", block=4), [1, 2], length=8, mask_id=MASK, cache="block", cfg=1.0)
