@@ -1,10 +1,12 @@
 """Block diffusion (SDAR / BD3-LM): the block-causal mask, the block-by-block evaluation, the
 exact block cache (bitwise the same decode as no cache, far fewer positions computed) and the
 block-diffusion loss, each against an exact reference."""
+import importlib
+
 import pytest
 import torch
 
-from diffinfer.mdm import decode
+from diffinfer.mdm import decode, shift_right
 from diffinfer.mdm.block_diffusion import BlockCausalModel, block_diffusion_loss, pair_mask
 from diffinfer.mdm.model import as_masked_model
 from diffinfer.nets.char_transformer import CharTransformer
@@ -84,9 +86,10 @@ def test_bad_attention_options():
 
 
 # --- loss -----------------------------------------------------------------------------------
-def _per_block_loss(net, x, t, masked, K):
+def _per_block_loss(net, x, t, masked, K, shift=False):
     """The block-diffusion bound one block at a time: block b noisy, earlier blocks clean, later
-    blocks all masks (unseen by a block-causal net), one plain forward per block."""
+    blocks all masks (unseen by a block-causal net), one plain forward per block (with the shift:
+    ``shift_right`` of that forward, as the decode protocol applies it)."""
     B, L = x.shape
     total = torch.zeros(B, dtype=torch.float64)
     for b in range(-(-L // K)):
@@ -94,21 +97,23 @@ def _per_block_loss(net, x, t, masked, K):
         inp = torch.full_like(x, MASK)
         inp[:, :s] = x[:, :s]
         inp[:, s:e] = torch.where(masked[:, s:e], torch.full_like(x[:, s:e], MASK), x[:, s:e])
-        logp = net(inp)[:, s:e].log_softmax(-1)
+        out = shift_right(net(inp)) if shift else net(inp)
+        logp = out[:, s:e].log_softmax(-1)
         ce = -logp.gather(-1, x[:, s:e, None])[..., 0]  # [B, e-s]
         total += (ce * masked[:, s:e]).sum(1) / t[:, b]
     return total.mean() / L
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("K", [1, 4, 7, 30])
-def test_loss_equals_the_per_block_bound(K):
+def test_loss_equals_the_per_block_bound(K, shift):
     net, x = _net(attention="block-causal", block=K), _tokens()
     nb = -(-30 // K)
     t = 0.05 + 0.9 * torch.rand(3, nb, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     with torch.no_grad():
-        loss = block_diffusion_loss(net, x, MASK, torch.Generator().manual_seed(3), t=t)
+        loss = block_diffusion_loss(net, x, MASK, torch.Generator().manual_seed(3), t=t, shift=shift)
         masked = torch.rand(3, 30, generator=torch.Generator().manual_seed(3)) < t.repeat_interleave(K, 1)[:, :30]
-        ref = _per_block_loss(net, x, t, masked, K)
+        ref = _per_block_loss(net, x, t, masked, K, shift)
     assert masked.any() and abs(float(loss) - float(ref)) < 1e-12
 
 
@@ -134,8 +139,8 @@ def test_pair_mask_small():
 class Recorder(BlockCausalModel):
     """Keeps every output of the network (position range, logits)."""
 
-    def __init__(self, net):
-        super().__init__(net, MASK)
+    def __init__(self, net, shift=False):
+        super().__init__(net, MASK, shift)
         self.calls = []
 
     def raw_logits(self, tokens):
@@ -154,16 +159,26 @@ def _prompts():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("K,block,policy,steps", [(4, 4, "low-confidence", 16), (4, 8, "random", 8),
-                                                  (5, 3, "entropy", 24), (4, 4, "threshold", None)])
-def test_block_cache_decodes_bitwise_like_no_cache(dtype, K, block, policy, steps):
-    """Same tokens and, at every step, the same logits bits over the positions the cached call
-    computes (which hold the decode block); the prompt rows are not aligned with the blocks."""
+@pytest.mark.parametrize("K,block,policy,steps,shift", [(4, 4, "low-confidence", 16, False), (4, 8, "random", 8, False),
+                                                        (5, 3, "entropy", 24, False), (4, 4, "threshold", None, False),
+                                                        (4, 4, "low-confidence", 16, True), (5, 3, "random", 12, True)])
+def test_block_cache_decodes_bitwise_like_no_cache(dtype, K, block, policy, steps, shift, monkeypatch):
+    """Same tokens; at every step the same logits bits over the positions the cached call computes
+    and, as the driver reads them (shift applied), over each row's decode block; the prompt rows
+    are not aligned with the blocks."""
+    dec = importlib.import_module("diffinfer.mdm.decode")  # the module (the package exports the function)
+    read, orig = [], dec.filter_logits
+    monkeypatch.setattr(dec, "filter_logits", lambda logits, *a: (read.append(logits.clone()),
+                                                                  orig(logits, *a))[1])
     net = _net(dtype, attention="block-causal", block=K)
     opts = {"threshold": 0.3} if policy == "threshold" else {}
-    runs = {}
+    runs, seen = {}, {}
     for cache in ("none", "block"):
-        m = Recorder(net)
+        m = Recorder(net, shift)
+        read.clear()
+        seen[cache] = []
+        opts["callback"] = lambda i, tok, info, c=cache: seen[c].append((read[-1], info["block_start"].clone(),
+                                                                         info["block_end"].clone()))
         res = decode(m, _prompts(), length=24, policy=policy, steps=steps, block=block, cache=cache,
                      seed=7, temperature=1.0, **opts)
         runs[cache] = (m, res)
@@ -174,6 +189,11 @@ def test_block_cache_decodes_bitwise_like_no_cache(dtype, K, block, policy, step
         assert s0 == 0 and start % K == 0
         assert torch.equal(full[:, start:start + window.shape[1]], window)
     assert cached.positions < plain.positions
+    assert len(seen["none"]) == len(seen["block"]) == rc.steps
+    for (lp, s0, e0), (lc, s1, e1) in zip(seen["none"], seen["block"]):
+        assert torch.equal(s0, s1) and torch.equal(e0, e1)
+        for b in range(len(s0)):
+            assert torch.equal(lp[b, s0[b]:e0[b]], lc[b, s0[b]:e0[b]])
 
 
 def test_block_cache_computes_the_predicted_positions():

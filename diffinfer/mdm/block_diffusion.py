@@ -48,11 +48,15 @@ def _check_net(net) -> int:
 
 
 def block_diffusion_loss(net, tokens: Tensor, mask_id: int, generator: torch.Generator | None = None,
-                         t: Tensor | None = None, t_min: float = 1e-3) -> Tensor:
+                         t: Tensor | None = None, t_min: float = 1e-3, shift: bool = False) -> Tensor:
     """Block-diffusion ELBO (nats per token; an upper bound on the NLL):
     ``mean_rows sum_b (1 / t_b) sum_{i in b masked} CE_i / L``, block ``b`` of each row masked with
     its own probability ``t_b ~ U(t_min, 1)`` (or ``t`` ``[B, n_blocks]``) and denoised given the
     clean blocks before it (``log p(x) = sum_b log p(x_b | x_<b)``, each term MDLM's bound).
+
+    ``shift=True``: Dream's logit shift (an AR-initialised model): token ``i``'s logits are the
+    network's output at ``i - 1``; for the first token of a block that is the last position of the
+    clean previous block (a plain next-token prediction), inside a block the noisy block's.
 
     ``net``: a block-causal ``CharTransformer``; ``tokens`` ``[B, L]``."""
     K = _check_net(net)
@@ -68,19 +72,24 @@ def block_diffusion_loss(net, tokens: Tensor, mask_id: int, generator: torch.Gen
     masked = torch.rand(B, L, generator=generator) < t_pos
     noisy = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
     pos = torch.arange(L, device=tokens.device)
-    logits = net.forward_masked(torch.cat([noisy, tokens], 1), torch.cat([pos, pos]),
-                                pair_mask(L, K, tokens.device))[:, :L]  # [B, L, V]
+    out = net.forward_masked(torch.cat([noisy, tokens], 1), torch.cat([pos, pos]),
+                             pair_mask(L, K, tokens.device))  # [B, 2L, V]
+    logits = out[:, :L]
+    if shift:
+        first = (pos[1:] % K == 0)[None, :, None]  # [1, L-1, 1]: block starts read the clean copy
+        logits = torch.cat([logits[:, :1], torch.where(first, out[:, L:2 * L - 1], logits[:, :-1])], dim=1)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 kept
     ce = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view(B, L)
     return ((ce * masked) / t_pos.to(ce.dtype)).sum(1).mean() / L
 
 
 @torch.no_grad()
-def block_elbo(net, tokens: Tensor, mask_id: int, draws: int = 8, seed: int = 0) -> float:
+def block_elbo(net, tokens: Tensor, mask_id: int, draws: int = 8, seed: int = 0, shift: bool = False) -> float:
     """``block_diffusion_loss`` averaged over ``draws`` seeded draws (nats per token)."""
     total = 0.0
     for k in range(draws):
-        total += float(block_diffusion_loss(net, tokens, mask_id, torch.Generator().manual_seed(seed * 1000 + k)))
+        gen = torch.Generator().manual_seed(seed * 1000 + k)
+        total += float(block_diffusion_loss(net, tokens, mask_id, gen, shift=shift))
     return total / draws
 
 
@@ -88,11 +97,13 @@ class BlockCausalModel(MaskedModel):
     """A block-causal ``CharTransformer`` as a masked model, with the exact block cache.
 
     ``block_size``: the model's block; ``positions``: positions the network has computed, summed
-    over rows and calls (the cost the cache lowers)."""
+    over rows and calls (the cost the cache lowers); ``shift_logits``: Dream's shift (the cache
+    applies it to the windows, keeping a block's first logits, read off the finished block)."""
 
-    def __init__(self, net, mask_id: int):
+    def __init__(self, net, mask_id: int, shift_logits: bool = False):
         super().__init__(mask_id, net.vocab_size)
         self.block_size = _check_net(net)
+        self.shift_logits = bool(shift_logits)
         self.net, self.max_len = net, net.max_len
         self.positions = 0
 
@@ -105,8 +116,8 @@ class BlockCausalModel(MaskedModel):
 
     @torch.no_grad()
     def logits_blocks(self, tokens_window: Tensor, start: int, cache):
-        """``(logits [B, W, V], cache of [0, start + W))`` for positions ``[start, start + W)``
-        given ``cache``, the keys/values of ``[0, start)`` (``None`` for ``start = 0``)."""
+        """``(raw logits [B, W, V], cache of [0, start + W))`` for positions ``[start, start + W)``
+        given ``cache``, the keys/values of ``[0, start)`` (``None`` for ``start = 0``); unshifted."""
         self.positions += tokens_window.numel()
         return self.net.forward_blocks(tokens_window, start, cache)
 

@@ -202,6 +202,12 @@ class LogitsEvaluator:
         if self.last is None:
             self.last = logits.new_zeros(tokens.shape[0], L, logits.shape[-1])
             self.last_tokens = torch.full_like(tokens, -1)
-        self.last[rows, cached:end] = logits.to(self.last.dtype)
+        logits = logits.to(self.last.dtype)
+        if not getattr(self.model, "shift_logits", False):
+            self.last[rows, cached:end] = logits
+        else:  # Dream's shift: position i reads i - 1; position `cached` keeps what a finished block gave it
+            self.last[rows, cached + 1:end] = logits[:, :-1]
+            if cached == 0:
+                self.last[rows, 0] = logits[:, 0]
         self.last_tokens[rows] = tokens[rows]
         return self.last

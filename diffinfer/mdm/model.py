@@ -108,9 +108,7 @@ def as_masked_model(model, mask_id: int | None = None):
         from .block_diffusion import BlockCausalModel  # e.g. zoo "shakespeare-block": the exact block cache
         if mask_id is not None and mask_id != model.mask_id:
             raise ValueError(f"mask_id {mask_id} disagrees with the model's {model.mask_id}")
-        if getattr(model, "shift_logits", False):
-            raise ValueError("a block-causal model with a logit shift is not supported")
-        return BlockCausalModel(net, model.mask_id)
+        return BlockCausalModel(net, model.mask_id, getattr(model, "shift_logits", False))
     if (isinstance(net, CharTransformer) and not net.causal and hasattr(model, "mask_id")
             and net.attention != "block-causal"):
         # e.g. zoo "shakespeare-char": adds the KV cache, keeps its logit shift
