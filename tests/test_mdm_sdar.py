@@ -161,11 +161,13 @@ def _prompts():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("K,block,policy,steps,shift", [(4, 4, "low-confidence", 16, False), (4, 8, "random", 8, False),
                                                         (5, 3, "entropy", 24, False), (4, 4, "threshold", None, False),
-                                                        (4, 4, "low-confidence", 16, True), (5, 3, "random", 12, True)])
+                                                        (4, 4, "low-confidence", 16, True), (5, 3, "random", 12, True),
+                                                        (4, 4, "random", 24, "aligned"), (4, 8, "entropy", 24, "aligned")])
 def test_block_cache_decodes_bitwise_like_no_cache(dtype, K, block, policy, steps, shift, monkeypatch):
     """Same tokens; at every step the same logits bits over the positions the cached call computes
     and, as the driver reads them (shift applied), over each row's decode block; the prompt rows
-    are not aligned with the blocks."""
+    are not aligned with the blocks ("aligned": no prompt, with the shift; the cache then runs ahead
+    of position 0 and a block's first logits come from the finished block)."""
     dec = importlib.import_module("diffinfer.mdm.decode")  # the module (the package exports the function)
     read, orig = [], dec.filter_logits
     monkeypatch.setattr(dec, "filter_logits", lambda logits, *a: (read.append(logits.clone()),
@@ -179,10 +181,13 @@ def test_block_cache_decodes_bitwise_like_no_cache(dtype, K, block, policy, step
         seen[cache] = []
         opts["callback"] = lambda i, tok, info, c=cache: seen[c].append((read[-1], info["block_start"].clone(),
                                                                          info["block_end"].clone()))
-        res = decode(m, _prompts(), length=24, policy=policy, steps=steps, block=block, cache=cache,
+        prompt = None if shift == "aligned" else _prompts()
+        res = decode(m, prompt, length=24, batch=2, policy=policy, steps=steps, block=block, cache=cache,
                      seed=7, temperature=1.0, **opts)
         runs[cache] = (m, res)
     (plain, rp), (cached, rc) = runs["none"], runs["block"]
+    if shift == "aligned":
+        assert max(start for start, _ in cached.calls) >= 2 * K
     assert torch.equal(rp.tokens, rc.tokens) and rp.nfe == rc.nfe == len(plain.calls) == len(cached.calls)
     assert all(MASK not in row for row in rc.generated())
     for (s0, full), (start, window) in zip(plain.calls, cached.calls):
