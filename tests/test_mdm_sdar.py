@@ -213,7 +213,9 @@ def test_block_cache_computes_the_predicted_positions():
 
 
 def test_block_cache_follows_rows_that_finish():
-    """Rows that stop at an end-of-sequence token leave the cache; the others decode as without it."""
+    """Rows that stop at an end-of-sequence token leave the cache; the others decode as without it.
+    (The batch then shrinks, so the bitwise promise rests on row-independent CPU kernels, which
+    hold here; the documented promise is for a fixed set of rows.)"""
     net = _net(attention="block-causal", block=4)
     a = decode(BlockCausalModel(net, MASK), batch=6, length=24, block=4, eos_id=0, seed=3)
     b = decode(BlockCausalModel(net, MASK), batch=6, length=24, block=4, eos_id=0, seed=3, cache="block")
