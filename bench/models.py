@@ -257,6 +257,9 @@ def main(argv=None) -> int:
                 f"```\n{s}\n```" for s in texts) for order, texts in r["_samples"].items())
         elif name == "shakespeare-ar":
             r = bench_ar()
+        elif name == "shakespeare-block":
+            print(f"{name}: measured by bench/mdm_sdar.py, skipped")
+            continue
         else:
             r = bench_sunspots(50)
             real = sunspots_from_unit(r["_samples"][:, 0]).round().int().tolist()

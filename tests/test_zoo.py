@@ -12,7 +12,8 @@ from diffinfer.nets import MLPDenoiser
 from diffinfer.loop import sample
 
 torch.set_num_threads(1)
-NAMES = ["digits", "digits-classifier", "digits-flow", "shakespeare-ar", "shakespeare-char", "sunspots"]
+NAMES = ["digits", "digits-classifier", "digits-flow", "shakespeare-ar", "shakespeare-block", "shakespeare-char",
+         "sunspots"]
 
 
 def test_names_and_unknown_name():

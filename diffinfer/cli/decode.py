@@ -19,7 +19,7 @@ from ..mdm.schedules import SCHEDULES
 from ..zoo.tasks import MARKOV_ALPHABET, TEXT_MODELS, load_text_model
 from .common import (MAX_TOKENS, UsageError, add_progress, float_in, int_in, progress_enabled, seed_int, steps_int)
 
-DECODE_MODELS = ("markov",) + tuple(TEXT_MODELS)
+DECODE_MODELS = ("markov",) + tuple(TEXT_MODELS) + ("shakespeare-block",)  # block diffusion: --cache block
 #: policies that decide how many tokens to commit per step themselves (--steps does not apply)
 SELF_PACED = ("threshold", "factor", "dilated")
 #: policies with a --score option

@@ -9,6 +9,10 @@
   block only ``[block start, L)`` (prefix) or ``[block start, block end)`` (dual) is recomputed,
   reading the other positions' keys and values from the cache. Approximate for a bidirectional
   model (the cached positions do not see the block's new tokens until the next block).
+- ``block``: the exact cache of a block-causal model (SDAR / BD3-LM, ``block_diffusion``): the
+  keys and values of every finished model block are kept; each step recomputes only the model
+  blocks from the end of the cache to the end of the decode block. Exact: a block-causal
+  model's finished blocks never see later positions.
 
 Classifier-free guidance for text follows LLaDA (Nie et al. 2025, app. B.3): the unconditional
 input masks the prompt, and ``logits = u + (w + 1)(c - u)``.
@@ -43,6 +47,7 @@ _MODES = {
     "reuse": lambda: CacheMode("reuse", reuse=True),
     "prefix": lambda: CacheMode("prefix", window="prefix"),
     "dual": lambda: CacheMode("dual", window="dual"),
+    "block": lambda: CacheMode("block", window="block"),
 }
 #: cache mode name -> ``CacheMode``
 CACHES = Registry("cache", _MODES)
@@ -63,15 +68,24 @@ class LogitsEvaluator:
         cfg_scale: LLaDA guidance weight ``w`` (0: off); doubles each row's calls.
         prompt_mask: ``[B, L]`` positions masked out in the unconditional input.
         attention_mask: ``[B, L]`` real (not padded) positions, for models that take it.
+        blocks, gen_end: the decode's block policy and generation ends ``[B]``; the ``block`` cache
+            reads them to compute, at a block's end, the block the rows move to next.
     """
 
     def __init__(self, model, mode: str | None, batch: int, cfg_scale: float = 0.0,
-                 prompt_mask: Tensor | None = None, attention_mask: Tensor | None = None):
+                 prompt_mask: Tensor | None = None, attention_mask: Tensor | None = None,
+                 blocks=None, gen_end: Tensor | None = None):
         mode = "none" if mode is None else mode
         spec = CACHES.get(mode)
         if spec.name != "none" and getattr(model, "takes_time", False):
             raise ValueError(f"cache={mode!r} needs a time-free model; this one takes a time input")
-        if spec.kv:
+        if spec.window == "block":
+            if getattr(model, "block_size", None) is None or not callable(getattr(model, "logits_blocks", None)):
+                raise ValueError("cache='block' needs a block-causal model (CharTransformer(attention="
+                                 "'block-causal', block=K), e.g. zoo 'shakespeare-block')")
+            if cfg_scale:
+                raise ValueError("the key/value cache does not combine with classifier-free guidance")
+        elif spec.kv:
             if not getattr(model, "supports_kv_cache", False):
                 raise ValueError(f"cache={mode!r} needs a model with a key/value-cache forward")
             if cfg_scale:
@@ -86,6 +100,7 @@ class LogitsEvaluator:
         self.last_tokens: Tensor | None = None  # [B, L]
         self.kv = None  # keys/values of the rows kv_rows (those still active), from the block start
         self.kv_rows: Tensor | None = None
+        self.blocks, self.gen_end = blocks, gen_end
 
     # ---- one call of the model on some rows ---------------------------------------------
     def _model(self, tokens: Tensor, rows: Tensor, t: Tensor | None) -> Tensor:
@@ -121,6 +136,8 @@ class LogitsEvaluator:
                  block_start: Tensor | None = None, block_end: Tensor | None = None,
                  new_block: bool = False) -> Tensor:
         """Logits ``[B, L, V]`` for the ``active`` ``[B]`` rows (others hold stale values)."""
+        if self.spec.window == "block":
+            return self._block_step(tokens, active, block_start, block_end, new_block)
         if self.spec.kv:
             return self._kv_step(tokens, active, block_start, block_end, new_block)
         need = active.clone()
@@ -148,5 +165,54 @@ class LogitsEvaluator:
         window = self.model.logits_window(tokens[rows, start:end], start, self.kv, tokens=tokens[rows])
         self.nfe[rows] += 1
         self.last[rows, start:end] = window.to(self.last.dtype)
+        self.last_tokens[rows] = tokens[rows]
+        return self.last
+
+    def _next_end(self, tokens, rows, block_end) -> int:
+        """Where the block some rows move to after this call ends (those rows' logits are read
+        there): the block policy's next end for a fixed or whole-canvas policy whose next block
+        holds a mask; else the canvas end."""
+        from .blocks import FixedBlocks, WholeCanvas
+        L = tokens.shape[1]
+        if not isinstance(self.blocks, (FixedBlocks, WholeCanvas)) or self.gen_end is None:
+            return L
+        nxt = self.blocks.next_end(block_end[rows], self.gen_end[rows], None)  # [b]
+        pos = torch.arange(L)[None, :]
+        inside = (pos >= block_end[rows, None]) & (pos < nxt[:, None])
+        has_mask = ((tokens[rows] == self.model.mask_id) & inside).any(-1) | (nxt >= self.gen_end[rows])
+        return int(nxt.max()) if bool(has_mask.all()) else L  # an all-given block: the driver moves on again
+
+    def _block_step(self, tokens, active, block_start, block_end, new_block):
+        """Exact block cache: ``self.kv`` holds the keys/values of ``[0, c)``, whole model blocks
+        before every active row's decode block (so final); the model blocks from ``c`` to the end
+        of the decode block (at a block's end: of the next one) are evaluated, then the cache
+        keeps the finished ones."""
+        from .block_diffusion import truncate
+        rows = active.nonzero()[:, 0]
+        K, L = self.model.block_size, tokens.shape[1]
+        if self.kv is not None and not torch.equal(rows, self.kv_rows):
+            # rows only ever finish, never restart: keep the cache of the rows still active
+            self.kv = self.kv.select(torch.searchsorted(self.kv_rows, rows))
+        cached = 0 if self.kv is None else self.kv.length
+        pos = torch.arange(L)[None, :]
+        open_block = ((tokens[rows] == self.model.mask_id) & (pos >= block_start[rows, None])
+                      & (pos < block_end[rows, None])).any(-1)  # [b] False: the row moves on after this call
+        first_open = torch.where(open_block, block_start[rows], block_end[rows])  # [b]
+        final = K * (int(first_open.min()) // K)  # every position before it is final
+        end = self._next_end(tokens, rows, block_end) if new_block else int(block_end[rows].max())
+        end = min(L, -(-end // K) * K)  # the model block holding the decode block's end
+        logits, kv = self.model.logits_blocks(tokens[rows, cached:end], cached, self.kv)
+        self.kv, self.kv_rows = truncate(kv, max(final, cached)), rows
+        self.nfe[rows] += 1
+        if self.last is None:
+            self.last = logits.new_zeros(tokens.shape[0], L, logits.shape[-1])
+            self.last_tokens = torch.full_like(tokens, -1)
+        logits = logits.to(self.last.dtype)
+        if not getattr(self.model, "shift_logits", False):
+            self.last[rows, cached:end] = logits
+        else:  # Dream's shift: position i reads i - 1; position `cached` keeps what a finished block gave it
+            self.last[rows, cached + 1:end] = logits[:, :-1]
+            if cached == 0:
+                self.last[rows, 0] = logits[:, 0]
         self.last_tokens[rows] = tokens[rows]
         return self.last

@@ -212,7 +212,8 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
             length); default one token per step.
         block: ``None`` (whole canvas), an int (semi-autoregressive blocks), ``"adaptive"``
             (AdaBlock; needs ``delimiters``) or a ``BlockPolicy``.
-        cache: ``None``/``"none"``, ``"reuse"`` (RADD, exact), ``"prefix"``, ``"dual"`` (Fast-dLLM).
+        cache: ``None``/``"none"``, ``"reuse"`` (RADD, exact), ``"prefix"``, ``"dual"`` (Fast-dLLM),
+            ``"block"`` (the exact key/value cache of a block-causal model: SDAR / BD3-LM).
         temperature, top_k, top_p: the law tokens are drawn from (temperature 0: greedy).
         seed: row ``i`` draws from stream ``(seed, i)`` (see ``diffinfer.rng``).
         eos_id: once a row decodes it with nothing masked before it, the rest of the row is
@@ -260,7 +261,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         if segments.shape != (B, L):
             raise ValueError(f"segments must be [L] or [B, L] = [{B}, {L}], got shape {tuple(segments.shape)}")
         seg_regions = [(segments == v) & region for v in segments.unique().tolist() if v >= 0]
-    evaluator = LogitsEvaluator(model, cache, B, cfg, prompt_mask, real)
+    evaluator = LogitsEvaluator(model, cache, B, cfg, prompt_mask, real, blocks=blocks, gen_end=gen_end)
     pos = torch.arange(L)[None, :]
     is_masked = lambda: (tokens == mask) & region  # noqa: E731
     decoded_per_row = is_masked().sum(-1)

