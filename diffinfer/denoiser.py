@@ -151,6 +151,26 @@ def summed_counter(dens: Sequence["DenoiserBase"]):
     return counters[0] if len(counters) == 1 else SumCounter(*counters)
 
 
+#: the attributes a model view keeps its inner model or network under (wrappers: ``den``;
+#: ``Denoiser``: ``net``; adapters of other libraries: ``model``, ``base``, ``unet``, ``transformer``)
+INNER_ATTRIBUTES = ("net", "den", "model", "base", "unet", "transformer")
+
+
+def networks_under(obj, depth: int = 0, seen=None) -> list[torch.nn.Module]:
+    """The ``nn.Module``s under a model view, depth first through ``INNER_ATTRIBUTES`` (at
+    most 16 levels; each object once)."""
+    seen = set() if seen is None else seen
+    if obj is None or id(obj) in seen or depth > 16:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.nn.Module):
+        return [obj]
+    out = []
+    for name in INNER_ATTRIBUTES:
+        out += networks_under(getattr(obj, name, None), depth + 1, seen)
+    return out
+
+
 class DenoiserBase:
     """The protocol solvers, guidance and search see: ``predict(x, t) -> Prediction``.
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import solvers as solver_registry
 from . import grids
-from .denoiser import DenoiserBase, GuidanceDivergenceError
+from .denoiser import DenoiserBase, GuidanceDivergenceError, networks_under
 from .grids.grid import Grid
 from .rng import SampleRNG, make_rng
 from .solvers.base import Solver, SolverState
@@ -115,17 +115,12 @@ def initial_noise(den: DenoiserBase, shape: Sequence[int], ts: Tensor, rng: Samp
 
 
 def model_placement(den) -> tuple[torch.device | None, torch.dtype | None]:
-    """The device and floating dtype of the network under ``den`` (its first floating
-    parameter, looking through wrappers' ``den`` and a ``Denoiser``'s ``net``), or ``None``s."""
-    seen = 0
-    while den is not None and seen < 16:
-        net = getattr(den, "net", None)
-        params = getattr(net, "parameters", None)
-        if callable(params):
-            for p in params():
-                if p.is_floating_point():
-                    return p.device, p.dtype
-        den, seen = getattr(den, "den", None), seen + 1
+    """The device and floating dtype of the network under ``den`` (the first floating
+    parameter of ``denoiser.networks_under(den)``), or ``None``s."""
+    for net in networks_under(den):
+        for p in net.parameters():
+            if p.is_floating_point():
+                return p.device, p.dtype
     return None, None
 
 

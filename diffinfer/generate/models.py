@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..denoiser import DenoiserBase, ModelOutputError
+from ..denoiser import DenoiserBase, ModelOutputError, networks_under
 
 #: defaults when the configuration leaves them open
 DEFAULT_SOLVER, DEFAULT_STEPS, DEFAULT_POLICY = "dpmpp-2m", 10, "random"
@@ -65,24 +65,10 @@ def _hash_file(path) -> str:
     return h.hexdigest()[:16]
 
 
-def _modules_of(obj, depth: int = 0, seen=None) -> list[torch.nn.Module]:
-    """The ``nn.Module``s under a model view (``net``, ``den``, ``model``, ``base`` attributes)."""
-    seen = set() if seen is None else seen
-    if obj is None or id(obj) in seen or depth > 6:
-        return []
-    seen.add(id(obj))
-    if isinstance(obj, torch.nn.Module):
-        return [obj]
-    out = []
-    for name in ("net", "den", "model", "base", "unet", "transformer"):
-        out += _modules_of(getattr(obj, name, None), depth + 1, seen)
-    return out
-
-
 def weights_fingerprint(obj) -> str | None:
     """A hash of every parameter and buffer (names, dtypes, shapes, bytes) of the networks
     under ``obj``; ``None`` when it holds none (a model defined by code)."""
-    modules = _modules_of(obj)
+    modules = networks_under(obj)
     if not modules:
         return None
     h = hashlib.sha256()
