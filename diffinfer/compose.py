@@ -190,7 +190,7 @@ class _ScoreTap(DenoiserBase):
     """Remembers the last prediction's input and score (what the Ito increment needs)."""
 
     def __init__(self, den: DenoiserBase):
-        self.den, self.process, self._counter = den, den.process, den._counter
+        self._wrap(den)
         self.last: tuple[Tensor, Tensor] | None = None  # (x, score at x)
 
     def predict(self, x: Tensor, t) -> Prediction:

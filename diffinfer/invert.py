@@ -136,7 +136,7 @@ class _SamePointMemo(DenoiserBase):
     evaluate the model at one point, so they cost one NFE, not three."""
 
     def __init__(self, den: DenoiserBase):
-        self.den, self.process, self._counter = den, den.process, den._counter
+        self._wrap(den)
         self._last = None  # (x, time key, output)
 
     def _remembered(self, x: Tensor, key, compute):

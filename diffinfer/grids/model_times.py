@@ -45,7 +45,7 @@ class ModelTimes(DenoiserBase):
         if not bool(torch.isfinite(model_ts).all()) or not bool((model_ts > 0).all()) \
                 or float(model_ts.max()) > float(den.process.t_max):
             raise ValueError(f"model times must lie in (0, t_max={den.process.t_max}]; got {model_ts.tolist()}")
-        self.den, self.process, self._counter = den, den.process, den._counter
+        self._wrap(den)
         self.ts, self.model_ts = ts, model_ts
         self._ts_host = tuple(ts.tolist())  # compared with a solver grid's ``t`` (no tensor read per step)
         self._model_grid = Grid.of(den.process, torch.cat([model_ts, ts[-1:]]))  # [n + 1], aligned with ts

@@ -23,11 +23,7 @@ class Tap(DenoiserBase):
     unchanged, so solver steps reach the wrapped model's grid-point path through it."""
 
     def __init__(self, den: DenoiserBase):
-        if not isinstance(den, DenoiserBase):
-            raise TypeError(f"expected a Denoiser (or wrapper), got {type(den).__name__}")
-        self.den = den
-        self.process = den.process
-        self._counter = den._counter
+        self._wrap(den)
         self.rows = 0
         self.first: tuple[Tensor, Tensor] | None = None  # (x, x0_hat(x))
 

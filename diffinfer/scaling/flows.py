@@ -132,7 +132,7 @@ class PredictionCache(DenoiserBase):
     and then steps from it: the second evaluation is free)."""
 
     def __init__(self, den: DenoiserBase):
-        self.den, self.process, self._counter = den, den.process, den._counter
+        self._wrap(den)
         self.ref: tuple[Tensor, Tensor, Prediction] | None = None
 
     def store(self, x: Tensor, t, pred: Prediction) -> None:

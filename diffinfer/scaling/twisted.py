@@ -186,14 +186,10 @@ class TwistedDenoiser(DenoiserBase):
 
     def __init__(self, den: DenoiserBase, twist: LinearGaussianTwist, eta: float = 1.0, shift: bool = True,
                  transition: str = "ddpm"):
-        if not isinstance(den, DenoiserBase):
-            raise TypeError(f"expected a Denoiser (or wrapper), got {type(den).__name__}")
         if transition not in TRANSITIONS:
             raise ValueError(f"unknown TDS transition {transition!r}; valid: {', '.join(TRANSITIONS)}")
-        self.den, self.twist, self.eta, self.shift = den, twist, float(eta), bool(shift)
-        self.transition = transition
-        self.process = den.process
-        self._counter = den._counter
+        self._wrap(den)
+        self.twist, self.eta, self.shift, self.transition = twist, float(eta), bool(shift), transition
         self.cached: TwistRecord | None = None  # the latest evaluation
         self.last: TwistRecord | None = None    # the record the latest predict used
 
