@@ -137,3 +137,38 @@ def test_grid_point_prediction_equals_predict(any_process, prediction, with_time
     other = di.VP("linear") if not isinstance(any_process, di.VP) else di.VE()
     assert den.nfe == 2 * ts.numel()
     torch.testing.assert_close(den.predict(x, Grid.of(other, ts).point(2)).x0, den.predict(x, ts[2]).x0, rtol=0, atol=0)
+
+
+def _wrappers(den):
+    """Every Denoiser -> Denoiser wrapper built on ``DenoiserBase._wrap`` (one per module)."""
+    from diffinfer.compose import _ScoreTap
+    from diffinfer.grids.model_times import ModelTimes
+    from diffinfer.guidance import ClassifierFreeGuidance
+    from diffinfer.invert import _SamePointMemo
+    from diffinfer.scaling.common import Tap
+    from diffinfer.scaling.flows import PredictionCache
+    from diffinfer.scaling.twisted import LinearGaussianTwist, TwistedDenoiser
+    from diffinfer.thresholding import ClipSample
+    ts = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    twist = LinearGaussianTwist(torch.ones(1, 2), torch.zeros(1), 0.5)
+    return {"Tap": Tap(den), "PredictionCache": PredictionCache(den), "ModelTimes": ModelTimes(den, ts, [0.9, 0.4]),
+            "TwistedDenoiser": TwistedDenoiser(den, twist), "_ScoreTap": _ScoreTap(den),
+            "_SamePointMemo": _SamePointMemo(den), "ClipSample": ClipSample(den),
+            "ClassifierFreeGuidance": ClassifierFreeGuidance(den.bind(label=torch.zeros(1, dtype=torch.long)), 2.0,
+                                                             null_label=1)}
+
+
+def test_wrappers_share_the_models_process_counter_and_grid():
+    """A wrapper keeps the wrapped model's process, NFE counter and default grid (a model
+    with its own grid, e.g. a diffusers scheduler's, samples on it wrapped or not), and
+    refuses what is not a Denoiser."""
+    from diffinfer import Denoiser, VP
+    grid = lambda steps: torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) ** 2  # noqa: E731
+    den = Denoiser(lambda x, t, **c: torch.zeros_like(x), VP(), prediction="eps", default_ts=grid)
+    for name, w in _wrappers(den).items():
+        inner = den if name != "ClassifierFreeGuidance" else w.den
+        assert w.process is den.process and w._counter is inner._counter, name
+        assert w.default_ts is den.default_ts, name
+    from diffinfer.scaling.common import Tap
+    with pytest.raises(TypeError, match="den must be a Denoiser"):
+        Tap(lambda x, t: x)
