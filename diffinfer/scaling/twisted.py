@@ -122,11 +122,13 @@ class LinearGaussianTwist:
             return torch.zeros(x0_hat.shape[0], dtype=_F64, device=x0_hat.device) + 0.0 * x0_hat.sum()
         return self._log_normal(x0_hat, var)
 
-    def value_and_grad(self, x0_hat: Tensor, x: Tensor, alpha: float, sigma: float):
+    def value_and_grad(self, x0_hat: Tensor, x: Tensor, alpha: float, sigma: float, jac: Tensor | None = None):
         """``log p~_t(y | x)`` ``[B]`` (float64), its proposal gradient in ``x`` (``x``'s
         shape) and, for ``covariance="jacobian"``, the linearisation ``(A x0_hat [B, M],
         A J [B, M, D], s^2 I + C_t [B, M, M])`` (float64; else ``None``), for ``x0_hat``
-        computed from ``x`` (``requires_grad``) with its graph."""
+        computed from ``x`` (``requires_grad``) with its graph. ``jac``: the full Jacobian
+        ``d x0_hat / d x`` ``[B, D, D]`` when the caller has it (``A J = A jac``, no further
+        vector-Jacobian products)."""
         if self.covariance != "jacobian" or alpha == 0.0:
             log_twist = self(x0_hat, alpha, sigma)
             (grad,) = torch.autograd.grad(log_twist.sum(), x, allow_unused=True)
@@ -134,11 +136,14 @@ class LinearGaussianTwist:
         B, M = x0_hat.shape[0], self.y.numel()
         A = self.A.to(x0_hat.device)
         ax = x0_hat.reshape(B, -1) @ A.to(x0_hat.dtype).T  # [B, M]
-        rows = []
-        for m in range(M):  # row m of A J for every particle: one vector-Jacobian product
-            (g,) = torch.autograd.grad(ax[:, m].sum(), x, retain_graph=m < M - 1, allow_unused=True)
-            rows.append(torch.zeros_like(x) if g is None else g)
-        aj = torch.stack([r.reshape(B, -1) for r in rows], 1).to(_F64)  # [B, M, D]
+        if jac is not None:
+            aj = A @ jac  # [B, M, D]
+        else:
+            rows = []
+            for m in range(M):  # row m of A J for every particle: one vector-Jacobian product
+                (g,) = torch.autograd.grad(ax[:, m].sum(), x, retain_graph=m < M - 1, allow_unused=True)
+                rows.append(torch.zeros_like(x) if g is None else g)
+            aj = torch.stack([r.reshape(B, -1) for r in rows], 1).to(_F64)  # [B, M, D]
         c = (sigma ** 2 / alpha) * aj @ A.T  # [B, M, M]: A Cov[x0 | x] A^T
         evals, evecs = torch.linalg.eigh(0.5 * (c + c.transpose(1, 2)))
         cov = (evecs * (evals.clamp(min=0.0) + self.noise_var).unsqueeze(1)) @ evecs.transpose(1, 2)
@@ -199,13 +204,14 @@ class TwistedDenoiser(DenoiserBase):
             return c
         g, k = point.grid, point.k
         weights = ddim_at(g, k, self.eta) if g.t[k + 1] != 0.0 else None
-        root = None
+        root = jac = None
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             pred = self.den.predict(xg, point)
             if self.transition == "moment" and weights is not None:
-                root = _moment_root(pred.x0, xg, g.alpha[k], g.sigma[k], weights)
-            log_twist, grad, lin = self.twist.value_and_grad(pred.x0, xg, g.alpha[k], g.sigma[k])  # [B], [B, ...]
+                jac = _jacobian(pred.x0, xg)  # [B, D, D], shared with the Jacobian twist
+                root = _moment_root(jac, g.alpha[k], g.sigma[k], weights)
+            log_twist, grad, lin = self.twist.value_and_grad(pred.x0, xg, g.alpha[k], g.sigma[k], jac)
         self.cached = TwistRecord(x, k, pred.x0.detach(), log_twist, grad, weights, lin, root)
         return self.cached
 
@@ -241,19 +247,23 @@ class TwistedDenoiser(DenoiserBase):
 TRANSITIONS = ("ddpm", "moment")
 
 
-def _moment_root(x0_hat: Tensor, x: Tensor, alpha: float, sigma: float, w: DDIMWeights) -> tuple[Tensor, Tensor]:
-    """``(V [B, D, D], std [B, D])`` (float64) with ``V diag(std^2) V^T = w.noise^2 I +
-    w.w_x0^2 Cov[x0 | x]``, ``V`` orthogonal, where
-    ``Cov[x0 | x] = (sigma^2 / alpha) J`` (``J = d x0_hat / d x``, symmetrised and clipped to
-    be positive semi-definite): ``D`` vector-Jacobian products, keeping ``x0_hat``'s graph."""
+def _jacobian(x0_hat: Tensor, x: Tensor) -> Tensor:
+    """``d x0_hat / d x`` ``[B, D, D]`` (float64) per particle: ``D`` vector-Jacobian products,
+    keeping ``x0_hat``'s graph."""
     B = x0_hat.shape[0]
     flat = x0_hat.reshape(B, -1)  # [B, D]
-    D = flat.shape[1]
     rows = []
-    for d in range(D):  # row d of J for every particle
+    for d in range(flat.shape[1]):  # row d of J for every particle
         (gd,) = torch.autograd.grad(flat[:, d].sum(), x, retain_graph=True, allow_unused=True)
         rows.append(torch.zeros_like(x).reshape(B, -1) if gd is None else gd.reshape(B, -1))
-    jac = torch.stack(rows, 1).to(_F64)  # [B, D, D]
+    return torch.stack(rows, 1).to(_F64)
+
+
+def _moment_root(jac: Tensor, alpha: float, sigma: float, w: DDIMWeights) -> tuple[Tensor, Tensor]:
+    """``(V [B, D, D], std [B, D])`` (float64) with ``V diag(std^2) V^T = w.noise^2 I +
+    w.w_x0^2 Cov[x0 | x]``, ``V`` orthogonal, where ``Cov[x0 | x] = (sigma^2 / alpha) J``
+    (``jac``: ``J = d x0_hat / d x`` ``[B, D, D]``, symmetrised and clipped to be positive
+    semi-definite)."""
     cov = (sigma ** 2 / alpha) * 0.5 * (jac + jac.transpose(1, 2))
     evals, evecs = torch.linalg.eigh(cov)
     var = w.w_x0 ** 2 * evals.clamp(min=0.0) + w.noise ** 2  # [B, D]
