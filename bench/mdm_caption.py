@@ -26,7 +26,6 @@ Writes ``bench/results/mdm_caption.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -37,10 +36,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from diffinfer.atomic import write_text  # noqa: E402
 from diffinfer.mdm import back_and_refine, decode  # noqa: E402
 from diffinfer.toys.caption_oracle import CaptionOracle  # noqa: E402
 from diffinfer.zoo import caption_digits as cd  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 
 STEPS = (1, 2, 3, cd.LENGTH)
 N = 3000
@@ -177,12 +176,7 @@ def main(argv=None) -> int:
                       "rows": digits_rows(model, x, y, clf, seeds)},
            "generated": None if args.quick else generated_row(model, clf_model)}
     res["seconds"] = time.perf_counter() - t0
-    out = ROOT / "bench" / "results"
-    name = "mdm_caption_quick" if args.quick else "mdm_caption"
-    write_text(out / f"{name}.json", json.dumps(res, indent=1))
-    md = markdown(res)
-    write_text(out / f"{name}.md", md)
-    print(md)
+    write_results("mdm_caption_quick" if args.quick else "mdm_caption", res, markdown(res))
     return 0
 
 

@@ -20,7 +20,6 @@ Writes bench/results/structured_bridges.{json,md}.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 import time
@@ -30,10 +29,10 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from diffinfer import grids  # noqa: E402
-from diffinfer.atomic import write_text  # noqa: E402
-from diffinfer.bridges import BridgeDenoiser, BrownianBridge, EnergyGuidance, translate  # noqa: E402
+from diffinfer.bridges import BridgeDenoiser, BrownianBridge, translate  # noqa: E402
 from diffinfer.toys.gaussian_mixture import GaussianMixture  # noqa: E402
 from diffinfer.toys.gaussian_pair import GaussianPair, bridge_sampler_law  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 F64 = torch.float64
@@ -155,10 +154,7 @@ def main(argv=None) -> int:
                                ((1.0, 5), (1.0, 20), (0.0, 5), (0.0, 20))),
     }
     res["meta"] = {"seeds": list(seeds), "quick": quick, "seconds": time.perf_counter() - t0}
-    md = markdown(res)
-    write_text(RESULTS / "structured_bridges.json", json.dumps(res, indent=1))
-    write_text(RESULTS / "structured_bridges.md", md)
-    print(md)
+    write_results("structured_bridges", res, markdown(res))
     return 0
 
 

@@ -23,7 +23,6 @@ Writes ``bench/results/structured_forwardmodel.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import sys
@@ -36,10 +35,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffinfer import forwardmodel as fm  # noqa: E402
-from diffinfer.atomic import write_text  # noqa: E402
 from diffinfer.demos.forwardmodel import problem  # noqa: E402
 from diffinfer.process import RectifiedFlow  # noqa: E402
 from diffinfer.train import TrainConfig  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 
 F64 = torch.float64
 D, M, N, NOISE, STEPS = 4, 2, 4000, 0.1, 800
@@ -133,11 +132,7 @@ def main(argv=None) -> int:
     res = {"seeds": rows, "summary": {k: summary(rows, k) for k in ("weighted", "plain", "mle", "x_seen")},
            "control": control_row()}
     res["seconds"] = time.perf_counter() - t0
-    out = ROOT / "bench" / "results"
-    write_text(out / "structured_forwardmodel.json", json.dumps(res, indent=1))
-    md = markdown(res)
-    write_text(out / "structured_forwardmodel.md", md)
-    print(md)
+    write_results("structured_forwardmodel", res, markdown(res))
     return 0
 
 

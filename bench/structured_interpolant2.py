@@ -19,7 +19,6 @@ Writes ``bench/results/structured_interpolant2.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -30,10 +29,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from diffinfer.atomic import write_text  # noqa: E402
 from diffinfer.stochastic_interpolant import MixtureInterpolant, TwoSidedInterpolant, fit_drift, transport  # noqa: E402
 from diffinfer.toys.random_problem import floors, random_problem, score  # noqa: E402
 from diffinfer.toys.reference import pf_ode_solution  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 
 METRICS = ("sw", "mass", "mean", "cov")
 #: (label, a, how): ODE by Heun with k steps, DOP853, or SDE (eps, steps)
@@ -135,11 +134,7 @@ def main(argv=None) -> int:
     res = run(list(range(3 if args.quick else 8)), 1000)
     res["learned"] = learned(steps=300 if args.quick else 3000)
     res["seconds"] = round(time.time() - t0, 1)
-    out = ROOT / "bench" / "results"
-    write_text(out / "structured_interpolant2.json", json.dumps(res, indent=1))
-    text = markdown(res)
-    write_text(out / "structured_interpolant2.md", text)
-    print(text)
+    write_results("structured_interpolant2", res, markdown(res))
     return 0
 
 

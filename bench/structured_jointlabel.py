@@ -25,7 +25,6 @@ Writes ``bench/results/structured_jointlabel.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -37,11 +36,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffinfer import jointlabel as jl  # noqa: E402
-from diffinfer.atomic import write_text  # noqa: E402
 from diffinfer.inverse import Inpaint, projection_sample  # noqa: E402
 from diffinfer.process import RectifiedFlow  # noqa: E402
 from diffinfer.toys.joint_label import random_labelled_mixture  # noqa: E402
 from diffinfer.toys.random_problem import floors, score  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 
 F64 = torch.float64
 
@@ -121,11 +120,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     res = {"exact": [exact_row(s) for s in (range(2) if args.quick else range(4))], "digits": digits_row()}
     res["seconds"] = time.perf_counter() - t0
-    out = ROOT / "bench" / "results"
-    write_text(out / "structured_jointlabel.json", json.dumps(res, indent=1))
-    md = markdown(res)
-    write_text(out / "structured_jointlabel.md", md)
-    print(md)
+    write_results("structured_jointlabel", res, markdown(res))
     return 0
 
 

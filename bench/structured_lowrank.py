@@ -24,7 +24,6 @@ Writes ``bench/results/structured_lowrank.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -36,10 +35,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffinfer import VP, sample  # noqa: E402
-from diffinfer.atomic import write_text  # noqa: E402
 from diffinfer.lowrank import (copy_fraction, denoising_gap, empirical_posterior_mean, fit_lowrank,  # noqa: E402
                                fit_network, molrg_posterior_mean, off_subspace, subspace_error)
 from diffinfer.toys import molrg  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 
 RATIOS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 TS = (0.05, 0.1, 0.2, 0.3)
@@ -152,11 +151,7 @@ def main(argv=None) -> int:
     res = {"seeds": seeds, "low_rank": rows, "transitions": transitions(rows),
            "network": [] if args.quick else network_sweep()}
     res["seconds"] = round(time.time() - t0, 1)
-    out = ROOT / "bench" / "results"
-    write_text(out / "structured_lowrank.json", json.dumps(res, indent=1))
-    text = markdown(res)
-    write_text(out / "structured_lowrank.md", text)
-    print(text)
+    write_results("structured_lowrank", res, markdown(res))
     return 0
 
 
