@@ -27,36 +27,14 @@ sys.path.insert(0, str(ROOT))
 
 import diffinfer as di  # noqa: E402
 from diffinfer.atomic import write_text  # noqa: E402
-from diffinfer.region_noise import RegionShifted, region_shift, region_values  # noqa: E402
+from diffinfer.region_noise import RegionShifted  # noqa: E402
 from diffinfer.toys.gaussian_mixture import GaussianMixture  # noqa: E402
 from diffinfer.toys.random_problem import floors, score  # noqa: E402
+from diffinfer.toys.region_gaussian import modulated_denoiser, region_gaussian  # noqa: E402
 from diffinfer.zoo import superres_digits as sr  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 F64 = torch.float64
-
-
-def _toy(seed: int, D: int = 6):
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.randn(D, generator=g, dtype=F64) * 0.5
-    A = torch.randn(D, D, generator=g, dtype=F64) / math.sqrt(D)
-    C = 0.3 * A @ A.T + 0.05 * torch.eye(D, dtype=F64)
-    labels = torch.randint(0, 3, (1, 1, 1, D), generator=g)
-    return mu, C, region_shift(labels, region_values(3, 1.0)).reshape(D)
-
-
-def _denoiser(mu, C, m, process):
-    eye = torch.eye(mu.numel(), dtype=F64)
-
-    def x0_hat(x, t):
-        t = torch.as_tensor(t, dtype=F64).reshape(-1).expand(x.shape[0])
-        out = torch.empty_like(x)
-        for tv in torch.unique(t):
-            rows = t == tv
-            a, s = float(process.alpha(tv)), float(process.sigma(tv))
-            out[rows] = mu + (x[rows] - a * mu - s * m) @ (a * C @ torch.linalg.inv(a * a * C + s * s * eye)).T
-        return out
-    return di.Denoiser(x0_hat, process, prediction="x0")
 
 
 def bench_toy(seeds=(0, 1, 2), n=1000, solvers=(("ddpm", 50), ("dpmpp-2m-sde", 30), ("dpmpp-2m", 20))) -> list[dict]:
@@ -64,8 +42,8 @@ def bench_toy(seeds=(0, 1, 2), n=1000, solvers=(("ddpm", 50), ("dpmpp-2m-sde", 3
     for solver, steps in solvers:
         worst = {"corrected": {}, "uncorrected": {}}
         for seed in seeds:
-            mu, C, m = _toy(seed)
-            den = _denoiser(mu, C, m, proc)
+            mu, C, m = region_gaussian(seed)
+            den = modulated_denoiser(mu, C, m, proc)
             target = GaussianMixture(mu[None], C[None])
             fl = floors(target, n)
             for name, model in (("corrected", RegionShifted(den, m.expand(n, -1).contiguous())), ("uncorrected", den)):

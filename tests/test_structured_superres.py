@@ -6,7 +6,6 @@ the modulated process, sampling through ``RegionShifted`` gives the exact law wi
 of two exact sample sets of the same size (and sampling without the correction does not).
 Tolerances: ``TOL`` floors (the floor is the largest of 8 pairs of exact sets); seeds fixed first.
 """
-import math
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from diffinfer.region_noise import (RegionShifted, intensity_regions, modulated_
                                     region_values)
 from diffinfer.toys.gaussian_mixture import GaussianMixture
 from diffinfer.toys.random_problem import floors, score
+from diffinfer.toys.region_gaussian import modulated_denoiser, region_gaussian
 
 F64 = torch.float64
 TOL = 2.5
@@ -100,36 +100,6 @@ def test_the_loss_is_the_modulated_forward_process():
 
 
 # --- the sampling correction on a Gaussian toy -------------------------------------------------
-def _toy(seed: int, D: int = 6):
-    """x0 ~ N(mu, C) in D dims and a region shift m (3 regions of random sizes), seeded."""
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.randn(D, generator=g, dtype=F64) * 0.5
-    A = torch.randn(D, D, generator=g, dtype=F64) / math.sqrt(D)
-    C = 0.3 * A @ A.T + 0.05 * torch.eye(D, dtype=F64)
-    labels = torch.randint(0, 3, (1, 1, 1, D), generator=g)
-    m = region_shift(labels, region_values(3, 1.0)).reshape(D)
-    return mu, C, m
-
-
-def _modulated_denoiser(mu, C, m, process):
-    """The exact E[x0 | x_t] under x_t = a x0 + s (eps + m): the Gaussian posterior mean
-    mu + a C (a^2 C + s^2 I)^{-1} (x_t - a mu - s m), per row's time."""
-    D = mu.numel()
-    eye = torch.eye(D, dtype=F64)
-
-    def x0_hat(x, t):
-        t = torch.as_tensor(t, dtype=F64).reshape(-1).expand(x.shape[0])
-        out = torch.empty_like(x)
-        for tv in torch.unique(t):
-            rows = t == tv
-            a, s = float(process.alpha(tv)), float(process.sigma(tv))
-            gain = a * C @ torch.linalg.inv(a * a * C + s * s * eye)  # [D, D]
-            out[rows] = mu + (x[rows] - a * mu - s * m) @ gain.T
-        return out
-
-    return di.Denoiser(x0_hat, process, prediction="x0")
-
-
 SOLVERS = [("ddpm", 50), ("dpmpp-2m-sde", 30), ("dpmpp-2m", 20)]
 
 
@@ -137,8 +107,8 @@ SOLVERS = [("ddpm", 50), ("dpmpp-2m-sde", 30), ("dpmpp-2m", 20)]
 @pytest.mark.parametrize("solver,steps", SOLVERS)
 def test_corrected_sampling_gives_the_exact_law(seed, solver, steps):
     proc = di.VP()
-    mu, C, m = _toy(seed)
-    den = _modulated_denoiser(mu, C, m, proc)
+    mu, C, m = region_gaussian(seed)
+    den = modulated_denoiser(mu, C, m, proc)
     n = 1000
     target = GaussianMixture(mu[None], C[None])
     fl = floors(target, n)
@@ -158,8 +128,8 @@ def test_the_corrected_view_is_the_ordinary_exact_denoiser(seed):
     """Closed form: the exact modulated denoiser seen through RegionShifted at x~ is the exact
     ordinary-process denoiser of N(mu, C) at x~, both x0 and eps (every solver's inputs)."""
     proc = di.VP()
-    mu, C, m = _toy(seed)
-    den = _modulated_denoiser(mu, C, m, proc)
+    mu, C, m = region_gaussian(seed)
+    den = modulated_denoiser(mu, C, m, proc)
     ordinary = GaussianMixture(mu[None], C[None]).denoiser(proc)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(50, 6, generator=g, dtype=F64) * 1.5
@@ -174,8 +144,8 @@ def test_the_corrected_view_is_the_ordinary_exact_denoiser(seed):
 
 def test_the_wrapper_selects_rows_and_checks_shapes():
     proc = di.VP()
-    mu, C, m = _toy(0)
-    den = _modulated_denoiser(mu, C, m, proc)
+    mu, C, m = region_gaussian(0)
+    den = modulated_denoiser(mu, C, m, proc)
     shift = torch.stack([m, 2 * m, 3 * m])
     w = RegionShifted(den, shift)
     x = torch.randn(3, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
