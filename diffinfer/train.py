@@ -14,7 +14,9 @@
   showing the loss. Checkpoints are written atomically every ``checkpoint_every`` steps,
   every ``checkpoint_seconds`` of work and on SIGINT / SIGTERM (then ``TrainingInterrupted``);
   a resumed run is bitwise the uninterrupted one, and resuming a checkpoint of a different
-  configuration raises ``ResumeMismatch`` naming the difference.
+  configuration raises ``ResumeMismatch`` naming the difference. An ``evaluate`` callback run
+  on the EMA weights every ``eval_every`` steps keeps a learning curve (``TrainResult.history``:
+  step, training seconds summed over sessions, the metrics), carried across resumes.
 
 How each bundled model is trained (``RECIPES``, ``train_model``) is in ``diffinfer.zoo.recipes``.
 """
@@ -28,7 +30,7 @@ import pathlib
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -154,8 +156,9 @@ class TrainConfig:
     """``steps`` optimiser steps of Adam(``lr``) with linear warm-up and cosine decay to
     ``lr * final_lr_fraction``; gradient clipping at ``clip``; EMA ``ema_decay``.
     Checkpoints: every ``checkpoint_every`` steps (0: off) and after ``checkpoint_seconds``
-    of work since the last one (``None``: off); these and ``log_every`` may change between a
-    run and its resumption, every other field may not."""
+    of work since the last one (``None``: off); ``fit``'s ``evaluate`` runs every
+    ``eval_every`` steps (0: off). These and ``log_every`` may change between a run and its
+    resumption, every other field may not."""
 
     steps: int = 1000
     lr: float = 1e-3
@@ -168,6 +171,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 50
     checkpoint_seconds: float | None = None
+    eval_every: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -177,7 +181,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.{name} must be {valid}, got {value!r}")
         if not (isinstance(self.steps, int) and self.steps >= 1):
             bad("steps", self.steps, "a positive int")
-        for name in ("warmup", "checkpoint_every", "seed"):
+        for name in ("warmup", "checkpoint_every", "seed", "eval_every"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 0):
                 bad(name, v, "an int >= 0")
@@ -197,7 +201,7 @@ class TrainConfig:
     def run_fields(self) -> dict:
         """The fields that define the run (a resumed run must match them)."""
         d = asdict(self)
-        for k in ("checkpoint_every", "log_every", "checkpoint_seconds"):
+        for k in ("checkpoint_every", "log_every", "checkpoint_seconds", "eval_every"):
             d.pop(k)
         return d
 
@@ -221,6 +225,8 @@ class TrainResult:
     ema: EMA
     step: int
     losses: list[float]
+    history: list[dict] = field(default_factory=list)  # {"step", "train_seconds", metric: value}
+    train_seconds: float = 0.0  # optimiser-step time summed over every session of the run
 
     def ema_model(self) -> nn.Module:
         m = copy.deepcopy(self.model)
@@ -268,7 +274,8 @@ class _StopSignals:
 
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor], cfg: TrainConfig,
         checkpoint: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-        stop_at: int | None = None, desc: str = "train", run_config: dict | None = None) -> TrainResult:
+        stop_at: int | None = None, desc: str = "train", run_config: dict | None = None,
+        evaluate: Callable[[nn.Module], dict] | None = None) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps of ``loss_fn(model, generator) -> scalar``.
 
     All randomness (batches, times, noise) must come from the generator passed to
@@ -281,6 +288,12 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
     ``cfg.checkpoint_every`` steps, after ``cfg.checkpoint_seconds`` of work, at the end and
     on SIGINT / SIGTERM, which then raise ``TrainingInterrupted``. ``stop_at`` stops early
     (after saving), to test resuming.
+
+    ``evaluate(ema_model) -> {metric: float}`` (a copy of the model holding the EMA weights,
+    in eval mode, under ``no_grad``) runs before the first step and every ``cfg.eval_every``
+    steps; each result joins ``TrainResult.history`` with the step and the training seconds
+    so far (time in optimiser steps only, summed over resumed sessions). It must not draw
+    from torch's global generator (seed its own), or a resumed run would differ.
     """
     from .atomic import atomic_path, remove_stale_temporaries
     cfg.validate()
@@ -292,7 +305,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
-    step, losses = 0, []
+    step, losses, history, train_seconds = 0, [], [], 0.0
     path = pathlib.Path(checkpoint) if checkpoint is not None else None
     if path is not None:
         remove_stale_temporaries(path)
@@ -316,6 +329,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         step, losses = int(state["step"]), [float(v) for v in state["losses"]]
+        history = json.loads(state.get("history", "[]"))
+        train_seconds = float(state.get("train_seconds", 0.0))
 
     def save():
         if path is None:
@@ -325,7 +340,23 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
                         "losses": torch.tensor(losses, dtype=torch.float64),
+                        "history": json.dumps(history), "train_seconds": train_seconds,
                         "run": json.dumps(identity, sort_keys=True)}, tmp)
+
+    def record():
+        if evaluate is None or any(h["step"] == step for h in history):
+            return
+        ema_model = copy.deepcopy(model)
+        ema.copy_to(ema_model)
+        ema_model.eval()
+        with torch.no_grad():
+            metrics = evaluate(ema_model)
+        bad = {k: v for k, v in metrics.items() if not (isinstance(v, (int, float)) and math.isfinite(v))}
+        if bad:
+            raise FloatingPointError(f"evaluate returned non-finite or non-numeric metrics at step {step}: {bad}")
+        history.append({"step": step, "train_seconds": round(train_seconds, 3), **{k: float(v) for k, v in metrics.items()}})
+        if bar is not None:
+            bar.write(f"{desc} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     bar = None
     if progress:
@@ -335,9 +366,12 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
     running = None
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     last_save = time.monotonic()
+    if cfg.eval_every and step == 0:
+        record()
     try:
         with _StopSignals(enabled=path is not None) as stop:
             while step < end:
+                began = time.perf_counter()
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(cfg, step)
                 loss = loss_fn(model, gen)
@@ -352,6 +386,9 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
                 ema.update(model)
                 step += 1
                 losses.append(value)
+                train_seconds += time.perf_counter() - began
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    record()
                 running = value if running is None else 0.98 * running + 0.02 * value
                 if bar is not None:
                     bar.update(1)
@@ -369,4 +406,4 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], Tensor
             bar.close()
     save()
     model.eval()
-    return TrainResult(model, ema, step, losses)
+    return TrainResult(model, ema, step, losses, history, train_seconds)

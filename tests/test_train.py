@@ -159,6 +159,49 @@ def test_fit_resume_is_bitwise_identical(tmp_path):
         assert torch.equal(full.ema.shadow[k], resumed.ema.shadow[k])
 
 
+def _ema_probe(calls):
+    """An ``evaluate`` that records what it saw: the EMA weights' sum (a function of the
+    step's weights only) and whether it ran in eval mode without gradients."""
+    def evaluate(m):
+        calls.append((m.training, torch.is_grad_enabled()))
+        return {"weight_sum": float(sum(p.double().sum() for p in m.parameters()))}
+    return evaluate
+
+
+def test_fit_history_is_the_ema_curve_and_survives_resume(tmp_path):
+    cfg = TrainConfig(steps=30, lr=1e-2, warmup=5, ema_decay=0.9, seed=4, checkpoint_every=0, eval_every=10)
+    calls = []
+    model, loss_fn = _toy_training()
+    full = fit(model, loss_fn, cfg, progress=False, evaluate=_ema_probe(calls))
+    assert [h["step"] for h in full.history] == [0, 10, 20, 30]
+    assert calls and all(not training and not grad for training, grad in calls)
+    # the last point is the final EMA weights, not the raw ones
+    ema_sum = float(sum(v.double().sum() for k, v in full.ema.shadow.items()))
+    assert full.history[-1]["weight_sum"] == pytest.approx(ema_sum, rel=1e-12)
+    raw_sum = float(sum(p.double().sum() for p in full.model.parameters()))
+    assert abs(raw_sum - ema_sum) > 1e-6
+    seconds = [h["train_seconds"] for h in full.history]
+    assert seconds[0] == 0.0 and all(b >= a for a, b in zip(seconds, seconds[1:]))
+    assert round(full.train_seconds, 3) >= seconds[-1] > 0
+
+    model2, loss_fn2 = _toy_training()
+    fit(model2, loss_fn2, cfg, checkpoint=tmp_path / "ck.pt", progress=False, stop_at=13,
+        evaluate=_ema_probe([]))
+    model3, loss_fn3 = _toy_training()
+    resumed = fit(model3, loss_fn3, cfg, checkpoint=tmp_path / "ck.pt", progress=False,
+                  evaluate=_ema_probe([]))
+    assert resumed.losses == full.losses  # evaluating does not disturb the run
+    assert [h["step"] for h in resumed.history] == [0, 10, 20, 30]
+    assert [h["weight_sum"] for h in resumed.history] == [h["weight_sum"] for h in full.history]
+    assert resumed.train_seconds > resumed.history[1]["train_seconds"]  # time carried over the resume
+
+
+def test_fit_rejects_a_non_finite_metric():
+    cfg = TrainConfig(steps=4, lr=1e-2, warmup=1, seed=0, checkpoint_every=0, eval_every=2)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        fit(*_toy_training(), cfg, progress=False, evaluate=lambda m: {"elbo": float("nan")})
+
+
 def test_fit_is_seeded_and_learns():
     cfg = TrainConfig(steps=200, lr=1e-2, warmup=10, seed=0, checkpoint_every=0)
     a = fit(*_toy_training(), cfg, progress=False)
