@@ -55,16 +55,21 @@ class TaskRouting:
         t = torch.as_tensor(t)
         if t.dim() != 1:
             raise ValueError(f"t must be [B], got shape {tuple(t.shape)}")
-        u = t.detach().to("cpu", torch.float64) / self.t_max
-        if not bool(torch.isfinite(u).all()) or bool((u < 0).any()) or bool((u > 1 + 1e-12).any()):
-            raise ValueError(f"routing times must lie in [0, t_max={self.t_max}], got "
-                             f"[{float(t.min())}, {float(t.max())}]")
+        # on t's own device, so an accelerator never waits on a host copy
+        u = t.detach().to(torch.float32 if t.device.type == "mps" else torch.float64) / self.t_max
+        ok = torch.isfinite(u).all() & (u >= 0).all() & (u <= 1 + 1e-12).all()
+        if u.device.type == "cpu":
+            if not bool(ok):
+                raise ValueError(f"routing times must lie in [0, t_max={self.t_max}], got "
+                                 f"[{float(t.min())}, {float(t.max())}]")
+        else:  # checked without a host sync: raises at the next synchronisation
+            torch._assert_async(ok, f"routing times must lie in [0, t_max={self.t_max}]")
         return torch.round(u.clamp(0.0, 1.0) ** self.alpha * (self.channels - self.active)).to(torch.int64)
 
     def mask(self, t: Tensor, dtype=torch.float32, device=None) -> Tensor:
         """The binary masks ``[B, C]`` (1 on the window ``o(t) <= c < o(t) + C_beta``)."""
-        o = self.offsets(t)  # [B]
-        c = torch.arange(self.channels)  # [C]
+        o = self.offsets(t)  # [B], on t's device
+        c = torch.arange(self.channels, device=o.device)  # [C]
         m = (c >= o[:, None]) & (c < o[:, None] + self.active)  # [B, C]
         return m.to(dtype=dtype, device=device if device is not None else torch.as_tensor(t).device)
 
