@@ -206,6 +206,7 @@ def write_card(name: str, measured: dict, extra_md: str = "") -> pathlib.Path:
     for k, v in measured.items():
         if isinstance(v, dict) and not k.startswith("_"):
             lines.append(f"| {k} | " + "; ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items()) + " |")
+    lines += _curve_md(training)
     lines += ["", extra_md.strip(), ""]
     path = zoo.card_path(name)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -213,6 +214,23 @@ def write_card(name: str, measured: dict, extra_md: str = "") -> pathlib.Path:
         lines += [old[old.index("## Notes"):].strip(), ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _curve_md(training: dict) -> list[str]:
+    """The learning curve ``train.fit`` recorded (``config["training"]["history"]``): held-out
+    metrics of the EMA weights against optimiser steps and training time (summed over
+    resumed sessions, evaluation excluded)."""
+    history = training.get("history") or []
+    if not history:
+        return []
+    metrics = [k for k in history[0] if k not in ("step", "train_seconds")]
+    lines = ["", "## Learning curve (held-out, EMA weights, recorded while training)", "",
+             "| step | training minutes | " + " | ".join(metrics) + " |",
+             "|---:|---:|" + "---:|" * len(metrics)]
+    for h in history:
+        lines.append(f"| {h['step']} | {h['train_seconds'] / 60:.1f} | "
+                     + " | ".join(f"{h[m]:.4f}" for m in metrics) + " |")
+    return lines
 
 
 def _digit_card_extra(name: str, samples: torch.Tensor) -> str:

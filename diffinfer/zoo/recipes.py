@@ -237,14 +237,22 @@ def recipe_shakespeare_block() -> Recipe:
         tokens = random_windows(stream, length, batch, gen)  # [B, L]
         return block_diffusion_loss(model["net"], tokens, vocab.mask_id, generator=gen, shift=True)
 
-    cfg = TrainConfig(steps=600, lr=1e-3, warmup=50, ema_decay=0.99, seed=6,
-                      final_lr_fraction=0.05, checkpoint_every=100)
+    cfg = TrainConfig(steps=4000, lr=1e-3, warmup=50, ema_decay=0.99, seed=6,
+                      final_lr_fraction=0.05, checkpoint_every=100, eval_every=500)
+
+    def evaluate(model):
+        from .quality import heldout_windows
+        held = heldout_windows(32, length)  # [32, 128]
+        return {"heldout_elbo": sum(float(block_diffusion_loss(model["net"], held, vocab.mask_id, shift=True,
+                                                                generator=torch.Generator().manual_seed(k)))
+                                    for k in range(2)) / 2}
+
     config = {"kind": "text", "causal": False, "vocab": vocab.chars, "mask_id": vocab.mask_id,
               "batch": batch, "length": length, "split": "first 90% of each play (train), rest held out",
               "init_from": "shakespeare-ar", "shift_logits": True,
               "loss": "block diffusion (mdm.block_diffusion_loss, shift=True)",
               "networks": {"net": {"arch": "char-transformer", "kwargs": kwargs}}}
-    return Recipe({"net": net}, loss_fn, cfg, config)
+    return Recipe({"net": net}, loss_fn, cfg, config, evaluate)
 
 
 RECIPES: dict[str, Callable[[], Recipe]] = {
