@@ -16,8 +16,8 @@ from .conditional import Conditioned
 from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
 from .refine import RefineResult, back_and_refine, leave_one_out_confidence
-from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_smc,
-                        rao_blackwell_marginals, weighted_marginals)
+from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_gibbs, posterior_smc,
+                        rao_blackwell_marginals, value_covariance, weighted_marginals)
 from .policies import POLICIES, get_policy, policy_names
 from .remasking import RunningConfidenceRemasking
 from .reweighting import EnergyReweighting
@@ -39,6 +39,6 @@ __all__ = [
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
-    "rao_blackwell_marginals", "SumPotential",
+    "rao_blackwell_marginals", "SumPotential", "value_covariance", "posterior_gibbs",
     "Conditioned", "back_and_refine", "leave_one_out_confidence", "RefineResult",
 ]
