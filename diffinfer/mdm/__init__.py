@@ -12,6 +12,7 @@ LaDiC's Back&Refine (``back_and_refine``).
 """
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
+from .aps import AnchoredRemasking, QuantizedExpectation, aps_sample, channel_codebook, sum_codebook
 from .conditional import Conditioned
 from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
@@ -40,5 +41,6 @@ __all__ = [
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
     "rao_blackwell_marginals", "SumPotential", "value_covariance", "posterior_gibbs",
+    "QuantizedExpectation", "AnchoredRemasking", "aps_sample", "channel_codebook", "sum_codebook",
     "Conditioned", "back_and_refine", "leave_one_out_confidence", "RefineResult",
 ]
