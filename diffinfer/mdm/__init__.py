@@ -19,6 +19,7 @@ from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_rig
 from .refine import RefineResult, back_and_refine, leave_one_out_confidence
 from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_gibbs, posterior_smc,
                         rao_blackwell_marginals, value_covariance, weighted_marginals)
+from .restore import RESTORE_METHODS, channel_likelihood, character_error_rate, corrupt, restore
 from .policies import POLICIES, get_policy, policy_names
 from .remasking import RunningConfidenceRemasking
 from .reweighting import EnergyReweighting
@@ -42,5 +43,6 @@ __all__ = [
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
     "rao_blackwell_marginals", "SumPotential", "value_covariance", "posterior_gibbs",
     "QuantizedExpectation", "AnchoredRemasking", "aps_sample", "channel_codebook", "sum_codebook",
+    "restore", "RESTORE_METHODS", "channel_likelihood", "corrupt", "character_error_rate",
     "Conditioned", "back_and_refine", "leave_one_out_confidence", "RefineResult",
 ]

@@ -106,11 +106,12 @@ class QuantizedExpectation:
 
 def channel_codebook(likelihood, n_tokens: int):
     """The one-hot codebook ``[V, V]`` and ``log p(y | q) = sum_j <q_j, log lik_j>`` of a
-    per-position likelihood ``[L, V]`` (``-inf`` entries, exact constraints, kept finite at
-    ``-1e30`` so the gradient stays finite; guided logits there are then ``-inf`` in effect)."""
+    per-position likelihood ``[L, V]`` (or ``[B, L, V]``, one observation per row; ``-inf``
+    entries, exact constraints, kept finite at ``-1e30`` so the gradient stays finite; guided
+    logits there are then ``-inf`` in effect)."""
     lik = torch.as_tensor(likelihood, dtype=torch.float64)
-    if lik.dim() != 2 or lik.shape[1] != n_tokens:
-        raise ValueError(f"likelihood must be [L, {n_tokens}], got shape {tuple(lik.shape)}")
+    if lik.dim() not in (2, 3) or lik.shape[-1] != n_tokens:
+        raise ValueError(f"likelihood must be [L, {n_tokens}] or [B, L, {n_tokens}], got shape {tuple(lik.shape)}")
     log_lik = torch.log(lik).clamp_min(-1e30)  # [L, V]
 
     def log_likelihood(q: Tensor) -> Tensor:
