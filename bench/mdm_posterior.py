@@ -33,7 +33,7 @@ Score: total variation between each sampler's per-position token marginals and t
 posterior marginals, averaged over positions; the floor is the same score of ``N`` exact
 posterior draws (FFBS). Goal (issue 18): at most 0.03 on every problem.
 
-    python bench/mdm_posterior.py           # about 8 minutes on one shared core
+    python bench/mdm_posterior.py           # about 13 minutes on one shared core (10 seeds)
     python bench/mdm_posterior.py --quick   # under a minute
 
 Writes ``bench/results/mdm_posterior.json`` and ``bench/results/mdm_posterior.md``.
