@@ -148,13 +148,28 @@ def test_channel_likelihood_corrupt_and_cer():
         character_error_rate(obs[:1], clean)
 
 
-@pytest.mark.parametrize("method", ["tilt", "tilt-greedy", "aps", "aps-reward-free", "smc"])
+@pytest.mark.parametrize("method", ["tilt", "tilt-greedy", "aps", "aps-reward-free", "smc", "smc+rb", "loo"])
 def test_restore_with_a_noiseless_channel_returns_the_observation(method):
     """eps = 0: the likelihood pins every token; each method returns the observed sequences."""
     hmm = _tiny(0)
     y = hmm.sample(3, L, generator=torch.Generator().manual_seed(4))
     out = restore(hmm, channel_likelihood(y, V, 0.0), method, seed=0, n_particles=4)
     assert torch.equal(out, y)
+
+
+def test_loo_restoration_is_the_argmax_of_the_exact_conditional():
+    """``loo``: position j restored to argmax_v p(x_j = v, x_{-j} = y_{-j}) lik_j(v), by the
+    joint probability of the V sequences that differ from the observation at j."""
+    hmm = _tiny(1)
+    y = hmm.sample(4, L, generator=torch.Generator().manual_seed(5))
+    lik = channel_likelihood(y, V, 0.4)
+    out = restore(hmm, lik, "loo")
+    for b in range(4):
+        for j in range(L):
+            cand = y[b].repeat(V, 1)
+            cand[:, j] = torch.arange(V)
+            score = hmm.log_prob(cand).double() + lik[b, j].log()
+            assert out[b, j] == score.argmax()
 
 
 def test_bad_input():
