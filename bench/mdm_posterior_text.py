@@ -94,8 +94,10 @@ def write_markdown(res: dict, path: pathlib.Path) -> None:
     c = res["config"]
     lines = [f"# Restoring corrupted Shakespeare ({c['windows']} held-out windows of {c['length']} characters, "
              f"channel eps = {c['eps']}, erased fraction {c['erase']} in `channel+erase`)", "",
-             "Character error rate against the clean text (lower is better). `smc`: "
-             f"{c['n_particles']} particles per window, per-character argmax of the weighted marginals.", "",
+             "Character error rate against the clean text (lower is better). `smc+rb`: "
+             f"{c['n_particles']} particles per window, per-character argmax of the Rao-Blackwellised marginals. "
+             "`loo`: each character's argmax given the observed rest. `bigram-fb`: exact posterior "
+             "marginals under a bigram prior from the training split (forward-backward), argmax.", "",
              "| method | " + " | ".join(p for p in res["examples"]) + " | seconds |",
              "|---|" + "---|" * (len(res["examples"]) + 1)]
     methods = list(dict.fromkeys(r["method"] for r in res["rows"]))
