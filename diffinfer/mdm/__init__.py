@@ -6,7 +6,9 @@ every unmasking policy by name, ``model`` for the protocol a model answers, ``sc
 the masked forward process, ``template`` for structured-output scaffolding (S^3) and
 ``metrics`` for exact quality on a Markov chain, ``trace`` for a decode's history
 (``DecodeTrace``: every canvas and the step that committed each position), ``posterior`` for
-posterior sampling under token observations (likelihood-tilted logits, SMC), ``conditional``
+posterior sampling under token observations (likelihood-tilted logits, SMC), ``aps`` for
+Anchored Posterior Sampling (quantized expectation, anchored remasking), ``restore`` for
+restoring corrupted token sequences (text), ``conditional``
 for a model bound to one condition per row (``Conditioned``: captioning an image), ``refine`` for
 LaDiC's Back&Refine (``back_and_refine``).
 """
