@@ -15,7 +15,9 @@ APS has two parts; both are heuristics (neither targets the posterior exactly; s
   (``E = I``, ``log p(y | q) = sum_j <q_j, log lik_j>``) ``g_j(v) = log lik_j(v)``: one unit step
   *is* the exact per-token tilt (``posterior.LikelihoodTilt``; ``tests/test_mdm_aps.py``). For the
   linear sum ``y = sum_j values[x_j] + N(0, sigma^2)`` with the value codebook (``E_v = values[v]``)
-  it is the linearised guidance ``values[v] (y - sum_j q_j) / sigma^2``.
+  it is the linearised guidance ``values[v] (y - sum_j q_j) / sigma^2``. (Passing the gradient
+  through the softmax instead, ``d log p(y | q) / d logits`` with ``q`` straight-through to
+  ``e_bar``, would give ``p_j(v) (g_j(v) - E_p g_j)``: only the first-order term of the tilt.)
 - **Anchored remasking** (``AnchoredRemasking``): decoding that may take back earlier decisions.
   At each step a token is proposed at every masked position from the guided law, scored by its
   probability under that law (the "posterior" confidence; ``reward_free=True``: under the
