@@ -6,18 +6,22 @@ every unmasking policy by name, ``model`` for the protocol a model answers, ``sc
 the masked forward process, ``template`` for structured-output scaffolding (S^3) and
 ``metrics`` for exact quality on a Markov chain, ``trace`` for a decode's history
 (``DecodeTrace``: every canvas and the step that committed each position), ``posterior`` for
-posterior sampling under token observations (likelihood-tilted logits, SMC), ``conditional``
+posterior sampling under token observations (likelihood-tilted logits, SMC), ``aps`` for
+Anchored Posterior Sampling (quantized expectation, anchored remasking), ``restore`` for
+restoring corrupted token sequences (text), ``conditional``
 for a model bound to one condition per row (``Conditioned``: captioning an image), ``refine`` for
 LaDiC's Back&Refine (``back_and_refine``).
 """
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
+from .aps import AnchoredRemasking, QuantizedExpectation, aps_sample, channel_codebook, sum_codebook
 from .conditional import Conditioned
 from .decode import DecodeResult, decode
 from .model import CharTransformerModel, MaskedModel, as_masked_model, shift_right
 from .refine import RefineResult, back_and_refine, leave_one_out_confidence
-from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_smc,
-                        rao_blackwell_marginals, weighted_marginals)
+from .posterior import (LikelihoodTilt, SumPotential, clamped_canvas, marginal_tv, posterior_gibbs, posterior_smc,
+                        rao_blackwell_marginals, value_covariance, weighted_marginals)
+from .restore import RESTORE_METHODS, channel_likelihood, character_error_rate, corrupt, restore
 from .policies import POLICIES, get_policy, policy_names
 from .remasking import RunningConfidenceRemasking
 from .reweighting import EnergyReweighting
@@ -39,6 +43,8 @@ __all__ = [
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
-    "rao_blackwell_marginals", "SumPotential",
+    "rao_blackwell_marginals", "SumPotential", "value_covariance", "posterior_gibbs",
+    "QuantizedExpectation", "AnchoredRemasking", "aps_sample", "channel_codebook", "sum_codebook",
+    "restore", "RESTORE_METHODS", "channel_likelihood", "corrupt", "character_error_rate",
     "Conditioned", "back_and_refine", "leave_one_out_confidence", "RefineResult",
 ]

@@ -28,7 +28,12 @@ conditionals ``p(x_j | x_U)`` given the unmasked tokens ``x_U``:
   (``diffinfer.scaling.text_smc``) with the likelihood as the potential, one token a step.
 - ``SumPotential``: for an observation that does not factorise over positions, the linear sum
   ``y = sum_i values[x_i] + N(0, sigma^2)``, moment-matched twisting potentials from the same
-  conditionals (no extra model call) in ``posterior_smc(..., potential=)``; still exact.
+  conditionals (no extra model call) in ``posterior_smc(..., potential=)``; still exact. With
+  the prior covariance of the values (``value_covariance``: two model calls, once) the twist
+  accounts for the correlation of the masked tokens (Gaussian conditioning of the masked sum on
+  the revealed tokens; see the class).
+- ``posterior_gibbs``: exact-conditional Gibbs sweeps on complete sequences (the move of
+  resample-move SMC), invariant for the posterior.
 - ``rao_blackwell_marginals``: posterior marginals from (weighted) samples with each position's
   one-hot replaced by its exact full conditional ``p(x_j | x_{-j}, y)`` (``L`` model calls).
 """
@@ -122,23 +127,51 @@ def clamped_canvas(model, likelihood) -> Tensor:
 class SumPotential:
     """Twisting potentials for the linear-sum observation ``y = sum_i values[x_i] + N(0, sigma^2)``
     (a likelihood that is not per-position): with the masked positions' values replaced by their
-    means and variances under the model's conditionals (factorised, moment-matched),
-    ``G(x_U) = N(y; sum_U values + sum_M mean_j, sigma^2 + sum_M var_j)``; on a complete
+    means and variances under the model's conditionals (moment-matched),
+    ``G(x_U) = N(y; sum_U values + sum_M mean_j, sigma^2 + Var_M)``; on a complete
     sequence it is the exact likelihood. ``step`` also gives each candidate's look-ahead
     ``G(x_U, x_j = v)`` from the same conditionals (the proposal's tilt; no extra model call).
+
+    Without ``covariance``, ``Var_M = sum_M var_j`` treats the masked tokens as independent
+    given ``x_U``: on a sequence model with long-range correlation (a sticky chain) this
+    underestimates the spread of the masked sum several-fold, and the look-ahead of revealing
+    ``x_j = v`` ignores that the other masked tokens move with it; the twist is overconfident
+    and the particles' weights carry the correction (high variance). With ``covariance`` (a
+    ``[L, L]`` prior covariance of the token values, ``value_covariance(model, values, L)``)
+    the masked values are treated as jointly Gaussian with that covariance, conditioned on the
+    revealed positions (``K = C_{MM|U}``): ``Var_M = sum_M var_j * (1'K1 / tr K)`` (the model's
+    exact per-position variances, inflated by the Gaussian's correlation factor), and the
+    look-ahead adds the regression of the rest's sum on ``x_j``,
+    ``beta_j (values[v] - mean_j)`` with ``beta_j = (K1)_{j} / K_jj - 1``, and uses the
+    conditional variance of the rest (Schur complement). Either way the SMC target stays
+    exactly the posterior (only the twist changes).
 
     Args:
         values: ``[V]`` the value of each token (mask excluded, in vocabulary order).
         y, sigma: the observation and its noise; ``length``: ``L``.
+        covariance: optional ``[L, L]`` symmetric positive-definite prior covariance of
+            ``values[x_i]`` (see above); ``None`` keeps the independent moment matching.
     """
 
-    def __init__(self, values, y: float, sigma: float, length: int):
+    def __init__(self, values, y: float, sigma: float, length: int, covariance=None):
         self.values = torch.as_tensor(values, dtype=torch.float64)
         if self.values.dim() != 1 or not torch.isfinite(self.values).all():
             raise ValueError("values must be a finite [V] vector")
         if not sigma > 0 or int(length) < 1:
             raise ValueError(f"need sigma > 0 and length >= 1, got {sigma}, {length}")
         self.y, self.sigma, self.length = float(y), float(sigma), int(length)
+        self.precision = None
+        if covariance is not None:
+            cov = torch.as_tensor(covariance, dtype=torch.float64)
+            if cov.shape != (self.length, self.length) or not torch.isfinite(cov).all():
+                raise ValueError(f"covariance must be a finite [{self.length}, {self.length}] matrix, "
+                                 f"got shape {tuple(cov.shape)}")
+            cov = 0.5 * (cov + cov.T)
+            jitter = 1e-9 * float(torch.diagonal(cov).abs().max().clamp_min(1.0))
+            chol, info = torch.linalg.cholesky_ex(cov + jitter * torch.eye(self.length, dtype=torch.float64))
+            if int(info) != 0:
+                raise ValueError("covariance must be positive definite")
+            self.precision = torch.cholesky_inverse(chol)  # [L, L]
 
     def _full(self, vocab: int, mask: int) -> Tensor:
         if self.values.numel() != vocab - 1:
@@ -147,6 +180,27 @@ class SumPotential:
 
     def _log_normal(self, mean: Tensor, var: Tensor) -> Tensor:
         return -0.5 * (torch.log(2 * torch.pi * var) + (self.y - mean) ** 2 / var)
+
+    def _correlation(self, masked: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For the masked sets ``[N, L]``: the Gaussian correlation factor ``1'K1 / tr K`` ``[N]``
+        of the masked values given the revealed ones, the same factor for the rest after
+        revealing each ``j`` ``[N, L]``, and the regression coefficient ``beta_j`` ``[N, L]``."""
+        m = masked.to(torch.float64)  # [N, L]
+        mm = m[:, :, None] * m[:, None, :]
+        # the conditional covariance of a Gaussian's block M given U is the inverse of the
+        # precision's M block; identity rows for the revealed positions keep the batch invertible
+        K = torch.linalg.inv(self.precision * mm + torch.diag_embed(1 - m)) * mm  # [N, L, L]
+        k1 = K.sum(-1)  # [N, L]
+        kjj = torch.diagonal(K, dim1=-2, dim2=-1)  # [N, L]
+        tot, tr = k1.sum(-1), kjj.sum(-1)  # [N]
+        safe = kjj.clamp_min(1e-300)
+        tot_j = tot[:, None] - 2 * k1 + kjj - (k1 - kjj) ** 2 / safe  # 1'K'1 of the rest given x_j
+        tr_j = tr[:, None] - kjj
+        ones = torch.ones_like(tot)
+        factor = torch.where(tr > 1e-12, tot / tr.clamp_min(1e-300), ones).clamp_min(1.0)
+        factor_j = torch.where(tr_j > 1e-12, tot_j / tr_j.clamp_min(1e-300), ones[:, None]).clamp_min(1.0)
+        beta = torch.where(masked, (k1 / safe - 1.0).clamp_min(0.0), 0.0)
+        return factor, factor_j, beta
 
     def step(self, tokens: Tensor, probs: Tensor, mask: int) -> tuple[Tensor, Tensor]:
         """``log G`` ``[N]`` of the canvas and the look-ahead ``log G`` per candidate ``[N, L, V+1]``."""
@@ -157,9 +211,14 @@ class SumPotential:
         var = (probs @ (a * a) - mu * mu).clamp_min(0)
         mu, var = torch.where(masked, mu, 0.0), torch.where(masked, var, 0.0)
         M, Vr = mu.sum(-1), var.sum(-1)  # [N]
-        log_g = self._log_normal(known + M, self.sigma ** 2 + Vr)
-        mean_v = (known + M)[:, None, None] - mu[..., None] + a  # [N, L, V+1]
-        var_v = (self.sigma ** 2 + Vr)[:, None, None] - var[..., None]
+        if self.precision is None:
+            factor, factor_j, beta = torch.ones_like(M), torch.ones_like(mu), torch.zeros_like(mu)
+        else:
+            factor, factor_j, beta = self._correlation(masked)
+        log_g = self._log_normal(known + M, self.sigma ** 2 + Vr * factor)
+        shift = (1.0 + beta)[..., None] * (a - mu[..., None])  # [N, L, V+1]: x_j = v and the rest's regression
+        mean_v = (known + M)[:, None, None] + shift
+        var_v = self.sigma ** 2 + ((Vr[:, None] - var) * factor_j)[..., None]
         return log_g, self._log_normal(mean_v, var_v.clamp_min(self.sigma ** 2))
 
     def leave_one_out_likelihood(self, tokens: Tensor) -> Tensor:
@@ -175,6 +234,37 @@ class SumPotential:
         """The exact ``log p(y | x)`` ``[N]`` of complete sequences."""
         a = self._full(vocab, mask)
         return self._log_normal(a[tokens].sum(-1), torch.tensor(self.sigma ** 2, dtype=torch.float64))
+
+
+@torch.no_grad()
+def value_covariance(model, values, length: int) -> Tensor:
+    """The prior covariance ``[L, L]`` of token values ``values[x_i]`` under a masked model,
+    from its conditionals with one token revealed (two batched calls, no sampling):
+    ``Cov(a_j, a_k) = sum_v p(x_j = v) (a_v - m_j) (E[a_k | x_j = v] - m_k)`` with ``p(x_j)``
+    and ``m`` from the all-mask canvas and ``E[a_k | x_j = v]`` from the ``L V`` canvases
+    holding ``v`` at ``j``; diagonal ``Var(a_j)``; symmetrised (a learned model's two
+    orderings differ). Exact for an exact model; the input of ``SumPotential(covariance=)``."""
+    model = as_masked_model(model)
+    mask, vocab = int(model.mask_id), int(model.vocab_size)
+    a = torch.as_tensor(values, dtype=torch.float64)
+    if a.shape != (vocab - 1,):
+        raise ValueError(f"values must be [{vocab - 1}] (one per token without the mask), got {tuple(a.shape)}")
+    L = int(length)
+    a_full = torch.cat([a[:mask], a.new_zeros(1), a[mask:]])  # [V+1]
+    keep = torch.arange(vocab) != mask
+    tok = torch.arange(vocab)[keep]  # [V]
+    p0 = filter_logits(model.logits(torch.full((1, L), mask, dtype=torch.long)), mask)[0].exp()  # [L, V+1]
+    m = p0 @ a_full  # [L]
+    var = p0 @ (a_full * a_full) - m * m
+    canv = torch.full((L, tok.numel(), L), mask, dtype=torch.long)  # [L(j), V(v), L]
+    canv[torch.arange(L)[:, None], torch.arange(tok.numel())[None, :], torch.arange(L)[:, None]] = tok[None, :]
+    pc = filter_logits(model.logits(canv.reshape(-1, L)), mask).exp().reshape(L, tok.numel(), L, vocab)
+    cond_mean = pc @ a_full  # [L(j), V, L(k)]
+    pj = p0[:, keep]  # [L, V]
+    cov = torch.einsum("jv,jv,jvk->jk", pj, a[None, :] - m[:, None], cond_mean - m[None, None, :])
+    cov = 0.5 * (cov + cov.T)
+    cov[torch.arange(L), torch.arange(L)] = var.clamp_min(0)
+    return cov
 
 
 @torch.no_grad()
@@ -291,6 +381,17 @@ def marginal_tv(marginals: Tensor, exact: Tensor) -> Tensor:
     return 0.5 * (marginals - exact).abs().sum(-1)
 
 
+def _full_conditional(model, tokens: Tensor, j: int, log_lik: Tensor) -> Tensor:
+    """``log p(x_j | x_{-j}, y)`` ``[N, V+1]``: the model's conditional with only ``j`` masked,
+    tilted by ``log_lik`` ``[N|1, V+1]`` and normalised (one batched model call)."""
+    mask = int(model.mask_id)
+    masked = tokens.clone()
+    masked[:, j] = mask
+    logp = filter_logits(model.logits(masked), mask)[:, j]  # [N, V+1]
+    law, _ = tilt_normalisers(logp, log_lik)
+    return law
+
+
 @torch.no_grad()
 def rao_blackwell_marginals(model, tokens: Tensor, likelihood, log_weights: Tensor | None = None) -> Tensor:
     """Per-position posterior marginals ``[L, V]`` from samples ``tokens`` ``[N, L]`` (weighted
@@ -310,10 +411,43 @@ def rao_blackwell_marginals(model, tokens: Tensor, likelihood, log_weights: Tens
         else torch.softmax(log_weights.double(), 0)
     out = torch.zeros(L, vocab, dtype=torch.float64)
     for j in range(L):
-        masked = tokens.clone()
-        masked[:, j] = mask
-        logp = filter_logits(model.logits(masked), mask)[:, j]  # [N, V+1]
-        law, _ = tilt_normalisers(logp, log_lik[:, j])  # [N, V+1]
+        law = _full_conditional(model, tokens, j, log_lik[:, j])  # [N, V+1]
         out[j] = (w[:, None] * law.exp()).sum(0)
     keep = torch.arange(vocab) != mask
     return out[:, keep]
+
+
+@torch.no_grad()
+def posterior_gibbs(model, tokens: Tensor, likelihood=None, sweeps: int = 1, seed: int = 0,
+                    potential: SumPotential | None = None) -> Tensor:
+    """``sweeps`` systematic-scan Gibbs sweeps on complete sequences ``tokens`` ``[N, L]``:
+    each position in turn redrawn from its exact full conditional ``p(x_j | x_{-j}, y)``
+    (the model's conditional with only ``j`` masked, times the per-position likelihood and the
+    potential's leave-one-out likelihood given the rest of that sequence). The kernel leaves the
+    posterior invariant, so weighted SMC particles stay properly weighted (keep their
+    weights): the *move* of resample-move SMC (Gilks & Berzuini 2001), run after the last step,
+    which spreads the particles the resampling duplicated. ``L`` batched model calls a sweep."""
+    model = as_masked_model(model)
+    mask, vocab = int(model.mask_id), int(model.vocab_size)
+    tokens = torch.as_tensor(tokens).long()
+    if tokens.dim() != 2 or (tokens == mask).any() or (tokens < 0).any() or (tokens >= vocab).any():
+        raise ValueError("posterior_gibbs needs complete sequences [N, L] of token ids (no mask)")
+    n, L = tokens.shape
+    if likelihood is None:
+        likelihood = torch.ones(L, vocab - 1, dtype=torch.float64)
+    log_lik = _log_likelihood(likelihood, vocab, mask)  # [1|N, L, V+1]
+    if potential is not None and potential.length != L:
+        raise ValueError(f"the potential is for length {potential.length}, the tokens have length {L}")
+    if int(sweeps) < 0:
+        raise ValueError(f"sweeps must be >= 0, got {sweeps}")
+    tokens = tokens.clone()
+    rng = SampleRNG.from_seed(seed, batch=n)
+    for sweep in range(int(sweeps)):
+        for j in range(L):
+            lik_j = log_lik[:, j]  # [1|N, V+1]
+            if potential is not None:
+                loo = _log_likelihood(potential.leave_one_out_likelihood(tokens)[:, j][:, None], vocab, mask)
+                lik_j = lik_j + loo[:, 0]
+            law = _full_conditional(model, tokens, j, lik_j)  # [N, V+1]
+            tokens[:, j] = propose_tokens(law[:, None], rng.fork(sweep * L + j), greedy=False)[:, 0]
+    return tokens
