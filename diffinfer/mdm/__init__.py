@@ -8,8 +8,10 @@ the masked forward process, ``template`` for structured-output scaffolding (S^3)
 (``DecodeTrace``: every canvas and the step that committed each position), ``posterior`` for
 posterior sampling under token observations (likelihood-tilted logits, SMC), ``conditional``
 for a model bound to one condition per row (``Conditioned``: captioning an image), ``refine`` for
-LaDiC's Back&Refine (``back_and_refine``).
+LaDiC's Back&Refine (``back_and_refine``), ``ar_energy`` for an autoregressive model as EDLM's
+energy on block-by-block decodes (``ar_prefix_energy``).
 """
+from .ar_energy import ARPrefixEnergy, ar_prefix_energy
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
 from .conditional import Conditioned
@@ -38,6 +40,7 @@ __all__ = [
     "policy_names",
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
+    "ARPrefixEnergy", "ar_prefix_energy",
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
     "rao_blackwell_marginals", "SumPotential",
     "Conditioned", "back_and_refine", "leave_one_out_confidence", "RefineResult",
