@@ -138,11 +138,11 @@ def cmd_decode(args) -> int:
     steps, reweight = args.steps, None
     if args.energy is not None:
         from ..mdm.ar_energy import ar_prefix_energy
-        from ..mdm.reweighting import EnergyReweighting
+        from ..mdm.ar_reweighting import ARCompletedReweighting
         from ..zoo import load
         steps = length // block
-        reweight = EnergyReweighting(ar_prefix_energy(load(args.energy), model.mask_id),
-                                     particles=args.particles or 16, draw="columns")
+        reweight = ARCompletedReweighting(ar_prefix_energy(load(args.energy), model.mask_id),
+                                          particles=args.particles or 16, draw="columns")
     bar, callback = _progress_callback(args, steps or length)
     try:
         result = decode(model, prompt=prompt, length=length, policy=args.policy, steps=steps,
@@ -199,7 +199,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float_in(0.0, 1.0, lo_open=True), default=None)
     p.add_argument("--cfg", type=float_in(0.0, 100.0), default=0.0, help="LLaDA classifier-free guidance weight")
     p.add_argument("--energy", default=None, help=f"EDLM reweighting under an AR model ({', '.join(ENERGY_MODELS)}): "
-                   "each step's block is resampled among --particles candidates; needs --block B and one block "
+                   "each step's block but its last token is resampled among --particles candidates, the last "
+                   "token is drawn from the AR model (mdm.ARCompletedReweighting); needs --block B and one block "
                    "per step; tokens_per_call counts the energy's calls too")
     p.add_argument("--particles", type=int_in(1, 4096), default=None, help="candidates per row and step with "
                    "--energy (default 16)")

@@ -12,6 +12,7 @@ LaDiC's Back&Refine (``back_and_refine``), ``ar_energy`` for an autoregressive m
 energy on block-by-block decodes (``ar_prefix_energy``).
 """
 from .ar_energy import ARPrefixEnergy, ar_prefix_energy
+from .ar_reweighting import ARCompletedReweighting
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
 from .conditional import Conditioned
@@ -40,7 +41,7 @@ __all__ = [
     "policy_names",
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
-    "ARPrefixEnergy", "ar_prefix_energy",
+    "ARPrefixEnergy", "ar_prefix_energy", "ARCompletedReweighting",
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
     "rao_blackwell_marginals", "SumPotential",
     "Conditioned", "back_and_refine", "leave_one_out_confidence", "RefineResult",

@@ -144,17 +144,49 @@ class ARPrefixEnergy:
         ``drawn`` ``[n, L]`` positions filled, one candidate per ``K``); equal to
         ``self(filled.reshape(-1, L)).reshape(n, K)`` up to round-off, computing each row's
         prefix once."""
+        return self._score(tokens, filled, want_next=False)[0]
+
+    def score_and_next(self, tokens: Tensor, filled: Tensor) -> tuple[Tensor, Tensor]:
+        """``score_candidates`` and, from the same evaluation, each candidate's next-token
+        log-law ``[n, K, V]`` after its filled prefix (the AR conditional of the position that
+        follows it)."""
+        return self._score(tokens, filled, want_next=True)
+
+    def _score(self, tokens: Tensor, filled: Tensor, want_next: bool):
         n_rows, K, L = filled.shape
+        flat = filled.reshape(-1, L)
         s = prefix_lengths(tokens, self.mask_id)  # [n]
-        e = prefix_lengths(filled.reshape(-1, L), self.mask_id).reshape(n_rows, K)  # [n, K]
+        e = prefix_lengths(flat, self.mask_id).reshape(n_rows, K)  # [n, K]
         if self.net is None or not bool((e == e[:, :1]).all()):
-            return self(filled.reshape(-1, L)).reshape(n_rows, K)
+            return self(flat).reshape(n_rows, K), (self._next_generic(flat).reshape(n_rows, K, -1)
+                                                   if want_next else None)
         e = e[:, 0]
-        out = torch.empty(n_rows, K, dtype=torch.float64)
+        out, nxt = torch.empty(n_rows, K, dtype=torch.float64), None
         groups = torch.stack([s, e], -1).unique(dim=0)
         for s_g, e_g in groups.tolist():
             rows = ((s == s_g) & (e == e_g)).nonzero()[:, 0]
-            out[rows] = self._score_group(tokens[rows, :s_g], filled[rows][:, :, s_g:e_g], len(rows) == n_rows)
+            lp, nx = self._score_group(tokens[rows, :s_g], filled[rows][:, :, s_g:e_g], len(rows) == n_rows,
+                                       want_next)
+            out[rows] = lp
+            if want_next:
+                nxt = torch.empty(n_rows, K, nx.shape[-1], dtype=torch.float64) if nxt is None else nxt
+                nxt[rows] = nx
+        return out, nxt
+
+    def _next_generic(self, flat: Tensor) -> Tensor:
+        """Next-token log-law ``[N, V]`` after each row's prefix, from whole rows."""
+        n = prefix_lengths(flat, self.mask_id)
+        if bool((n == 0).any()):
+            if self.initial is None:
+                raise ValueError("an empty prefix has no AR next-token law; give initial= or a prompt")
+        m = max(1, int(n.max()))
+        with torch.no_grad():
+            logp = torch.log_softmax(torch.as_tensor(self.ar.logits(flat[:, :m])).double(), -1)  # [N, m, V]
+        out = logp[torch.arange(len(flat)), (n - 1).clamp_min(0)]
+        if self.initial is not None and bool((n == 0).any()):
+            init = torch.full((out.shape[-1],), -torch.inf, dtype=torch.float64)
+            init[: len(self.initial)] = self.initial
+            out = torch.where((n == 0)[:, None], init, out)
         return out
 
     def _prefix_state(self, prefix: Tensor, memo_ok: bool):
@@ -187,10 +219,12 @@ class ARPrefixEnergy:
             self._memo = (prefix.clone(), keys, values, lp_prefix, last)
         return keys, values, lp_prefix, last
 
-    def _score_group(self, prefix: Tensor, window: Tensor, memo_ok: bool) -> Tensor:
-        """``log p(prefix) + log p(window | prefix)`` ``[n, K]`` for ``window`` ``[n, K, W]``."""
+    def _score_group(self, prefix: Tensor, window: Tensor, memo_ok: bool, want_next: bool = False):
+        """``log p(prefix) + log p(window | prefix)`` ``[n, K]`` for ``window`` ``[n, K, W]`` and,
+        with ``want_next``, the next-token log-law ``[n, K, V]`` after each candidate."""
         net = self.net
         n, K, W = window.shape
+        nxt = None
         with torch.no_grad():
             state = self._prefix_state(prefix, memo_ok)
             if state is None:  # empty prefix: the first token has the optional initial law
@@ -198,17 +232,26 @@ class ARPrefixEnergy:
                 h, dh = net.blocks[0].attn.n_heads, net.tok.embedding_dim // net.blocks[0].attn.n_heads
                 empty = [p.new_zeros(n, h, 0, dh) for _ in net.blocks]
                 keys, values = empty, empty
-                lp = self._first(window[..., 0])  # [n, K]
+                lp = self._first(window[..., 0]) if W else torch.zeros(n, K, dtype=torch.float64)
+                if want_next and W == 0:
+                    nxt = self._next_generic(torch.full((1, 1), self.mask_id)).expand(n, K, -1)
             else:
                 keys, values, lp_prefix, last = state
-                lp = lp_prefix[:, None] + last.gather(-1, window[..., 0])  # [n, K]
-            if W > 1:
-                logits, _, _ = _continuation_logits(net, keys, values, window[..., :-1], prefix.shape[1])
-                lw = torch.log_softmax(logits.double(), -1)  # [n, K, W-1, V]
-                lp = lp + lw.gather(-1, window[..., 1:, None])[..., 0].sum(-1)
+                lp = lp_prefix[:, None].expand(n, K).clone()  # [n, K]
+                if W:
+                    lp = lp + last.gather(-1, window[..., 0])
+                elif want_next:
+                    nxt = last[:, None].expand(n, K, last.shape[-1])
+            run = window if want_next else window[..., :-1]  # the positions whose next-token law is needed
+            if W and run.shape[-1]:
+                logits, _, _ = _continuation_logits(net, keys, values, run, prefix.shape[1])
+                lw = torch.log_softmax(logits.double(), -1)  # [n, K, W or W-1, V]
+                lp = lp + lw[:, :, :W - 1].gather(-1, window[..., 1:, None])[..., 0].sum(-1)
+                if want_next:
+                    nxt = lw[:, :, -1]
         if bool(torch.isnan(lp).any()):
             raise ValueError("the AR model returned NaN log-probabilities")
-        return lp
+        return lp, nxt
 
 
 def ar_prefix_energy(ar, mask_id: int | None = None, initial: Tensor | None = None) -> ARPrefixEnergy:
