@@ -271,3 +271,17 @@ def test_cli_energy_usage_errors(extra, message, capsys):
     argv = ["decode", "--model", "shakespeare-char", "--length", "16", "--policy", "random", "--no-progress"] + extra
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_readme_energy_example_is_measured_by_the_decode_examples_bench():
+    """bench/decode_examples.py holds the README's decode commands as a list: the EDLM example
+    must be in it (so its perplexity is measured) exactly as the README writes it."""
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parents[1]
+    readme = set(re.findall(r"(diffinfer decode [^`\n#]*?)\s*(?:`|#|\n)", (root / "README.md").read_text()))
+    energy = [c for c in readme if "--energy" in c]
+    assert energy, "the README shows no decode example with --energy"
+    bench = (root / "bench" / "decode_examples.py").read_text()
+    for command in energy:
+        assert f"'{command}'" in bench, command

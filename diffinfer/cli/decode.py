@@ -3,7 +3,7 @@
     diffinfer decode --model shakespeare-char --prompt "ROMEO:" --length 256 \\
         --policy threshold --threshold 0.9 --block 32
     diffinfer decode --model markov --length 64 --policy threshold --score max
-    diffinfer decode --model shakespeare-char --energy shakespeare-ar --particles 64 \\
+    diffinfer decode --model shakespeare-char --energy shakespeare-ar --particles 32 \\
         --prompt "ROMEO:" --length 192 --block 4 --policy random
 """
 from __future__ import annotations
