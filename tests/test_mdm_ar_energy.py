@@ -98,6 +98,13 @@ def test_candidate_scoring_with_a_shared_prefix_equals_whole_rows():
         fast = energy.score_candidates(tokens, filled, drawn)
         slow = energy(filled.reshape(-1, Lc)).reshape(n, K)
         assert torch.allclose(fast, slow, rtol=0, atol=1e-11), (start, (fast - slow).abs().max())
+        if start:  # the next-token law after each candidate (ARCompletedReweighting's last token)
+            lp, nxt = energy.score_and_next(tokens, filled)
+            want = energy._next_generic(filled.reshape(-1, Lc)).reshape(n, K, -1)
+            assert torch.allclose(lp, slow, rtol=0, atol=1e-11)
+            assert torch.allclose(nxt, want, rtol=0, atol=1e-11)
+            _, at_prefix = energy.score_and_next(tokens, tokens[:, None].repeat(1, K, 1))  # empty window
+            assert torch.allclose(at_prefix, energy._next_generic(tokens)[:, None].expand(n, K, -1), rtol=0, atol=1e-11)
         tokens = filled[:, 1].clone()
     # a prefix that does not extend the memo (different rows) is recomputed, not reused
     other = torch.randint(0, ar.mask_id, (n, Lc), generator=g)
