@@ -14,12 +14,14 @@ log-probability), ``K`` candidates per row and step, temperature 1, 16 samples. 
 drawn from the AR conditional; ``k/2`` tokens per call), ``edlm`` (``mdm.EnergyReweighting``,
 all ``k`` resampled; ``k/2``), ``none`` (the masked model alone; ``k`` per call).
 
-The configuration is chosen on decode seed 0 (the highest tokens per call that meets both bars,
-then the lowest perplexity) and reported on decode seed 1 (other random streams). Perplexity
+The configuration is chosen on decode seed 0 (the highest tokens per call that meets both bars
+with the upper end of the perplexity's bootstrap interval, then the lowest perplexity) and
+reported on decode seed 1 (other random streams), beside the fastest configuration that meets
+the bars by its point estimates on seed 0 (if another) and the baselines at the chosen block size. Perplexity
 spread: a 90% bootstrap interval over the samples (1,000 resamples) and the per-sample std of
 the NLL. Models come from the zoo at run time, so a replaced checkpoint is measured as it is.
 
-    python bench/mdm_edlm_text.py           # about 5 minutes on one thread
+    python bench/mdm_edlm_text.py           # 7-10 minutes on one thread
     python bench/mdm_edlm_text.py --quick   # 4 samples, a smaller grid (printed only)
 
 Writes ``bench/results/mdm_edlm_text.json`` and ``bench/results/mdm_edlm_text.md``.
@@ -44,8 +46,8 @@ from results_io import write_results  # noqa: E402
 PROMPT, LENGTH, SAMPLES = "ROMEO:", 240, 16
 PPL_BAR, ENTROPY_BAR, RATE_BAR = 1.5, 0.05, 2.0
 SELECT_SEED, REPORT_SEED = 0, 1
-GRID = [("ar-completed", 4, K) for K in (8, 16, 32, 64)] + [("ar-completed", k, K) for k in (6, 8) for K in (16, 64)] \
-    + [("edlm", 4, 64), ("none", 4, 1)]
+GRID = [("ar-completed", 4, K) for K in (8, 16, 32, 64)] + [("ar-completed", 6, K) for K in (16, 64, 256)] \
+    + [("ar-completed", 8, K) for K in (16, 64)] + [("edlm", 4, 64), ("none", 4, 1)]
 QUICK_GRID = [("ar-completed", 4, 16), ("edlm", 4, 16), ("none", 4, 1)]
 
 
@@ -75,6 +77,8 @@ def run(method: str, k: int, K: int, seed: int, n: int, text, energy) -> dict:
             "heldout_ppl": rep["heldout_ppl"], "ppl_ratio": rep["ppl_ratio"], "entropy": rep["entropy"],
             "heldout_entropy": rep["heldout_entropy"], "entropy_rel_diff": rep["entropy_rel_diff"],
             "met": bool(rate >= RATE_BAR and rep["ppl_ratio"] <= PPL_BAR and rep["entropy_rel_diff"] <= ENTROPY_BAR),
+            "met_upper": bool(rate >= RATE_BAR and hi <= PPL_BAR * rep["heldout_ppl"]
+                              and rep["entropy_rel_diff"] <= ENTROPY_BAR),
             "wall_s": round(wall, 1), "first_text": text.decode(res.tokens[0, :len(prompt) + LENGTH].tolist())}
 
 
@@ -83,7 +87,7 @@ def row(r: dict) -> str:
     return (f"| {r['method']} | {r['k']} | {K} | {r['seed']} | {r['tokens_per_call']:.2f} | {r['nfe']} + "
             f"{r['energy_calls']} ({r['energy_rows']}) | {r['gen_ppl']:.2f} [{r['ppl_lo']:.2f}, {r['ppl_hi']:.2f}] | "
             f"{r['ppl_ratio']:.3f} | {r['entropy']:.3f} ({100 * r['entropy_rel_diff']:.1f}%) | "
-            f"{'yes' if r['met'] else 'no'} | {r['wall_s']} |")
+            f"{('yes, with margin' if r['met_upper'] else 'yes') if r['met'] else 'no'} | {r['wall_s']} |")
 
 
 def main(argv=None) -> int:
@@ -99,12 +103,17 @@ def main(argv=None) -> int:
     for method, k, K in (QUICK_GRID if args.quick else GRID):
         rows.append(run(method, k, K, SELECT_SEED, n, text, energy))
         print(row(rows[-1]), flush=True)
-    passing = [r for r in rows if r["met"]]
+    # the choice: the bars met with margin (the bootstrap upper end of the perplexity within the bar)
+    passing = [r for r in rows if r["met_upper"]]
     chosen = max(passing, key=lambda r: (r["tokens_per_call"], -r["gen_ppl"])) if passing else None
+    # also shown on the report seed: the fastest configuration meeting the point estimates, if another
+    point = [r for r in rows if r["met"]]
+    fastest = max(point, key=lambda r: (r["tokens_per_call"], -r["gen_ppl"])) if point else None
     report = []
-    if chosen is not None:
-        report.append(run(chosen["method"], chosen["k"], chosen["particles"], REPORT_SEED, n, text, energy))
-        print(row(report[-1]), flush=True)
+    for r in (chosen, fastest if fastest is not chosen else None):
+        if r is not None:
+            report.append(run(r["method"], r["k"], r["particles"], REPORT_SEED, n, text, energy))
+            print(row(report[-1]), flush=True)
     for method in ("edlm", "none"):  # the baselines at the same block size, on the report seeds too
         k = chosen["k"] if chosen is not None else 4
         K = chosen["particles"] if (chosen is not None and method == "edlm") else (64 if method == "edlm" else 1)
@@ -114,7 +123,7 @@ def main(argv=None) -> int:
     head = ("| method | k (tokens per step) | K (candidates) | decode seed | tokens per call | calls: model + energy "
             "(energy rows) | gen. perplexity [90% bootstrap] | ratio to held-out | unigram entropy (off) | goal met | "
             "wall s |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    verdict = "no configuration met the goal on the selection seeds"
+    verdict = "no configuration met the goal (with the bootstrap margin) on the selection seeds"
     if chosen is not None:
         rep = report[0]
         verdict = (f"chosen on seed {SELECT_SEED}: {chosen['method']}, k = {chosen['k']}, K = {chosen['particles']}; "
