@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from diffinfer import mdm
 from diffinfer.cli import main
 from diffinfer.mdm import ARCompletedReweighting, EnergyReweighting, ar_prefix_energy, decode
 from diffinfer.mdm.ar_energy import prefix_lengths
@@ -47,7 +46,8 @@ def test_prefix_energy_is_the_exact_prefix_log_probability(oracle):
     assert torch.allclose(e, exact, rtol=0, atol=1e-12)
     assert bool((prefix_lengths(x, oracle.mask_id) == keep).all())
     cond = ar_prefix_energy(ar)(x)
-    first = torch.where(keep > 0, ar.initial[x[:, 0].clamp_max(oracle.n_states - 1)], torch.zeros((), dtype=torch.float64))
+    zero = torch.zeros((), dtype=torch.float64)
+    first = torch.where(keep > 0, ar.initial[x[:, 0].clamp_max(oracle.n_states - 1)], zero)
     assert torch.allclose(cond, exact - first, rtol=0, atol=1e-12)
 
 

@@ -76,7 +76,8 @@ class ARCompletedReweighting(EnergyReweighting):
                 law[:, mask] = -torch.inf
             p = torch.softmax(law, -1)
             cdf = p.cumsum(-1)
-            last = torch.searchsorted(cdf, (u_last[r] * cdf[:, -1])[:, None], right=True)[:, 0].clamp_max(p.shape[-1] - 1)
+            last = torch.searchsorted(cdf, (u_last[r] * cdf[:, -1])[:, None], right=True)[:, 0]
+            last = last.clamp_max(p.shape[-1] - 1)  # [n]
             last = torch.where(p.gather(-1, last[:, None])[:, 0] > 0, last, p.argmax(-1))
             chosen[r, e[r] - 1] = last
         return torch.where(commit, chosen, tokens)

@@ -53,7 +53,8 @@ class CausalOracle:
             return o.initial, o.transition, o.emission, o._evidence(tokens)
         V = self.mask_id
         eye = torch.eye(V, dtype=torch.float64)
-        evidence = torch.where((tokens == V)[..., None], torch.ones((), dtype=torch.float64), eye[tokens.clamp_max(V - 1)])
+        one = torch.ones((), dtype=torch.float64)
+        evidence = torch.where((tokens == V)[..., None], one, eye[tokens.clamp_max(V - 1)])  # [N, n, V]
         return o.initial, o.transition, eye, evidence
 
     __call__ = logits
