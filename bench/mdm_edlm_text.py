@@ -23,6 +23,7 @@ the NLL. Models come from the zoo at run time, so a replaced checkpoint is measu
 
     python bench/mdm_edlm_text.py           # 7-10 minutes on one thread
     python bench/mdm_edlm_text.py --quick   # 4 samples, a smaller grid (printed only)
+    python bench/mdm_edlm_text.py --seeds 2 3 4   # the chosen configuration on more seeds (printed only)
 
 Writes ``bench/results/mdm_edlm_text.json`` and ``bench/results/mdm_edlm_text.md``.
 """
@@ -93,11 +94,19 @@ def row(r: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="only print --config on these decode seeds (not recorded)")
+    ap.add_argument("--config", default="ar-completed,4,32", help="method,k,K for --seeds")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     n = 4 if args.quick else SAMPLES
     text, ar = zoo.load("shakespeare-char"), zoo.load("shakespeare-ar")
     energy = mdm.ar_prefix_energy(ar, text.mask_id)
+    if args.seeds:
+        method, k, K = args.config.split(",")
+        for seed in args.seeds:
+            print(row(run(method, int(k), int(K), seed, n, text, energy)), flush=True)
+        return 0
     t0 = time.perf_counter()
     rows = []
     for method, k, K in (QUICK_GRID if args.quick else GRID):
