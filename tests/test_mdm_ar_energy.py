@@ -117,6 +117,30 @@ def test_candidate_scoring_with_a_shared_prefix_equals_whole_rows():
                           energy(filled.reshape(-1, Lc)).reshape(n, K), rtol=0, atol=1e-11)
 
 
+def test_each_scoring_call_is_one_network_pass():
+    """The energy call EDLM counts is one evaluation of the AR network: the tokens committed
+    since the previous call (the whole prompt on the first) are evaluated in the candidates'
+    pass, never in a separate one; the scores still equal whole-row scoring."""
+    ar = _TinyAR(seed=1)
+    passes = []
+    embed = ar.net._embed
+    ar.net._embed = lambda *a, **k: (passes.append(1), embed(*a, **k))[1]
+    energy = ar_prefix_energy(ar)
+    g = torch.Generator().manual_seed(5)
+    n, K, Lc = 2, 4, 16
+    tokens = torch.full((n, Lc), ar.mask_id)
+    tokens[:, :3] = torch.randint(0, ar.mask_id, (n, 3), generator=g)  # a prompt
+    for start in (3, 7, 11):  # blocks of 4: 3 candidates + the AR-completed token
+        filled = tokens[:, None].repeat(1, K, 1)
+        filled[:, :, start:start + 3] = torch.randint(0, ar.mask_id, (n, K, 3), generator=g)
+        before = len(passes)
+        lp, _ = energy.score_and_next(tokens, filled)
+        assert len(passes) - before == 1, start
+        assert torch.allclose(lp, energy(filled.reshape(-1, Lc)).reshape(n, K), rtol=0, atol=1e-11)
+        tokens = filled[:, 2].clone()
+        tokens[:, start + 3] = 0  # the AR-completed last token of the block, committed too
+
+
 def _law(tokens, length=L):
     idx = (tokens * torch.tensor([V ** (length - 1 - i) for i in range(length)])).sum(-1)
     return torch.bincount(idx, minlength=V ** length).double() / len(tokens)

@@ -19,11 +19,11 @@ tokens ``1..L-1``); ``initial`` (log-probabilities ``[V]``) adds one, otherwise 
 token keeps the proposal's law (a prompt makes this moot).
 
 Cost: the candidates of a row share its prefix, so ``score_candidates`` (the fast form
-``EnergyReweighting`` uses when an energy has it) runs a causal ``CharTransformer`` once over
-each row's prefix (extended incrementally from the previous call when it still matches) and
-then only the ``W`` new tokens of the ``K`` candidates, attending to the shared prefix keys
-and values without copying them ``K`` times. Other causal models (the exact oracles of
-``toys.CausalOracle``) are scored on whole rows.
+``EnergyReweighting`` uses when an energy has it) keeps each row's prefix keys and values
+from the previous call and runs a causal ``CharTransformer`` once per call, over the tokens
+committed since then followed by the ``W`` new tokens of each of the ``K`` candidates,
+attending to the cached prefix without copying it ``K`` times: one energy call is one network
+pass. Other causal models (the exact oracles of ``toys.CausalOracle``) are scored on whole rows.
 """
 from __future__ import annotations
 
@@ -189,66 +189,61 @@ class ARPrefixEnergy:
             out = torch.where((n == 0)[:, None], init, out)
         return out
 
-    def _prefix_state(self, prefix: Tensor, memo_ok: bool):
-        """Keys/values, ``log p(prefix)`` ``[n]`` and the next-token log-law ``[n, V]`` after
-        ``prefix`` ``[n, s]`` (``None`` for ``s = 0``), extending the previous call's prefix when
-        it is a prefix of this one."""
-        net = self.net
-        n, s = prefix.shape
+    def _cached_prefix(self, prefix: Tensor, memo_ok: bool):
+        """What the previous call left of ``prefix`` ``[n, s]``: per-layer keys/values of its
+        first ``s0`` tokens, ``log p`` of them ``[n]`` and the next-token log-law after them
+        ``[n, V]`` (``None`` for ``s0 = 0``), and ``s0``. Nothing runs the network here: the
+        ``s - s0`` tokens committed since then are evaluated in the same pass as the candidates."""
+        net, (n, s) = self.net, prefix.shape
         memo = self._memo if memo_ok else None
         if memo is not None and memo[0].shape[0] == n and 0 < memo[0].shape[1] <= s \
                 and bool((prefix[:, :memo[0].shape[1]] == memo[0]).all()):
-            s0 = memo[0].shape[1]
-            keys, values, lp_prefix, last = memo[1], memo[2], memo[3], memo[4]
-            if s > s0:
-                logits, k_new, v_new = _continuation_logits(net, keys, values, prefix[:, None, s0:], s0)
-                lw = torch.log_softmax(logits[:, 0].double(), -1)  # [n, s-s0, V]
-                lp_prefix = lp_prefix + last.gather(-1, prefix[:, s0:s0 + 1])[:, 0] \
-                    + lw[:, :-1].gather(-1, prefix[:, s0 + 1:, None])[..., 0].sum(-1)
-                keys = [torch.cat([kp, kn[:, 0]], dim=2) for kp, kn in zip(keys, k_new)]
-                values = [torch.cat([vp, vn[:, 0]], dim=2) for vp, vn in zip(values, v_new)]
-                last = lw[:, -1]
-        elif s == 0:
-            return None
-        else:
-            logits, cache = net.forward_with_cache(prefix)
-            lw = torch.log_softmax(logits.double(), -1)  # [n, s, V]
-            lp_prefix = self._first(prefix[:, 0]) + lw[:, :-1].gather(-1, prefix[:, 1:, None])[..., 0].sum(-1)
-            keys, values, last = list(cache.keys), list(cache.values), lw[:, -1]
-        if memo_ok:
-            self._memo = (prefix.clone(), keys, values, lp_prefix, last)
-        return keys, values, lp_prefix, last
+            return memo[1], memo[2], memo[3], memo[4], memo[0].shape[1]
+        p = net.tok.weight
+        h, dh = net.blocks[0].attn.n_heads, net.tok.embedding_dim // net.blocks[0].attn.n_heads
+        empty = [p.new_zeros(n, h, 0, dh) for _ in net.blocks]
+        return empty, empty, torch.zeros(n, dtype=torch.float64), None, 0
 
     def _score_group(self, prefix: Tensor, window: Tensor, memo_ok: bool, want_next: bool = False):
         """``log p(prefix) + log p(window | prefix)`` ``[n, K]`` for ``window`` ``[n, K, W]`` and,
-        with ``want_next``, the next-token log-law ``[n, K, V]`` after each candidate."""
-        net = self.net
+        with ``want_next``, the next-token log-law ``[n, K, V]`` after each candidate.
+
+        One network pass per call: the prefix tokens not yet cached (those committed since the
+        previous call, or the whole prompt on the first) lead every candidate's window, so the
+        new prefix keys/values, the candidates' scores and their next-token laws come out of
+        the same evaluation (the ``K`` copies of the leading tokens are identical)."""
         n, K, W = window.shape
-        nxt = None
+        s = prefix.shape[1]
         with torch.no_grad():
-            state = self._prefix_state(prefix, memo_ok)
-            if state is None:  # empty prefix: the first token has the optional initial law
-                p = net.tok.weight
-                h, dh = net.blocks[0].attn.n_heads, net.tok.embedding_dim // net.blocks[0].attn.n_heads
-                empty = [p.new_zeros(n, h, 0, dh) for _ in net.blocks]
-                keys, values = empty, empty
-                lp = self._first(window[..., 0]) if W else torch.zeros(n, K, dtype=torch.float64)
-                if want_next and W == 0:
-                    nxt = self._next_generic(torch.full((1, 1), self.mask_id)).expand(n, K, -1)
-            else:
-                keys, values, lp_prefix, last = state
-                lp = lp_prefix[:, None].expand(n, K).clone()  # [n, K]
-                if W:
-                    lp = lp + last.gather(-1, window[..., 0])
-                elif want_next:
-                    nxt = last[:, None].expand(n, K, last.shape[-1])
-            run = window if want_next else window[..., :-1]  # the positions whose next-token law is needed
-            if W and run.shape[-1]:
-                logits, _, _ = _continuation_logits(net, keys, values, run, prefix.shape[1])
-                lw = torch.log_softmax(logits.double(), -1)  # [n, K, W or W-1, V]
-                lp = lp + lw[:, :, :W - 1].gather(-1, window[..., 1:, None])[..., 0].sum(-1)
-                if want_next:
-                    nxt = lw[:, :, -1]
+            keys, values, lp_prefix, last, s0 = self._cached_prefix(prefix, memo_ok)
+            delta = prefix[:, s0:]  # [n, d]: evaluated with the candidates
+            d = s - s0
+            full = torch.cat([delta[:, None].expand(n, K, d), window], dim=-1)  # [n, K, d + W]
+            # positions whose next-token law is needed (all of them when only prefix tokens are new)
+            run = full if (want_next or W == 0) else full[..., :-1]
+            lw = None
+            if run.shape[-1]:
+                logits, k_new, v_new = _continuation_logits(self.net, keys, values, run, s0)
+                lw = torch.log_softmax(logits.double(), -1)  # [n, K, d + W (- 1), V]
+            # the log-law of each token of `full` given what precedes it: [n, K, d + W]
+            if d + W == 0:  # nothing new: the cached prefix's own score and next-token law
+                lp = lp_prefix[:, None].expand(n, K).clone()
+                if not want_next:
+                    return lp, None
+                if s == 0:
+                    return lp, self._next_generic(torch.full((1, 1), self.mask_id)).expand(n, K, -1)
+                return lp, last[:, None].expand(n, K, last.shape[-1])
+            first = self._first(full[..., 0]) if s0 == 0 else last[:, None].expand(n, K, -1).gather(
+                -1, full[..., :1])[..., 0]  # [n, K]
+            rest = lw[:, :, :d + W - 1].gather(-1, full[..., 1:, None])[..., 0] if d + W > 1 else \
+                torch.zeros(n, K, 0, dtype=torch.float64)  # [n, K, d + W - 1]
+            lp = lp_prefix[:, None] + first + rest.sum(-1)  # [n, K]
+            nxt = lw[:, :, -1] if want_next else None
+            if memo_ok and d and s:
+                lp_new = lp_prefix + first[:, 0] + rest[:, 0, :d - 1].sum(-1)  # [n]
+                self._memo = (prefix.clone(), [torch.cat([kp, kn[:, 0, :, :d]], dim=2) for kp, kn in zip(keys, k_new)],
+                              [torch.cat([vp, vn[:, 0, :, :d]], dim=2) for vp, vn in zip(values, v_new)],
+                              lp_new, lw[:, 0, d - 1])
         if bool(torch.isnan(lp).any()):
             raise ValueError("the AR model returned NaN log-probabilities")
         return lp, nxt
