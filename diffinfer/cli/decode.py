@@ -3,6 +3,8 @@
     diffinfer decode --model shakespeare-char --prompt "ROMEO:" --length 256 \\
         --policy threshold --threshold 0.9 --block 32
     diffinfer decode --model markov --length 64 --policy threshold --score max
+    diffinfer decode --model shakespeare-char --energy shakespeare-ar --particles 32 \\
+        --prompt "ROMEO:" --length 192 --block 4 --policy random
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ SELF_PACED = ("threshold", "factor", "dilated")
 #: policies with a --score option
 SCORED = ("threshold", "factor", "confident", "rcr")
 MAX_BATCH = 1024
+#: causal zoo models usable as the EDLM energy (``--energy``)
+ENERGY_MODELS = ("shakespeare-ar",)
 
 
 def _block(value: str):
@@ -79,7 +83,31 @@ def validate(args):
                          f"(at most {MAX_BATCH * MAX_TOKENS // 8} tokens per run)")
     if args.steps is not None and args.steps > args.length:
         raise UsageError(f"--steps {args.steps} exceeds --length {args.length} (at least one token per step)")
+    if args.particles is not None and args.energy is None:
+        raise UsageError("--particles applies with --energy (EDLM reweighting)")
+    if args.energy is not None:
+        validate_energy(args, block)
     return block
+
+
+def validate_energy(args, block):
+    """``--energy``: an AR model scores prefixes exactly, so every step must commit one whole
+    block, left to right (``--block B``, ``--steps length/B``, a scheduled policy)."""
+    if args.energy not in ENERGY_MODELS:
+        raise UsageError(f"unknown --energy {args.energy!r}; valid: {', '.join(ENERGY_MODELS)}")
+    if args.model == "markov":
+        raise UsageError("--energy scores text of the shakespeare models; --model markov has no AR energy")
+    if not isinstance(block, int) or args.length % block:
+        raise UsageError(f"--energy needs --block B dividing --length {args.length} (one block per step, left "
+                         f"to right, so the AR model scores the decoded prefix exactly)")
+    if args.policy in SELF_PACED or args.policy == "rcr":
+        raise UsageError(f"--energy needs a scheduled policy that commits the whole block per step, not "
+                         f"{args.policy}; e.g. --policy random")
+    if args.steps is not None and args.steps != args.length // block:
+        raise UsageError(f"--energy commits one block per step: --steps must be --length / --block = "
+                         f"{args.length // block}, got {args.steps}")
+    if args.cache != "none":
+        raise UsageError("--energy works without a cache (--cache none)")
 
 
 def _progress_callback(args, total):
@@ -107,16 +135,29 @@ def cmd_decode(args) -> int:
         delimiters = codec.encode(delim).tolist()
     eos = codec.encode(args.eos).tolist()[0] if args.eos else None
     length = fit_length(model, 0 if prompt is None else len(prompt), args.length, block)
-    bar, callback = _progress_callback(args, args.steps or length)
+    steps, reweight = args.steps, None
+    if args.energy is not None:
+        from ..mdm.ar_energy import ar_prefix_energy
+        from ..mdm.ar_reweighting import ARCompletedReweighting
+        from ..zoo import load
+        steps = length // block
+        reweight = ARCompletedReweighting(ar_prefix_energy(load(args.energy), model.mask_id),
+                                          particles=args.particles or 16, draw="columns")
+    bar, callback = _progress_callback(args, steps or length)
     try:
-        result = decode(model, prompt=prompt, length=length, policy=args.policy, steps=args.steps,
+        result = decode(model, prompt=prompt, length=length, policy=args.policy, steps=steps,
                         block=block, cache=args.cache, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, seed=args.seed, eos_id=eos, batch=args.batch, cfg=args.cfg,
-                        schedule=args.schedule, delimiters=delimiters, callback=callback, **options)
+                        schedule=args.schedule, delimiters=delimiters, callback=callback, reweight=reweight,
+                        **options)
     finally:
         if bar is not None:
             bar.close()
     stats = result.stats()
+    if reweight is not None:  # EDLM: the energy model's calls count as calls too
+        calls = result.nfe + result.energy_calls
+        stats["tokens_per_call"] = round(float(result.decoded_per_row.sum()) / (args.batch * max(1, calls)), 4)
+        stats["energy"], stats["particles"] = args.energy, reweight.particles
     if args.model == "markov":
         chain = model
         full = result.tokens[:, : int(result.gen_end.max())]
@@ -157,6 +198,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int_in(1), default=None)
     p.add_argument("--top-p", type=float_in(0.0, 1.0, lo_open=True), default=None)
     p.add_argument("--cfg", type=float_in(0.0, 100.0), default=0.0, help="LLaDA classifier-free guidance weight")
+    p.add_argument("--energy", default=None, help=f"EDLM reweighting under an AR model ({', '.join(ENERGY_MODELS)}): "
+                   "each step's block but its last token is resampled among --particles candidates, the last "
+                   "token is drawn from the AR model (mdm.ARCompletedReweighting); needs --block B and one block "
+                   "per step; tokens_per_call counts the energy's calls too")
+    p.add_argument("--particles", type=int_in(1, 4096), default=None, help="candidates per row and step with "
+                   "--energy (default 16)")
     p.add_argument("--eos", default=None, help="end-of-sequence character (one character)")
     p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=1, help=f"samples (1-{MAX_BATCH})")
     p.add_argument("--seed", type=seed_int, default=0)

@@ -10,8 +10,11 @@ posterior sampling under token observations (likelihood-tilted logits, SMC), ``a
 Anchored Posterior Sampling (quantized expectation, anchored remasking), ``restore`` for
 restoring corrupted token sequences (text), ``conditional``
 for a model bound to one condition per row (``Conditioned``: captioning an image), ``refine`` for
-LaDiC's Back&Refine (``back_and_refine``).
+LaDiC's Back&Refine (``back_and_refine``), ``ar_energy`` for an autoregressive model as EDLM's
+energy on block-by-block decodes (``ar_prefix_energy``).
 """
+from .ar_energy import ARPrefixEnergy, ar_prefix_energy
+from .ar_reweighting import ARCompletedReweighting
 from .blocks import AdaptiveBlocks, BlockPolicy, FixedBlocks, WholeCanvas, get_block_policy
 from .caching import CACHE_MODES, LogitsEvaluator, guided
 from .aps import AnchoredRemasking, QuantizedExpectation, aps_sample, channel_codebook, sum_codebook
@@ -42,6 +45,7 @@ __all__ = [
     "policy_names",
     "BlockPolicy", "WholeCanvas", "FixedBlocks", "AdaptiveBlocks", "get_block_policy",
     "LogitsEvaluator", "CACHE_MODES", "guided", "Template", "EnergyReweighting",
+    "ARPrefixEnergy", "ar_prefix_energy", "ARCompletedReweighting",
     "LikelihoodTilt", "posterior_smc", "weighted_marginals", "marginal_tv", "clamped_canvas",
     "rao_blackwell_marginals", "SumPotential", "value_covariance", "posterior_gibbs",
     "QuantizedExpectation", "AnchoredRemasking", "aps_sample", "channel_codebook", "sum_codebook",
