@@ -39,7 +39,10 @@ from torch import Tensor
 from .sampling import propose_tokens
 from .unmasking import Selection, StepContext, UnmaskPolicy, top_k_mask
 
-DRAWS = ("marginal", "conditional")
+#: the committed values: a fresh draw from the marginal, independent of the proposals the choice
+#: of positions looked at ("fresh"); the proposal itself ("proposal"); a draw from the
+#: leave-one-out conditional ("conditional")
+DRAWS = ("fresh", "proposal", "conditional")
 
 
 def leave_one_out_canvases(tokens: Tensor, x0: Tensor, chosen: Tensor, mask_id: int):
@@ -73,7 +76,7 @@ class DependencyAware(UnmaskPolicy):
     needs_uniform = True
     needs_model = True
 
-    def __init__(self, tau: float = 0.01, k_max: int = 8, draw: str = "marginal"):
+    def __init__(self, tau: float = 0.01, k_max: int = 8, draw: str = "fresh"):
         if not tau >= 0:
             raise ValueError(f"tau must be >= 0, got {tau}")
         if int(k_max) != k_max or k_max < 1:
@@ -109,7 +112,9 @@ class DependencyAware(UnmaskPolicy):
         self.divergence[rows, cols] = d
         commit = first | (several & (self.divergence <= self.tau))
         values = None
-        if self.draw == "conditional":
+        if self.draw == "fresh":  # new Gumbel noise: the values do not depend on the choice of positions
+            values = propose_tokens(ctx.probs.log(), ctx.rng, greedy=ctx.greedy)  # [B, L]
+        elif self.draw == "conditional":
             loo = torch.zeros(B, L, logq.shape[-1], dtype=torch.float64)  # [B, L, V]
             loo[rows, cols] = logq.double()
             fresh = propose_tokens(loo, ctx.rng, greedy=ctx.greedy)  # [B, L]
