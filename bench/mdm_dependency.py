@@ -7,7 +7,8 @@ on the sticky hidden-Markov oracles of ``bench/mdm.py --hmm``.
 For a few thresholds ``tau`` (``k_max = 16`` candidates per step): tokens per call (the NFE
 counts the rule's extra leave-one-out call), model rows per token, bigram TV and TV of
 ``(x_i, x_{i+8})`` pairs over the floor of exact sample sets of the same size, and the NLL
-error; against random order at the same number of calls and the dilated order. Writes
+error; against random order at the same number of calls and the dilated order, and the
+default value rule (fresh draws) against committing the proposals (``draw="proposal"``). Writes
 ``bench/results/mdm_dependency.{json,md}``.
 """
 from __future__ import annotations
@@ -30,11 +31,13 @@ from diffinfer.toys.hmm import HiddenMarkovModel  # noqa: E402
 SEEDS = (0, 1, 2)  # the oracles of bench/mdm.py --hmm, fixed before any run
 LAG, BAR_TV, BAR_NLL = 8, 1.5, 0.02
 TAUS, K_MAX = (0.003, 0.01, 0.03, 0.1), 16
+PROPOSAL_TAUS = (0.01, 0.03)
 
 
 def run(quick: bool) -> dict:
     L, N = (32, 256) if quick else (64, 1024)
     taus = TAUS[::2] if quick else TAUS
+    proposal_taus = PROPOSAL_TAUS[:1] if quick else PROPOSAL_TAUS
     out = {}
     for seed in SEEDS:
         hmm = HiddenMarkovModel.random(n_hidden=4, n_states=8, stay=0.95, concentration=0.3, seed=seed)
@@ -62,6 +65,9 @@ def run(quick: bool) -> dict:
             add(f"dependency tau={tau} k_max={K_MAX}", "dependency", r)
             add(f"random steps={r.nfe} (same NFE)", "random",
                 decode(hmm, length=L, batch=N, policy="random", steps=r.nfe, seed=0))
+        for tau in proposal_taus:  # the value rule, measured: commit the proposals themselves
+            add(f"dependency tau={tau} draw=proposal", "dependency[proposal]",
+                decode(hmm, length=L, batch=N, policy="dependency", tau=tau, k_max=K_MAX, draw="proposal", seed=0))
         add("dilated", "dilated", decode(hmm, length=L, batch=N, policy="dilated", seed=0))
         add(f"random steps={L} (exact)", "random", decode(hmm, length=L, batch=N, policy="random", steps=L, seed=0))
         out[f"hmm-sticky-{seed}"] = {"length": L, "samples": N, "floor_bigram_tv": fb, "floor_pair_tv": fp,

@@ -18,9 +18,10 @@ when they are conditionally independent given the unmasked tokens ``x_U``. Each 
    of ``C`` (here ``x~_{C\\j}`` comes from the product of marginals, so it is the same
    divergence averaged under that law: 0 for every draw when ``x_j`` is independent of
    ``x_{C\\j}``, positive wherever the model's conditional moves);
-5. commit the first candidate and every other ``j`` with ``D_j <= tau``, each with its
-   proposal ``x~_j`` (``draw="marginal"``) or a fresh draw from ``q_j``
-   (``draw="conditional"``).
+5. commit the first candidate and every other ``j`` with ``D_j <= tau``, each with a fresh draw
+   from its marginal (``draw="fresh"``, the default: the values are then independent of the
+   proposals the choice of positions looked at), its proposal ``x~_j`` (``draw="proposal"``) or a
+   draw from ``q_j`` (``draw="conditional"``; it conditions on proposals that may not be kept).
 
 With ``k_max = 1`` no extra call is made and the rule is the exact one-token-per-call
 random-order sampler (the same tokens as ``policy="random"`` with the same seed).
