@@ -64,7 +64,7 @@ def test_every_policy_fills_the_canvas_keeps_the_prompt_and_its_bounds(policy, b
     assert (out.tokens != c.mask_id).all()
     assert (out.tokens[:, :3] == prompt).all()
     assert out.decoded_per_row.tolist() == [L] * B
-    if policy in ("threshold", "factor"):  # at least one token per step for every unfinished row
+    if policy in ("threshold", "factor", "dependency"):  # at least one token per step for every unfinished row
         still_masked = torch.ones(B, dtype=torch.bool)
         for commits, tokens, _ in per_step:
             assert (commits[still_masked] >= 1).all()

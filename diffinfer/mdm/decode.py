@@ -52,6 +52,10 @@ class DecodeResult:
       unless the ``reuse`` cache skips different rows at different steps.
       ``row_evaluations`` is their sum (the rows actually pushed through the model, the cost
       the ``reuse`` cache lowers); neither is an NFE.
+    - ``policy_calls``: batched model calls made by the unmasking policy itself (the
+      ``dependency`` policy's leave-one-out call), already included in ``nfe``;
+      ``policy_rows``: the canvases those calls evaluated (not in ``row_evaluations``);
+      ``model_rows`` is everything pushed through the model, ``row_evaluations + policy_rows``.
     """
 
     tokens: Tensor
@@ -66,6 +70,8 @@ class DecodeResult:
     batch_nfe: int | None = None
     energy_calls: int = 0
     energy_rows: int = 0
+    policy_calls: int = 0
+    policy_rows: int = 0
 
     @property
     def nfe(self) -> int:
@@ -76,6 +82,10 @@ class DecodeResult:
     @property
     def row_evaluations(self) -> int:
         return int(self.nfe_per_row.sum())
+
+    @property
+    def model_rows(self) -> int:
+        return self.row_evaluations + int(self.policy_rows)
 
     @property
     def tokens_per_nfe(self) -> float:
@@ -95,7 +105,8 @@ class DecodeResult:
     def stats(self) -> dict:
         return {"nfe": self.nfe, "tokens_per_nfe": round(self.tokens_per_nfe, 4), "steps": self.steps,
                 "wall_time_s": round(self.wall_time, 4), "decoded_tokens": int(self.decoded_per_row.sum()),
-                "energy_calls": self.energy_calls, "energy_rows": self.energy_rows}
+                "energy_calls": self.energy_calls, "energy_rows": self.energy_rows,
+                "policy_calls": self.policy_calls, "policy_rows": self.policy_rows}
 
 
 def _prompt_rows(prompt, batch: int | None) -> list[Tensor]:
@@ -206,8 +217,9 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
             tokenizer's ``BatchEncoding`` (its ``attention_mask``'s padding is dropped).
         length: tokens to generate after each prompt.
         policy: an unmasking policy or its name: ``random``, ``ancestral``, ``low-confidence``,
-            ``margin``, ``dilated``, ``entropy``, ``threshold``, ``factor``, ``confident``, ``rcr``; options
-            (``threshold=0.9``, ``factor=1.0``, ``score=...``) go in ``policy_options``.
+            ``margin``, ``dilated``, ``entropy``, ``threshold``, ``factor``, ``confident``, ``rcr``,
+            ``dependency``; options (``threshold=0.9``, ``factor=1.0``, ``score=...``, ``tau=0.01``,
+            ``k_max=8``) go in ``policy_options``.
         steps: total steps for scheduled policies (split over blocks in proportion to their
             length); default one token per step.
         block: ``None`` (whole canvas), an int (semi-autoregressive blocks), ``"adaptive"``
@@ -241,6 +253,10 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         if not isinstance(reweight, EnergyReweighting):
             raise TypeError(f"reweight must be an mdm.EnergyReweighting, got {type(reweight).__name__}")
         reweight.reset()
+    needs_model = getattr(policy, "needs_model", False)
+    if needs_model and (cfg or cache not in (None, "none", "reuse") or reweight is not None):
+        raise ValueError(f"policy {policy.name!r} makes its own model calls: it decodes without guidance "
+                         f"(cfg=0), with cache None/'none'/'reuse' and without reweight")
     schedule = get_schedule(schedule)
     blocks = get_block_policy(block, delimiters)
     mask = model.mask_id
@@ -265,6 +281,23 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     pos = torch.arange(L)[None, :]
     is_masked = lambda: (tokens == mask) & region  # noqa: E731
     decoded_per_row = is_masked().sum(-1)
+
+    def evaluate(canvases: Tensor, rows: Tensor) -> Tensor:
+        """The policy's extra call: filtered log-probabilities ``[N, L, V]`` of canvases ``[N, L]``
+        belonging to decode rows ``rows`` ``[N]``."""
+        kwargs = {}
+        if getattr(model, "takes_time", False):
+            kwargs["t"] = (((canvases == mask) & region[rows]).sum(-1).double()
+                           / gen_len[rows].clamp_min(1).double())
+        if getattr(model, "takes_rows", False):
+            kwargs["rows"] = rows
+        if getattr(model, "takes_attention_mask", False):
+            kwargs["attention_mask"] = real[rows].long()
+        out = model.logits(canvases, **kwargs)
+        if out.shape[:2] != canvases.shape:
+            raise ValueError(f"the model returned logits of shape {tuple(out.shape)} for a "
+                             f"{list(canvases.shape)} canvas")
+        return filter_logits(out, mask, temperature, top_k, top_p)
 
     block_start, block_end = gen_start.clone(), gen_start.clone()
     n_block = torch.zeros(B, dtype=torch.long)
@@ -307,10 +340,15 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         k, reveal_p = _schedule_counts(schedule, n_block, steps_block, step_in_block, candidates.sum(-1))
         ctx = StepContext(probs=probs, x0=x0, candidates=candidates, k=k, reveal_p=reveal_p, uniform=uniform,
                           decoded=in_block & ~given & ~masked & active[:, None], block_start=block_start)
+        if needs_model:
+            ctx.tokens, ctx.evaluate, ctx.rng, ctx.mask_id, ctx.greedy = tokens, evaluate, rng, mask, temperature == 0
+            calls_before = policy.calls
         sel = policy.select(ctx)
+        if needs_model:
+            batch_nfe += policy.calls - calls_before  # its extra batched calls are model calls too
         commit = sel.commit & candidates
         if reweight is None:
-            tokens = torch.where(commit, x0, tokens)
+            tokens = torch.where(commit, x0 if sel.values is None else sel.values, tokens)
         else:
             tokens = reweight.choose(tokens, logp, commit, masked & active[:, None], rng)
         if sel.remask is not None:
@@ -330,7 +368,9 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
                         decoded_per_row=decoded_per_row, steps=step, wall_time=time.perf_counter() - t0,
                         pad_id=pad_id, eos_id=eos_id, batch_nfe=batch_nfe,
                         energy_calls=reweight.energy_calls if reweight is not None else 0,
-                        energy_rows=reweight.energy_rows if reweight is not None else 0)
+                        energy_rows=reweight.energy_rows if reweight is not None else 0,
+                        policy_calls=policy.calls if needs_model else 0,
+                        policy_rows=policy.rows if needs_model else 0)
 
 
 def _stop_at_eos(tokens: Tensor, given: Tensor, region: Tensor, mask_id: int, eos_id: int):

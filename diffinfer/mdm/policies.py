@@ -1,11 +1,12 @@
 """The unmasking policies by name: ``POLICIES`` (a ``Registry``), ``get_policy``, ``policy_names``.
 
-One table for every policy of ``unmasking`` and ``remasking`` (``rcr``), filled here at
+One table for every policy of ``unmasking`` and ``remasking`` (``rcr``) and ``dependency``, filled here at
 definition: neither of those modules registers anything.
 """
 from __future__ import annotations
 
 from ..registry import Registry
+from .dependency import DependencyAware
 from .remasking import RunningConfidenceRemasking
 from .unmasking import Ancestral, Confident, Dilated, Factor, RandomOrder, Threshold, TopKScore, UnmaskPolicy
 
@@ -27,6 +28,7 @@ POLICIES = Registry("policy", {
     "factor": Factor,
     "confident": Confident,
     "rcr": RunningConfidenceRemasking,
+    "dependency": DependencyAware,
 })
 
 

@@ -8,6 +8,7 @@ number themselves and always commit at least one candidate per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -21,7 +22,12 @@ class StepContext:
     ``candidates`` ``[B, L]``: masked positions in the current block; ``k`` ``[B]``: the
     schedule's count this step; ``reveal_p`` ``[B]``: the ancestral reveal probability;
     ``uniform`` ``[B, L]``: per-row uniforms; ``decoded`` ``[B, L]``: positions decoded (not
-    given) in the current block; ``block_start`` ``[B]``: first position of each row's block."""
+    given) in the current block; ``block_start`` ``[B]``: first position of each row's block.
+
+    For policies with ``needs_model`` (``dependency``) the loop also passes ``tokens`` ``[B, L]``
+    (the canvas before the step), ``evaluate(canvases [N, L], rows [N]) -> [N, L, V]`` (the
+    filtered log-probabilities of one extra batched model call, counted in the NFE), the
+    decode's ``rng``, ``mask_id`` and ``greedy`` (temperature 0)."""
 
     probs: Tensor
     x0: Tensor
@@ -31,12 +37,18 @@ class StepContext:
     uniform: Tensor | None = None
     decoded: Tensor | None = None
     block_start: Tensor | None = None
+    tokens: Tensor | None = None
+    evaluate: Callable[[Tensor, Tensor], Tensor] | None = None
+    rng: object = None
+    mask_id: int | None = None
+    greedy: bool = False
 
 
 @dataclass
 class Selection:
     commit: Tensor  # [B, L] bool
     remask: Tensor | None = None  # [B, L] bool
+    values: Tensor | None = None  # [B, L] long: tokens to commit instead of the loop's x0
 
 
 def top_k_mask(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
@@ -57,6 +69,7 @@ def at_least_one(commit: Tensor, score: Tensor, candidates: Tensor) -> Tensor:
 class UnmaskPolicy:
     name = "base"
     needs_uniform = False
+    needs_model = False  # the policy makes its own model calls (ctx.evaluate; counted in the NFE)
 
     def reset(self) -> None:
         """Forget any state kept from an earlier decode (``decode`` calls it first)."""
