@@ -41,7 +41,6 @@ Writes ``bench/results/mdm_posterior.json`` and ``bench/results/mdm_posterior.md
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -50,7 +49,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from diffinfer.atomic import write_text as atomic_write_text  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 from diffinfer.mdm import (LikelihoodTilt, SumPotential, aps_sample, channel_codebook, clamped_canvas,  # noqa: E402
                            decode, marginal_tv, posterior_gibbs, posterior_smc, rao_blackwell_marginals,
                            sum_codebook, value_covariance, weighted_marginals)
@@ -173,7 +172,7 @@ def run(n: int, length: int, seeds) -> dict:
             "sum_sigma": SUM_SIGMA, "rows": rows, "summary": summary}
 
 
-def write_markdown(res: dict, path: pathlib.Path) -> None:
+def markdown(res: dict) -> str:
     c = res["config"]
     lines = [f"# Discrete posterior sampling on sticky HMMs (N = {c['n']}, L = {c['length']}, "
              f"seeds {c['seeds']}, channel eps = {c['eps']})", "",
@@ -204,7 +203,7 @@ def write_markdown(res: dict, path: pathlib.Path) -> None:
         tvs = {r["sampler"]: r["tv"] for r in res["rows"] if r["problem"] == "sum" and r["seed"] == seed}
         lines.append(f"| {seed} | {floors[seed]:.4f} | {tvs['smc+rb']:.4f} | {tvs['smc-cov+rb']:.4f} | "
                      f"{tvs['smc-cov+move+rb']:.4f} |")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -214,12 +213,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     res = run(512, 12, SEEDS[:2]) if args.quick else run(4096, 16, SEEDS)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "mdm_posterior_quick" if args.quick else "mdm_posterior"
-    atomic_write_text(out / f"{stem}.json", json.dumps(res, indent=1))
-    write_markdown(res, out / f"{stem}.md")
-    print((out / f"{stem}.md").read_text())
+    write_results("mdm_posterior_quick" if args.quick else "mdm_posterior", res, markdown(res), args.out)
     return 0
 
 

@@ -23,7 +23,6 @@ Writes ``bench/results/mdm_posterior_text.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from diffinfer.atomic import write_text as atomic_write_text  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 from diffinfer.mdm import RESTORE_METHODS, channel_likelihood, character_error_rate, corrupt, restore  # noqa: E402
 from diffinfer.toys import HiddenMarkovModel, hmm_posterior_marginals  # noqa: E402
 
@@ -101,7 +100,7 @@ def run(n_windows: int, length: int, n_particles: int, methods) -> dict:
             "rows": rows, "examples": examples}
 
 
-def write_markdown(res: dict, path: pathlib.Path) -> None:
+def markdown(res: dict) -> str:
     c = res["config"]
     lines = [f"# Restoring corrupted Shakespeare ({c['windows']} held-out windows of {c['length']} characters, "
              f"channel eps = {c['eps']}, erased fraction {c['erase']} in `channel+erase`)", "",
@@ -120,7 +119,7 @@ def write_markdown(res: dict, path: pathlib.Path) -> None:
     for p, ex in res["examples"].items():
         lines += ["", f"First window, `{p}` (erased characters shown as `_`):", ""]
         lines += [f"- {k}: `{v!r}`" for k, v in ex.items()]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -131,12 +130,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     methods = [m for m in RESTORE_METHODS if m != "smc"]  # smc+rb reports the same particles, better
     res = run(4, 32, 8, methods) if args.quick else run(16, 64, 16, methods)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "mdm_posterior_text_quick" if args.quick else "mdm_posterior_text"
-    atomic_write_text(out / f"{stem}.json", json.dumps(res, indent=1))
-    write_markdown(res, out / f"{stem}.md")
-    print((out / f"{stem}.md").read_text())
+    write_results("mdm_posterior_text_quick" if args.quick else "mdm_posterior_text", res, markdown(res), args.out)
     return 0
 
 
