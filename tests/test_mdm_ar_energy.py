@@ -2,7 +2,6 @@
 log-probabilities on exact oracles, the fast candidate scoring against whole rows, decoding
 that converges to the oracle's joint law, the prefix-shape check, the text energy against
 zoo.quality.ar_nll, and the CLI's cost accounting."""
-import itertools
 import json
 
 import pytest
@@ -16,6 +15,7 @@ from diffinfer.metrics import total_variation
 from diffinfer.nets.char_transformer import CharTransformer
 from diffinfer.rng import make_rng
 from diffinfer.toys import CausalOracle, HiddenMarkovModel, MarkovChain
+from sequence_laws import empirical_law, exact_law, exact_sets_floor
 
 torch.set_num_threads(1)
 V, L, N = 3, 4, 4000
@@ -142,19 +142,16 @@ def test_each_scoring_call_is_one_network_pass():
 
 
 def _law(tokens, length=L):
-    idx = (tokens * torch.tensor([V ** (length - 1 - i) for i in range(length)])).sum(-1)
-    return torch.bincount(idx, minlength=V ** length).double() / len(tokens)
+    return empirical_law(tokens[:, :length], V)
 
 
 def _exact_law(hmm, length=L):
-    return hmm.log_prob(torch.tensor(list(itertools.product(range(V), repeat=length)))).exp()
+    return exact_law(hmm, V, length)
 
 
 def _floor(hmm, reps=6):
     """The largest TV of ``reps`` exact sample sets of size N to the exact law."""
-    g = torch.Generator().manual_seed(11)
-    exact = _exact_law(hmm)
-    return max(total_variation(_law(hmm.sample(N, L, generator=g)), exact) for _ in range(reps))
+    return exact_sets_floor(hmm, V, L, N, reps)
 
 
 @pytest.mark.parametrize("draw", ["all", "columns"])

@@ -1,13 +1,12 @@
 """EDLM energy reweighting (mdm.EnergyReweighting) against the exact joint of a small
 hidden-Markov oracle, enumerated over every sequence."""
-import itertools
-
 import pytest
 import torch
 
 from diffinfer.mdm import EnergyReweighting, decode
 from diffinfer.metrics import total_variation
 from diffinfer.toys import HiddenMarkovModel
+from sequence_laws import empirical_law, exact_law, exact_sets_floor
 
 torch.set_num_threads(1)
 V, L, N = 3, 4, 4000
@@ -18,19 +17,15 @@ def _hmm():
 
 
 def _law(tokens):
-    idx = (tokens * torch.tensor([V ** (L - 1 - i) for i in range(L)])).sum(-1)
-    return torch.bincount(idx, minlength=V ** L).double() / len(tokens)
+    return empirical_law(tokens, V)
 
 
 def _exact_law(hmm):
-    seqs = torch.tensor(list(itertools.product(range(V), repeat=L)))
-    return hmm.log_prob(seqs).exp()
+    return exact_law(hmm, V, L)
 
 
 def _floor(hmm, reps=6):
-    g = torch.Generator().manual_seed(11)
-    exact = _exact_law(hmm)
-    return max(total_variation(_law(hmm.sample(N, L, generator=g)), exact) for _ in range(reps))
+    return exact_sets_floor(hmm, V, L, N, reps)
 
 
 @pytest.mark.parametrize("proposal", ["commit", "full"])
