@@ -198,17 +198,23 @@ def sample_text(model=None, n: int = 16, length: int = 256, seed: int = 0, batch
     return torch.cat(out)
 
 
-def mdm_elbo(model, tokens: Tensor, draws: int = 8, seed: int = 0) -> float:
+def masked_elbo(logits_fn, tokens: Tensor, mask_id: int, draws: int = 8, seed: int = 0) -> float:
     """Masked-diffusion ELBO (nats per character; an upper bound on the NLL) of ``tokens``
-    ``[N, L]`` under a time-free masked model, averaged over ``draws`` stratified draws of
-    the masking times (``train.masked_diffusion_loss``, MDLM / MD4's continuous-time bound)."""
+    ``[N, L]`` under ``logits_fn(tokens) -> [N, L, V]``, averaged over ``draws`` stratified draws
+    of the masking times (``train.masked_diffusion_loss``, MDLM / MD4's continuous-time bound;
+    draw ``k`` seeded ``seed * 1000 + k``)."""
     from ..train import masked_diffusion_loss
     total = 0.0
     with torch.no_grad():
         for k in range(draws):
             gen = torch.Generator().manual_seed(seed * 1000 + k)
-            total += float(masked_diffusion_loss(model.logits, tokens, model.mask_id, generator=gen, stratified=True))
+            total += float(masked_diffusion_loss(logits_fn, tokens, mask_id, generator=gen, stratified=True))
     return total / draws
+
+
+def mdm_elbo(model, tokens: Tensor, draws: int = 8, seed: int = 0) -> float:
+    """``masked_elbo`` of a time-free masked model (its ``logits`` and ``mask_id``)."""
+    return masked_elbo(model.logits, tokens, model.mask_id, draws, seed)
 
 
 def text_report(samples: Tensor, n_reference: int = 64, seed: int = 0) -> dict:

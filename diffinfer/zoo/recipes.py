@@ -152,15 +152,6 @@ def recipe_sunspots() -> Recipe:
 SHAKESPEARE_NET = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_len": 256}
 
 
-def _heldout_elbo(logits_fn: Callable, mask_id: int, n: int = 32, draws: int = 2) -> float:
-    """Masked-diffusion ELBO (nats per character) of ``n`` fixed held-out windows of 256
-    characters under ``logits_fn`` (``quality.heldout_windows``; seeded time draws)."""
-    from .quality import heldout_windows
-    tokens = heldout_windows(n)  # [n, 256]
-    return sum(float(masked_diffusion_loss(logits_fn, tokens, mask_id, generator=torch.Generator().manual_seed(k),
-                                           stratified=True)) for k in range(draws)) / draws
-
-
 def _shakespeare_recipe(causal: bool, steps: int, seed: int, lr: float = 2e-3, warmup: int = 100,
                         init_from: str | None = None, eval_every: int = 0) -> Recipe:
     from .data import random_windows, shakespeare_tokens, shakespeare_vocab
@@ -188,7 +179,9 @@ def _shakespeare_recipe(causal: bool, steps: int, seed: int, lr: float = 2e-3, w
 
     def evaluate(model):
         net = model["net"]
-        return {"heldout_elbo": _heldout_elbo((lambda x: shift_right(net(x))) if shift else net, vocab.mask_id)}
+        from .quality import heldout_windows, masked_elbo
+        logits = (lambda x: shift_right(net(x))) if shift else net
+        return {"heldout_elbo": masked_elbo(logits, heldout_windows(32), vocab.mask_id, draws=2)}
 
     config = {"kind": "text", "causal": causal, "vocab": vocab.chars, "mask_id": vocab.mask_id,
               "batch": batch, "length": length, "split": "first 90% of each play (train), rest held out",
