@@ -11,25 +11,13 @@ from diffinfer.mdm import StepContext, decode
 from diffinfer.mdm.dependency import DependencyAware
 from diffinfer.rng import make_rng
 from diffinfer.toys import HiddenMarkovModel
+from sequence_laws import ProductModel
 
 torch.set_num_threads(1)
 
 
 def _tiny_hmm():
     return HiddenMarkovModel([[0.9, 0.1], [0.15, 0.85]], [[0.8, 0.15, 0.05], [0.05, 0.15, 0.8]])
-
-
-class ProductModel:
-    """Every position independent: the same law ``table[i]`` whatever the canvas."""
-
-    def __init__(self, length, vocab, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.table = torch.randn(length, vocab, generator=g, dtype=torch.float64)
-        self.mask_id, self.vocab_size = vocab, vocab + 1
-
-    def logits(self, tokens):
-        out = torch.cat([self.table, torch.full((len(self.table), 1), -torch.inf, dtype=torch.float64)], -1)
-        return out.expand(tokens.shape[0], -1, -1).clone()
 
 
 def test_k_max_one_is_the_random_order_sampler_bitwise():

@@ -16,6 +16,7 @@ from ..mdm.caching import CACHE_MODES
 from ..mdm.decode import decode
 from ..mdm.metrics import nll_per_token
 from ..mdm.policies import policy_names
+from ..mdm.speculative import ORDERS
 from ..mdm.sampling import SCORES
 from ..mdm.schedules import SCHEDULES
 from ..zoo.tasks import MARKOV_ALPHABET, TEXT_MODELS, load_text_model
@@ -23,7 +24,9 @@ from .common import (MAX_TOKENS, UsageError, add_progress, float_in, int_in, pro
 
 DECODE_MODELS = ("markov",) + tuple(TEXT_MODELS) + ("shakespeare-block",)  # block diffusion: --cache block
 #: policies that decide how many tokens to commit per step themselves (--steps does not apply)
-SELF_PACED = ("threshold", "factor", "dilated")
+SELF_PACED = ("threshold", "factor", "dilated", "dependency", "speculative")
+#: policies with a --k-max option (candidates per step) and with an --order option
+K_MAX_POLICIES, ORDERED = ("dependency", "speculative"), ("speculative",)
 #: policies with a --score option
 SCORED = ("threshold", "factor", "confident", "rcr")
 MAX_BATCH = 1024
@@ -70,6 +73,10 @@ def validate(args):
         raise UsageError(f"--threshold applies to --policy threshold or confident, not {args.policy}")
     if args.factor is not None and args.policy != "factor":
         raise UsageError(f"--factor applies to --policy factor, not {args.policy}")
+    if args.k_max is not None and args.policy not in K_MAX_POLICIES:
+        raise UsageError(f"--k-max applies to --policy {', '.join(K_MAX_POLICIES)}, not {args.policy}")
+    if args.order is not None and args.policy not in ORDERED:
+        raise UsageError(f"--order applies to --policy {', '.join(ORDERED)}, not {args.policy}")
     if args.score is not None and args.policy not in SCORED:
         raise UsageError(f"--score applies to --policy {', '.join(SCORED)}, not {args.policy}")
     if args.eos is not None and len(args.eos) != 1:
@@ -128,6 +135,10 @@ def cmd_decode(args) -> int:
         options["factor"] = 1.0 if args.factor is None else args.factor
     if args.score:
         options["score"] = args.score
+    if args.k_max is not None:
+        options["k_max"] = args.k_max
+    if args.order is not None:
+        options["order"] = args.order
     prompt = codec.encode(args.prompt) if args.prompt else None
     delimiters = None
     if args.block == "adaptive":
@@ -189,6 +200,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="factor policy (Fast-dLLM; default 1.0)")
     p.add_argument("--score", default=None, choices=SCORES,
                    help="score for threshold / factor / confident / rcr")
+    p.add_argument("--k-max", type=int_in(1, 256), default=None,
+                   help="dependency / speculative policies: candidates per step (default 8)")
+    p.add_argument("--order", default=None, choices=ORDERS,
+                   help="speculative policy: the order drafts are verified in (default random)")
     p.add_argument("--steps", type=steps_int, default=None,
                    help=f"steps for scheduled policies (default: length; not for {', '.join(SELF_PACED)})")
     p.add_argument("--block", default="none", help="block length, 'adaptive' or 'none'")

@@ -53,7 +53,8 @@ class DecodeResult:
       ``row_evaluations`` is their sum (the rows actually pushed through the model, the cost
       the ``reuse`` cache lowers); neither is an NFE.
     - ``policy_calls``: batched model calls made by the unmasking policy itself (the
-      ``dependency`` policy's leave-one-out call), already included in ``nfe``;
+      ``dependency`` policy's leave-one-out call, the ``speculative`` policy's verification
+      call, which also serves as the next step's call), already included in ``nfe``;
       ``policy_rows``: the canvases those calls evaluated (not in ``row_evaluations``);
       ``model_rows`` is everything pushed through the model, ``row_evaluations + policy_rows``.
     """
@@ -218,8 +219,8 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         length: tokens to generate after each prompt.
         policy: an unmasking policy or its name: ``random``, ``ancestral``, ``low-confidence``,
             ``margin``, ``dilated``, ``entropy``, ``threshold``, ``factor``, ``confident``, ``rcr``,
-            ``dependency``; options (``threshold=0.9``, ``factor=1.0``, ``score=...``, ``tau=0.01``,
-            ``k_max=8``) go in ``policy_options``.
+            ``dependency``, ``speculative``; options (``threshold=0.9``, ``factor=1.0``, ``score=...``,
+            ``tau=0.01``, ``k_max=8``, ``order="left-to-right"``) go in ``policy_options``.
         steps: total steps for scheduled policies (split over blocks in proportion to their
             length); default one token per step.
         block: ``None`` (whole canvas), an int (semi-autoregressive blocks), ``"adaptive"``
@@ -305,6 +306,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     step_in_block = torch.zeros(B, dtype=torch.long)
     max_iterations = 4 * (int(gen_len.max()) + steps) + 16
     step, batch_nfe = 0, 0
+    draft = None  # [B, L, V]: a law handed over by the policy (Selection.draft)
     while True:
         masked = is_masked()
         active = masked.any(-1)
@@ -315,12 +317,15 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         in_block = (pos >= block_start[:, None]) & (pos < block_end[:, None])
         finished_block = active & ~(masked & in_block).any(-1)
         t_row = masked.sum(-1).double() / gen_len.clamp_min(1).double()  # masked fraction [B]
-        calls_before = evaluator.nfe.clone()
-        logits = evaluator(tokens, active, t_row, block_start, block_end, bool(finished_block.any()))
-        batch_nfe += int((evaluator.nfe - calls_before).max())  # one batched call (two with guidance)
-        if logits.shape[:2] != (B, L):
-            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for a [{B}, {L}] canvas")
-        logp = filter_logits(logits, mask, temperature, top_k, top_p)  # [B, L, V]
+        if draft is not None:  # the policy's last call left this step's law: no call of the loop's own
+            logp, draft = draft, None
+        else:
+            calls_before = evaluator.nfe.clone()
+            logits = evaluator(tokens, active, t_row, block_start, block_end, bool(finished_block.any()))
+            batch_nfe += int((evaluator.nfe - calls_before).max())  # one batched call (two with guidance)
+            if logits.shape[:2] != (B, L):
+                raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for a [{B}, {L}] canvas")
+            logp = filter_logits(logits, mask, temperature, top_k, top_p)  # [B, L, V]
         probs = logp.exp()
         # rows whose block has no mask left move on (several blocks if a block is all given)
         move = finished_block
@@ -347,6 +352,7 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
         if needs_model:
             batch_nfe += policy.calls - calls_before  # its extra batched calls are model calls too
         commit = sel.commit & candidates
+        draft = sel.draft
         if reweight is None:
             tokens = torch.where(commit, x0 if sel.values is None else sel.values, tokens)
         else:

@@ -1,13 +1,14 @@
 """The unmasking policies by name: ``POLICIES`` (a ``Registry``), ``get_policy``, ``policy_names``.
 
-One table for every policy of ``unmasking`` and ``remasking`` (``rcr``) and ``dependency``, filled here at
-definition: neither of those modules registers anything.
+One table for every policy of ``unmasking``, ``remasking`` (``rcr``), ``dependency`` and
+``speculative``, filled here at definition: none of those modules registers anything.
 """
 from __future__ import annotations
 
 from ..registry import Registry
 from .dependency import DependencyAware
 from .remasking import RunningConfidenceRemasking
+from .speculative import SpeculativeUnmasking
 from .unmasking import Ancestral, Confident, Dilated, Factor, RandomOrder, Threshold, TopKScore, UnmaskPolicy
 
 
@@ -29,6 +30,7 @@ POLICIES = Registry("policy", {
     "confident": Confident,
     "rcr": RunningConfidenceRemasking,
     "dependency": DependencyAware,
+    "speculative": SpeculativeUnmasking,
 })
 
 

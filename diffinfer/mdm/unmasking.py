@@ -24,7 +24,7 @@ class StepContext:
     ``uniform`` ``[B, L]``: per-row uniforms; ``decoded`` ``[B, L]``: positions decoded (not
     given) in the current block; ``block_start`` ``[B]``: first position of each row's block.
 
-    For policies with ``needs_model`` (``dependency``) the loop also passes ``tokens`` ``[B, L]``
+    For policies with ``needs_model`` (``dependency``, ``speculative``) the loop also passes ``tokens`` ``[B, L]``
     (the canvas before the step), ``evaluate(canvases [N, L], rows [N]) -> [N, L, V]`` (the
     filtered log-probabilities of one extra batched model call, counted in the NFE), the
     decode's ``rng``, ``mask_id`` and ``greedy`` (temperature 0)."""
@@ -49,6 +49,9 @@ class Selection:
     commit: Tensor  # [B, L] bool
     remask: Tensor | None = None  # [B, L] bool
     values: Tensor | None = None  # [B, L] long: tokens to commit instead of the loop's x0
+    # [B, L, V] filtered log-probabilities the next step uses instead of calling the model (the
+    # speculative policy's verified canvas; its own correction keeps the law exact)
+    draft: Tensor | None = None
 
 
 def top_k_mask(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
