@@ -154,7 +154,10 @@ def run_hmm(quick: bool) -> dict:
         edlm = [(f"{name}{_steps_label(opts)} + EDLM K={k}", name, {**opts, "reweight": EnergyReweighting(hmm.log_marginal, k)})
                 for name, opts, ks in (("dilated", {}, (16, 64)), ("random", {"steps": L // 8}, (16, 64)))
                 for k in (ks[:1] if quick else ks)]
-        for label, policy, opts in exact + oracle_configs(L, quick) + edlm:
+        # the rules that make their own calls (counted in the NFE): leave-one-out and speculative
+        own_calls = [(f"dependency tau=0.01 k_max=16", "dependency", {"tau": 0.01, "k_max": 16})]
+        own_calls += [(f"speculative k_max={k}", "speculative", {"k_max": k}) for k in ((16,) if quick else (8, 16, 32))]
+        for label, policy, opts in exact + oracle_configs(L, quick) + own_calls + edlm:
             r = decode(hmm, length=L, batch=N, policy=policy, seed=0, **opts)
             if "reweight" in opts:
                 policy = f"{policy}+edlm"

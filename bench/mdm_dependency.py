@@ -73,8 +73,15 @@ def run(quick: bool) -> dict:
             add(f"dependency tau={tau} draw=proposal", "dependency[proposal]",
                 decode(hmm, length=L, batch=N, policy="dependency", tau=tau, k_max=K_MAX, draw="proposal", seed=0))
         for k in spec_ks:  # the exact rule: verified drafts (one call per step, k + 1 canvases per call)
-            r = decode(hmm, length=L, batch=N, policy="speculative", k_max=k, seed=0)
+            active = []  # [B] per step: the rows that took part in the step's call
+            r = decode(hmm, length=L, batch=N, policy="speculative", k_max=k, seed=0,
+                       callback=lambda step, tokens, info: active.append(info["commit"].any(-1)))
             add(f"speculative k_max={k}", "speculative", r)
+            calls = torch.stack(active).sum(0).double() + 1  # [B]: each row's own calls
+            per_row = L / calls  # [B]
+            rows[-1]["row_tokens_per_call"] = {"mean": round(float(L / calls.mean()), 2),
+                                               "worst_row": round(float(per_row.min()), 2),
+                                               "median_row": round(float(per_row.median()), 2)}
             add(f"random steps={r.nfe} (same NFE as k_max={k})", "random",
                 decode(hmm, length=L, batch=N, policy="random", steps=r.nfe, seed=0))
         add("dilated", "dilated", decode(hmm, length=L, batch=N, policy="dilated", seed=0))
@@ -119,6 +126,17 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r['config']} | {r['tokens_per_nfe']:.2f} | {r['nfe']} ({r['policy_calls']}) | "
                          f"{r['rows_per_token']:.2f} | {r['bigram_tv_over_floor']:.2f} | {r['pair_tv_over_floor']:.2f} | "
                          f"{100 * r['nll_rel_err']:+.2f}% | {'yes' if r['holds'] else 'no'} |")
+    lines += ["", "## Speculative unmasking per sequence", "",
+              "A batch calls the model until its slowest row is done (the tokens/NFE above); a row's own calls "
+              "are the steps it took part in, plus the first call. Tokens per call of the rows:", "",
+              "| oracle | k_max | batch tokens/NFE | rows: tokens per mean call | median row | worst row |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, c in res["oracles"].items():
+        for r in c["rows"]:
+            if "row_tokens_per_call" in r:
+                t = r["row_tokens_per_call"]
+                lines.append(f"| {name} | {r['config'].split('=')[-1]} | {r['tokens_per_nfe']:.2f} | {t['mean']:.2f} | "
+                             f"{t['median_row']:.2f} | {t['worst_row']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
