@@ -141,3 +141,18 @@ def test_bad_input():
         decode(hmm, length=4, policy="dependency", cache="prefix")
     with pytest.raises(ValueError, match="unknown policy|valid"):
         decode(hmm, length=4, policy="dependancy")
+
+
+def test_cli_passes_tau_and_k_max_to_the_dependency_policy(capsys):
+    import json
+
+    from diffinfer.cli import main as cli
+    args = ["decode", "--model", "markov", "--length", "24", "--policy", "dependency", "--json"]
+    assert cli(args + ["--k-max", "1"]) == 0  # one candidate per step: no leave-one-out call
+    one = json.loads(capsys.readouterr().out)["stats"]
+    assert one["policy_calls"] == 0 and one["nfe"] == 24
+    assert cli(args + ["--k-max", "8", "--tau", "100"]) == 0  # every candidate committed: 8 per step
+    wide = json.loads(capsys.readouterr().out)["stats"]
+    assert wide["policy_calls"] == 3 and wide["nfe"] == 6
+    assert cli(["decode", "--model", "markov", "--policy", "random", "--tau", "0.1"]) == 2
+    assert "--tau applies" in capsys.readouterr().err

@@ -75,6 +75,8 @@ def validate(args):
         raise UsageError(f"--factor applies to --policy factor, not {args.policy}")
     if args.k_max is not None and args.policy not in K_MAX_POLICIES:
         raise UsageError(f"--k-max applies to --policy {', '.join(K_MAX_POLICIES)}, not {args.policy}")
+    if args.tau is not None and args.policy != "dependency":
+        raise UsageError(f"--tau applies to --policy dependency, not {args.policy}")
     if args.order is not None and args.policy not in ORDERED:
         raise UsageError(f"--order applies to --policy {', '.join(ORDERED)}, not {args.policy}")
     if args.score is not None and args.policy not in SCORED:
@@ -139,6 +141,8 @@ def cmd_decode(args) -> int:
         options["k_max"] = args.k_max
     if args.order is not None:
         options["order"] = args.order
+    if args.tau is not None:
+        options["tau"] = args.tau
     prompt = codec.encode(args.prompt) if args.prompt else None
     delimiters = None
     if args.block == "adaptive":
@@ -202,6 +206,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="score for threshold / factor / confident / rcr")
     p.add_argument("--k-max", type=int_in(1, 256), default=None,
                    help="dependency / speculative policies: candidates per step (default 8)")
+    p.add_argument("--tau", type=float_in(0.0), default=None,
+                   help="dependency policy: the largest leave-one-out KL (nats) committed together (default 0.01)")
     p.add_argument("--order", default=None, choices=ORDERS,
                    help="speculative policy: the order drafts are verified in (default random)")
     p.add_argument("--steps", type=steps_int, default=None,
