@@ -16,9 +16,9 @@ from ..mdm.caching import CACHE_MODES
 from ..mdm.decode import decode
 from ..mdm.metrics import nll_per_token
 from ..mdm.policies import policy_names
-from ..mdm.speculative import ORDERS
 from ..mdm.sampling import SCORES
 from ..mdm.schedules import SCHEDULES
+from ..mdm.speculative import ORDERS
 from ..zoo.tasks import MARKOV_ALPHABET, TEXT_MODELS, load_text_model
 from .common import (MAX_TOKENS, UsageError, add_progress, float_in, int_in, progress_enabled, seed_int, steps_int)
 

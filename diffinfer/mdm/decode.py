@@ -4,7 +4,7 @@ Every published decoder is this loop with a different unmasking policy (``unmask
 block policy (``blocks``), remasking policy (``remasking``) and cache (``caching``):
 
     repeat until no row holds a mask in its generation region:
-        logits  <- model(canvas)                     (cached / reused / guided)
+        logits  <- model(canvas)                     (cached / reused / guided / the policy's last call)
         law     <- temperature, top-k, top-p          (``sampling.filter_logits``)
         blocks  <- rows whose block is finished move to the next block
         x0      <- one proposal per position          (Gumbel-max on each row's own stream)
