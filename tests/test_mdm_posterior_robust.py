@@ -47,11 +47,28 @@ def test_sum_posterior_sample_marginals_on_a_sticky_model():
     assert tv < 1.5 * max(floors), (tv, floors)
 
 
+def _sum_law(hmm, length, y, sigma):
+    """The exact posterior law ``[S]`` of the total ``sum_i x_i`` (values = ids): the prior law of
+    the running sum by a forward pass over (hidden state, sum), times ``N(y; S, sigma^2)``."""
+    V, S = hmm.n_states, length * (hmm.n_states - 1) + 1
+    pred = torch.zeros(hmm.n_hidden, S, dtype=torch.float64)
+    pred[:, 0] = hmm.initial
+    for _ in range(length):
+        f = torch.zeros_like(pred)
+        for v in range(V):
+            f[:, v:] += (pred * hmm.emission[:, v][:, None])[:, : S - v]
+        pred = hmm.transition.T @ f
+    prior = f.sum(0)
+    post = prior * torch.exp(-0.5 * ((y - torch.arange(S, dtype=torch.float64)) / sigma) ** 2)
+    return post / post.sum()
+
+
 def test_gibbs_sweeps_keep_the_sum_posterior_on_a_sticky_model():
     """Start from exact joint draws of the sum posterior (V = 8, L = 16, the tuning model 104),
     run two exact-conditional Gibbs sweeps: the Rao-Blackwellised marginals stay within 1.5x the
-    larger RB floor of two independent exact sets of the same size (a wrong conditional -- say
-    the potential's leave-one-out likelihood dropped -- moves them far off: the sum is tight)."""
+    larger RB floor of two independent exact sets of the same size, and the law of the total --
+    the statistic the observation acts on -- within 1.5x the floor of as many exact draws from
+    its exact law (a tempered or dropped leave-one-out likelihood widens it)."""
     hmm, values, y, exact = _sticky_sum()
     n, length = 2048, 16
     pot = SumPotential(values, y, 1.0, length)
@@ -66,6 +83,9 @@ def test_gibbs_sweeps_keep_the_sum_posterior_on_a_sticky_model():
     moved = posterior_gibbs(hmm, sets[0], None, sweeps=2, seed=3, potential=pot)
     assert (moved != sets[0]).float().mean() > 0.2  # the sweeps do move the tokens
     assert rb_tv(moved) < 1.5 * floor, (rb_tv(moved), floor)
+    law = _sum_law(hmm, length, y, 1.0)  # [S]
+    emp = torch.bincount(moved.sum(-1), minlength=len(law)).double() / n
+    assert 0.5 * float((emp - law).abs().sum()) < 1.5 * _joint_floor(law, n)
 
 
 def test_inflated_twist_is_exact_on_complete_sequences_and_flatter_on_partial_ones():
