@@ -32,6 +32,10 @@ conditionals ``p(x_j | x_U)`` given the unmasked tokens ``x_U``:
   the prior covariance of the values (``value_covariance``: two model calls, once) the twist
   accounts for the correlation of the masked tokens (Gaussian conditioning of the masked sum on
   the revealed tokens; see the class).
+  ``inflate=`` multiplies the masked tokens' variance in the twist (a defensive, flatter twist:
+  on a sticky chain the masked sum is a mixture over hidden regimes, and an overconfident
+  Gaussian twist can lose a regime at a resampling, a rare heavy-tailed miss; measured in
+  ``bench/mdm_posterior_heldout.py``).
 - ``posterior_gibbs``: exact-conditional Gibbs sweeps on complete sequences (the move of
   resample-move SMC), invariant for the posterior.
 - ``rao_blackwell_marginals``: posterior marginals from (weighted) samples with each position's
