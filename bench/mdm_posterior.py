@@ -97,12 +97,18 @@ def samplers(hmm, lik, n: int, length: int, seed: int) -> dict:
     return out
 
 
+def sum_observation(hmm, length: int, seed: int) -> tuple[float, torch.Generator]:
+    """``y = sum_i x_i + N(0, SUM_SIGMA^2)`` of an exact draw (generator seed ``2000 + seed``), and
+    the generator, which the floor's draws continue."""
+    g = torch.Generator().manual_seed(2000 + seed)
+    x = hmm.sample(1, length, generator=g)[0]
+    return float(x.sum()) + SUM_SIGMA * float(torch.randn((), generator=g, dtype=torch.float64)), g
+
+
 def sum_problem(hmm, n: int, length: int, seed: int) -> tuple[dict, Tensor, float]:
     """The linear-sum observation ``y = sum_i x_i + N(0, SUM_SIGMA^2)`` of an exact draw: each
     sampler's ``(marginals, nfe)``, the exact marginals and the one-hot floor."""
-    g = torch.Generator().manual_seed(2000 + seed)
-    x = hmm.sample(1, length, generator=g)[0]
-    y = float(x.sum()) + SUM_SIGMA * float(torch.randn((), generator=g, dtype=torch.float64))
+    y, g = sum_observation(hmm, length, seed)
     values = torch.arange(hmm.n_states)
     exact = hmm_sum_posterior_marginals(hmm, length, y, SUM_SIGMA, values)  # [L, V]
     pot = SumPotential(values, y, SUM_SIGMA, length)

@@ -125,6 +125,42 @@ def _token_values(values, n_states: int) -> Tensor:
     return a.long()
 
 
+def _sum_backward(hmm: HiddenMarkovModel, length: int, y: float, sigma: float, values) -> tuple[Tensor, list]:
+    """The token values ``[V]`` and the backward messages of the running-sum chain:
+    ``b[i][h, s] = P(y | h_i = h, S_i = s)`` ``[H, S]`` (each up to its own constant), ``S_i`` the
+    running sum of values up to and including ``x_i``."""
+    if int(length) < 1 or not sigma > 0:
+        raise ValueError(f"need length >= 1 and sigma > 0, got {length}, {sigma}")
+    a = _token_values(values, hmm.n_states)  # [V]
+    L, H, V = int(length), hmm.n_hidden, hmm.n_states
+    S = L * int(a.max()) + 1  # running sums 0..S-1
+    T, E = hmm.transition, hmm.emission
+    sums = torch.arange(S, dtype=torch.float64)
+    log_end = -0.5 * ((float(y) - sums) / sigma) ** 2  # [S]
+    end = torch.exp(log_end - log_end.max())
+    b = [None] * L
+    b[L - 1] = end.expand(H, S).clone()
+    for i in range(L - 2, -1, -1):
+        nxt = sum(E[:, v][:, None] * _shift(b[i + 1], int(a[v])) for v in range(V))  # [H', S]: over x_{i+1}
+        b[i] = T @ nxt
+        b[i] = b[i] / b[i].max()
+    return a, b
+
+
+def _shift(m: Tensor, k: int) -> Tensor:
+    """``m[..., s] -> m[..., s + k]`` (zero beyond the range)."""
+    out = torch.zeros_like(m)
+    out[..., : m.shape[-1] - k] = m[..., k:]
+    return out
+
+
+def _advance(m: Tensor, k: int) -> Tensor:
+    """``m[..., s] -> m[..., s - k]``."""
+    out = torch.zeros_like(m)
+    out[..., k:] = m[..., : m.shape[-1] - k]
+    return out
+
+
 def hmm_sum_posterior_marginals(hmm: HiddenMarkovModel, length: int, y: float, sigma: float,
                                 values=None) -> Tensor:
     """Exact ``p(x_i = v | y)`` ``[L, V]`` for the linear-sum observation
@@ -132,41 +168,44 @@ def hmm_sum_posterior_marginals(hmm: HiddenMarkovModel, length: int, y: float, s
     token ids). The posterior is not a per-position tilt: forward-backward runs on the
     augmented state ``(h_i, S_i)`` with ``S_i`` the running sum of values, the backward message
     starting from ``N(y; S_L, sigma^2)``."""
-    if int(length) < 1 or not sigma > 0:
-        raise ValueError(f"need length >= 1 and sigma > 0, got {length}, {sigma}")
-    a = _token_values(values, hmm.n_states)  # [V]
-    L, H, V = int(length), hmm.n_hidden, hmm.n_states
-    S = L * int(a.max()) + 1  # running sums 0..S-1
+    a, b = _sum_backward(hmm, length, y, sigma, values)
+    L, H, V, S = int(length), hmm.n_hidden, hmm.n_states, b[0].shape[-1]
     T, E = hmm.transition, hmm.emission
-
-    def shift(m: Tensor, k: int) -> Tensor:  # m[..., s] -> m[..., s + k] (zero beyond the range)
-        out = torch.zeros_like(m)
-        out[..., : S - k] = m[..., k:]
-        return out
-
-    def advance(m: Tensor, k: int) -> Tensor:  # m[..., s] -> m[..., s - k]
-        out = torch.zeros_like(m)
-        out[..., k:] = m[..., : S - k]
-        return out
-
-    sums = torch.arange(S, dtype=torch.float64)
-    log_end = -0.5 * ((float(y) - sums) / sigma) ** 2  # [S]
-    end = torch.exp(log_end - log_end.max())
-    # backward: b[i][h, s] = P(y | h_i = h, S_i = s), up to one constant
-    b = [None] * L
-    b[L - 1] = end.expand(H, S).clone()
-    for i in range(L - 2, -1, -1):
-        nxt = sum(E[:, v][:, None] * shift(b[i + 1], int(a[v])) for v in range(V))  # [H', S]: over x_{i+1}
-        b[i] = T @ nxt
-        b[i] = b[i] / b[i].max()
     # forward: pred[h, s] = P(h_i = h, S_{i-1} = s) before emitting x_i
     pred = torch.zeros(H, S, dtype=torch.float64)
     pred[:, 0] = hmm.initial
     out = torch.empty(L, V, dtype=torch.float64)
     for i in range(L):
-        joint = torch.stack([(pred * E[:, v][:, None] * shift(b[i], int(a[v]))).sum() for v in range(V)])
+        joint = torch.stack([(pred * E[:, v][:, None] * _shift(b[i], int(a[v]))).sum() for v in range(V)])
         out[i] = joint / joint.sum()
-        f = sum(advance(pred * E[:, v][:, None], int(a[v])) for v in range(V))  # P(h_i, S_i)
+        f = sum(_advance(pred * E[:, v][:, None], int(a[v])) for v in range(V))  # P(h_i, S_i)
         f = f / f.sum()
         pred = T.T @ f
     return out
+
+
+def hmm_sum_posterior_sample(hmm: HiddenMarkovModel, length: int, y: float, sigma: float, n: int,
+                             values=None, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` exact posterior sequences ``[n, L]`` under the linear-sum observation of
+    ``hmm_sum_posterior_marginals``: the backward messages of the running-sum chain, then a
+    forward pass drawing ``(h_i, x_i)`` jointly from
+    ``T[h_{i-1}, h_i] E[h_i, x_i] b_i[h_i, S_{i-1} + values[x_i]]`` (exact joint draws, the
+    sum-observation counterpart of FFBS)."""
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    a, b = _sum_backward(hmm, length, y, sigma, values)
+    L, H, V, S = int(length), hmm.n_hidden, hmm.n_states, b[0].shape[-1]
+    T, E = hmm.transition, hmm.emission
+    n = int(n)
+    x = torch.empty(n, L, dtype=torch.long)
+    h = torch.zeros(n, dtype=torch.long)
+    s = torch.zeros(n, dtype=torch.long)  # running sum before x_i
+    for i in range(L):
+        prior_h = hmm.initial.expand(n, H) if i == 0 else T[h]  # [n, H]
+        cols = (s[:, None] + a[None, :]).clamp_max(S - 1)  # [n, V]; never clamped (S = L max a + 1)
+        back = b[i][:, cols].permute(1, 0, 2)  # [n, H, V]
+        w = prior_h[:, :, None] * E[None] * back  # [n, H, V]
+        k = torch.multinomial(w.reshape(n, H * V), 1, generator=generator)[:, 0]
+        h, x[:, i] = k // V, k % V
+        s = s + a[x[:, i]]
+    return x
