@@ -229,11 +229,11 @@ class SumPotential:
         else:
             factor, factor_j, beta = self._correlation(masked)
         c = self.inflate
-        log_g = self._log_normal(known + M, self.sigma ** 2 + (Vr * factor if c == 1.0 else c * Vr * factor))
+        log_g = self._log_normal(known + M, self.sigma ** 2 + c * Vr * factor)  # c = 1: bitwise Vr * factor
         shift = (1.0 + beta)[..., None] * (a - mu[..., None])  # [N, L, V+1]: x_j = v and the rest's regression
         mean_v = (known + M)[:, None, None] + shift
         rest = (Vr[:, None] - var) * factor_j  # [N, L]: the rest's variance after revealing j
-        var_v = self.sigma ** 2 + (rest if c == 1.0 else c * rest)[..., None]
+        var_v = self.sigma ** 2 + (c * rest)[..., None]
         return log_g, self._log_normal(mean_v, var_v.clamp_min(self.sigma ** 2))
 
     def leave_one_out_likelihood(self, tokens: Tensor) -> Tensor:
