@@ -101,22 +101,30 @@ class SumCase:
         return tv(weighted_marginals(d, self.hmm.n_states), self.exact), tv(self.rb(d), self.exact)
 
 
+def smc_rb_rows(hmm, lik, prob: str, seed: int, streams, length: int, n: int) -> list[dict]:
+    """``smc+rb`` with ``n`` particles on one per-token problem, one row per SMC stream, beside
+    the floors of ``n`` FFBS draws (one-hot and Rao-Blackwellised)."""
+    exact = hmm_posterior_marginals(hmm, lik)[0]  # [L, V]
+    ffbs = hmm_posterior_sample(hmm, lik, n, torch.Generator().manual_seed(seed))
+    floor, rb_floor = tv(weighted_marginals(ffbs, hmm.n_states), exact), \
+        tv(rao_blackwell_marginals(hmm, ffbs, lik), exact)
+    rows = []
+    for stream in streams:
+        s = posterior_smc(hmm, lik, n, seed=stream)
+        t = tv(rao_blackwell_marginals(hmm, s["tokens"], lik, s["log_weights"]), exact)
+        rows.append({"seed": seed, "stream": stream, "problem": prob, "sampler": "smc+rb", "n": n,
+                     "tv": t, "floor": floor, "rb_floor": rb_floor, "nfe": s["nfe"] + length})
+        print(f"seed {seed} stream {stream} {prob:8s} smc+rb N {n} TV {t:.4f} floor {floor:.4f} "
+              f"RB floor {rb_floor:.4f}", flush=True)
+    return rows
+
+
 def heldout(seeds, streams, length: int, n: int, sum_n: int, baseline: bool) -> dict:
     rows = []
     for seed in seeds:
         hmm = HiddenMarkovModel.random(seed=seed)
         for prob, lik in problems(hmm, length, seed).items():
-            exact = hmm_posterior_marginals(hmm, lik)[0]  # [L, V]
-            ffbs = hmm_posterior_sample(hmm, lik, n, torch.Generator().manual_seed(seed))
-            floor, rb_floor = tv(weighted_marginals(ffbs, hmm.n_states), exact), \
-                tv(rao_blackwell_marginals(hmm, ffbs, lik), exact)
-            for stream in streams:
-                s = posterior_smc(hmm, lik, n, seed=stream)
-                t = tv(rao_blackwell_marginals(hmm, s["tokens"], lik, s["log_weights"]), exact)
-                rows.append({"seed": seed, "stream": stream, "problem": prob, "sampler": "smc+rb", "n": n,
-                             "tv": t, "floor": floor, "rb_floor": rb_floor, "nfe": s["nfe"] + length})
-                print(f"seed {seed} stream {stream} {prob:8s} smc+rb TV {t:.4f} floor {floor:.4f} "
-                      f"RB floor {rb_floor:.4f}", flush=True)
+            rows += smc_rb_rows(hmm, lik, prob, seed, streams, length, n)
         case = SumCase(seed, length)
         floor, rb_floor = case.floors(sum_n, seed)
         configs = [("smc-cov+rb", sum_n)] + ([("smc-cov+rb (first pass)", BASELINE_N)] if baseline else [])
@@ -140,18 +148,7 @@ def round2(seeds, streams, length: int, n: int) -> dict:
     rows = []
     for seed in seeds:
         hmm = HiddenMarkovModel.random(seed=seed)
-        lik = problems(hmm, length, seed)["channel"]
-        exact = hmm_posterior_marginals(hmm, lik)[0]  # [L, V]
-        ffbs = hmm_posterior_sample(hmm, lik, n, torch.Generator().manual_seed(seed))
-        floor, rb_floor = tv(weighted_marginals(ffbs, hmm.n_states), exact), \
-            tv(rao_blackwell_marginals(hmm, ffbs, lik), exact)
-        for stream in streams:
-            s = posterior_smc(hmm, lik, n, seed=stream)
-            t = tv(rao_blackwell_marginals(hmm, s["tokens"], lik, s["log_weights"]), exact)
-            rows.append({"seed": seed, "stream": stream, "problem": "channel", "sampler": "smc+rb", "n": n,
-                         "tv": t, "floor": floor, "rb_floor": rb_floor, "nfe": s["nfe"] + length})
-            print(f"seed {seed} stream {stream} channel smc+rb N {n} TV {t:.4f} floor {floor:.4f} "
-                  f"RB floor {rb_floor:.4f}", flush=True)
+        rows += smc_rb_rows(hmm, problems(hmm, length, seed)["channel"], "channel", seed, streams, length, n)
     return {"config": {"seeds": list(seeds), "streams": list(streams), "length": length, "n": n, "sum_n": None,
                        "sum_inflate": None, "eps": EPS, "sum_sigma": SUM_SIGMA, "goal": GOAL,
                        "hmm": "HiddenMarkovModel.random(n_hidden=4, n_states=8, stay=0.95, seed=s)"},
