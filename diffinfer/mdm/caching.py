@@ -103,14 +103,30 @@ class LogitsEvaluator:
         self.blocks, self.gen_end = blocks, gen_end
 
     # ---- one call of the model on some rows ---------------------------------------------
-    def _model(self, tokens: Tensor, rows: Tensor, t: Tensor | None) -> Tensor:
+    def _inputs(self, rows: Tensor, t: Tensor | None) -> dict:
+        """The keyword inputs the model declares for canvases of decode rows ``rows`` ``[b]`` at
+        masked fractions ``t`` ``[b]``: time, padding mask, row indices."""
         kwargs = {}
         if getattr(self.model, "takes_time", False):
-            kwargs["t"] = t[rows]
+            kwargs["t"] = t
         if getattr(self.model, "takes_attention_mask", False) and self.attention_mask is not None:
             kwargs["attention_mask"] = self.attention_mask[rows]
         if getattr(self.model, "takes_rows", False):
             kwargs["rows"] = rows
+        return kwargs
+
+    def canvases(self, canvases: Tensor, rows: Tensor, t: Tensor | None) -> Tensor:
+        """Logits ``[N, L, V]`` of extra canvases ``[N, L]`` belonging to decode rows ``rows``
+        ``[N]`` at masked fractions ``t`` ``[N]`` (an unmasking policy's own call: no guidance,
+        counted by the policy, not in ``nfe``)."""
+        out = self.model.logits(canvases, **self._inputs(rows, t))
+        if out.shape[:2] != canvases.shape:
+            raise ValueError(f"the model returned logits of shape {tuple(out.shape)} for a "
+                             f"{list(canvases.shape)} canvas")
+        return out
+
+    def _model(self, tokens: Tensor, rows: Tensor, t: Tensor | None) -> Tensor:
+        kwargs = self._inputs(rows, None if t is None else t[rows])
         x = tokens[rows]  # [b, L]
         if not self.cfg_scale:
             self.nfe[rows] += 1

@@ -286,19 +286,8 @@ def decode(model, prompt=None, length: int | None = None, policy="low-confidence
     def evaluate(canvases: Tensor, rows: Tensor) -> Tensor:
         """The policy's extra call: filtered log-probabilities ``[N, L, V]`` of canvases ``[N, L]``
         belonging to decode rows ``rows`` ``[N]``."""
-        kwargs = {}
-        if getattr(model, "takes_time", False):
-            kwargs["t"] = (((canvases == mask) & region[rows]).sum(-1).double()
-                           / gen_len[rows].clamp_min(1).double())
-        if getattr(model, "takes_rows", False):
-            kwargs["rows"] = rows
-        if getattr(model, "takes_attention_mask", False):
-            kwargs["attention_mask"] = real[rows].long()
-        out = model.logits(canvases, **kwargs)
-        if out.shape[:2] != canvases.shape:
-            raise ValueError(f"the model returned logits of shape {tuple(out.shape)} for a "
-                             f"{list(canvases.shape)} canvas")
-        return filter_logits(out, mask, temperature, top_k, top_p)
+        t = ((canvases == mask) & region[rows]).sum(-1).double() / gen_len[rows].clamp_min(1).double()  # [N]
+        return filter_logits(evaluator.canvases(canvases, rows, t), mask, temperature, top_k, top_p)
 
     block_start, block_end = gen_start.clone(), gen_start.clone()
     n_block = torch.zeros(B, dtype=torch.long)
