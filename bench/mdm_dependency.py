@@ -15,8 +15,6 @@ the proposals (``draw="proposal"``). Writes
 """
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 import sys
 import time
@@ -25,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from diffinfer.atomic import write_text  # noqa: E402
+from bench.results_io import bench_args, write_results  # noqa: E402
 from diffinfer.mdm import decode  # noqa: E402
 from diffinfer.mdm.metrics import bigram_tv, nll_per_token, pair_tv  # noqa: E402
 from diffinfer.toys.hmm import HiddenMarkovModel  # noqa: E402
@@ -141,20 +139,11 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "results"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args = bench_args(__doc__, argv, quick="L = 32, 256 samples, fewer configurations")
     t0 = time.perf_counter()
     res = {"command": "python bench/mdm_dependency.py" + (" --quick" if args.quick else ""), "oracles": run(args.quick)}
     res["total_wall_s"] = round(time.perf_counter() - t0, 1)
-    stem = "mdm_dependency_quick" if args.quick else "mdm_dependency"
-    write_text(out / f"{stem}.json", json.dumps(res, indent=1))
-    write_text(out / f"{stem}.md", markdown(res))
-    print(f"wrote {out / stem}.json, {stem}.md in {res['total_wall_s']} s")
+    write_results("mdm_dependency_quick" if args.quick else "mdm_dependency", res, markdown(res), args.out)
     return 0
 
 

@@ -40,7 +40,6 @@ Writes ``bench/results/mdm_posterior.json`` and ``bench/results/mdm_posterior.md
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -49,7 +48,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bench.results_io import write_results  # noqa: E402
+from bench.results_io import bench_args, write_results  # noqa: E402
 from diffinfer.mdm import (LikelihoodTilt, SumPotential, aps_sample, channel_codebook, clamped_canvas,  # noqa: E402
                            decode, marginal_tv, posterior_gibbs, posterior_smc, rao_blackwell_marginals,
                            sum_codebook, value_covariance, weighted_marginals)
@@ -213,11 +212,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="N=512, L=12, two seeds")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "results"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    args = bench_args(__doc__, argv, quick="N=512, L=12, two seeds")
     res = run(512, 12, SEEDS[:2]) if args.quick else run(4096, 16, SEEDS)
     write_results("mdm_posterior_quick" if args.quick else "mdm_posterior", res, markdown(res), args.out)
     return 0

@@ -22,7 +22,6 @@ Writes ``bench/results/mdm_posterior_text.{json,md}``.
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import time
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bench.results_io import write_results  # noqa: E402
+from bench.results_io import bench_args, write_results  # noqa: E402
 from diffinfer.mdm import RESTORE_METHODS, channel_likelihood, character_error_rate, corrupt, restore  # noqa: E402
 from diffinfer.toys import HiddenMarkovModel, hmm_posterior_marginals  # noqa: E402
 
@@ -123,11 +122,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="4 windows of 32 characters")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "results"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    args = bench_args(__doc__, argv, quick="4 windows of 32 characters")
     methods = [m for m in RESTORE_METHODS if m != "smc"]  # smc+rb reports the same particles, better
     res = run(4, 32, 8, methods) if args.quick else run(16, 64, 16, methods)
     write_results("mdm_posterior_text_quick" if args.quick else "mdm_posterior_text", res, markdown(res), args.out)
