@@ -23,7 +23,8 @@ SUBMODULES = ("cache", "warm", "tiling", "prune", "mmd", "network")
 #: public name -> submodule that defines it
 EXPORTS = {
     "FeatureCache": "cache", "feature_cache": "cache", "CachePlan": "cache", "CacheStats": "cache",
-    "plan_for": "cache", "unet_plan": "cache", "dit_plan": "cache", "diffusers_unet_plan": "cache",
+    "plan_for": "cache", "network_plan": "cache", "unet_plan": "cache", "dit_plan": "cache",
+    "diffusers_unet_plan": "cache",
 }
 
 

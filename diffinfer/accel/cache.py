@@ -14,6 +14,14 @@ last blocks).
 - ``diffinfer.nets.DiT``: *residual*. The middle blocks ``[start, stop)`` add the change
   they made at the last refresh, ``h_stop = h_start + (h_stop' - h_start')`` (the primes
   from the refresh), so the first blocks still see this call's input.
+- Any network, whole (``network_plan``; a UNet's ``depth=0``): a cached call runs nothing of
+  it and returns its output at the last refresh.
+
+*Forecasting* (``order=m``; Liu et al. 2025, "From Reusing to Forecasting: Accelerating
+Diffusion Models with TaylorSeers"): instead of the value at the last refresh, a cached call
+gets the polynomial through the row's last ``m + 1`` refreshes evaluated at the call's time
+(TaylorSeer's Taylor series from finite differences, written for uneven refresh times:
+Lagrange extrapolation in ``t`` or in log-SNR, ``variable=``). ``order=0`` is plain reuse.
 
 ``FeatureCache(den, every=k | steps=[...] | threshold=delta)`` is a ``Denoiser -> Denoiser``
 wrapper, so it works with every solver and driver. The skipped modules are found on the
@@ -41,6 +49,7 @@ other way round: ``FeatureCache(ClassifierFreeGuidance(den, ...))``.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -52,6 +61,9 @@ from ..grids.grid import GridPoint
 from ..process import as_time
 
 MODES = ("replay", "residual")
+_UNSET = object()
+VARIABLES = ("t", "logsnr")  # what the forecast polynomial is a polynomial in
+MAX_ORDER = 3  # higher orders amplify the features' jitter in time (TaylorSeer uses 1-2)
 
 
 # --- plans: which modules of which network -------------------------------------------------
@@ -60,12 +72,15 @@ class CachePlan:
     """What a cached call skips: ``modules`` (in the order the forward calls them) of the
     network ``root``; ``mode`` ``'replay'`` (each returns its output at the last refresh) or
     ``'residual'`` (the run of modules adds its change at the last refresh; every module must
-    map its first argument to a tensor of the same shape)."""
+    map its first argument to a tensor of the same shape). ``outputs_used`` (replay): the
+    indices of the modules whose outputs are read outside the skipped run (``None``: all);
+    only these are forecast, the others are handed their latest refresh."""
 
     root: nn.Module
     modules: tuple[nn.Module, ...]
     mode: str = "replay"
     name: str = ""
+    outputs_used: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -74,15 +89,25 @@ class CachePlan:
             raise ValueError("a cache plan needs at least one module to skip")
 
 
+def network_plan(net: nn.Module) -> CachePlan:
+    """Any network as one skipped module: a cached call runs nothing and returns the network's
+    output at the last refresh, or its forecast (``order >= 1``; TaylorSeer on the last feature).
+    The threshold signal is the network's input."""
+    return CachePlan(net, (net,), "replay", f"whole {type(net).__name__}", (0,))
+
+
 def unet_plan(net: nn.Module, depth: int = 1) -> CachePlan:
     """``diffinfer.nets.UNet``: keep the outer ``depth`` levels (``conv_in``, ``down[:depth]``,
-    ``up[-depth:]``), skip ``down[depth:]``, ``mid`` and ``up[:-depth]`` (DeepCache's branch)."""
+    ``up[-depth:]``), skip ``down[depth:]``, ``mid`` and ``up[:-depth]`` (DeepCache's branch).
+    ``depth=0`` keeps nothing: the whole network (``network_plan``)."""
     levels = len(net.down)
-    if not 1 <= int(depth) <= levels:
-        raise ValueError(f"depth must be in [1, {levels}] for this UNet ({levels} levels), got {depth}")
+    if not 0 <= int(depth) <= levels:
+        raise ValueError(f"depth must be in [0, {levels}] for this UNet ({levels} levels), got {depth}")
     d = int(depth)
+    if d == 0:
+        return network_plan(net)
     mods = tuple(net.down[d:]) + (net.mid,) + tuple(net.up[:levels - d])
-    return CachePlan(net, mods, "replay", f"UNet depth {d}")
+    return CachePlan(net, mods, "replay", f"UNet depth {d}", (len(mods) - 1,))
 
 
 def dit_plan(net: nn.Module, start: int | None = None, stop: int | None = None) -> CachePlan:
@@ -99,14 +124,17 @@ def dit_plan(net: nn.Module, start: int | None = None, stop: int | None = None) 
 def diffusers_unet_plan(model: nn.Module, depth: int = 1) -> CachePlan:
     """A diffusers ``UNet2DModel`` / ``UNet2DConditionModel``: skip ``down_blocks[depth:]``,
     ``mid_block`` and ``up_blocks[:-depth]``; the last up block(s) read the cached output of the
-    one before and the fresh skip connections of ``conv_in`` and ``down_blocks[:depth]``."""
+    one before and the fresh skip connections of ``conv_in`` and ``down_blocks[:depth]``.
+    ``depth=0``: the whole model (``network_plan``)."""
     levels = len(model.down_blocks)
-    if not 1 <= int(depth) <= levels:
-        raise ValueError(f"depth must be in [1, {levels}] for this UNet ({levels} down blocks), got {depth}")
+    if not 0 <= int(depth) <= levels:
+        raise ValueError(f"depth must be in [0, {levels}] for this UNet ({levels} down blocks), got {depth}")
     d = int(depth)
+    if d == 0:
+        return network_plan(model)
     mid = (model.mid_block,) if getattr(model, "mid_block", None) is not None else ()
     mods = tuple(model.down_blocks[d:]) + mid + tuple(model.up_blocks[:levels - d])
-    return CachePlan(model, mods, "replay", f"{type(model).__name__} depth {d}")
+    return CachePlan(model, mods, "replay", f"{type(model).__name__} depth {d}", (len(mods) - 1,))
 
 
 def _network(den: DenoiserBase) -> nn.Module:
@@ -142,25 +170,31 @@ def plan_for(net: nn.Module, **options) -> CachePlan:
     if type(net).__name__ in ("UNet2DModel", "UNet2DConditionModel") and hasattr(net, "down_blocks"):
         return diffusers_unet_plan(net, **options)
     raise TypeError(f"no feature-cache plan for {type(net).__name__}; supported: {', '.join(SUPPORTED)} "
-                    "(or pass plan=CachePlan(...))")
+                    "(or pass plan=network_plan(net) to cache its output, or plan=CachePlan(...))")
 
 
 # --- the cache store ---------------------------------------------------------------------------
-def _map(fn: Callable[[Tensor], Tensor], obj: Any) -> Any:
-    """``fn`` on every tensor of a nested tuple / list (a module's output)."""
-    if isinstance(obj, Tensor):
-        return fn(obj)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map(fn, o) for o in obj)
+def _mapn(fn, *objs: Any) -> Any:
+    """``fn`` over matching tensors of nested tuples / lists of the same structure."""
+    if isinstance(objs[0], Tensor):
+        return fn(*objs)
+    if isinstance(objs[0], (tuple, list)):
+        return type(objs[0])(_mapn(fn, *parts) for parts in zip(*objs))
+    return objs[0]
+
+
+def _leaf(obj: Any) -> Tensor:
+    while not isinstance(obj, Tensor):
+        obj = obj[0]
     return obj
 
 
-def _map2(fn, a: Any, b: Any) -> Any:
-    if isinstance(a, Tensor):
-        return fn(a, b)
-    if isinstance(a, (tuple, list)):
-        return type(a)(_map2(fn, x, y) for x, y in zip(a, b))
-    return a
+def _rows_of(obj: Any) -> int:
+    return _leaf(obj).shape[0]
+
+
+def _device_of(obj: Any) -> torch.device:
+    return _leaf(obj).device
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
@@ -192,14 +226,33 @@ class CacheStats:
         return self.full + self.cached
 
 
+def lagrange_weights(times: Tensor, valid: Tensor, t: float) -> Tensor:
+    """Weights ``w [S, R]`` of the polynomial through each row's valid nodes, evaluated at ``t``:
+    ``sum_k w[k, r] f_k[r]`` is the extrapolation of row ``r``'s values ``f_k`` at ``times[k, r]``
+    (``valid [S, R]``; invalid nodes get weight 0). One node: weight 1 (plain reuse)."""
+    S = times.shape[0]
+    w = valid.to(times.dtype).clone()  # [S, R]
+    for k in range(S):
+        for j in range(S):
+            if j != k:
+                both = valid[j] & valid[k]  # [R]; an invalid slot may repeat a valid one's time
+                gap = torch.where(both, times[k] - times[j], torch.ones_like(times[k]))
+                w[k] = w[k] * torch.where(both, (t - times[j]) / gap, torch.ones_like(gap))
+    return w
+
+
 @dataclass
 class _Store:
-    """The cached features of one run: ``outputs[j]`` (replay: module ``j``'s output) or
-    ``delta`` (residual), ``ref`` (the shallow feature at each row's last refresh, for
-    ``threshold``), all ``[R, ...]`` with ``R = copies * rows`` network rows."""
+    """The cached features of one run: ``history[k]`` is the value at the ``k``-th most recent
+    refresh (replay: the list of the modules' outputs; residual: the change ``delta``), with
+    ``times[k]`` ``[R]`` the call time of that refresh per network row and ``filled`` ``[R]`` how
+    many of the ``len(history)`` slots hold a refresh for that row; ``ref`` (the shallow feature
+    at each row's last refresh, for ``threshold``). Tensors are ``[R, ...]`` with
+    ``R = copies * rows`` network rows."""
 
-    outputs: list | None = None
-    delta: Tensor | None = None
+    history: list = field(default_factory=list)
+    times: list = field(default_factory=list)
+    filled: Tensor | None = None
     ref: Tensor | None = None
     rows: int = 0           # the wrapper's batch
     copies: int = 1         # network rows per wrapper row (2 under CFG's [x, x])
@@ -211,19 +264,63 @@ class _Store:
 
     @property
     def empty(self) -> bool:
-        return self.outputs is None and self.delta is None
+        return not self.history
 
     @property
     def net_rows(self) -> int:
         """Rows of the network batch the features were computed on (0 if empty)."""
-        if self.delta is not None:
-            return self.delta.shape[0]
-        if self.outputs is None:
-            return 0
-        first = self.outputs[0]
-        while not isinstance(first, Tensor):
-            first = first[0]
-        return first.shape[0]
+        return 0 if self.empty else _rows_of(self.history[0])
+
+    def weights(self, t: float) -> Tensor | None:
+        """Each row's forecast weights ``[S, R]`` over the stored refreshes at time ``t`` (the
+        polynomial through the row's refreshes; TaylorSeer's forecast), or ``None`` with one
+        slot (plain reuse of the latest refresh)."""
+        if len(self.history) == 1:
+            return None
+        times = torch.stack(self.times)  # [S, R]
+        valid = torch.arange(len(self.history), device=times.device)[:, None] < self.filled[None, :]  # [S, R]
+        return lagrange_weights(times, valid, t)
+
+    def forecast(self, t: float, part=lambda value: value) -> Any:
+        """The cached value at time ``t``, or of ``part(value)`` (one module's output)."""
+        w = self.weights(t)
+        return self.combine(w, part)
+
+    def combine(self, w: Tensor | None, part=lambda value: value) -> Any:
+        """``sum_k w[k] part(history[k])`` row by row (``w`` from ``weights``; ``None``: the latest)."""
+        if w is None:
+            return part(self.history[0])
+
+        def combine(*values: Tensor) -> Tensor:
+            shape = (-1,) + (1,) * (values[0].dim() - 1)
+            out = values[0] * w[0].to(values[0].dtype).reshape(shape)
+            for k in range(1, len(values)):
+                out = out + values[k] * w[k].to(values[k].dtype).reshape(shape)
+            return out
+
+        return _mapn(combine, *(part(v) for v in self.history))
+
+    def push(self, value: Any, t: float, mask: Tensor | None, slots: int) -> None:
+        """Record a refresh at time ``t`` of the rows ``mask`` ``[R]`` (``None``: every row),
+        keeping at most ``slots`` refreshes per row (older ones drop out)."""
+        R = _rows_of(value)
+        now = torch.full((R,), float(t), dtype=torch.float64, device=_device_of(value))
+        if mask is None or self.empty:
+            self.history = [value] + self.history[:slots - 1]
+            self.times = [now] + self.times[:slots - 1]
+            filled = torch.zeros(R, dtype=torch.long, device=now.device) if self.filled is None else self.filled
+            self.filled = (filled + 1).clamp(max=len(self.history))
+            return
+        # rows in ``mask`` shift their slots down by one; the others keep theirs
+        if len(self.history) < slots:
+            self.history = self.history + [self.history[-1]]
+            self.times = self.times + [self.times[-1]]
+        for k in range(len(self.history) - 1, 0, -1):
+            self.history[k] = _mapn(lambda a, b: _rows_where(mask, a, b), self.history[k - 1], self.history[k])
+            self.times[k] = torch.where(mask, self.times[k - 1], self.times[k])
+        self.history[0] = _mapn(lambda a, b: _rows_where(mask, a, b), value, self.history[0])
+        self.times[0] = torch.where(mask, now, self.times[0])
+        self.filled = torch.where(mask, (self.filled + 1).clamp(max=len(self.history)), self.filled)
 
     def gather(self, idx: Tensor) -> "_Store":
         """The store of wrapper rows ``idx`` (repeats allowed; blockwise for stacked copies)."""
@@ -237,25 +334,41 @@ class _Store:
         def take(v: Tensor) -> Tensor:
             return v[net_idx.to(v.device)]
 
-        new.outputs = None if self.outputs is None else [_map(take, o) for o in self.outputs]
-        new.delta = None if self.delta is None else take(self.delta)
+        new.history = [_mapn(take, v) for v in self.history]
+        new.times = [take(v) for v in self.times]
+        new.filled = take(self.filled)
         new.ref = None if self.ref is None else take(self.ref)
         return new
 
 
 class _Call:
-    """One network call under the plan: installs the stubs, decides the refresh rows at the
-    first skipped module, records or replays."""
+    """One network call at time ``t`` under the plan: installs the stubs, decides the refresh
+    rows at the first skipped module, records or replays the forecast of the cached value."""
 
-    def __init__(self, plan: CachePlan, store: _Store, force: bool, threshold: float | None, stats: CacheStats):
-        self.plan, self.store, self.force, self.threshold, self.stats = plan, store, force, threshold, stats
+    def __init__(self, plan: CachePlan, store: _Store, t: float, force: bool, threshold: float | None,
+                 slots: int, stats: CacheStats):
+        self.plan, self.store, self.t, self.force, self.threshold = plan, store, t, force, threshold
+        self.slots, self.stats = slots, stats
         self.mask: Tensor | None = None   # [R] rows that refresh; None until decided
         self.decided = False
         self.all_rows = False
         self.any_rows = False
         self.forwards = 0
         self.new_outputs: list = []
+        self.new_delta: Tensor | None = None
         self.x_in: Tensor | None = None   # residual: the input of the first skipped module
+        self._w = _UNSET  # the forecast weights, computed when first needed
+
+    def cached(self, j: int | None = None) -> Any:
+        """The store's value (residual: the change; replay: module ``j``'s output) forecast to
+        this call's time. Replay modules whose output stays inside the skipped run (not in the
+        plan's ``outputs_used``) get their latest refresh, not a forecast."""
+        s = self.store
+        if j is not None and self.plan.outputs_used is not None and j not in self.plan.outputs_used:
+            return s.history[0][j]
+        if self._w is _UNSET:
+            self._w = s.weights(self.t)
+        return s.combine(self._w, (lambda v: v) if j is None else (lambda v: v[j]))
 
     # the decision, made when the first skipped module is reached (its input is the signal)
     def _decide(self, signal: Tensor) -> None:
@@ -295,28 +408,24 @@ class _Call:
         return forward
 
     def _replay(self, j, original, args, kwargs):
-        s = self.store
         if not self.any_rows:
-            return s.outputs[j]
+            return self.cached(j)
         out = original(*args, **kwargs)
         if not self.all_rows:
-            out = _map2(lambda new, old: _rows_where(self.mask, new, old), out, s.outputs[j])
-        self.new_outputs.append(_map(lambda v: v.detach(), out))
+            out = _mapn(lambda new, old: _rows_where(self.mask, new, old), out, self.cached(j))
+        self.new_outputs.append(_mapn(lambda v: v.detach(), out))
         return out
 
     def _residual(self, j, last, x, original, args, kwargs):
-        s = self.store
         if j == 0:
             self.x_in = x
         if not self.any_rows:
-            return x + s.delta if j == 0 else x
+            return x + self.cached() if j == 0 else x
         out = original(*args, **kwargs)
         if j == last:
-            delta = (out - self.x_in).detach()
+            self.new_delta = (out - self.x_in).detach()
             if not self.all_rows:
-                delta = _rows_where(self.mask, delta, s.delta)
-                out = _rows_where(self.mask, out, self.x_in + s.delta)
-            self.new_delta = delta
+                out = _rows_where(self.mask, out, self.x_in + self.cached())
         return out
 
     def commit(self) -> None:
@@ -325,10 +434,8 @@ class _Call:
             raise RuntimeError(f"the network ran without reaching the cached modules ({self.plan.name}); "
                                "is the plan built on this network?")
         if self.any_rows:
-            if self.plan.mode == "replay":
-                s.outputs = self.new_outputs
-            else:
-                s.delta = self.new_delta
+            value = self.new_outputs if self.plan.mode == "replay" else self.new_delta
+            s.push(value, self.t, None if self.all_rows else self.mask, self.slots)
             self.stats.full += 1
             self.stats.rows_refreshed += int(self.mask.sum()) if not self.all_rows else int(self.mask.numel())
         else:
@@ -366,6 +473,11 @@ class FeatureCache(DenoiserBase):
         steps: refresh at these call indices of a run (0 is always one).
         threshold: also refresh rows whose shallow feature changed by more than this relative
             amount since their last refresh.
+        order: forecast order. ``0`` (default) reuses the cached value (DeepCache); ``m >= 1``
+            extrapolates it to the call's time with the polynomial through the last ``m + 1``
+            refreshes (TaylorSeer).
+        variable: what that polynomial is a polynomial in: ``'t'`` (the process time) or
+            ``'logsnr'`` (finite at every call).
         plan: a ``CachePlan``; default ``plan_for(network, **plan_options)``.
         plan_options: ``depth`` (UNets) or ``start`` / ``stop`` (DiT).
 
@@ -373,8 +485,11 @@ class FeatureCache(DenoiserBase):
     """
 
     def __init__(self, den: DenoiserBase, every: int | None = None, steps: Sequence[int] | None = None,
-                 threshold: float | None = None, plan: CachePlan | None = None, **plan_options):
+                 threshold: float | None = None, order: int = 0, variable: str = "t", plan: CachePlan | None = None,
+                 **plan_options):
         self._wrap(den)
+        if int(order) != order or not 0 <= int(order) <= MAX_ORDER:
+            raise ValueError(f"forecast order must be an integer in [0, {MAX_ORDER}], got {order}")
         if every is None and steps is None and threshold is None:
             raise ValueError("give a refresh schedule: every=k, steps=[...] or threshold=delta")
         if every is not None and steps is not None:
@@ -388,6 +503,10 @@ class FeatureCache(DenoiserBase):
         self.every = None if every is None else int(every)
         self.steps = None if steps is None else frozenset(int(k) for k in steps) | {0}
         self.threshold = None if threshold is None else float(threshold)
+        self.order = int(order)
+        if variable not in VARIABLES:
+            raise ValueError(f"unknown forecast variable {variable!r}; valid: {', '.join(VARIABLES)}")
+        self.variable = variable
         self.plan = plan if plan is not None else plan_for(_network(den), **plan_options)
         self.stats = CacheStats()
         self._store = _Store()
@@ -438,7 +557,10 @@ class FeatureCache(DenoiserBase):
         if not same:
             self._store = _Store(rows=x.shape[0], dtype=x.dtype, device=x.device)
         s = self._store
-        call = _Call(self.plan, s, self.scheduled(s.n), self.threshold, self.stats)
+        at = t_now if self.variable == "t" else float(self.process.logsnr(torch.tensor(t_now, dtype=torch.float64)))
+        if not math.isfinite(at):
+            raise ValueError(f"the forecast variable {self.variable!r} is {at} at t = {t_now}; use variable='t'")
+        call = _Call(self.plan, s, at, self.scheduled(s.n), self.threshold, self.order + 1, self.stats)
         with call.installed():
             pred = self.den.predict(x, t)
         call.commit()
@@ -464,14 +586,15 @@ class FeatureCache(DenoiserBase):
         sched = (f"every={self.every}" if self.every is not None else
                  f"steps={sorted(self.steps)}" if self.steps is not None else "")
         thr = f", threshold={self.threshold}" if self.threshold is not None else ""
-        return f"FeatureCache({self.den!r}, {sched}{thr}, plan={self.plan.name!r})"
+        order = f", order={self.order}" if self.order else ""
+        return f"FeatureCache({self.den!r}, {sched}{thr}{order}, plan={self.plan.name!r})"
 
 
 def feature_cache(den: DenoiserBase, every: int | None = None, steps: Sequence[int] | None = None,
-                  threshold: float | None = None, **plan_options) -> FeatureCache:
+                  threshold: float | None = None, order: int = 0, **plan_options) -> FeatureCache:
     """``FeatureCache(den, ...)`` (see there)."""
-    return FeatureCache(den, every=every, steps=steps, threshold=threshold, **plan_options)
+    return FeatureCache(den, every=every, steps=steps, threshold=threshold, order=order, **plan_options)
 
 
-__all__ = ["FeatureCache", "feature_cache", "CachePlan", "CacheStats", "plan_for", "unet_plan", "dit_plan",
+__all__ = ["FeatureCache", "feature_cache", "CachePlan", "CacheStats", "plan_for", "network_plan", "unet_plan", "dit_plan",
            "diffusers_unet_plan", "SUPPORTED", "MODES"]
