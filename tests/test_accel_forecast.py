@@ -10,7 +10,7 @@ import diffinfer as di
 from diffinfer import accel
 from diffinfer.accel.cache import lagrange_weights
 
-from test_accel_cache import _count_calls, _noise, _ours, _perturb, _run_with_resampling
+from test_accel_cache import _count_calls, _model, _noise, _ours, _perturb, _run_with_resampling
 
 F64 = torch.float64
 B = 4
@@ -141,12 +141,12 @@ def test_rows_refreshing_at_different_calls_forecast_from_their_own_history():
     assert (batch - reuse).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("kind", ["unet", "mlp"])
+@pytest.mark.parametrize("kind", ["unet", "mlp", "diffusers-unet2d"])
 def test_the_whole_network_plan(kind):
     """``network_plan`` (the UNet's ``depth=0``): refreshing every call is bitwise the network; a
     cached call runs nothing of it; an output linear in time is forecast exactly at order 1."""
-    if kind == "unet":
-        den = _ours("unet")
+    if kind != "mlp":
+        den = _model(kind)
         x = _noise()
         options = {"depth": 0}
     else:
@@ -155,7 +155,8 @@ def test_the_whole_network_plan(kind):
         den = di.Denoiser(net, di.VP("linear"), "eps")
         x = torch.randn(B, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
         options = {"plan": accel.network_plan(net)}
-    runs = _count_calls(den.net.conv_in if kind == "unet" else den.net.inp)  # runs only when the network does
+    net = getattr(den.net, "model", den.net)
+    runs = _count_calls(net.conv_in if kind != "mlp" else net.inp)  # runs only when the network does
     with torch.no_grad():
         ref = di.sample(den, x, solver="dpmpp-2m", steps=6).x
         runs[0] = 0
@@ -166,7 +167,7 @@ def test_the_whole_network_plan(kind):
         out = di.sample(lazy, x, solver="dpmpp-2m", steps=6).x
     assert runs[0] == 2 == lazy.stats.full and lazy.stats.cached == 4
     assert (out - ref).abs().max() > 1e-6
-    assert lazy.plan.modules == (den.net,)
+    assert lazy.plan.modules == (net,)
 
 
 def test_a_whole_network_linear_in_time_is_forecast_exactly():
