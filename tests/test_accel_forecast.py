@@ -223,14 +223,19 @@ def test_the_store_forecasts_each_row_from_its_own_last_refreshes(seed, order, p
     g = torch.Generator().manual_seed(seed)
     R, slots = 5, order + 1
     store, kept = _Store(), [[] for _ in range(R)]
+    t = 1.0
     for step in range(pushes):
-        t = 1.0 - 0.09 * step - 0.02 * float(torch.rand((), generator=g))
+        if step % 3 != 2:  # every third push is at the previous push's time (it replaces that node)
+            t = 1.0 - 0.09 * step - 0.02 * float(torch.rand((), generator=g))
         value = torch.randn(R, 3, generator=g, dtype=F64)
         mask = None if step == 0 else torch.rand(R, generator=g) < 0.5
         store.push([value], t, mask, slots)
         for r in range(R):
             if mask is None or mask[r]:
-                kept[r].append((t, value[r]))
+                if kept[r] and kept[r][-1][0] == t:
+                    kept[r][-1] = (t, value[r])
+                else:
+                    kept[r].append((t, value[r]))
     t_new = 0.05
     got = store.forecast(t_new)[0]  # [R, 3]
     want = torch.stack([_lagrange_at(kept[r][-slots:], t_new) for r in range(R)])
@@ -239,3 +244,18 @@ def test_the_store_forecasts_each_row_from_its_own_last_refreshes(seed, order, p
     store.rows = R
     idx = torch.tensor([4, 0, 0, 2])
     torch.testing.assert_close(store.gather(idx).forecast(t_new)[0], want[idx], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_two_refreshes_at_one_time_keep_one_node(residual):
+    """Heun calls the model twice at each inner grid point (corrector, then the next
+    predictor): refreshing both must not put two nodes at one time (a division by zero in
+    the forecast); the later refresh replaces the earlier one, and the forecast stays exact."""
+    sched = [0, 1, 2, 3, 4, 8]  # calls 1 and 2 are both at t_1, calls 3 and 4 at t_2
+    den, cached = _poly_cache(2, residual, steps=sched, order=2)
+    x = _noise()
+    with torch.no_grad():
+        ref = di.sample(den, x, solver="heun", steps=6).x
+        got = di.sample(cached, x, solver="heun", steps=6).x
+    assert cached.stats.cached > 0
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)

@@ -305,6 +305,16 @@ class _Store:
         keeping at most ``slots`` refreshes per row (older ones drop out)."""
         R = _rows_of(value)
         now = torch.full((R,), float(t), dtype=torch.float64, device=_device_of(value))
+        if not self.empty:
+            # a row whose latest refresh is at this same time (Heun's corrector, then the next
+            # predictor) replaces it: two nodes at one time have no polynomial through them
+            again = (self.times[0] == now) & (self.filled > 0)  # [R]
+            if bool(again.any()):
+                hit = again if mask is None else (again & mask)
+                self.history[0] = _mapn(lambda a, b: _rows_where(hit, a, b), value, self.history[0])
+                mask = (~again) if mask is None else (mask & ~again)
+                if not bool(mask.any()):
+                    return
         if mask is None or self.empty:
             self.history = [value] + self.history[:slots - 1]
             self.times = [now] + self.times[:slots - 1]
