@@ -197,6 +197,8 @@ def test_bad_forecast_options_are_errors():
         accel.FeatureCache(den, every=2, order=1, variable="sigma")
     with pytest.raises(ValueError, match=r"depth must be in \[0, 3\]"):
         accel.FeatureCache(den, every=2, depth=-1)
+    with pytest.raises(ValueError, match="one time per call"):
+        accel.FeatureCache(den, every=2, order=1).predict(_noise(), torch.tensor([0.5, 0.5, 0.4, 0.5], dtype=F64))
     with pytest.raises(ValueError, match="use variable='t'"):  # log-SNR is infinite at t = 0
         accel.FeatureCache(den, every=2, order=1, variable="logsnr").predict(_noise(), 0.0)
 

@@ -563,6 +563,9 @@ class FeatureCache(DenoiserBase):
         return same, t_now, point
 
     def predict(self, x: Tensor, t) -> Prediction:
+        if self.order and isinstance(t, Tensor) and t.numel() > 1 and bool((t != t.reshape(-1)[0]).any()):
+            raise ValueError("forecasting (order >= 1) needs one time per call; this call has per-row times "
+                             "(use order=0)")
         same, t_now, point = self._continues(x, t)
         if not same:
             self._store = _Store(rows=x.shape[0], dtype=x.dtype, device=x.device)
