@@ -52,7 +52,8 @@ from ..loop import initial_noise, iterate
 from ..rng import SampleRNG
 from ..solvers.ddim import DDIM, DDIMWeights, ddim_at
 from .common import ScalingResult, Tap, sample_shape
-from .smc import RESAMPLE, RESAMPLERS, effective_sample_size, reselect
+from .smc import ORDERED, effective_sample_size, get_resampler, reselect
+from .sqmc import qmc_uniform, sqmc_points
 
 _F64 = torch.float64
 
@@ -342,6 +343,19 @@ def _gaussian_move(y: Tensor, rec: TwistRecord, u: Tensor, gen: torch.Generator)
     return xn.to(u.dtype).reshape(u.shape), log_z - log_l
 
 
+def _with_noise(rec: TwistRecord, z: Tensor, u: Tensor) -> Tensor:
+    """The twisted gradient proposal's draw from ``rec`` with the standard normal noise
+    ``z`` ``[B, D]``: ``m + sigma^2 grad log p~ + sigma z`` (``u``'s shape and dtype; ``u``
+    is the solver's own draw, replaced)."""
+    w = rec.weights
+    mean = w.w_x * rec.x + w.w_x0 * rec.x0 + (w.noise ** 2) * rec.grad
+    return mean + w.noise * z.reshape(u.shape).to(u)
+
+
+#: ``tds``'s ESS threshold (resample when ``ESS < threshold * N``)
+DEFAULT_ESS_THRESHOLD = 0.25
+
+
 #: the grid family ``tds`` and ``mcgdiff`` run on when no ``ts`` is given: chosen on the
 #: training seeds 1000-1019 of ``toys.random_problem`` (Karras spacing puts more steps at
 #: low noise, where the posterior's components separate; the log-SNR grid left DDPM's
@@ -364,8 +378,8 @@ def _grid(process, steps: int, ts, schedule: str):
 def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 100, ts=None, eta: float = 1.0,
         lam: float = 1.0, twist: LinearGaussianTwist | None = None, covariance: str = "auto",
         proposal: str = "gradient", transition: str = "ddpm", resample: str = "systematic",
-        ess_threshold: float = 0.25, seed: int = 0, return_weighted: bool = False, schedule: str = DEFAULT_GRID,
-        dtype=torch.float32, device="cpu") -> ScalingResult:
+        ess_threshold: float | None = None, qmc: bool = False, seed: int = 0, return_weighted: bool = False,
+        schedule: str = DEFAULT_GRID, dtype=torch.float32, device="cpu") -> ScalingResult:
     """Twisted Diffusion Sampler targeting ``p(x0 | y)`` (module docstring).
 
     Args:
@@ -383,15 +397,31 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
             ``ddpm`` or ``moment`` (its covariance from the denoiser's full Jacobian:
             ``D`` vector-Jacobian products per step; with ``proposal="gradient"``).
         twist: a ``LinearGaussianTwist`` to use instead (for ablations).
-        resample, ess_threshold: as ``smc`` (the default threshold 0.25 was chosen on the
-            training seeds, as ``DEFAULT_GRID``).
+        resample, ess_threshold: as ``smc`` (the default threshold, 0.25, was chosen on the
+            training seeds, as ``DEFAULT_GRID``); ``resample`` may order the particles by
+            state (``hilbert``, ``sorted``: SQMC-style, ``smc.ORDERED``).
+        qmc: sequential quasi-Monte Carlo (Gerber & Chopin 2015; ``sqmc``): resample at
+            every step (``ess_threshold`` 1) with an ordered ``resample``, ancestors and the
+            proposal's Gaussian noise from one scrambled Sobol point set per step; the
+            initial noise and the first step's noise from one more (each particle is
+            marginally what plain TDS draws). With the gradient proposal only.
         return_weighted: keep the final weighted particles (``info['log_weights']``).
     Returns:
         ``ScalingResult``; ``info``: ``ess`` per step, ``resampled`` step indices,
         ``log_weights`` (final), ``final_ess``.
     """
-    if resample not in RESAMPLERS:
-        raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLERS)}")
+    resampler = get_resampler(resample)
+    if qmc:
+        if resample not in ORDERED:
+            raise ValueError(f"qmc=True (SQMC) resamples in state order: resample must be one of "
+                             f"{', '.join(ORDERED)}, got {resample!r}")
+        if ess_threshold is not None and ess_threshold != 1.0:
+            raise ValueError(f"qmc=True (SQMC) resamples at every step: ess_threshold must be 1 or None, "
+                             f"got {ess_threshold}")
+        if proposal != "gradient":
+            raise ValueError("qmc=True (SQMC) takes the gradient proposal (proposal='gradient')")
+        ess_threshold = 1.0
+    ess_threshold = DEFAULT_ESS_THRESHOLD if ess_threshold is None else ess_threshold
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     if not eta > 0:
@@ -416,16 +446,24 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
     ts = _grid(den.process, steps, ts, schedule)
     g = Grid.of(den.process, ts)
     n_steps = ts.numel() - 1
-    resampler = RESAMPLE[resample]
     gen = torch.Generator().manual_seed(int(seed) ^ 0x7D5)
     rng = SampleRNG.from_seed(seed, batch=n, device=device)
     x = initial_noise(den, (n,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
+    z_qmc = None  # [N, D] the next step's proposal noise (qmc)
+    if qmc:  # x_T and the first step's noise from one point set of dimension 2 D
+        dim = x[0].numel()
+        z = torch.special.ndtri(qmc_uniform(n, 2 * dim, gen))  # [N, 2 D]
+        x = (z[:, :dim] * float(den.process.sigma(ts[0]))).reshape(x.shape).to(x)
+        z_qmc = z[:, dim:]
     model = TwistedDenoiser(Tap(den), twist, eta, shift=proposal == "gradient", transition=transition)
     log_w = model.evaluate(x, g.point(0)).log_twist.clone()  # p(x_T) p~_T / p(x_T)
     ess, resampled = [], []
     for step in iterate(model, solver, x, ts, rng):
         i, x = step.i, step.x
         prev = model.last  # the twist at x_i that this step's proposal used
+        if z_qmc is not None and i < n_steps - 1:  # the solver's draw, with the QMC noise instead
+            x = _with_noise(prev, z_qmc, x)
+            step.x = x
         if i < n_steps - 1 and proposal == "gaussian":
             x, log_ratio = _gaussian_move(twist.y, prev, x, gen)
             step.x = x
@@ -448,8 +486,12 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
         else:  # x = x0_hat(x_1): the true likelihood replaces the last twist
             log_w = log_w + twist.exact(x) - prev.log_twist
         ess.append(effective_sample_size(log_w))
-        if i < n_steps - 1 and ess[-1] < ess_threshold * n:
-            idx = resampler(log_w, n, gen)
+        if i < n_steps - 1 and (qmc or ess[-1] < ess_threshold * n):  # SQMC: every step, fresh points
+            if qmc:
+                u, z_qmc = sqmc_points(n, x[0].numel(), gen)
+                idx = resampler(log_w, n, gen, x=x, u=u)
+            else:
+                idx = resampler(log_w, n, gen, x=x)
             model = model.select(idx)
             reselect(step, idx, model, x=model.cached.x)
             log_w = torch.zeros(n, dtype=_F64, device=log_w.device)
@@ -459,7 +501,7 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
     info = {"ess": ess, "resampled": resampled, "log_weights": log_w.clone(),
             "final_ess": effective_sample_size(log_w), "steps": n_steps}
     if not return_weighted:
-        idx = resampler(log_w, n, gen)
+        idx = resampler(log_w, n, gen, x=x)
         x, r = x[idx.to(x.device)], r[idx]
     return ScalingResult(x=x, reward=r.to(x.dtype), nfe=model.rows, verifier_calls=n_steps * n + n,
                          method="tds", info=info)
