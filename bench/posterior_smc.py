@@ -42,11 +42,21 @@ METHODS = [
     ("TDS (`tds`)", tds, {}),
     ("TDS, flat twist (`covariance='flat'`)", tds, {"covariance": "flat"}),
     ("MCGdiff (`mcgdiff`)", mcgdiff, {}),
-    # state-ordered resampling and sequential quasi-Monte Carlo (Gerber & Chopin 2015)
-    ("TDS, Hilbert-sorted resampling (`resample='hilbert'`)", tds, {"resample": "hilbert"}),
-    ("TDS, SQMC (`resample='hilbert', qmc=True`)", tds, {"resample": "hilbert", "qmc": True}),
-    ("TDS, SQMC, moment transition (`resample='hilbert', qmc=True, transition='moment'`)", tds,
-     {"resample": "hilbert", "qmc": True, "transition": "moment"}),
+    # variance reduction (Gerber & Chopin 2015; scaling/hilbert.py, scaling/sqmc.py), each option spelled out
+    ("TDS, plain (`transition='ddpm', qmc=None, resample='systematic'`)", tds,
+     {"transition": "ddpm", "qmc": None, "resample": "systematic"}),
+    ("TDS, Hilbert-sorted resampling (`transition='ddpm', qmc=None, resample='hilbert'`)", tds,
+     {"transition": "ddpm", "qmc": None, "resample": "hilbert"}),
+    ("TDS, path RQMC (`transition='ddpm', qmc='path', resample='systematic'`)", tds,
+     {"transition": "ddpm", "qmc": "path", "resample": "systematic"}),
+    ("TDS, path RQMC + Hilbert (`transition='ddpm', qmc='path', resample='hilbert'`)", tds,
+     {"transition": "ddpm", "qmc": "path", "resample": "hilbert"}),
+    ("TDS, moment chain (`transition='moment', qmc=None, resample='systematic'`)", tds,
+     {"transition": "moment", "qmc": None, "resample": "systematic"}),
+    ("TDS, moment chain + path RQMC + Hilbert (`transition='moment', qmc='path', resample='hilbert'`)", tds,
+     {"transition": "moment", "qmc": "path", "resample": "hilbert"}),
+    ("TDS, SQMC (`transition='ddpm', qmc='sqmc', resample='hilbert'`)", tds,
+     {"transition": "ddpm", "qmc": "sqmc", "resample": "hilbert"}),
 ]
 
 

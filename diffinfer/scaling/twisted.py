@@ -53,6 +53,7 @@ from ..rng import SampleRNG
 from ..solvers.ddim import DDIM, DDIMWeights, ddim_at
 from .common import ScalingResult, Tap, sample_shape
 from .smc import ORDERED, effective_sample_size, get_resampler, reselect
+from .sqmc import MAX_DIM as SOBOL_MAX_DIM
 from .sqmc import qmc_uniform, sqmc_points
 
 _F64 = torch.float64
@@ -209,7 +210,8 @@ class TwistedDenoiser(DenoiserBase):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             pred = self.den.predict(xg, point)
-            if self.transition == "moment" and weights is not None:
+            # at alpha = 0 (a flow's t = 1) Tweedie's covariance is undefined: that step keeps the DDPM transition
+            if self.transition == "moment" and weights is not None and g.alpha[k] > 0.0:
                 jac = _jacobian(pred.x0, xg)  # [B, D, D], shared with the Jacobian twist
                 root = _moment_root(jac, g.alpha[k], g.sigma[k], weights)
             log_twist, grad, lin = self.twist.value_and_grad(pred.x0, xg, g.alpha[k], g.sigma[k], jac)
@@ -246,6 +248,12 @@ class TwistedDenoiser(DenoiserBase):
 #: denoiser's full Jacobian: Bao et al. 2022, "Estimating the Optimal Covariance with
 #: Imperfect Mean in Diffusion Probabilistic Models"; exact for a Gaussian prior)
 TRANSITIONS = ("ddpm", "moment")
+
+#: ``tds(transition="auto")`` takes ``moment`` for samples of at most this many entries (``D``
+#: vector-Jacobian products per step), ``ddpm`` above; ``tds(qmc="auto")`` takes ``path``
+#: when ``D * steps`` fits one Sobol set (``sqmc.MAX_DIM``). Chosen on the training seeds
+#: 1000-1019 (``bench/results/posterior_smc_train.md``, 3 sampler seeds each)
+MOMENT_MAX_DIM = 32
 
 
 def _jacobian(x0_hat: Tensor, x: Tensor) -> Tensor:
@@ -355,6 +363,15 @@ def _with_noise(rec: TwistRecord, z: Tensor, u: Tensor) -> Tensor:
 #: ``tds``'s ESS threshold (resample when ``ESS < threshold * N``)
 DEFAULT_ESS_THRESHOLD = 0.25
 
+#: ``tds(qmc=)`` modes: sequential QMC, or QMC over each particle's whole noise path
+QMC = ("sqmc", "path")
+
+
+def _qmc_normal(n: int, width: int, dim: int, gen: torch.Generator) -> Tensor:
+    """``[n, width, dim]`` standard normals, row ``n`` the ``Phi^-1`` of point ``n`` of a
+    freshly scrambled Sobol set of dimension ``width * dim`` (``sqmc.qmc_uniform``)."""
+    return torch.special.ndtri(qmc_uniform(n, width * dim, gen)).reshape(n, width, dim)
+
 
 #: the grid family ``tds`` and ``mcgdiff`` run on when no ``ts`` is given: chosen on the
 #: training seeds 1000-1019 of ``toys.random_problem`` (Karras spacing puts more steps at
@@ -377,8 +394,8 @@ def _grid(process, steps: int, ts, schedule: str):
 
 def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 100, ts=None, eta: float = 1.0,
         lam: float = 1.0, twist: LinearGaussianTwist | None = None, covariance: str = "auto",
-        proposal: str = "gradient", transition: str = "ddpm", resample: str = "systematic",
-        ess_threshold: float | None = None, qmc: bool = False, seed: int = 0, return_weighted: bool = False,
+        proposal: str = "gradient", transition: str = "auto", resample: str = "hilbert",
+        ess_threshold: float | None = None, qmc: str | None = "auto", seed: int = 0, return_weighted: bool = False,
         schedule: str = DEFAULT_GRID, dtype=torch.float32, device="cpu") -> ScalingResult:
     """Twisted Diffusion Sampler targeting ``p(x0 | y)`` (module docstring).
 
@@ -395,32 +412,49 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
             ``covariance="jacobian"``).
         transition: the base transition the weights are exact for (``TRANSITIONS``):
             ``ddpm`` or ``moment`` (its covariance from the denoiser's full Jacobian:
-            ``D`` vector-Jacobian products per step; with ``proposal="gradient"``).
+            ``D`` vector-Jacobian products per step; with ``proposal="gradient"``);
+            ``auto``: ``moment`` up to ``MOMENT_MAX_DIM`` entries, else ``ddpm``.
         twist: a ``LinearGaussianTwist`` to use instead (for ablations).
         resample, ess_threshold: as ``smc`` (the default threshold, 0.25, was chosen on the
             training seeds, as ``DEFAULT_GRID``); ``resample`` may order the particles by
-            state (``hilbert``, ``sorted``: SQMC-style, ``smc.ORDERED``).
-        qmc: sequential quasi-Monte Carlo (Gerber & Chopin 2015; ``sqmc``): resample at
-            every step (``ess_threshold`` 1) with an ordered ``resample``, ancestors and the
-            proposal's Gaussian noise from one scrambled Sobol point set per step; the
-            initial noise and the first step's noise from one more (each particle is
-            marginally what plain TDS draws). With the gradient proposal only.
+            state (``hilbert``, the default, or ``sorted``: SQMC-style, ``smc.ORDERED``).
+        qmc: randomised quasi-Monte Carlo driving noise (``QMC``; gradient proposal only;
+            each particle's noise stays marginally exactly what plain TDS draws):
+            ``"sqmc"``, sequential QMC (Gerber & Chopin 2015; ``sqmc``): resample at every
+            step (``ess_threshold`` 1) with an ordered ``resample``, ancestors and the
+            proposal noise from one scrambled Sobol point set per step (``x_T`` and the
+            first step's noise from one more); ``"path"``: particle ``n``'s whole noise
+            path (``x_T`` and every step) is point ``n`` of one scrambled Sobol set of
+            dimension ``D * steps`` (RQMC importance sampling; Owen 1997), and a resampling
+            redraws the remaining steps' noise from a fresh set (so it is independent of
+            the past, as plain SMC's); ``"auto"`` (default): ``path`` when ``D * steps``
+            fits one Sobol set (``sqmc.MAX_DIM``) and the proposal is the gradient one, else
+            none; ``None``: the solver's own pseudo-random noise.
         return_weighted: keep the final weighted particles (``info['log_weights']``).
     Returns:
         ``ScalingResult``; ``info``: ``ess`` per step, ``resampled`` step indices,
         ``log_weights`` (final), ``final_ess``.
     """
     resampler = get_resampler(resample)
-    if qmc:
+    qmc = None if qmc is False else qmc
+    dim = math.prod(sample_shape(shape))
+    if transition == "auto":
+        transition = "moment" if proposal == "gradient" and dim <= MOMENT_MAX_DIM else "ddpm"
+    auto_qmc = qmc == "auto"
+    if auto_qmc:
+        qmc = "path" if proposal == "gradient" else None  # (dropped below when D * steps is too wide)
+    if qmc is not None and qmc not in QMC:
+        raise ValueError(f"unknown TDS qmc mode {qmc!r}; valid: {', '.join(QMC)} (or None)")
+    if qmc == "sqmc":
         if resample not in ORDERED:
-            raise ValueError(f"qmc=True (SQMC) resamples in state order: resample must be one of "
+            raise ValueError(f"qmc='sqmc' resamples in state order: resample must be one of "
                              f"{', '.join(ORDERED)}, got {resample!r}")
         if ess_threshold is not None and ess_threshold != 1.0:
-            raise ValueError(f"qmc=True (SQMC) resamples at every step: ess_threshold must be 1 or None, "
+            raise ValueError(f"qmc='sqmc' resamples at every step: ess_threshold must be 1 or None, "
                              f"got {ess_threshold}")
-        if proposal != "gradient":
-            raise ValueError("qmc=True (SQMC) takes the gradient proposal (proposal='gradient')")
         ess_threshold = 1.0
+    if qmc is not None and proposal != "gradient":
+        raise ValueError(f"qmc={qmc!r} takes the gradient proposal (proposal='gradient')")
     ess_threshold = DEFAULT_ESS_THRESHOLD if ess_threshold is None else ess_threshold
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
@@ -446,24 +480,26 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
     ts = _grid(den.process, steps, ts, schedule)
     g = Grid.of(den.process, ts)
     n_steps = ts.numel() - 1
+    if qmc == "path" and dim * n_steps > SOBOL_MAX_DIM and auto_qmc:
+        qmc = None
     gen = torch.Generator().manual_seed(int(seed) ^ 0x7D5)
     rng = SampleRNG.from_seed(seed, batch=n, device=device)
     x = initial_noise(den, (n,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
-    z_qmc = None  # [N, D] the next step's proposal noise (qmc)
-    if qmc:  # x_T and the first step's noise from one point set of dimension 2 D
+    noise = None  # [N, K, D]: the proposal noise of the next K steps (qmc)
+    if qmc is not None:  # x_T and the first step's noise (sqmc) or every step's (path): one point set
         dim = x[0].numel()
-        z = torch.special.ndtri(qmc_uniform(n, 2 * dim, gen))  # [N, 2 D]
-        x = (z[:, :dim] * float(den.process.sigma(ts[0]))).reshape(x.shape).to(x)
-        z_qmc = z[:, dim:]
+        z = _qmc_normal(n, 2 if qmc == "sqmc" else n_steps, dim, gen)  # [N, K + 1, D]
+        x = (z[:, 0] * float(den.process.sigma(ts[0]))).reshape(x.shape).to(x)
+        noise = z[:, 1:]
     model = TwistedDenoiser(Tap(den), twist, eta, shift=proposal == "gradient", transition=transition)
     log_w = model.evaluate(x, g.point(0)).log_twist.clone()  # p(x_T) p~_T / p(x_T)
     ess, resampled = [], []
     for step in iterate(model, solver, x, ts, rng):
         i, x = step.i, step.x
         prev = model.last  # the twist at x_i that this step's proposal used
-        if z_qmc is not None and i < n_steps - 1:  # the solver's draw, with the QMC noise instead
-            x = _with_noise(prev, z_qmc, x)
-            step.x = x
+        if noise is not None and i < n_steps - 1:  # the solver's draw, with the QMC noise instead
+            x = _with_noise(prev, noise[:, 0], x)
+            step.x, noise = x, noise[:, 1:]
         if i < n_steps - 1 and proposal == "gaussian":
             x, log_ratio = _gaussian_move(twist.y, prev, x, gen)
             step.x = x
@@ -486,12 +522,15 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
         else:  # x = x0_hat(x_1): the true likelihood replaces the last twist
             log_w = log_w + twist.exact(x) - prev.log_twist
         ess.append(effective_sample_size(log_w))
-        if i < n_steps - 1 and (qmc or ess[-1] < ess_threshold * n):  # SQMC: every step, fresh points
-            if qmc:
-                u, z_qmc = sqmc_points(n, x[0].numel(), gen)
+        if i < n_steps - 1 and (qmc == "sqmc" or ess[-1] < ess_threshold * n):  # SQMC: every step
+            if qmc == "sqmc":  # ancestors and the next step's noise from one fresh point set
+                u, z = sqmc_points(n, x[0].numel(), gen)
                 idx = resampler(log_w, n, gen, x=x, u=u)
+                noise = z.unsqueeze(1)
             else:
                 idx = resampler(log_w, n, gen, x=x)
+                if qmc == "path" and noise.shape[1]:  # the remaining steps' noise: a fresh set, independent of the past
+                    noise = _qmc_normal(n, noise.shape[1], x[0].numel(), gen)
             model = model.select(idx)
             reselect(step, idx, model, x=model.cached.x)
             log_w = torch.zeros(n, dtype=_F64, device=log_w.device)
