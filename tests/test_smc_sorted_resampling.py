@@ -161,12 +161,13 @@ SW_BAR, MASS_BAR = 2.0, 0.03
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("resample,qmc", [("hilbert", None), ("sorted", None), ("hilbert", "sqmc")])
 def test_tds_with_ordered_resampling_reaches_the_posterior(seed, resample, qmc):
-    """Resampling at every step (the most the order can matter), plain and SQMC."""
+    """Resampling at every step (the most the order can matter), plain and SQMC, on the
+    DDPM chain (the resampler's test, not the transition's)."""
     p = random_problem(seed)
     f = floors(p.target, 1000)
     den = p.prior.denoiser(VP())
     res = tds(den, p.reward, 1000, (p.dim,), steps=100, seed=0, dtype=F64, resample=resample, ess_threshold=1.0,
-              qmc=qmc)
+              qmc=qmc, transition="ddpm")
     assert len(res.info["resampled"]) == 99  # every step but the last resampled
     s = score(res.x, p.target)
     assert s["sw"] / f["sw"] <= SW_BAR and s["mass"] <= MASS_BAR, (s["sw"] / f["sw"], s["mass"])
@@ -174,7 +175,7 @@ def test_tds_with_ordered_resampling_reaches_the_posterior(seed, resample, qmc):
 
 def test_qmc_noise_lowers_the_spread_of_a_component_mass():
     """A two-component prior under a weak measurement (the weights stay nearly even, so TDS
-    is close to i.i.d. sampling): over 16 sampler seeds the sd of the first component's
+    is close to i.i.d. sampling; the DDPM chain): over 16 sampler seeds the sd of the first component's
     resampled mass is of the binomial order ``sqrt(W (1 - W) / N)`` for plain TDS (above half
     of it) and below half of it with QMC driving noise (path RQMC and SQMC). The mean is
     off by the 10-step chain's bias, the same for all three, and not tested here."""
@@ -188,11 +189,12 @@ def test_qmc_noise_lowers_the_spread_of_a_component_mass():
     binomial_sd = math.sqrt(big_w * (1 - big_w) / n)
 
     def sd(**options):
-        m = [float(component_masses(target, tds(den, meas, n, (2,), steps=10, seed=r, dtype=F64, **options).x)[0])
+        m = [float(component_masses(target, tds(den, meas, n, (2,), steps=10, seed=r, dtype=F64, transition="ddpm",
+                                                **options).x)[0])
              for r in range(16)]
         return float(torch.tensor(m).std())
 
-    assert sd() > binomial_sd / 2
+    assert sd(qmc=None, resample="systematic") > binomial_sd / 2
     assert sd(qmc="path") < binomial_sd / 2
     assert sd(qmc="sqmc", resample="hilbert") < binomial_sd / 2
 
@@ -263,7 +265,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="cells must lie"):
         hilbert_index(torch.tensor([[4, 0]]), 2)
     with pytest.raises(ValueError, match="resample must be one of hilbert, sorted"):
-        tds(den, p.reward, 8, (p.dim,), qmc='sqmc')
+        tds(den, p.reward, 8, (p.dim,), qmc='sqmc', resample="systematic")
     with pytest.raises(ValueError, match="every step"):
         tds(den, p.reward, 8, (p.dim,), qmc='sqmc', resample="hilbert", ess_threshold=0.5)
     with pytest.raises(ValueError, match="gradient proposal"):
