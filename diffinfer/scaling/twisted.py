@@ -33,6 +33,12 @@ paper's gradient step, or ``proposal="gaussian"``: the transition times the twis
 linearised in ``x`` (a Gaussian conditioning update, ``_gaussian_move``); not better on
 those seeds, kept as an option.
 
+Variance (defaults chosen on the random suite's training seeds): the base chain is the
+moment-matched one (``transition="auto"``) for small samples, each particle's noise path is
+one point of a scrambled Sobol set (``qmc="auto"`` -> ``"path"``, randomised QMC, exact
+marginals) and resampling orders the particles along a Hilbert curve first
+(``resample="hilbert"``, Gerber & Chopin 2015); ``qmc="sqmc"`` is sequential QMC proper.
+
 On the loop: the proposal is a wrapper (``TwistedDenoiser``) whose data prediction is
 shifted by ``sigma_i^2 grad log p~ / w_x0``, so the solver's own DDIM step draws from the
 twisted proposal; the driver only reads the wrapper's record of that step to weight it,
