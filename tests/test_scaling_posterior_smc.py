@@ -11,9 +11,10 @@ weight. Hyperparameters (grid family, ESS thresholds, twist covariance) were cho
 
 What the bar is: the stated target is 2x floor and 0.03 in mass on every seed. An exact
 sampler of 1000 draws itself misses 0.03 in mass on 0-8% of its draws per suite seed (all
-20 at once: probability 0.53; ``python -m bench.posterior_smc --exact 200``). TDS (Jacobian
-twist, the default for small measurements) meets the stated bar on the CI seeds and on 17
-of the 20 suite seeds (misses: 8, 10, 18; README), so it is held to it here. MCGdiff does
+20 at once: probability 0.53; ``python -m bench.posterior_smc --exact 200``). TDS (defaults:
+Jacobian twist, moment chain, path RQMC noise, Hilbert resampling) meets the stated bar on
+the CI seeds and on 19 of the 20 suite seeds at sampler seed 0 (miss: 12; README), so it is
+held to it here. MCGdiff does
 not: its per-seed levels are the measured ones on the CI seeds (sw up to 2.36 floors, mass
 up to 0.091), its means 1.11 floors and 0.036.
 """
@@ -95,7 +96,8 @@ def test_tds_twist_keeps_the_particles_alive():
     p, _ = _problem(3)
     den = p.prior.denoiser(VP())
     ess = {cov: tds(den, p.reward, N, (p.dim,), steps=STEPS, seed=0, dtype=F64, covariance=cov,
-                    ess_threshold=0.0).info["final_ess"] for cov in ("flat", "jacobian")}
+                    ess_threshold=0.0, transition="ddpm", qmc=None).info["final_ess"]
+           for cov in ("flat", "jacobian")}  # on the DDPM chain, as measured
     assert ess["flat"] > 0.02 * N and ess["jacobian"] > 5 * ess["flat"], ess
 
 
@@ -126,7 +128,7 @@ def test_weights_are_exact_for_the_chain_on_any_grid(options):
     p, _ = _problem(2)
     den = p.prior.denoiser(VP())
     res = tds(den, p.reward, 4000, (p.dim,), ts=COARSE, seed=1, dtype=F64, ess_threshold=0.0, return_weighted=True,
-              **options)
+              transition="ddpm", **options)  # the DDPM chain's law is the reference
     w = torch.softmax(res.info["log_weights"], 0)
     ess = float(1 / (w * w).sum())
     mean = (w.unsqueeze(1) * res.x).sum(0)

@@ -53,7 +53,7 @@ from ..process import Process
 from ..rng import SampleRNG
 from ..solvers.ddim import DDIM, ddim_at
 from .common import ScalingResult, Tap, grid, sample_shape
-from .smc import RESAMPLE, RESAMPLERS, effective_sample_size, reselect
+from .smc import effective_sample_size, get_resampler, reselect
 
 _F64 = torch.float64
 _LOG2PI = math.log(2 * math.pi)
@@ -101,8 +101,7 @@ def mcgdiff(den: DenoiserBase, measurement, n_particles: int, shape, steps: int 
         ``ScalingResult``; ``info``: ``ess`` per step, ``resampled``, ``log_weights``,
         ``final_ess``, ``taus`` and the grid ``ts`` used.
     """
-    if resample not in RESAMPLERS:
-        raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLERS)}")
+    resampler = get_resampler(resample)
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     n = int(n_particles)
@@ -145,7 +144,6 @@ def mcgdiff(den: DenoiserBase, measurement, n_particles: int, shape, steps: int 
         c = g.alpha[k] / a_tau
         return c, (g.sigma[k] ** 2 - (c * s_tau) ** 2).clamp(min=0.0)
 
-    resampler = RESAMPLE[resample]
     gen = torch.Generator().manual_seed(int(seed) ^ 0x3C6)
     rng = SampleRNG.from_seed(seed, batch=n, device=device)
     x = initial_noise(den, (n,) + shape, ts, rng, dtype=dtype, device=device)
@@ -189,7 +187,7 @@ def mcgdiff(den: DenoiserBase, measurement, n_particles: int, shape, steps: int 
             ess.append(effective_sample_size(log_w))
             idx = None
             if ess[-1] < ess_threshold * n:
-                idx = resampler(log_w, n, gen)
+                idx = resampler(log_w, n, gen, x=mean)  # ordered by the parents' transition means
                 mean = mean[idx.to(mean.device)]
                 log_w = torch.zeros(n, dtype=_F64)
                 resampled.append(i)
@@ -222,6 +220,6 @@ def mcgdiff(den: DenoiserBase, measurement, n_particles: int, shape, steps: int 
             "final_ess": effective_sample_size(log_w), "taus": taus.tolist(), "ts": ts, "steps": n_steps}
     r = (-(y - x.reshape(n, D).to(_F64).cpu() @ A.T) ** 2).sum(1) / (2 * s_y ** 2)
     if not return_weighted:
-        idx = resampler(log_w, n, gen)
+        idx = resampler(log_w, n, gen, x=x)
         x, r = x[idx.to(x.device)], r[idx]
     return ScalingResult(x=x, reward=r.to(x.dtype), nfe=tap.rows, verifier_calls=0, method="mcgdiff", info=info)

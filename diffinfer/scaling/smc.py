@@ -37,10 +37,14 @@ from ..denoiser import DenoiserBase
 from ..rng import SampleRNG
 from ..loop import initial_noise, iterate
 from .common import ScalingResult, Tap, grid, sample_shape, stochastic_solver_names
+from .hilbert import hilbert_order, principal_order
 from .verifiers import as_verifier
 
 POTENTIALS = ("difference", "max", "sum", "immediate")
-RESAMPLERS = ("multinomial", "systematic")
+#: resampler names (``RESAMPLE``); ``ORDERED`` ones sort the particles by their state ``x``
+#: first (``hilbert``: along a Hilbert curve; ``sorted``: along the first principal axis)
+RESAMPLERS = ("multinomial", "systematic", "hilbert", "sorted")
+ORDERED = ("hilbert", "sorted")
 
 
 def effective_sample_size(log_w: Tensor) -> float:
@@ -49,15 +53,28 @@ def effective_sample_size(log_w: Tensor) -> float:
     return float(1.0 / (w * w).sum())
 
 
-def multinomial_resample(log_w: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    """``n`` indices drawn i.i.d. with probabilities ``softmax(log_w)`` (``[n]``, long)."""
+def _check_state(x: Tensor | None, log_w: Tensor, name: str, needed: bool) -> None:
+    if x is None:
+        if needed:
+            raise ValueError(f"the {name!r} resampler orders the particles by their state: pass x [N, ...]")
+        return
+    if x.dim() < 1 or x.shape[0] != log_w.numel():
+        raise ValueError(f"x must have one row per weight ({log_w.numel()}), got shape {tuple(x.shape)}")
+
+
+def multinomial_resample(log_w: Tensor, n: int, generator: torch.Generator, x: Tensor | None = None) -> Tensor:
+    """``n`` indices drawn i.i.d. with probabilities ``softmax(log_w)`` (``[n]``, long);
+    ``x`` (the particles) is only checked."""
+    _check_state(x, log_w, "multinomial", False)
     w = torch.softmax(log_w.double(), 0)
     return torch.multinomial(w, n, replacement=True, generator=generator)
 
 
-def systematic_resample(log_w: Tensor, n: int, generator: torch.Generator) -> Tensor:
+def systematic_resample(log_w: Tensor, n: int, generator: torch.Generator, x: Tensor | None = None) -> Tensor:
     """Systematic resampling (Kitagawa 1996; Douc & Cappe 2005): one uniform ``u``, points
-    ``(u + j)/n``, inverted through the weights' CDF. Lower variance than multinomial."""
+    ``(u + j)/n``, inverted through the weights' CDF. Lower variance than multinomial.
+    ``x`` (the particles) is only checked."""
+    _check_state(x, log_w, "systematic", False)
     w = torch.softmax(log_w.double(), 0)
     cdf = torch.cumsum(w, 0)
     cdf[-1] = 1.0
@@ -65,7 +82,50 @@ def systematic_resample(log_w: Tensor, n: int, generator: torch.Generator) -> Te
     return torch.searchsorted(cdf, u).clamp(max=log_w.numel() - 1)
 
 
-RESAMPLE = {"multinomial": multinomial_resample, "systematic": systematic_resample}
+def _ordered_systematic(log_w: Tensor, n: int, generator: torch.Generator, order: Tensor,
+                        u: Tensor | None = None) -> Tensor:
+    """Systematic resampling of the particles taken in the order ``order`` ``[N]`` (a
+    permutation): indices ``[n]`` into the original rows (nondecreasing along ``order``).
+    ``u``: ascending uniforms ``[n]`` to invert the ordered CDF at instead of the
+    systematic points (SQMC's first coordinates, ``sqmc.sqmc_points``)."""
+    order = order.to(log_w.device)
+    if u is None:
+        return order[systematic_resample(log_w[order], n, generator)]
+    if u.shape != (n,):
+        raise ValueError(f"u must hold one uniform per draw ({n}), got shape {tuple(u.shape)}")
+    cdf = torch.cumsum(torch.softmax(log_w[order].double(), 0), 0)
+    cdf[-1] = 1.0
+    return order[torch.searchsorted(cdf, u.to(cdf.device, torch.float64)).clamp(max=log_w.numel() - 1)]
+
+
+def hilbert_resample(log_w: Tensor, n: int, generator: torch.Generator, x: Tensor | None = None,
+                     u: Tensor | None = None) -> Tensor:
+    """Hilbert-sorted systematic resampling (Gerber & Chopin 2015, SQMC; ``hilbert.py``):
+    the particles ``x`` ``[N, ...]`` ordered along a Hilbert curve of their weighted
+    principal coordinates, then systematic resampling in that order. Each particle still
+    gets ``floor`` or ``ceil`` of ``n w_i`` copies; each region the curve covers in one run
+    gets ``n`` times its weight to within one copy. ``u``: see ``_ordered_systematic``."""
+    _check_state(x, log_w, "hilbert", True)
+    return _ordered_systematic(log_w, n, generator, hilbert_order(x, torch.softmax(log_w.double(), 0)), u)
+
+
+def sorted_resample(log_w: Tensor, n: int, generator: torch.Generator, x: Tensor | None = None,
+                    u: Tensor | None = None) -> Tensor:
+    """Systematic resampling with the particles ``x`` ``[N, ...]`` sorted along the weighted
+    particles' first principal axis (``hilbert.principal_order``); ``u`` as ``hilbert_resample``."""
+    _check_state(x, log_w, "sorted", True)
+    return _ordered_systematic(log_w, n, generator, principal_order(x, torch.softmax(log_w.double(), 0)), u)
+
+
+RESAMPLE = {"multinomial": multinomial_resample, "systematic": systematic_resample,
+            "hilbert": hilbert_resample, "sorted": sorted_resample}
+
+
+def get_resampler(name: str):
+    """The resampler ``(log_w [N], n, generator, x=None) -> idx [n]`` called ``name``."""
+    if name not in RESAMPLE:
+        raise ValueError(f"unknown resampler {name!r}; valid: {', '.join(RESAMPLERS)}")
+    return RESAMPLE[name]
 
 
 def reselect(step, idx: Tensor, den: DenoiserBase, x: Tensor | None = None) -> DenoiserBase:
@@ -108,22 +168,22 @@ class FeynmanKacWeights:
                  generator: torch.Generator):
         if potential not in POTENTIALS:
             raise ValueError(f"unknown potential {potential!r}; valid: {', '.join(POTENTIALS)}")
-        if resample not in RESAMPLERS:
-            raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLERS)}")
+        resampler = get_resampler(resample)
         if not 0.0 <= ess_threshold <= 1.0:
             raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
         self.n, self.potential, self.lam = int(n), potential, float(lam)
-        self.resampler, self.ess_threshold, self.gen = RESAMPLE[resample], float(ess_threshold), generator
+        self.resampler, self.ess_threshold, self.gen = resampler, float(ess_threshold), generator
         zeros = torch.zeros(self.n, dtype=torch.float64)
         self.memo = {"prev": zeros, "max": torch.full((self.n,), -float("inf"), dtype=torch.float64), "sum": zeros}
         self.applied = zeros.clone()  # [N] sum of log potentials along each lineage
         self.log_w = zeros.clone()  # [N] carried since the last resampling
         self.ess: list[float] = []
 
-    def update(self, r: Tensor) -> Tensor | None:
+    def update(self, r: Tensor, x: Tensor | None = None) -> Tensor | None:
         """Apply the potential of the intermediate rewards ``r`` ``[N]``; returns the
         resampled lineage indices ``[N]`` when the ESS fell below the threshold (the
-        weights are then reset and the lineage memory re-indexed), else ``None``."""
+        weights are then reset and the lineage memory re-indexed), else ``None``. ``x``:
+        the particles ``[N, ...]``, for the resamplers that order by state (``ORDERED``)."""
         log_g = _log_potential(self.potential, self.lam, r.double(), self.memo)
         self.applied = self.applied + log_g
         self.log_w = self.log_w + log_g
@@ -131,7 +191,7 @@ class FeynmanKacWeights:
         self.ess.append(ess)
         if ess >= self.ess_threshold * self.n:
             return None
-        idx = self.resampler(self.log_w, self.n, self.gen)
+        idx = self.resampler(self.log_w, self.n, self.gen, x=x)
         self.memo = {k: v[idx] for k, v in self.memo.items()}
         self.applied = self.applied[idx]
         self.log_w = torch.zeros(self.n, dtype=torch.float64)
@@ -142,9 +202,9 @@ class FeynmanKacWeights:
         potentials replaced by ``exp(lam r)``."""
         return self.log_w + self.lam * r.double() - self.applied
 
-    def draw(self, log_w: Tensor) -> Tensor:
-        """``N`` indices resampled by ``log_w`` (the final equal-weight sample)."""
-        return self.resampler(log_w, self.n, self.gen)
+    def draw(self, log_w: Tensor, x: Tensor | None = None) -> Tensor:
+        """``N`` indices resampled by ``log_w`` (the final equal-weight sample of ``x``)."""
+        return self.resampler(log_w, self.n, self.gen, x=x)
 
 
 def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, solver="ddpm",
@@ -158,7 +218,8 @@ def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, so
         n_particles: ``N``; ``shape``: one sample's shape (e.g. ``(2,)`` or ``(1, 8, 8)``).
         solver: a *stochastic* solver name or instance (``ddpm``, ``dpmpp-2m-sde``, ...).
         potential: one of ``difference``, ``max``, ``sum``, ``immediate``.
-        resample: ``systematic`` or ``multinomial``.
+        resample: a name in ``RESAMPLERS``: ``systematic``, ``multinomial``, or the state-ordered
+            ``hilbert`` / ``sorted`` (SQMC-style, ``hilbert.py``).
         ess_threshold: resample when ``ESS < ess_threshold * N`` (1: every step, 0: only at the end).
         every: apply potentials (and consider resampling) every ``every`` steps only, as
             FK steering's resampling interval; fewer verifier calls, same exact target.
@@ -198,7 +259,7 @@ def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, so
             break
         if (i + 1) % int(every) == 0:
             # potential from the solver's prediction at the start of this step (x_prev at ts[i])
-            idx = weights.update(verifier(tap.x0_at(x_prev, ts[i])))
+            idx = weights.update(verifier(tap.x0_at(x_prev, ts[i])), x=x)
             if idx is not None:
                 tap = reselect(step, idx, tap.select(idx))
                 x = step.x
@@ -210,7 +271,7 @@ def smc(den: DenoiserBase, reward, n_particles: int, shape, lam: float = 1.0, so
     info = {"ess": weights.ess, "resampled": resampled, "log_weights": log_w.clone(),
             "final_ess": effective_sample_size(log_w), "potential": potential, "solver": solver.name}
     if not return_weighted:
-        idx = weights.draw(log_w)
+        idx = weights.draw(log_w, x=x)
         x, r_final = x[idx], r_final[idx]
     return ScalingResult(x=x, reward=r_final.to(x.dtype), nfe=tap.rows, verifier_calls=verifier.calls - calls0,
                          method="smc", info=info)

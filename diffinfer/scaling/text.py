@@ -32,7 +32,7 @@ from ..mdm.sampling import filter_logits, propose_tokens
 from ..mdm.unmasking import top_k_mask
 from ..rng import SampleRNG
 from .common import ScalingResult
-from .smc import FeynmanKacWeights, effective_sample_size
+from .smc import ORDERED, FeynmanKacWeights, effective_sample_size
 from .verifiers import as_verifier
 
 
@@ -119,6 +119,9 @@ def text_smc(model, reward, n_particles: int, length: int, lam: float = 1.0, tok
     """
     if int(tokens_per_step) < 1 or int(length) < 1 or int(n_particles) < 1:
         raise ValueError("need n_particles, length and tokens_per_step >= 1")
+    if resample in ORDERED:
+        raise ValueError(f"the {resample!r} resampler orders particles by a continuous state; token canvases "
+                         "have none: use 'systematic' or 'multinomial'")
     weights = FeynmanKacWeights(n_particles, potential, lam, resample, ess_threshold,
                                 torch.Generator().manual_seed(int(seed) ^ 0x7E57))
     model = as_masked_model(model)

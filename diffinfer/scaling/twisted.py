@@ -33,6 +33,12 @@ paper's gradient step, or ``proposal="gaussian"``: the transition times the twis
 linearised in ``x`` (a Gaussian conditioning update, ``_gaussian_move``); not better on
 those seeds, kept as an option.
 
+Variance (defaults chosen on the random suite's training seeds): the base chain is the
+moment-matched one (``transition="auto"``) for small samples, each particle's noise path is
+one point of a scrambled Sobol set (``qmc="auto"`` -> ``"path"``, randomised QMC, exact
+marginals) and resampling orders the particles along a Hilbert curve first
+(``resample="hilbert"``, Gerber & Chopin 2015); ``qmc="sqmc"`` is sequential QMC proper.
+
 On the loop: the proposal is a wrapper (``TwistedDenoiser``) whose data prediction is
 shifted by ``sigma_i^2 grad log p~ / w_x0``, so the solver's own DDIM step draws from the
 twisted proposal; the driver only reads the wrapper's record of that step to weight it,
@@ -52,7 +58,9 @@ from ..loop import initial_noise, iterate
 from ..rng import SampleRNG
 from ..solvers.ddim import DDIM, DDIMWeights, ddim_at
 from .common import ScalingResult, Tap, sample_shape
-from .smc import RESAMPLE, RESAMPLERS, effective_sample_size, reselect
+from .smc import ORDERED, effective_sample_size, get_resampler, reselect
+from .sqmc import MAX_DIM as SOBOL_MAX_DIM
+from .sqmc import qmc_uniform, sqmc_points
 
 _F64 = torch.float64
 
@@ -208,7 +216,8 @@ class TwistedDenoiser(DenoiserBase):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             pred = self.den.predict(xg, point)
-            if self.transition == "moment" and weights is not None:
+            # at alpha = 0 (a flow's t = 1) Tweedie's covariance is undefined: that step keeps the DDPM transition
+            if self.transition == "moment" and weights is not None and g.alpha[k] > 0.0:
                 jac = _jacobian(pred.x0, xg)  # [B, D, D], shared with the Jacobian twist
                 root = _moment_root(jac, g.alpha[k], g.sigma[k], weights)
             log_twist, grad, lin = self.twist.value_and_grad(pred.x0, xg, g.alpha[k], g.sigma[k], jac)
@@ -245,6 +254,12 @@ class TwistedDenoiser(DenoiserBase):
 #: denoiser's full Jacobian: Bao et al. 2022, "Estimating the Optimal Covariance with
 #: Imperfect Mean in Diffusion Probabilistic Models"; exact for a Gaussian prior)
 TRANSITIONS = ("ddpm", "moment")
+
+#: ``tds(transition="auto")`` takes ``moment`` for samples of at most this many entries (``D``
+#: vector-Jacobian products per step), ``ddpm`` above; ``tds(qmc="auto")`` takes ``path``
+#: when ``D * steps`` fits one Sobol set (``sqmc.MAX_DIM``). Chosen on the training seeds
+#: 1000-1019 (``bench/results/posterior_smc_train.md``, 3 sampler seeds each)
+MOMENT_MAX_DIM = 32
 
 
 def _jacobian(x0_hat: Tensor, x: Tensor) -> Tensor:
@@ -342,6 +357,28 @@ def _gaussian_move(y: Tensor, rec: TwistRecord, u: Tensor, gen: torch.Generator)
     return xn.to(u.dtype).reshape(u.shape), log_z - log_l
 
 
+def _with_noise(rec: TwistRecord, z: Tensor, u: Tensor) -> Tensor:
+    """The twisted gradient proposal's draw from ``rec`` with the standard normal noise
+    ``z`` ``[B, D]``: ``m + sigma^2 grad log p~ + sigma z`` (``u``'s shape and dtype; ``u``
+    is the solver's own draw, replaced)."""
+    w = rec.weights
+    mean = w.w_x * rec.x + w.w_x0 * rec.x0 + (w.noise ** 2) * rec.grad
+    return mean + w.noise * z.reshape(u.shape).to(u)
+
+
+#: ``tds``'s ESS threshold (resample when ``ESS < threshold * N``)
+DEFAULT_ESS_THRESHOLD = 0.25
+
+#: ``tds(qmc=)`` modes: sequential QMC, or QMC over each particle's whole noise path
+QMC = ("sqmc", "path")
+
+
+def _qmc_normal(n: int, width: int, dim: int, gen: torch.Generator) -> Tensor:
+    """``[n, width, dim]`` standard normals, row ``n`` the ``Phi^-1`` of point ``n`` of a
+    freshly scrambled Sobol set of dimension ``width * dim`` (``sqmc.qmc_uniform``)."""
+    return torch.special.ndtri(qmc_uniform(n, width * dim, gen)).reshape(n, width, dim)
+
+
 #: the grid family ``tds`` and ``mcgdiff`` run on when no ``ts`` is given: chosen on the
 #: training seeds 1000-1019 of ``toys.random_problem`` (Karras spacing puts more steps at
 #: low noise, where the posterior's components separate; the log-SNR grid left DDPM's
@@ -363,9 +400,9 @@ def _grid(process, steps: int, ts, schedule: str):
 
 def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 100, ts=None, eta: float = 1.0,
         lam: float = 1.0, twist: LinearGaussianTwist | None = None, covariance: str = "auto",
-        proposal: str = "gradient", transition: str = "ddpm", resample: str = "systematic",
-        ess_threshold: float = 0.25, seed: int = 0, return_weighted: bool = False, schedule: str = DEFAULT_GRID,
-        dtype=torch.float32, device="cpu") -> ScalingResult:
+        proposal: str = "gradient", transition: str = "auto", resample: str = "hilbert",
+        ess_threshold: float | None = None, qmc: str | None = "auto", seed: int = 0, return_weighted: bool = False,
+        schedule: str = DEFAULT_GRID, dtype=torch.float32, device="cpu") -> ScalingResult:
     """Twisted Diffusion Sampler targeting ``p(x0 | y)`` (module docstring).
 
     Args:
@@ -381,17 +418,50 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
             ``covariance="jacobian"``).
         transition: the base transition the weights are exact for (``TRANSITIONS``):
             ``ddpm`` or ``moment`` (its covariance from the denoiser's full Jacobian:
-            ``D`` vector-Jacobian products per step; with ``proposal="gradient"``).
+            ``D`` vector-Jacobian products per step; with ``proposal="gradient"``);
+            ``auto``: ``moment`` up to ``MOMENT_MAX_DIM`` entries, else ``ddpm``.
         twist: a ``LinearGaussianTwist`` to use instead (for ablations).
-        resample, ess_threshold: as ``smc`` (the default threshold 0.25 was chosen on the
-            training seeds, as ``DEFAULT_GRID``).
+        resample, ess_threshold: as ``smc`` (the default threshold, 0.25, was chosen on the
+            training seeds, as ``DEFAULT_GRID``); ``resample`` may order the particles by
+            state (``hilbert``, the default, or ``sorted``: SQMC-style, ``smc.ORDERED``).
+        qmc: randomised quasi-Monte Carlo driving noise (``QMC``; gradient proposal only;
+            each particle's noise stays marginally exactly what plain TDS draws):
+            ``"sqmc"``, sequential QMC (Gerber & Chopin 2015; ``sqmc``): resample at every
+            step (``ess_threshold`` 1) with an ordered ``resample``, ancestors and the
+            proposal noise from one scrambled Sobol point set per step (``x_T`` and the
+            first step's noise from one more); ``"path"``: particle ``n``'s whole noise
+            path (``x_T`` and every step) is point ``n`` of one scrambled Sobol set of
+            dimension ``D * steps`` (RQMC importance sampling; Owen 1997), and a resampling
+            redraws the remaining steps' noise from a fresh set (so it is independent of
+            the past, as plain SMC's); ``"auto"`` (default): ``path`` when ``D * steps``
+            fits one Sobol set (``sqmc.MAX_DIM``) and the proposal is the gradient one, else
+            none; ``None``: the solver's own pseudo-random noise.
         return_weighted: keep the final weighted particles (``info['log_weights']``).
     Returns:
         ``ScalingResult``; ``info``: ``ess`` per step, ``resampled`` step indices,
         ``log_weights`` (final), ``final_ess``.
     """
-    if resample not in RESAMPLERS:
-        raise ValueError(f"unknown resampler {resample!r}; valid: {', '.join(RESAMPLERS)}")
+    resampler = get_resampler(resample)
+    qmc = None if qmc is False else qmc
+    dim = math.prod(sample_shape(shape))
+    if transition == "auto":
+        transition = "moment" if proposal == "gradient" and dim <= MOMENT_MAX_DIM else "ddpm"
+    auto_qmc = qmc == "auto"
+    if auto_qmc:
+        qmc = "path" if proposal == "gradient" else None  # (dropped below when D * steps is too wide)
+    if qmc is not None and qmc not in QMC:
+        raise ValueError(f"unknown TDS qmc mode {qmc!r}; valid: {', '.join(QMC)} (or None)")
+    if qmc == "sqmc":
+        if resample not in ORDERED:
+            raise ValueError(f"qmc='sqmc' resamples in state order: resample must be one of "
+                             f"{', '.join(ORDERED)}, got {resample!r}")
+        if ess_threshold is not None and ess_threshold != 1.0:
+            raise ValueError(f"qmc='sqmc' resamples at every step: ess_threshold must be 1 or None, "
+                             f"got {ess_threshold}")
+        ess_threshold = 1.0
+    if qmc is not None and proposal != "gradient":
+        raise ValueError(f"qmc={qmc!r} takes the gradient proposal (proposal='gradient')")
+    ess_threshold = DEFAULT_ESS_THRESHOLD if ess_threshold is None else ess_threshold
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     if not eta > 0:
@@ -416,16 +486,26 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
     ts = _grid(den.process, steps, ts, schedule)
     g = Grid.of(den.process, ts)
     n_steps = ts.numel() - 1
-    resampler = RESAMPLE[resample]
+    if qmc == "path" and dim * n_steps > SOBOL_MAX_DIM and auto_qmc:
+        qmc = None
     gen = torch.Generator().manual_seed(int(seed) ^ 0x7D5)
     rng = SampleRNG.from_seed(seed, batch=n, device=device)
     x = initial_noise(den, (n,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
+    noise = None  # [N, K, D]: the proposal noise of the next K steps (qmc)
+    if qmc is not None:  # x_T and the first step's noise (sqmc) or every step's (path): one point set
+        dim = x[0].numel()
+        z = _qmc_normal(n, 2 if qmc == "sqmc" else n_steps, dim, gen)  # [N, K + 1, D]
+        x = (z[:, 0] * float(den.process.sigma(ts[0]))).reshape(x.shape).to(x)
+        noise = z[:, 1:]
     model = TwistedDenoiser(Tap(den), twist, eta, shift=proposal == "gradient", transition=transition)
     log_w = model.evaluate(x, g.point(0)).log_twist.clone()  # p(x_T) p~_T / p(x_T)
     ess, resampled = [], []
     for step in iterate(model, solver, x, ts, rng):
         i, x = step.i, step.x
         prev = model.last  # the twist at x_i that this step's proposal used
+        if noise is not None and i < n_steps - 1:  # the solver's draw, with the QMC noise instead
+            x = _with_noise(prev, noise[:, 0], x)
+            step.x, noise = x, noise[:, 1:]
         if i < n_steps - 1 and proposal == "gaussian":
             x, log_ratio = _gaussian_move(twist.y, prev, x, gen)
             step.x = x
@@ -448,8 +528,15 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
         else:  # x = x0_hat(x_1): the true likelihood replaces the last twist
             log_w = log_w + twist.exact(x) - prev.log_twist
         ess.append(effective_sample_size(log_w))
-        if i < n_steps - 1 and ess[-1] < ess_threshold * n:
-            idx = resampler(log_w, n, gen)
+        if i < n_steps - 1 and (qmc == "sqmc" or ess[-1] < ess_threshold * n):  # SQMC: every step
+            if qmc == "sqmc":  # ancestors and the next step's noise from one fresh point set
+                u, z = sqmc_points(n, x[0].numel(), gen)
+                idx = resampler(log_w, n, gen, x=x, u=u)
+                noise = z.unsqueeze(1)
+            else:
+                idx = resampler(log_w, n, gen, x=x)
+                if qmc == "path" and noise.shape[1]:  # the remaining steps' noise: a fresh set, independent of the past
+                    noise = _qmc_normal(n, noise.shape[1], x[0].numel(), gen)
             model = model.select(idx)
             reselect(step, idx, model, x=model.cached.x)
             log_w = torch.zeros(n, dtype=_F64, device=log_w.device)
@@ -459,7 +546,7 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
     info = {"ess": ess, "resampled": resampled, "log_weights": log_w.clone(),
             "final_ess": effective_sample_size(log_w), "steps": n_steps}
     if not return_weighted:
-        idx = resampler(log_w, n, gen)
+        idx = resampler(log_w, n, gen, x=x)
         x, r = x[idx.to(x.device)], r[idx]
     return ScalingResult(x=x, reward=r.to(x.dtype), nfe=model.rows, verifier_calls=n_steps * n + n,
                          method="tds", info=info)
