@@ -75,11 +75,15 @@ def systematic_resample(log_w: Tensor, n: int, generator: torch.Generator, x: Te
     ``(u + j)/n``, inverted through the weights' CDF. Lower variance than multinomial.
     ``x`` (the particles) is only checked."""
     _check_state(x, log_w, "systematic", False)
-    w = torch.softmax(log_w.double(), 0)
-    cdf = torch.cumsum(w, 0)
-    cdf[-1] = 1.0
     u = (torch.rand((), dtype=torch.float64, generator=generator) + torch.arange(n, dtype=torch.float64)) / n
-    return torch.searchsorted(cdf, u).clamp(max=log_w.numel() - 1)
+    return _invert_cdf(log_w, u)
+
+
+def _invert_cdf(log_w: Tensor, u: Tensor) -> Tensor:
+    """Indices ``[n]`` of the weights ``softmax(log_w)`` whose CDF first reaches each ``u`` ``[n]``."""
+    cdf = torch.cumsum(torch.softmax(log_w.double(), 0), 0)
+    cdf[-1] = 1.0
+    return torch.searchsorted(cdf, u.to(cdf.device, torch.float64)).clamp(max=log_w.numel() - 1)
 
 
 def _ordered_systematic(log_w: Tensor, n: int, generator: torch.Generator, order: Tensor,
@@ -93,9 +97,7 @@ def _ordered_systematic(log_w: Tensor, n: int, generator: torch.Generator, order
         return order[systematic_resample(log_w[order], n, generator)]
     if u.shape != (n,):
         raise ValueError(f"u must hold one uniform per draw ({n}), got shape {tuple(u.shape)}")
-    cdf = torch.cumsum(torch.softmax(log_w[order].double(), 0), 0)
-    cdf[-1] = 1.0
-    return order[torch.searchsorted(cdf, u.to(cdf.device, torch.float64)).clamp(max=log_w.numel() - 1)]
+    return order[_invert_cdf(log_w[order], u)]
 
 
 def hilbert_resample(log_w: Tensor, n: int, generator: torch.Generator, x: Tensor | None = None,

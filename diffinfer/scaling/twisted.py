@@ -493,7 +493,6 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
     x = initial_noise(den, (n,) + sample_shape(shape), ts, rng, dtype=dtype, device=device)
     noise = None  # [N, K, D]: the proposal noise of the next K steps (qmc)
     if qmc is not None:  # x_T and the first step's noise (sqmc) or every step's (path): one point set
-        dim = x[0].numel()
         z = _qmc_normal(n, 2 if qmc == "sqmc" else n_steps, dim, gen)  # [N, K + 1, D]
         x = (z[:, 0] * float(den.process.sigma(ts[0]))).reshape(x.shape).to(x)
         noise = z[:, 1:]
@@ -530,13 +529,13 @@ def tds(den: DenoiserBase, measurement, n_particles: int, shape, steps: int = 10
         ess.append(effective_sample_size(log_w))
         if i < n_steps - 1 and (qmc == "sqmc" or ess[-1] < ess_threshold * n):  # SQMC: every step
             if qmc == "sqmc":  # ancestors and the next step's noise from one fresh point set
-                u, z = sqmc_points(n, x[0].numel(), gen)
+                u, z = sqmc_points(n, dim, gen)
                 idx = resampler(log_w, n, gen, x=x, u=u)
                 noise = z.unsqueeze(1)
             else:
                 idx = resampler(log_w, n, gen, x=x)
                 if qmc == "path" and noise.shape[1]:  # the remaining steps' noise: a fresh set, independent of the past
-                    noise = _qmc_normal(n, noise.shape[1], x[0].numel(), gen)
+                    noise = _qmc_normal(n, noise.shape[1], dim, gen)
             model = model.select(idx)
             reselect(step, idx, model, x=model.cached.x)
             log_w = torch.zeros(n, dtype=_F64, device=log_w.device)
