@@ -26,7 +26,7 @@ from .grid import DeviceGrid, Grid, GridPoint
 #: denoiser and the sampling loop, which themselves use ``grid`` and ``builders``)
 _FITTING = {
     "optimize": "fit", "fit_candidates": "fit",
-    "Objective": "fit_objective", "solve": "fit_objective", "teacher_endpoint": "fit_objective",
+    "Objective": "fit_objective", "solve": "fit_objective", "teacher_endpoint": "fit_objective", "geometric_tail": "fit_objective",
     "training_set": "fit_objective",
     "GridParams": "fit_params", "SplineParams": "fit_params", "spline_positions": "fit_params",
     "robust_loss": "fit_objective", "default_t_lo": "fit_params", "grid_from_params": "fit_params", "grow": "fit_params",
@@ -57,7 +57,7 @@ __all__ = [
     "uniform", "logsnr", "karras", "quadratic", "flow_shift", "custom", "validate", "get", "names", "REGISTRY",
     "default_builder", "default", "resolve",
     # fitting
-    "optimize", "fit_candidates", "best", "training_set", "teacher_endpoint", "solve", "Objective",
+    "optimize", "fit_candidates", "best", "training_set", "teacher_endpoint", "geometric_tail", "solve", "Objective",
     "GridParams", "SplineParams", "spline_positions", "robust_loss", "grid_from_params", "params_from_grid", "model_times_from_params", "initial_grids",
     "initial_simplex", "grow", "default_t_lo", "ModelTimes",
     # storage

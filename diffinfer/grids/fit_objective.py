@@ -36,14 +36,39 @@ def teacher_endpoint(den, x_T: Tensor, steps: int = 200, solver: str = "dpmpp-3m
     the process's default grid of ``steps`` steps, ending at ``t_end`` and then ``0``. The
     default ``t_end`` is ``default_t_lo`` where the process stops short of ``0`` (so the
     student's last noise level may go below the process's ``t_min``), else the grid
-    reaches ``0`` itself."""
-    builder = default_builder(den.process)
-    if t_end is None and den.process.t_min > 0:
-        t_end = default_t_lo(den.process)
-    kw = {} if t_end is None else {"t_min": float(t_end)}
-    if t_max is not None:
-        kw["t_max"] = float(t_max)
-    return solve(den, x_T, solver, builder(den.process, steps, **kw), **solver_options)
+    reaches ``0`` itself.
+
+    Where the process's grid reaches ``0`` itself (a flow's uniform grid), a ``t_end``
+    below its last positive level is reached by a geometric tail (``geometric_tail``), not
+    by one jump: a multistep teacher stepping from ``0.005`` to ``1e-4`` extrapolates
+    across a log-SNR gap many times its previous one and misses directions in which the
+    data varies little by their whole scale."""
+    process = den.process
+    builder = default_builder(process)
+    if t_end is None and process.t_min > 0:
+        t_end = default_t_lo(process)
+    kw = {} if t_max is None else {"t_max": float(t_max)}
+    if t_end is not None and process.t_min == 0:
+        ts = geometric_tail(builder(process, steps, **kw), float(t_end))
+    else:
+        ts = builder(process, steps, **kw, **({} if t_end is None else {"t_min": float(t_end)}))
+    return solve(den, x_T, solver, ts, **solver_options)
+
+
+def geometric_tail(ts: Tensor, t_end: float) -> Tensor:
+    """``ts`` (descending, ending ``..., a_prev, a, 0``) continued below ``a`` down to
+    ``t_end`` by the ratio ``a / a_prev`` of its last two positive points, then ``0``;
+    unchanged where ``t_end >= a`` (the grid already passes below it)."""
+    a_prev, a = float(ts[-3]), float(ts[-2])
+    if not 0.0 < t_end < a:
+        return ts
+    ratio = a / a_prev
+    tail, t = [], a * ratio
+    while t > t_end * ratio ** -0.5:  # stop where the next point would land within half a step of t_end
+        tail.append(t)
+        t *= ratio
+    tail.append(t_end)
+    return torch.cat([ts[:-1], torch.tensor(tail + [0.0], dtype=ts.dtype)])
 
 
 def training_set(den, x_T: Tensor | None = None, teacher: Tensor | None = None, n_train: int = 128, shape=None,
@@ -174,4 +199,4 @@ class Objective:
             return float("inf")
 
 
-__all__ = ["Objective", "ROBUST", "robust_loss", "per_sample_error", "solve", "teacher_endpoint", "training_set", "check_solver_options"]
+__all__ = ["geometric_tail", "Objective", "ROBUST", "robust_loss", "per_sample_error", "solve", "teacher_endpoint", "training_set", "check_solver_options"]
