@@ -47,7 +47,10 @@ NFES = list(range(4, 11))
 QUICK_NFES = [4, 6]
 EVAL_SEED_OFFSET = 50_000
 TRAIN_SEED_OFFSET = 20_000
-N_TRAIN, N_HOLDOUT, N_EVAL = 96, 96, 64
+#: chosen on the tuning seeds (fresh 2000-noise RMSE over the best grid family, NFE 4/6/8/10):
+#: 96 / 256 / 1000 training noises gave 0.68 / 0.77 / 0.84 of fits at <= 0.5x, worst 2.14 / 1.42 / 0.88x;
+#: rare mode flips (0.1-0.5% of noises) decide the RMSE and a small set rarely holds one
+N_TRAIN, N_HOLDOUT, N_EVAL = 1000, 1000, 256
 EVALS_PER_FIT = 50
 GOAL_RATIO, GOAL_FRACTION = 0.5, 0.9
 PROCESSES = ("vp", "edm", "rf")
