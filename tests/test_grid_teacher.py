@@ -74,3 +74,14 @@ def test_flow_teacher_reaches_t_lo_and_non_flows_keep_their_builder():
     ts = grids.logsnr(vp.process, 30, t_min=2e-4)
     torch.testing.assert_close(got, di.sample(vp, x_T, solver="dpmpp-3m", ts=ts).x, rtol=0, atol=0)
     assert math.isfinite(float(got.abs().max()))
+
+
+def test_geometric_tail_rejects_bad_grids_and_levels():
+    with pytest.raises(ValueError, match="descending grid of at least 3 points"):
+        grids.geometric_tail(torch.tensor([1.0, 0.0], dtype=F64), 1e-4)
+    with pytest.raises(ValueError, match="ending at 0"):
+        grids.geometric_tail(torch.tensor([1.0, 0.5, 0.1], dtype=F64), 1e-4)
+    with pytest.raises(ValueError, match="descending"):
+        grids.geometric_tail(torch.tensor([1.0, 0.2, 0.5, 0.0], dtype=F64), 1e-4)
+    with pytest.raises(ValueError, match="t_end must be positive"):
+        grids.geometric_tail(grids.uniform(di.RectifiedFlow(), 10), 0.0)

@@ -59,8 +59,12 @@ def geometric_tail(ts: Tensor, t_end: float) -> Tensor:
     """``ts`` (descending, ending ``..., a_prev, a, 0``) continued below ``a`` down to
     ``t_end`` by the ratio ``a / a_prev`` of its last two positive points, then ``0``;
     unchanged where ``t_end >= a`` (the grid already passes below it)."""
+    if ts.dim() != 1 or ts.numel() < 3 or float(ts[-1]) != 0.0 or not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError(f"geometric_tail needs a descending grid of at least 3 points ending at 0, got {ts.tolist()}")
+    if not float(t_end) > 0.0:
+        raise ValueError(f"t_end must be positive, got {t_end}")
     a_prev, a = float(ts[-3]), float(ts[-2])
-    if not 0.0 < t_end < a:
+    if t_end >= a:
         return ts
     ratio = a / a_prev
     tail, t = [], a * ratio
