@@ -85,3 +85,14 @@ def test_geometric_tail_rejects_bad_grids_and_levels():
         grids.geometric_tail(torch.tensor([1.0, 0.2, 0.5, 0.0], dtype=F64), 1e-4)
     with pytest.raises(ValueError, match="t_end must be positive"):
         grids.geometric_tail(grids.uniform(di.RectifiedFlow(), 10), 0.0)
+
+
+def test_flow_teacher_never_queries_the_model_below_a_large_t_end():
+    """A trained flow whose smallest training time is ``t_lo = 0.1``: the teacher stops there."""
+    mix = _low_variance_mixture(8, 0.05)
+    den = mix.denoiser(di.RectifiedFlow())
+    x_T = torch.randn(4, mix.means.shape[1], generator=torch.Generator().manual_seed(1), dtype=F64)
+    got = grids.teacher_endpoint(den, x_T, 40, t_end=0.1)
+    ts = grids.uniform(den.process, 40, t_min=0.1)
+    torch.testing.assert_close(got, di.sample(den, x_T, solver="dpmpp-3m", ts=ts).x, rtol=0, atol=0)
+    assert float(ts[-2]) == 0.1

@@ -42,15 +42,17 @@ def teacher_endpoint(den, x_T: Tensor, steps: int = 200, solver: str = "dpmpp-3m
     below its last positive level is reached by a geometric tail (``geometric_tail``), not
     by one jump: a multistep teacher stepping from ``0.005`` to ``1e-4`` extrapolates
     across a log-SNR gap many times its previous one and misses directions in which the
-    data varies little by their whole scale."""
+    data varies little by their whole scale. A ``t_end`` above that level ends the grid
+    there, as on other processes (the model is never queried below ``t_end``)."""
     process = den.process
     builder = default_builder(process)
     if t_end is None and process.t_min > 0:
         t_end = default_t_lo(process)
     kw = {} if t_max is None else {"t_max": float(t_max)}
-    if t_end is not None and process.t_min == 0:
-        ts = geometric_tail(builder(process, steps, **kw), float(t_end))
-    else:
+    ts = builder(process, steps, **kw) if t_end is not None and process.t_min == 0 else None
+    if ts is not None and float(t_end) < float(ts[-2]):
+        ts = geometric_tail(ts, float(t_end))
+    else:  # a t_end above a flow's last level is where a trained network stops: never queried below it
         ts = builder(process, steps, **kw, **({} if t_end is None else {"t_min": float(t_end)}))
     return solve(den, x_T, solver, ts, **solver_options)
 
