@@ -49,11 +49,12 @@ def teacher_endpoint(den, x_T: Tensor, steps: int = 200, solver: str = "dpmpp-3m
     if t_end is None and process.t_min > 0:
         t_end = default_t_lo(process)
     kw = {} if t_max is None else {"t_max": float(t_max)}
-    ts = builder(process, steps, **kw) if t_end is not None and process.t_min == 0 else None
-    if ts is not None and float(t_end) < float(ts[-2]):
-        ts = geometric_tail(ts, float(t_end))
-    else:  # a t_end above a flow's last level is where a trained network stops: never queried below it
-        ts = builder(process, steps, **kw, **({} if t_end is None else {"t_min": float(t_end)}))
+    if t_end is not None and process.t_min == 0:
+        ts = builder(process, steps, **kw)  # reaches 0 itself
+        if float(t_end) < float(ts[-2]):
+            return solve(den, x_T, solver, geometric_tail(ts, float(t_end)), **solver_options)
+    # elsewhere (and a flow's t_end above its last level) the grid ends at t_end, then 0
+    ts = builder(process, steps, **kw, **({} if t_end is None else {"t_min": float(t_end)}))
     return solve(den, x_T, solver, ts, **solver_options)
 
 
