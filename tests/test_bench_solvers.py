@@ -217,6 +217,7 @@ def test_suite_quick_writes_seeds_ratios_and_quantiles(tmp_path):
             for side in ("rule", "anchor"):
                 r = q[side]
                 assert 0 < r["median"] <= r["p90"] and r["rmse"] > 0
+                assert 0 <= r["flips"] <= meta["n_eval"]
             assert q["anchor"]["library"] == "diffusers"
         for f in p["fits"]:
             assert math.isfinite(f["train_mse"]) and math.isfinite(f["holdout_mse"])
@@ -225,3 +226,29 @@ def test_suite_quick_writes_seeds_ratios_and_quantiles(tmp_path):
         assert 0.0 <= s["fraction_at_most_half"] <= 1.0 and s["median_ratio"] <= s["worst_ratio"]
     md = (tmp_path / "suite_quick.md").read_text()
     assert "fraction <= 0.5x" in md and str(meta["seeds"][0]) in md
+
+
+def test_suite_scores_count_flips_by_most_likely_component():
+    """A flip is a sample whose most likely mixture component differs from its exact
+    endpoint's: moving one row across to the other mode counts one, a small error none,
+    and a non-finite result counts every row."""
+    import torch
+    from bench import suite
+    import diffinfer as di
+    from diffinfer.toys import GaussianMixture
+    f64 = torch.float64
+    mix = GaussianMixture(torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=f64), torch.eye(2, dtype=f64).expand(2, 2, 2) * 0.1,
+                          torch.tensor([0.5, 0.5], dtype=f64))
+    process = di.VP("linear")
+    component = lambda x: mix.responsibilities(x, process, suite.T_REF).argmax(1)  # noqa: E731
+    x_ref = torch.tensor([[-4.0, 0.1], [4.1, 0.0], [-3.9, -0.2]], dtype=f64)
+    ref = component(x_ref)
+    assert suite.scores(x_ref + 0.05, x_ref, component, ref)["flips"] == 0
+    moved = x_ref.clone()
+    moved[2, 0] = 4.0
+    out = suite.scores(moved, x_ref, component, ref)
+    assert out["flips"] == 1 and out["rmse"] > 1.0
+    bad = x_ref.clone()
+    bad[0, 0] = float("nan")
+    assert suite.scores(bad, x_ref, component, ref)["flips"] == 3
+    assert "flips" not in suite.scores(x_ref, x_ref)
