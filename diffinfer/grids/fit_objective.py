@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..loop import sample
 from ..process import as_time
-from .builders import default_builder
+from .builders import default_builder, validate
 from .fit_params import default_t_lo
 from .model_times import ModelTimes
 
@@ -66,12 +66,14 @@ def geometric_tail(ts: Tensor, t_end: float) -> Tensor:
         raise ValueError(f"geometric_tail needs a descending grid of at least 3 points ending at 0, got {ts.tolist()}")
     if not float(t_end) > 0.0:
         raise ValueError(f"t_end must be positive, got {t_end}")
+    ts = validate(ts)  # finite, within [0, 1]
     a_prev, a = float(ts[-3]), float(ts[-2])
     if t_end >= a:
         return ts
     ratio = a / a_prev
+    stop = t_end / math.sqrt(ratio)  # the next point would land within half a step of t_end
     tail, t = [], a * ratio
-    while t > t_end * ratio ** -0.5:  # stop where the next point would land within half a step of t_end
+    while t > stop:
         tail.append(t)
         t *= ratio
     tail.append(t_end)
