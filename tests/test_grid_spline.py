@@ -91,3 +91,37 @@ def test_optimize_reports_train_and_held_out_losses():
     for v in (fit.train_mse, fit.holdout_mse, fit.holdout_loss, fit.initial_holdout_loss):
         assert math.isfinite(v) and v >= 0
     assert fit.holdout_loss <= fit.initial_holdout_loss
+
+
+def test_flow_splines_use_the_noise_fraction_which_represents_the_uniform_grid():
+    """A flow's log-SNR is -inf at t = 1; a spline in log-SNR from a stand-in just below
+    that cannot follow the uniform grid (its first step takes half the log-SNR range), so
+    ``auto`` takes the noise fraction ``log(sigma / (alpha + sigma))`` there (``log t``)."""
+    flow = di.RectifiedFlow()
+    t = torch.tensor([1e-4, 0.01, 0.3, 0.9, 0.999], dtype=F64)
+    v = grids.noise_fraction(flow.logsnr(t).numpy())
+    np.testing.assert_allclose(v, np.log(t.numpy()), rtol=1e-12)
+    np.testing.assert_allclose(grids.logsnr_of_noise_fraction(v), flow.logsnr(t).numpy(), rtol=1e-9)
+    assert grids.noise_fraction(-math.inf) == 0.0
+    for process, variable in ((di.VP("linear"), "logsnr"), (di.EDM(), "logsnr"), (flow, "noise-fraction")):
+        assert grids.SplineParams.of(process, 6).variable == variable
+    for n in (4, 6, 8, 10):
+        uniform = torch.cat([torch.linspace(1.0, 1.0 / n, n, dtype=F64), torch.zeros(1, dtype=F64)])
+        err = {}
+        for variable in ("logsnr", "noise-fraction"):
+            params = grids.SplineParams.of(flow, n, knots=5, variable=variable)
+            err[variable] = float((params.grid(params.pack(uniform)) - uniform).abs().max())
+        assert err["noise-fraction"] < 0.015 and err["noise-fraction"] < err["logsnr"] / 5, err
+    with pytest.raises(ValueError, match="'logsnr', 'noise-fraction'"):
+        grids.SplineParams.of(flow, 6, variable="log-t")
+    den = ring2d().denoiser(flow)
+    with pytest.raises(ValueError, match="unknown spline variable"):
+        grids.optimize(den, "unipc", 5, shape=(2,), n_train=4, parameterization="spline", spline_variable="t",
+                       teacher_steps=10)
+    fit = grids.optimize(den, "unipc", 5, shape=(2,), n_train=16, parameterization="spline", max_evals=20,
+                         teacher_steps=40, spline_variable="noise-fraction")
+    grids.validate(fit.grid)
+    assert fit.spline_variable == "noise-fraction"
+    auto = grids.optimize(ring2d().denoiser(di.VP("linear")), "unipc", 4, shape=(2,), n_train=8,
+                          parameterization="spline", max_evals=5, teacher_steps=20)
+    assert auto.spline_variable == "logsnr"  # the record names the variable "auto" resolved to

@@ -41,8 +41,8 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
              max_evals: int | None = None, init: list | None = None, dtype=torch.float64,
              distance=None, model_times: bool = False, restarts: int = 0, holdout: tuple | None = None,
              t_max: float | None = None, t_min: float | None = None, parameterization: str = "points",
-             knots: int = 3, robust: str | None = None, trim: float = 0.1, n_holdout: int = 0,
-             **solver_options) -> OptimizedGrid:
+             knots: int = 3, spline_variable: str = "auto", robust: str | None = None, trim: float = 0.1,
+             n_holdout: int = 0, **solver_options) -> OptimizedGrid:
     """Fit the grid of ``steps`` steps of ``solver`` to a teacher (Align Your Steps / LD3).
 
     Args:
@@ -68,6 +68,9 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
         distance: ``distance(endpoints, teacher) -> float`` to minimise (default the mean
             squared error per entry); e.g. a squared error in a feature space, as LD3
             uses LPIPS, when sample quality is judged there.
+        spline_variable: with ``parameterization='spline'``, what the spline is monotone in
+            (``SplineParams``): ``'logsnr'``, ``'noise-fraction'`` (``log t`` on a flow), or
+            ``'auto'`` (log-SNR where it is finite at ``t_max``, else the noise fraction).
         model_times: also fit the decoupled model times (``ModelTimes``; ``n`` more
             parameters, starting at the grid's own times, ``delta = 0``).
         restarts: Nelder-Mead runs restarted from the best point with a fresh simplex
@@ -89,7 +92,7 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
     elif parameterization == "spline":
         if model_times:
             raise ValueError("model_times is fitted with parameterization='points' only")
-        params = SplineParams.of(den.process, steps, t_max, t_min, t_lo, knots)
+        params = SplineParams.of(den.process, steps, t_max, t_min, t_lo, knots, spline_variable)
     else:
         raise ValueError(f"unknown parameterization {parameterization!r}; valid: 'points', 'spline'")
     x_T, teacher = training_set(den, x_T, teacher, n_train, shape, seed, teacher_steps, teacher_solver, params.t_lo,
@@ -112,6 +115,7 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
                          model_ts=None if model_ts is None else [float(t) for t in model_ts],
                          holdout_loss=holdout_loss, initial_holdout_loss=initial_holdout_loss,
                          parameterization=parameterization, knots=int(knots) if parameterization == "spline" else 0,
+                         spline_variable=params.variable if parameterization == "spline" else None,
                          robust=robust, train_mse=train_mse, holdout_mse=holdout_mse,
                          n_holdout=0 if holdout is None else int(holdout[0].shape[0]))
 

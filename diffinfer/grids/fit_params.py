@@ -227,11 +227,15 @@ class GridParams:
         return starts
 
 
-__all__ = ["GridParams", "SplineParams", "spline_positions", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow",
+__all__ = ["GridParams", "SplineParams", "SPLINE_VARIABLES", "spline_positions", "noise_fraction", "logsnr_of_noise_fraction", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow",
            "initial_grids", "initial_simplex"]
 
 
 # --- a low-dimensional parameterisation: a monotone spline in log-SNR -----------------------
+#: the spline's variables (``SplineParams.variable``); "auto" picks one per process
+SPLINE_VARIABLES = ("auto", "logsnr", "noise-fraction")
+
+
 def _logsnr_span(process: Process, t_max: float) -> float:
     """The log-SNR a spline grid starts from: ``logsnr(t_max)``, or where that is infinite
     (rectified flow at ``t = 1``) the log-SNR a thousandth below ``t_max``."""
@@ -239,6 +243,20 @@ def _logsnr_span(process: Process, t_max: float) -> float:
     if not math.isfinite(lam):
         lam = float(process.logsnr(torch.tensor(t_max * (1 - 1e-3), dtype=_F64)))
     return lam
+
+
+def noise_fraction(lam):
+    """``log(sigma / (alpha + sigma)) = -softplus(lam / 2)`` of log-SNR ``lam`` (array): ``log t``
+    on a rectified flow, finite (``0``) at ``lam = -inf``, ``-lam / 2`` for large ``lam``."""
+    lam = np.asarray(lam, dtype=np.float64)
+    return -np.logaddexp(0.0, lam / 2.0)
+
+
+def logsnr_of_noise_fraction(v):
+    """The inverse of ``noise_fraction`` (``v < 0``; ``v = 0`` is ``lam = -inf``)."""
+    v = np.asarray(v, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return 2.0 * np.log(np.expm1(-v))
 
 
 def spline_positions(theta, knots: int, u) -> np.ndarray:
@@ -269,7 +287,16 @@ class SplineParams:
     ``(t_lo, t_max)`` (one more parameter, ``log t_end`` through a sigmoid) unless pinned
     at ``t_min``. ``knots = 1`` is the log-SNR-uniform grid. Every parameter vector is a
     valid grid; with 3 knots a fit has at most 3 parameters whatever the NFE, so it cannot
-    bend itself to a few training noises the way ``n - 1`` free points can."""
+    bend itself to a few training noises the way ``n - 1`` free points can.
+
+    ``variable`` is what the spline is monotone in: ``"logsnr"``, or ``"noise-fraction"``
+    (``log(sigma / (alpha + sigma))``, ``noise_fraction``: ``log t`` on a rectified flow).
+    ``"auto"`` (the default) takes log-SNR where it is finite at ``t_max``, else the noise
+    fraction: a flow's log-SNR is ``-inf`` at ``t = 1``, and measured from a stand-in just
+    below it, the uniform grid's first step takes half the log-SNR range within its first
+    ``1 / (n - 1)`` of ``u``, a rise no monotone cubic on a few equally spaced knots follows,
+    so the fit spent its first points at ``t = 0.99, 0.95``; ``log t`` is finite there,
+    close to uniform in ``t`` near ``t = 1`` and geometric near ``t = 0``."""
 
     steps: int
     t_max: float
@@ -278,14 +305,37 @@ class SplineParams:
     knots: int = 3
     t_min: float | None = None
     model_times: bool = False  # not supported with a spline; kept for the search's interface
+    variable: str = "logsnr"
 
     @classmethod
     def of(cls, process: Process, steps: int, t_max: float | None = None, t_min: float | None = None,
-           t_lo: float | None = None, knots: int = 3) -> "SplineParams":
+           t_lo: float | None = None, knots: int = 3, variable: str = "auto") -> "SplineParams":
         base = GridParams.of(process, steps, t_max, t_min, t_lo, False)
         if int(knots) < 1:
             raise ValueError(f"knots must be a positive integer, got {knots}")
-        return cls(base.steps, base.t_max, base.t_lo, process, int(knots), base.t_min)
+        if variable not in SPLINE_VARIABLES:
+            raise ValueError(f"unknown spline variable {variable!r}; valid: {', '.join(map(repr, SPLINE_VARIABLES))}")
+        if variable == "auto":
+            finite = math.isfinite(float(process.logsnr(torch.tensor(base.t_max, dtype=_F64))))
+            variable = "logsnr" if finite else "noise-fraction"
+        return cls(base.steps, base.t_max, base.t_lo, process, int(knots), base.t_min, False, variable)
+
+    def _coordinate(self, t) -> np.ndarray:
+        """The spline's variable at times ``t`` (log-SNR or its noise fraction)."""
+        lam = self.process.logsnr(torch.as_tensor(t, dtype=_F64)).numpy()
+        return lam if self.variable == "logsnr" else noise_fraction(lam)
+
+    def _span(self, t_end: float) -> tuple[float, float]:
+        """The variable at the grid's start and at ``t_end``."""
+        if self.variable == "logsnr":
+            hi = _logsnr_span(self.process, self.t_max)
+        else:
+            hi = float(self._coordinate(self.t_max))
+        return hi, float(self._coordinate(t_end))
+
+    def _times(self, v) -> Tensor:
+        lam = v if self.variable == "logsnr" else logsnr_of_noise_fraction(v)
+        return self.process.t_from_logsnr(torch.as_tensor(lam, dtype=_F64))
 
     @property
     def pinned(self) -> float | None:
@@ -324,10 +374,9 @@ class SplineParams:
             return torch.tensor([self.t_max, 0.0], dtype=_F64)
         t_end = self.t_end(th)
         n = self.steps
-        lam_hi = _logsnr_span(self.process, self.t_max)
-        lam_end = float(self.process.logsnr(torch.tensor(t_end, dtype=_F64)))
+        v_hi, v_end = self._span(t_end)
         z = spline_positions(th[:self.k - 1], self.k, np.arange(1, n - 1) / (n - 1))
-        inner = self.process.t_from_logsnr(torch.as_tensor(lam_hi + z * (lam_end - lam_hi), dtype=_F64))
+        inner = self._times(v_hi + z * (v_end - v_hi))
         return torch.cat([torch.tensor([self.t_max], dtype=_F64), inner.reshape(-1),
                           torch.tensor([t_end, 0.0], dtype=_F64)])
 
@@ -353,11 +402,10 @@ class SplineParams:
             t_end = self.t_end(th)
         if self.k == 1:
             return th
-        lam_hi = _logsnr_span(self.process, self.t_max)
-        lam_end = float(self.process.logsnr(torch.tensor(t_end, dtype=_F64)))
+        v_hi, v_end = self._span(t_end)
         n = self.steps
         u = np.arange(1, n - 1) / (n - 1)
-        z = ((self.process.logsnr(g[1:-2]).numpy() - lam_hi) / (lam_end - lam_hi)).clip(0.0, 1.0)
+        z = ((self._coordinate(g[1:-2]) - v_hi) / (v_end - v_hi)).clip(0.0, 1.0)
         zk = np.interp(np.linspace(0, 1, self.k + 1), np.concatenate([[0.0], u, [1.0]]),
                        np.concatenate([[0.0], z, [1.0]]))
         gaps = np.maximum(np.diff(zk), 1e-6)

@@ -30,7 +30,9 @@ class OptimizedGrid:
     ``loss`` / ``initial_loss``: the training objective (mean squared error per entry)
     after / before; ``holdout_loss`` / ``initial_holdout_loss``: the same on held-out
     noise when the fit had some (``optimize``'s ``holdout``); ``evals``: solves used;
-    ``parameterization`` / ``knots`` / ``robust``: how the fit was set up; ``train_mse`` /
+    ``parameterization`` / ``knots`` / ``spline_variable`` (the spline's variable, resolved:
+    ``"logsnr"`` or ``"noise-fraction"``; ``None`` for free points) / ``robust``: how the fit
+    was set up; ``train_mse`` /
     ``holdout_mse``: the plain mean squared error per entry of the result on the training
     and held-out noise (comparable whatever the objective), ``n_holdout`` held-out rows."""
 
@@ -48,6 +50,7 @@ class OptimizedGrid:
     initial_holdout_loss: float = float("nan")
     parameterization: str = "points"
     knots: int = 0
+    spline_variable: str | None = None
     robust: str | None = None
     train_mse: float = float("nan")
     holdout_mse: float = float("nan")
