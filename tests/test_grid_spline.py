@@ -114,6 +114,8 @@ def test_flow_splines_use_the_noise_fraction_which_represents_the_uniform_grid()
         assert err["noise-fraction"] < 0.015 and err["noise-fraction"] < err["logsnr"] / 5, err
     with pytest.raises(ValueError, match="'logsnr', 'noise-fraction'"):
         grids.SplineParams.of(flow, 6, variable="log-t")
+    with pytest.raises(ValueError, match="resolves 'auto'"):
+        grids.SplineParams(6, 1.0, 1e-4, flow, variable="auto")
     den = ring2d().denoiser(flow)
     with pytest.raises(ValueError, match="unknown spline variable"):
         grids.optimize(den, "unipc", 5, shape=(2,), n_train=4, parameterization="spline", spline_variable="t",

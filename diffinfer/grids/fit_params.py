@@ -231,7 +231,7 @@ __all__ = ["GridParams", "SplineParams", "SPLINE_VARIABLES", "spline_positions",
            "initial_grids", "initial_simplex"]
 
 
-# --- a low-dimensional parameterisation: a monotone spline in log-SNR -----------------------
+# --- a low-dimensional parameterisation: a monotone spline in log-SNR (or the noise fraction) --
 #: the spline's variables (``SplineParams.variable``); "auto" picks one per process
 SPLINE_VARIABLES = ("auto", "logsnr", "noise-fraction")
 
@@ -281,11 +281,12 @@ class SplineParams:
     """A grid of ``steps`` steps from a few parameters (``optimize(..., parameterization="spline")``).
 
     The grid is ``t_max = ts[0] > ts[1] > ... > ts[n-1] = t_end > ts[n] = 0``; point ``i``
-    of the first ``n`` sits at log-SNR ``lam_hi + z(i / (n-1)) (lam_end - lam_hi)``, where
+    of the first ``n`` sits at ``v_hi + z(i / (n-1)) (v_end - v_hi)`` in the spline's variable
+    ``v`` (``variable``: log-SNR, or the noise fraction below), where
     ``z`` is a monotone cubic through ``knots + 1`` knots (``spline_positions``: ``knots - 1``
     parameters, fewer when the grid has fewer interior points) and ``t_end`` is free in
     ``(t_lo, t_max)`` (one more parameter, ``log t_end`` through a sigmoid) unless pinned
-    at ``t_min``. ``knots = 1`` is the log-SNR-uniform grid. Every parameter vector is a
+    at ``t_min``. ``knots = 1`` is the grid uniform in ``v``. Every parameter vector is a
     valid grid; with 3 knots a fit has at most 3 parameters whatever the NFE, so it cannot
     bend itself to a few training noises the way ``n - 1`` free points can.
 
@@ -306,6 +307,11 @@ class SplineParams:
     t_min: float | None = None
     model_times: bool = False  # not supported with a spline; kept for the search's interface
     variable: str = "logsnr"
+
+    def __post_init__(self):
+        if self.variable not in SPLINE_VARIABLES[1:]:  # "auto" is resolved by ``of``
+            raise ValueError(f"a spline's variable is one of {', '.join(map(repr, SPLINE_VARIABLES[1:]))} "
+                             f"(SplineParams.of resolves 'auto'), got {self.variable!r}")
 
     @classmethod
     def of(cls, process: Process, steps: int, t_max: float | None = None, t_min: float | None = None,
