@@ -120,6 +120,8 @@ def test_flow_splines_use_the_noise_fraction_which_represents_the_uniform_grid()
     with pytest.raises(ValueError, match="unknown spline variable"):
         grids.optimize(den, "unipc", 5, shape=(2,), n_train=4, parameterization="spline", spline_variable="t",
                        teacher_steps=10)
+    with pytest.raises(ValueError, match="applies to parameterization='spline'"):
+        grids.optimize(den, "unipc", 5, shape=(2,), n_train=4, spline_variable="logsnr", teacher_steps=10)
     fit = grids.optimize(den, "unipc", 5, shape=(2,), n_train=16, parameterization="spline", max_evals=20,
                          teacher_steps=40, spline_variable="noise-fraction")
     grids.validate(fit.grid)

@@ -88,6 +88,9 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
     """
     check_solver_options(solver, solver_options)  # fail early on a bad name, option or keyword
     if parameterization == "points":
+        if spline_variable != "auto":
+            raise ValueError(f"spline_variable={spline_variable!r} applies to parameterization='spline'; "
+                             "free points have no spline")
         params = GridParams.of(den.process, steps, t_max, t_min, t_lo, model_times)
     elif parameterization == "spline":
         if model_times:
