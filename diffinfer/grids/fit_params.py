@@ -18,6 +18,7 @@ With decoupled model times (``ModelTimes``) the vector also holds, per grid poin
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -331,13 +332,16 @@ class SplineParams:
         lam = self.process.logsnr(torch.as_tensor(t, dtype=_F64)).numpy()
         return lam if self.variable == "logsnr" else noise_fraction(lam)
 
+    @functools.cached_property
+    def _v_hi(self) -> float:
+        """The variable at the grid's start (fixed by ``t_max``: computed once, not per grid)."""
+        if self.variable == "logsnr":
+            return _logsnr_span(self.process, self.t_max)
+        return float(self._coordinate(self.t_max))
+
     def _span(self, t_end: float) -> tuple[float, float]:
         """The variable at the grid's start and at ``t_end``."""
-        if self.variable == "logsnr":
-            hi = _logsnr_span(self.process, self.t_max)
-        else:
-            hi = float(self._coordinate(self.t_max))
-        return hi, float(self._coordinate(t_end))
+        return self._v_hi, float(self._coordinate(t_end))
 
     def _times(self, v) -> Tensor:
         lam = v if self.variable == "logsnr" else logsnr_of_noise_fraction(v)
