@@ -19,7 +19,9 @@ the suite was run (on the tuning seeds ``TUNING_SEEDS`` only): UniPC on a grid f
 problem and NFE with the low-dimensional spline parameterisation (``grids.SplineParams``,
 3 and then 5 intervals in log-SNR, on a flow in ``log t`` (``spline_variable='auto'``), plus the
 last noise level, ``fit_rule``) started from
-every grid family of the process, then decoupled model times (``grids.ModelTimes``, LD3)
+every grid family of the process and, from NFE 9 down, from the best one-point-removed
+grid (``grids.shrink``) of the next larger NFE's fit (``SHRINK_CHAIN``: the NFEs are fitted
+from the largest down), then decoupled model times (``grids.ModelTimes``, LD3)
 fitted from the chosen grid; the mean-squared loss, ``N_TRAIN`` training noises (seed ``TRAIN_SEED_OFFSET + seed``)
 and selection by ``N_HOLDOUT`` held-out training noises (the next seed). The goal: at
 every NFE 4-10 the rule has at most 0.5x the best anchor's RMSE on >= 90% of the problems
@@ -69,6 +71,13 @@ RULE = ("unipc+spline+model-times", "unipc", {})
 KNOTS = (3, 5)
 #: then decoupled model times (grids.ModelTimes) fitted from that grid, budget per block
 MODEL_TIMES = True
+#: fit the NFEs from the largest down, each also started from the best one-point-removed grid
+#: of the next larger NFE's fit (``shrunk_start``). Chosen on the tuning seeds 901-905 (NFE 4-10,
+#: 4,096 evaluation noises): cells above 0.5x 4 -> 2 of 35, geometric-mean ratio x0.96;
+#: on the low-rank flow 901 the NFE-10 fit ends at t = 0.0097, resolving the directions of small
+#: variance, and NFE 9 / 8 / 7 keep that basin (0.69 / 0.64 / 0.53x -> 0.40 / 0.59 / 0.50x); the
+#: worst change is 905 at NFE 6 (0.20 -> 0.33x)
+SHRINK_CHAIN = True
 MODEL_TIMES_EVALS_PER_STEP, MODEL_TIMES_MAX_EVALS = 25, 120
 PLAIN = [("unipc", "unipc", {}), ("dpmpp-3m", "dpmpp-3m", {}), ("dpmpp-2m", "dpmpp-2m", {})]
 
@@ -140,12 +149,28 @@ def scores(x, x_ref, component=None, ref_component=None) -> dict:
     return out
 
 
-def fit_rule(den, dim: int, nfe: int, seed: int, n_train: int, n_holdout: int, max_evals: int):
+def shrunk_start(den, larger, dim: int, seed: int, n_train: int):
+    """The best one-point-removed grid (``grids.shrink``) of ``larger``, the rule's grid for one
+    step more, by the mean-squared loss on the rule's training noise: a start that keeps a
+    larger NFE's basin (e.g. a last noise level small enough for directions of small variance)."""
+    _, solver, opts = RULE
+    x_T, teacher = grids.training_set(den, n_train=n_train, shape=(dim,), seed=TRAIN_SEED_OFFSET + int(seed))
+    loss = grids.Objective(den, solver, opts, x_T, teacher)
+    candidates = grids.shrink(larger)
+    return min(candidates, key=lambda g: loss(g, None))
+
+
+def fit_rule(den, dim: int, nfe: int, seed: int, n_train: int, n_holdout: int, max_evals: int, larger=None):
     """The rule's fit: UniPC on a spline grid of ``KNOTS[0]`` intervals from every grid family
-    of the process, then of ``KNOTS[1]`` intervals from that fit (and the families); of the
-    two, the one with the lower MSE on the held-out training noise."""
+    of the process (and, with ``larger``, the rule's grid for ``nfe + 1`` steps, from its best
+    one-point-removed grid, ``shrunk_start``), then of ``KNOTS[1]`` intervals from that fit (and
+    the same starts); of the two, the one with the lower MSE on the held-out training noise.
+    Returns the final record (with decoupled model times) and the chosen spline grid (the
+    next smaller NFE's ``larger``)."""
     _, solver, opts = RULE
     starts = [b(den.process, nfe) for b in grid_families(den.process).values()]
+    if larger is not None and SHRINK_CHAIN:
+        starts.append(shrunk_start(den, larger, dim, seed, n_train))
     common = dict(shape=(dim,), n_train=n_train, n_holdout=n_holdout, seed=TRAIN_SEED_OFFSET + int(seed),
                   max_evals=max_evals, parameterization="spline", **opts)
     fits = [grids.optimize(den, solver, nfe, init=starts, knots=KNOTS[0], **common)]
@@ -154,12 +179,12 @@ def fit_rule(den, dim: int, nfe: int, seed: int, n_train: int, n_holdout: int, m
         fits.append(grids.optimize(den, solver, nfe, init=[fits[0].grid] + starts, knots=KNOTS[1], **common))
     best = min(fits, key=lambda f: f.holdout_mse)
     if not MODEL_TIMES:
-        return best
+        return best, best.grid
     common.pop("parameterization")
     common["max_evals"] = min(MODEL_TIMES_EVALS_PER_STEP * nfe, MODEL_TIMES_MAX_EVALS)
     # decoupled model times (LD3) from the chosen grid; the start (delta = 0, bitwise the
     # plain solve) is among the checkpoints the held-out noise chooses from
-    return grids.optimize(den, solver, nfe, init=[best.grid], model_times=True, **common)
+    return grids.optimize(den, solver, nfe, init=[best.grid], model_times=True, **common), best.grid
 
 
 def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_evals: int, log=print) -> dict:
@@ -177,7 +202,8 @@ def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_
     rows, fits = [], []
     fams = grid_families(process)
     names = anchors.available(process)
-    for nfe in nfes:
+    larger = None
+    for nfe in sorted(nfes, reverse=True):  # the rule fits from the largest NFE down (SHRINK_CHAIN)
         for fam, builder in fams.items():
             ts = builder(process, nfe)
             for label, solver, opts in PLAIN:
@@ -193,7 +219,8 @@ def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_
                     log(f"  problem {seed} {name} nfe {nfe} {fam}: failed: {type(e).__name__}: {e}")
                     continue
                 rows.append({"nfe": nfe, "method": name, "library": a.library, "grid": fam, **score(x)})
-        rec = fit_rule(den, spec["dim"], nfe, seed, n_train, n_holdout, max_evals)
+        rec, larger = fit_rule(den, spec["dim"], nfe, seed, n_train, n_holdout, max_evals,
+                               larger if larger is not None and larger.numel() == nfe + 2 else None)
         x = di.sample(rec.denoiser(den), x_T, solver=rec.solver, ts=rec.grid, **rec.solver_options).x
         rows.append({"nfe": nfe, "method": RULE[0], "library": "diffinfer", "grid": "fitted", **score(x)})
         rule_rmse = rows[-1]["rmse"]
@@ -212,6 +239,7 @@ def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_
     log(f"  problem {seed} ({spec['process']}, D={spec['dim']}, K={spec['components']}, {spec['covariance']}, "
         f"{spec['modes']}): ratios " + " ".join(f"{p['nfe']}:{p['ratio']:.2f}" for p in per_nfe)
         + f" in {time.perf_counter() - t0:.0f}s")
+    fits.sort(key=lambda f: f["nfe"])
     return {"problem": spec, "per_nfe": per_nfe, "fits": fits, "rows": rows}
 
 
@@ -246,7 +274,9 @@ def markdown(report: dict) -> str:
              f"in log t) for k in {KNOTS} "
              "(the second started from the first), the one with the lower held-out training MSE, then decoupled "
              "model times (`model_times=True`) fitted from it, the checkpoint chosen on held-out training noise. "
-             "Anchor: the best diffusers scheduler x grid family per problem and NFE, chosen on the evaluation noise.",
+             + ("The NFEs are fitted from the largest down, each also started from the best (training loss) "
+                "one-point-removed grid (`grids.shrink`) of the next larger NFE's spline grid. " if SHRINK_CHAIN else "")
+             + "Anchor: the best diffusers scheduler x grid family per problem and NFE, chosen on the evaluation noise.",
              "", "## Summary per NFE (ratio = our RMSE / best anchor RMSE to the exact endpoint)", "",
              "| NFE | method | problems | fraction <= 0.5x | worst ratio | median ratio | goal |",
              "|---|---|---|---|---|---|---|"]

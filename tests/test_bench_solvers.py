@@ -252,3 +252,35 @@ def test_suite_scores_count_flips_by_most_likely_component():
     bad[0, 0] = float("nan")
     assert suite.scores(bad, x_ref, component, ref)["flips"] == 3
     assert "flips" not in suite.scores(x_ref, x_ref)
+
+
+def test_suite_shrunk_start_drops_the_redundant_point_of_the_larger_grid():
+    """Of the one-point-removed grids of a grid with a planted near-duplicate point, the one
+    with the lowest training loss drops one of the pair (any other removal loses a real step)."""
+    from bench import suite
+    spec = suite.problem(suite.QUICK_SEEDS[0])
+    mix, process = spec["mixture"], suite.make_process(spec["process"])
+    den = mix.denoiser(process)
+    larger = torch.tensor([1.0, 0.8, 0.6, 0.5999, 0.35, 0.15, 0.05, 0.0], dtype=torch.float64)
+    start = suite.shrunk_start(den, larger, spec["dim"], suite.QUICK_SEEDS[0], n_train=64)
+    assert start.numel() == larger.numel() - 1
+    assert set(larger.tolist()) - set(start.tolist()) in ({0.6}, {0.5999})
+
+
+def test_suite_fits_from_the_largest_nfe_down_and_hands_each_grid_to_the_next(monkeypatch):
+    """run_problem fits NFE 5 before 4 and hands NFE 5's spline grid to NFE 4's fit (SHRINK_CHAIN).
+    """
+    from bench import suite
+    calls = []
+    real = suite.fit_rule
+
+    def spy(den, dim, nfe, seed, n_train, n_holdout, max_evals, larger=None):
+        rec, grid = real(den, dim, nfe, seed, n_train, n_holdout, max_evals, larger)
+        calls.append((nfe, None if larger is None else larger.tolist(), grid.tolist()))
+        return rec, grid
+    monkeypatch.setattr(suite, "fit_rule", spy)
+    out = suite.run_problem(suite.QUICK_SEEDS[0], [4, 5], n_eval=16, n_train=16, n_holdout=16, max_evals=6,
+                            log=lambda *a: None)
+    assert [c[0] for c in calls] == [5, 4] and calls[0][1] is None
+    assert calls[1][1] == calls[0][2] and len(calls[1][1]) == 6  # a 5-step grid
+    assert [f["nfe"] for f in out["fits"]] == [4, 5] and [q["nfe"] for q in out["per_nfe"]] == [4, 5]

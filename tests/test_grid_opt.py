@@ -109,6 +109,24 @@ def test_grow_keeps_the_points_and_splits_the_widest_log_gap():
     assert set(ts.tolist()) <= set(grids.grow(ts, 7).tolist()) and grids.grow(ts, 7).numel() == 8
 
 
+def test_shrink_removes_each_positive_point_after_t_max_once():
+    ts = torch.tensor([1.0, 0.7, 0.3, 0.05, 0.004, 0.0], dtype=F64)
+    shrunk = grids.shrink(ts)
+    assert len(shrunk) == 4
+    removed = []
+    for g in shrunk:
+        assert g.numel() == 5 and float(g[0]) == 1.0 and float(g[-1]) == 0.0 and bool((g[1:] < g[:-1]).all())
+        assert set(g.tolist()) < set(ts.tolist())
+        removed += list(set(ts.tolist()) - set(g.tolist()))
+    assert sorted(removed) == sorted(ts[1:-1].tolist())  # every point but t_max and 0, once each
+    torch.testing.assert_close(grids.shrink(torch.tensor([1.0, 0.2, 0.0], dtype=F64))[0],
+                               torch.tensor([1.0, 0.0], dtype=F64))
+    with pytest.raises(ValueError, match="positive point after t_max"):
+        grids.shrink(torch.tensor([1.0, 0.0], dtype=F64))
+    with pytest.raises(ValueError, match="ending at 0"):
+        grids.shrink(torch.tensor([1.0, 0.5, 0.1], dtype=F64))
+
+
 def test_save_load_round_trip(tmp_path):
     rec = grids.OptimizedGrid(ts=[1.0, 0.3, 0.01, 0.0], solver="unipc", steps=3, loss=1e-3, initial_loss=2e-3)
     rec3 = grids.OptimizedGrid(ts=[1.0, 0.2, 0.0], solver="unipc", steps=2, solver_options={"order": 3})

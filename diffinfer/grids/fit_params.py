@@ -101,6 +101,17 @@ def grow(ts: Tensor, steps: int) -> Tensor:
     return validate(torch.tensor(pos + [0.0], dtype=_F64))
 
 
+def shrink(ts: Tensor) -> list[Tensor]:
+    """The grids of one step fewer made from ``ts`` (``[n + 1]``, ending at ``0``) by removing
+    one positive point other than ``t_max`` (``n - 1`` grids ``[n]``; removing ``ts[n-1]`` makes
+    ``ts[n-2]`` the last noise level): warm starts for fitting the next smaller NFE from a
+    fitted grid, the counterpart of ``grow``; a caller picks among them by its own loss."""
+    ts = validate(ts)
+    if float(ts[-1]) != 0.0 or ts.numel() < 3:
+        raise ValueError(f"shrink needs a grid ending at 0 with a positive point after t_max, got {ts.tolist()}")
+    return [torch.cat([ts[:k], ts[k + 1:]]) for k in range(1, ts.numel() - 1)]
+
+
 def initial_grids(process: Process, steps: int, t_max: float | None = None, t_min: float | None = None) -> list[Tensor]:
     """Starting points: the default grid of the process, and the Karras grid where finite
     (from ``t_max`` to ``t_min``, then ``0``; default the process's bounds)."""
@@ -228,7 +239,7 @@ class GridParams:
         return starts
 
 
-__all__ = ["GridParams", "SplineParams", "SPLINE_VARIABLES", "spline_positions", "noise_fraction", "logsnr_of_noise_fraction", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow",
+__all__ = ["GridParams", "SplineParams", "SPLINE_VARIABLES", "spline_positions", "noise_fraction", "logsnr_of_noise_fraction", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow", "shrink",
            "initial_grids", "initial_simplex"]
 
 
