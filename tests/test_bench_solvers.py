@@ -268,8 +268,7 @@ def test_suite_shrunk_start_drops_the_redundant_point_of_the_larger_grid():
 
 
 def test_suite_fits_from_the_largest_nfe_down_and_hands_each_grid_to_the_next(monkeypatch):
-    """run_problem fits NFE 5 before 4 and hands NFE 5's spline grid to NFE 4's fit (SHRINK_CHAIN).
-    """
+    """run_problem fits NFE 5 before 4 and hands NFE 5's spline grid to NFE 4's fit (SHRINK_CHAIN)."""
     from bench import suite
     calls = []
     real = suite.fit_rule
