@@ -151,30 +151,38 @@ def scores(x, x_ref, component=None, ref_component=None) -> dict:
     return out
 
 
-def shrunk_start(den, larger, dim: int, seed: int, n_train: int):
+def rule_data(den, dim: int, seed: int, n_train: int, n_holdout: int) -> tuple:
+    """The rule's training and held-out noises with their teacher endpoints (``grids.training_set``,
+    seeds ``TRAIN_SEED_OFFSET + seed`` and the next): the same for every NFE of a problem, so
+    computed once per problem and shared by every fit."""
+    train = grids.training_set(den, n_train=n_train, shape=(dim,), seed=TRAIN_SEED_OFFSET + int(seed))
+    holdout = grids.training_set(den, n_train=n_holdout, shape=(dim,), seed=TRAIN_SEED_OFFSET + int(seed) + 1)
+    return train, holdout
+
+
+def shrunk_start(den, larger, train):
     """The best one-point-removed grid (``grids.shrink``) of ``larger``, the rule's grid for one
-    step more, by the mean-squared loss on the rule's training noise: a start that keeps a
-    larger NFE's basin (e.g. a last noise level small enough for directions of small variance)."""
+    step more, by the mean-squared loss on the rule's training noise ``train`` (``rule_data``): a
+    start that keeps a larger NFE's basin (e.g. a last noise level small enough for directions of
+    small variance)."""
     _, solver, opts = RULE
-    x_T, teacher = grids.training_set(den, n_train=n_train, shape=(dim,), seed=TRAIN_SEED_OFFSET + int(seed))
-    loss = grids.Objective(den, solver, opts, x_T, teacher)
-    candidates = grids.shrink(larger)
-    return min(candidates, key=lambda g: loss(g, None))
+    loss = grids.Objective(den, solver, opts, *train)
+    return min(grids.shrink(larger), key=lambda g: loss(g, None))
 
 
-def fit_rule(den, dim: int, nfe: int, seed: int, n_train: int, n_holdout: int, max_evals: int, larger=None):
-    """The rule's fit: UniPC on a spline grid of ``KNOTS[0]`` intervals from every grid family
-    of the process (and, with ``larger``, the rule's grid for ``nfe + 1`` steps, from its best
-    one-point-removed grid, ``shrunk_start``), then of ``KNOTS[1]`` intervals from that fit (and
-    the same starts); of the two, the one with the lower MSE on the held-out training noise.
-    Returns the final record (with decoupled model times) and the chosen spline grid (the
-    next smaller NFE's ``larger``)."""
+def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None):
+    """The rule's fit on ``data`` (``rule_data``: training and held-out noise): UniPC on a spline
+    grid of ``KNOTS[0]`` intervals from every grid family of the process (and, with ``larger``,
+    the rule's grid for ``nfe + 1`` steps, from its best one-point-removed grid,
+    ``shrunk_start``), then of ``KNOTS[1]`` intervals from that fit (and the same starts); of the
+    two, the one with the lower MSE on the held-out training noise. Returns the final record
+    (with decoupled model times) and the chosen spline grid (the next smaller NFE's ``larger``)."""
     _, solver, opts = RULE
+    (x_T, teacher), holdout = data
     starts = [b(den.process, nfe) for b in grid_families(den.process).values()]
     if larger is not None and SHRINK_CHAIN:
-        starts.append(shrunk_start(den, larger, dim, seed, n_train))
-    common = dict(shape=(dim,), n_train=n_train, n_holdout=n_holdout, seed=TRAIN_SEED_OFFSET + int(seed),
-                  max_evals=max_evals, parameterization="spline", **opts)
+        starts.append(shrunk_start(den, larger, (x_T, teacher)))
+    common = dict(x_T=x_T, teacher=teacher, holdout=holdout, max_evals=max_evals, parameterization="spline", **opts)
     fits = [grids.optimize(den, solver, nfe, init=starts, knots=KNOTS[0], **common)]
     if grids.SplineParams.of(den.process, nfe, knots=KNOTS[1]).k > grids.SplineParams.of(den.process, nfe,
                                                                                       knots=KNOTS[0]).k:
@@ -204,6 +212,7 @@ def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_
     rows, fits = [], []
     fams = grid_families(process)
     names = anchors.available(process)
+    data = rule_data(den, spec["dim"], seed, n_train, n_holdout)  # one training set for every NFE's fit
     larger = None
     for nfe in sorted(nfes, reverse=True):  # the rule fits from the largest NFE down (SHRINK_CHAIN)
         for fam, builder in fams.items():
@@ -221,7 +230,7 @@ def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_
                     log(f"  problem {seed} {name} nfe {nfe} {fam}: failed: {type(e).__name__}: {e}")
                     continue
                 rows.append({"nfe": nfe, "method": name, "library": a.library, "grid": fam, **score(x)})
-        rec, larger = fit_rule(den, spec["dim"], nfe, seed, n_train, n_holdout, max_evals,
+        rec, larger = fit_rule(den, nfe, data, max_evals,
                                larger if larger is not None and larger.numel() == nfe + 2 else None)
         x = di.sample(rec.denoiser(den), x_T, solver=rec.solver, ts=rec.grid, **rec.solver_options).x
         rows.append({"nfe": nfe, "method": RULE[0], "library": "diffinfer", "grid": "fitted", **score(x)})
@@ -272,7 +281,7 @@ def markdown(report: dict) -> str:
              f"held-out training seed = {TRAIN_SEED_OFFSET} + seed + 1). n_eval {m['n_eval']}, n_train {m['n_train']}, "
              f"n_holdout {m['n_holdout']}.", "",
              f"Rule (fixed before the run): `{RULE[0]}` = UniPC on a grid fitted per problem and NFE with "
-             f"`grids.optimize(..., parameterization='spline', knots=k, n_holdout=...)` (a spline in log-SNR; on a flow "
+             f"`grids.optimize(..., parameterization='spline', knots=k, holdout=...)` (a spline in log-SNR; on a flow "
              f"in log t) for k in {KNOTS} "
              "(the second started from the first), the one with the lower held-out training MSE, then decoupled "
              "model times (`model_times=True`) fitted from it, the checkpoint chosen on held-out training noise. "

@@ -262,7 +262,8 @@ def test_suite_shrunk_start_drops_the_redundant_point_of_the_larger_grid():
     mix, process = spec["mixture"], suite.make_process(spec["process"])
     den = mix.denoiser(process)
     larger = torch.tensor([1.0, 0.8, 0.6, 0.5999, 0.35, 0.15, 0.05, 0.0], dtype=torch.float64)
-    start = suite.shrunk_start(den, larger, spec["dim"], suite.QUICK_SEEDS[0], n_train=64)
+    train, _ = suite.rule_data(den, spec["dim"], suite.QUICK_SEEDS[0], n_train=64, n_holdout=1)
+    start = suite.shrunk_start(den, larger, train)
     assert start.numel() == larger.numel() - 1
     assert set(larger.tolist()) - set(start.tolist()) in ({0.6}, {0.5999})
 
@@ -273,8 +274,8 @@ def test_suite_fits_from_the_largest_nfe_down_and_hands_each_grid_to_the_next(mo
     calls = []
     real = suite.fit_rule
 
-    def spy(den, dim, nfe, seed, n_train, n_holdout, max_evals, larger=None):
-        rec, grid = real(den, dim, nfe, seed, n_train, n_holdout, max_evals, larger)
+    def spy(den, nfe, data, max_evals, larger=None):
+        rec, grid = real(den, nfe, data, max_evals, larger)
         calls.append((nfe, None if larger is None else larger.tolist(), grid.tolist()))
         return rec, grid
     monkeypatch.setattr(suite, "fit_rule", spy)
