@@ -23,7 +23,9 @@ every grid family of the process and, from NFE 9 down, from the best one-point-r
 grid (``grids.shrink``) of the next larger NFE's fit (``SHRINK_CHAIN``: the NFEs are fitted
 from the largest down), then decoupled model times (``grids.ModelTimes``, LD3)
 fitted from the chosen grid; the mean-squared loss, ``N_TRAIN`` training noises (seed ``TRAIN_SEED_OFFSET + seed``)
-and selection by ``N_HOLDOUT`` held-out training noises (the next seed). The goal: at
+and selection by ``N_HOLDOUT`` held-out training noises (the next seed), each set stratified
+(``STRATIFIED``, ``rule_data``: the rare noises a few-step solve sends to another mode, which
+decide the RMSE on separated modes, all added from a pool 16x larger, weighted back). The goal: at
 every NFE 4-10 the rule has at most 0.5x the best anchor's RMSE on >= 90% of the problems
 and at most 1.0x on every one.
 """
@@ -81,6 +83,9 @@ MODEL_TIMES = True
 #: afterwards, changes <= 0.03) all eight tuning seeds give 9 -> 8 of 56 cells, x0.98
 SHRINK_CHAIN = True
 MODEL_TIMES_EVALS_PER_STEP, MODEL_TIMES_MAX_EVALS = 25, 120
+#: stratified training and held-out noise (``grids.stratified_training_set``, ``rule_data``)
+STRATIFIED = True
+HARD_FRACTION, POOL_FACTOR = 0.5, 16
 PLAIN = [("unipc", "unipc", {}), ("dpmpp-3m", "dpmpp-3m", {}), ("dpmpp-2m", "dpmpp-2m", {})]
 
 
@@ -152,12 +157,23 @@ def scores(x, x_ref, component=None, ref_component=None) -> dict:
 
 
 def rule_data(den, dim: int, seed: int, n_train: int, n_holdout: int) -> tuple:
-    """The rule's training and held-out noises with their teacher endpoints (``grids.training_set``,
-    seeds ``TRAIN_SEED_OFFSET + seed`` and the next): the same for every NFE of a problem, so
-    computed once per problem and shared by every fit."""
-    train = grids.training_set(den, n_train=n_train, shape=(dim,), seed=TRAIN_SEED_OFFSET + int(seed))
-    holdout = grids.training_set(den, n_train=n_holdout, shape=(dim,), seed=TRAIN_SEED_OFFSET + int(seed) + 1)
-    return train, holdout
+    """The rule's training and held-out noises with their teacher endpoints and row weights
+    (seeds ``TRAIN_SEED_OFFSET + seed`` and the next): the same for every NFE of a problem, so
+    computed once per problem and shared by every fit. With ``STRATIFIED``,
+    ``grids.stratified_training_set`` (``n_train`` / ``n_holdout`` bulk rows, ``HARD_FRACTION``
+    of them more from the hard stratum of a pool ``POOL_FACTOR`` times larger, probed by UniPC
+    on every grid family at ``grids.PROBE_STEPS`` steps); else ``grids.training_set`` (equal
+    weights, ``None``)."""
+    out = []
+    for k, n in enumerate((n_train, n_holdout)):
+        s = TRAIN_SEED_OFFSET + int(seed) + k
+        if not STRATIFIED:
+            out.append((*grids.training_set(den, n_train=n, shape=(dim,), seed=s), None))
+            continue
+        probes = [b(den.process, m) for b in grid_families(den.process).values() for m in grids.PROBE_STEPS]
+        out.append(grids.stratified_training_set(den, (dim,), n_hard=int(HARD_FRACTION * n), n_bulk=n,
+                                                 n_pool=POOL_FACTOR * n, seed=s, probes=probes))
+    return tuple(out)
 
 
 def shrunk_start(den, larger, train):
@@ -166,7 +182,8 @@ def shrunk_start(den, larger, train):
     start that keeps a larger NFE's basin (e.g. a last noise level small enough for directions of
     small variance)."""
     _, solver, opts = RULE
-    loss = grids.Objective(den, solver, opts, *train)
+    x_T, teacher, weights = train
+    loss = grids.Objective(den, solver, opts, x_T, teacher, weights=weights)
     return min(grids.shrink(larger), key=lambda g: loss(g, None))
 
 
@@ -178,11 +195,13 @@ def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None):
     two, the one with the lower MSE on the held-out training noise. Returns the final record
     (with decoupled model times) and the chosen spline grid (the next smaller NFE's ``larger``)."""
     _, solver, opts = RULE
-    (x_T, teacher), holdout = data
+    train, holdout = data
+    x_T, teacher, weights = train
     starts = [b(den.process, nfe) for b in grid_families(den.process).values()]
     if larger is not None and SHRINK_CHAIN:
-        starts.append(shrunk_start(den, larger, (x_T, teacher)))
-    common = dict(x_T=x_T, teacher=teacher, holdout=holdout, max_evals=max_evals, parameterization="spline", **opts)
+        starts.append(shrunk_start(den, larger, train))
+    common = dict(x_T=x_T, teacher=teacher, weights=weights, holdout=holdout, max_evals=max_evals,
+                  parameterization="spline", **opts)
     fits = [grids.optimize(den, solver, nfe, init=starts, knots=KNOTS[0], **common)]
     if grids.SplineParams.of(den.process, nfe, knots=KNOTS[1]).k > grids.SplineParams.of(den.process, nfe,
                                                                                       knots=KNOTS[0]).k:
@@ -287,6 +306,10 @@ def markdown(report: dict) -> str:
              "model times (`model_times=True`) fitted from it, the checkpoint chosen on held-out training noise. "
              + ("The NFEs are fitted from the largest down, each also started from the best (training loss) "
                 "one-point-removed grid (`grids.shrink`) of the next larger NFE's spline grid. " if SHRINK_CHAIN else "")
+             + (f"Training and held-out noise are stratified (`grids.stratified_training_set`): n_train (n_holdout) "
+                f"uniform rows plus {HARD_FRACTION:g}x as many from the hard stratum of a pool {POOL_FACTOR}x larger "
+                "(the noises UniPC on every grid family at `grids.PROBE_STEPS` steps errs on most), weighted so the "
+                "loss estimates the MSE on fresh noise. " if STRATIFIED else "")
              + "Anchor: the best diffusers scheduler x grid family per problem and NFE, chosen on the evaluation noise.",
              "", "## Summary per NFE (ratio = our RMSE / best anchor RMSE to the exact endpoint)", "",
              "| NFE | method | problems | fraction <= 0.5x | worst ratio | median ratio | goal |",
@@ -348,7 +371,10 @@ def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None, jobs: int
                        "seeds": seeds, "jobs": int(jobs), "nfes": nfes, "n_eval": n_eval, "n_train": n_train, "n_holdout": n_holdout,
                        "evals_per_fit": max_evals, "eval_seed_offset": EVAL_SEED_OFFSET,
                        "train_seed_offset": TRAIN_SEED_OFFSET, "rule": {"label": RULE[0], "solver": RULE[1],
-                                                                         "knots": list(KNOTS)},
+                                                                         "knots": list(KNOTS),
+                                                                         "stratified": STRATIFIED,
+                                                                         "hard_fraction": HARD_FRACTION,
+                                                                         "pool_factor": POOL_FACTOR},
                        "goal": {"ratio": GOAL_RATIO, "fraction": GOAL_FRACTION, "worst": 1.0},
                        "t_ref": T_REF, "seconds": 0.0},
               "summary": summarise(problems, nfes), "problems": problems}

@@ -284,3 +284,29 @@ def test_suite_fits_from_the_largest_nfe_down_and_hands_each_grid_to_the_next(mo
     assert [c[0] for c in calls] == [5, 4] and calls[0][1] is None
     assert calls[1][1] == calls[0][2] and len(calls[1][1]) == 6  # a 5-step grid
     assert [f["nfe"] for f in out["fits"]] == [4, 5] and [q["nfe"] for q in out["per_nfe"]] == [4, 5]
+
+
+def test_suite_rule_data_is_stratified_and_the_rule_fits_with_its_weights():
+    """With ``STRATIFIED`` the rule's training and held-out noise come from
+    ``grids.stratified_training_set`` (the hard rows added to ``n_train`` bulk rows, weights of
+    mean 1), and the fit's recorded MSEs are the weighted ones."""
+    from bench import suite
+    from diffinfer.grids.fit_objective import weighted_mse
+    assert suite.STRATIFIED
+    seed = suite.QUICK_SEEDS[0]
+    spec = suite.problem(seed)
+    mix, process = spec["mixture"], suite.make_process(spec["process"])
+    den = mix.denoiser(process)
+    train, holdout = suite.rule_data(den, spec["dim"], seed, n_train=32, n_holdout=16)
+    for (x, t, w), n in ((train, 32), (holdout, 16)):
+        n_hard = int(suite.HARD_FRACTION * n)
+        assert x.shape == t.shape == (n + n_hard, spec["dim"]) and w.shape == (n + n_hard,)
+        assert float(w.mean()) == pytest.approx(1.0) and float(w[-1] / w[0]) == pytest.approx(
+            (suite.POOL_FACTOR * n - n_hard) / n)
+    assert not torch.equal(train[0][:16], holdout[0][:16])
+    rec, _ = suite.fit_rule(den, 4, (train, holdout), max_evals=4)
+    ts = torch.tensor(rec.ts, dtype=torch.float64)
+    model = rec.denoiser(den)
+    out = grids.solve(model, train[0], rec.solver, ts, **rec.solver_options)
+    assert rec.train_mse == pytest.approx(weighted_mse(out, train[1], train[2]), rel=1e-10)
+    assert rec.train_mse != pytest.approx(weighted_mse(out, train[1]), rel=1e-6)

@@ -42,7 +42,7 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
              distance=None, model_times: bool = False, restarts: int = 0, holdout: tuple | None = None,
              t_max: float | None = None, t_min: float | None = None, parameterization: str = "points",
              knots: int = 3, spline_variable: str = "auto", robust: str | None = None, trim: float = 0.1,
-             n_holdout: int = 0, **solver_options) -> OptimizedGrid:
+             n_holdout: int = 0, weights: Tensor | None = None, **solver_options) -> OptimizedGrid:
     """Fit the grid of ``steps`` steps of ``solver`` to a teacher (Align Your Steps / LD3).
 
     Args:
@@ -81,7 +81,10 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
             seed). Then the result is, among the starting point and the end of every
             Nelder-Mead run that improved the training loss, the one with the lowest
             held-out loss (early stopping: a fit of few noises can overfit them), and the
-            record keeps both held-out losses.
+            record keeps both held-out losses. ``(x_T, teacher, weights)`` weights its rows.
+        weights: ``[B]`` weights of the training rows in the mean-squared loss (a stratified
+            training set's, ``stratified_training_set``; default equal): the loss and the
+            recorded MSEs are the weighted means of the rows' errors.
     Returns:
         ``OptimizedGrid`` with the best grid found (never worse on the training batch than
         the best starting grid).
@@ -103,14 +106,14 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
     if holdout is None and int(n_holdout) > 0:
         holdout = training_set(den, None, None, int(n_holdout), tuple(x_T.shape[1:]), int(seed) + 1, teacher_steps,
                                teacher_solver, params.t_lo, x_T.dtype, t_max=t_max)
-    check_holdout(holdout, x_T)
+    holdout = check_holdout(holdout, x_T)
     start = time.perf_counter()
-    loss = Objective(den, solver, solver_options, x_T, teacher, distance, t_end_max, robust, trim)
+    loss = Objective(den, solver, solver_options, x_T, teacher, distance, t_end_max, robust, trim, weights)
     initial_loss, visited = nelder_mead(loss, params, params.starts(den.process, init, t_end_max), max_evals, restarts)
     held = None if holdout is None else (lambda ts, model_ts: loss.error(ts, model_ts, *holdout))
     (best_loss, (ts, model_ts)), holdout_loss, initial_holdout_loss = early_stop(visited, held)
     seconds = time.perf_counter() - start
-    train_mse = loss.mse(ts, model_ts, x_T, teacher)
+    train_mse = loss.mse(ts, model_ts, x_T, teacher, loss.weights)
     holdout_mse = float("nan") if holdout is None else loss.mse(ts, model_ts, *holdout)
     return OptimizedGrid(ts=[float(t) for t in ts], solver=str(solver), steps=params.steps,
                          solver_options=dict(solver_options), loss=float(best_loss), initial_loss=float(initial_loss),

@@ -156,44 +156,79 @@ def robust_loss(errors: Tensor, robust: str | None = None, trim: float = 0.1) ->
     raise ValueError(f"unknown robust loss {robust!r}; valid: 'mse', 'trimmed', 'log'")
 
 
+def check_weights(weights: Tensor | None, x_T: Tensor, what: str = "weights") -> Tensor | None:
+    """``weights`` ``[B]`` for the rows of ``x_T``: finite, non-negative, not all zero (float64)."""
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (x_T.shape[0],):
+        raise ValueError(f"{what} must be one number per row, shape [{x_T.shape[0]}], got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not float(w.sum()) > 0.0:
+        raise ValueError(f"{what} must be finite, non-negative and not all zero")
+    return w
+
+
+def weighted_mse(out: Tensor, target: Tensor, weights: Tensor | None = None) -> float:
+    """The mean squared error per entry; with ``weights`` ``[B]``, the rows' mean squared
+    errors averaged with those weights (an unbiased estimate of the plain one on the noise a
+    stratified set was drawn from, ``stratified_training_set``)."""
+    if weights is None:
+        return float(((out - target) ** 2).mean())
+    errors = per_sample_error(out, target)  # [B] float64
+    weights = weights.to(device=errors.device, dtype=errors.dtype)
+    return float((errors * weights).sum() / weights.sum())
+
+
 class Objective:
     """The fit's loss on its training batch: ``loss(ts, model_ts)`` is the mean squared
-    error per entry (or ``distance(endpoints, teacher)``, or a ``robust`` loss of the rows'
-    errors, ``robust_loss``) of ``solver`` on the grid ``ts``
+    error per entry (with ``weights`` ``[B]``, the rows' errors averaged with those weights,
+    e.g. a stratified training set's, ``stratified_training_set``; or ``distance(endpoints,
+    teacher)``, or a ``robust`` loss of the rows' errors, ``robust_loss``) of ``solver`` on
+    the grid ``ts``
     (the model at ``model_ts``, ``ModelTimes``, if given); ``inf`` for a grid that no
     longer descends, whose last noise level exceeds ``t_end_max``, or a non-finite error.
     ``evals`` counts the solves on the training batch."""
 
     def __init__(self, den, solver, solver_options: dict, x_T: Tensor, teacher: Tensor, distance=None,
-                 t_end_max: float | None = None, robust: str | None = None, trim: float = 0.1):
+                 t_end_max: float | None = None, robust: str | None = None, trim: float = 0.1,
+                 weights: Tensor | None = None):
         if robust not in ROBUST:
             raise ValueError(f"unknown robust loss {robust!r}; valid: 'mse', 'trimmed', 'log'")
         if robust not in (None, "mse") and distance is not None:
             raise ValueError("give a distance or a robust loss, not both")
         if not 0.0 <= float(trim) < 1.0:
             raise ValueError(f"trim must lie in [0, 1), got {trim}")
+        if weights is not None and (distance is not None or robust not in (None, "mse")):
+            raise ValueError("weights apply to the mean-squared loss only, not to a distance or a robust loss")
+        self.weights = check_weights(weights, x_T)
         self.den, self.solver, self.solver_options = den, solver, dict(solver_options)
         self.x_T, self.teacher, self.distance, self.t_end_max = x_T, teacher, distance, t_end_max
         self.robust, self.trim = robust, float(trim)
         self.evals = 0
 
-    def error(self, ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor) -> float:
-        """The distance of the solve from ``x`` to ``target`` (any batch; not counted)."""
+    def error(self, ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor,
+              weights: Tensor | None = None) -> float:
+        """The distance of the solve from ``x`` to ``target`` (any batch, with its own row
+        ``weights`` or none; not counted)."""
+        if weights is not None and (self.distance is not None or self.robust not in (None, "mse")):
+            raise ValueError("weights apply to the mean-squared loss only, not to a distance or a robust loss")
         model = self.den if model_ts is None else ModelTimes(self.den, ts, model_ts)
         out = solve(model, x, self.solver, ts, **self.solver_options)
         if self.distance is not None:
             err = float(self.distance(out, target))
         elif self.robust in (None, "mse"):
-            err = float(((out - target) ** 2).mean())
+            err = weighted_mse(out, target, weights)
         else:
             err = robust_loss(per_sample_error(out, target), self.robust, self.trim)
         return err if math.isfinite(err) else float("inf")
 
-    def mse(self, ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor) -> float:
-        """The plain mean squared error per entry of the solve from ``x`` (any batch; not
-        counted): what a robust or custom objective is reported in beside its own value."""
+    def mse(self, ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor,
+            weights: Tensor | None = None) -> float:
+        """The mean squared error per entry of the solve from ``x`` (any batch, with its own
+        row ``weights`` or none; not counted): what a robust or custom objective is reported
+        in beside its own value."""
         model = self.den if model_ts is None else ModelTimes(self.den, ts, model_ts)
-        err = float(((solve(model, x, self.solver, ts, **self.solver_options) - target) ** 2).mean())
+        err = weighted_mse(solve(model, x, self.solver, ts, **self.solver_options), target, weights)
         return err if math.isfinite(err) else float("inf")
 
     def __call__(self, ts: Tensor, model_ts: Tensor | None = None) -> float:
@@ -203,9 +238,9 @@ class Objective:
             return float("inf")
         self.evals += 1
         try:
-            return self.error(ts, model_ts, self.x_T, self.teacher)
+            return self.error(ts, model_ts, self.x_T, self.teacher, self.weights)
         except ZeroDivisionError:  # two points a rounding error apart (equal log-SNR): not a usable grid
             return float("inf")
 
 
-__all__ = ["geometric_tail", "Objective", "ROBUST", "robust_loss", "per_sample_error", "solve", "teacher_endpoint", "training_set", "check_solver_options"]
+__all__ = ["geometric_tail", "Objective", "ROBUST", "robust_loss", "per_sample_error", "weighted_mse", "check_weights", "solve", "teacher_endpoint", "training_set", "check_solver_options"]

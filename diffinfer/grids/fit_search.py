@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .fit_objective import check_weights
 from .fit_params import GridParams
 from .storage import OptimizedGrid, grid_key
 
@@ -66,13 +67,17 @@ def nelder_mead(loss, params: GridParams, starts: list[Tensor], max_evals: int |
     return initial_loss, visited
 
 
-def check_holdout(holdout, x_T: Tensor) -> None:
-    """``holdout`` must be ``(x_T, teacher)`` of ``x_T``'s sample shape."""
+def check_holdout(holdout, x_T: Tensor) -> tuple | None:
+    """``holdout`` must be ``(x_T, teacher)`` of ``x_T``'s sample shape, or ``(x_T, teacher,
+    weights)`` with one weight per row; returns ``(x_T, teacher, weights or None)``."""
     if holdout is None:
-        return
-    x_h, teacher_h = holdout
+        return None
+    if len(holdout) not in (2, 3):
+        raise ValueError(f"holdout is (x_T, teacher) or (x_T, teacher, weights), got {len(holdout)} items")
+    x_h, teacher_h = holdout[:2]
     if x_h.shape[1:] != x_T.shape[1:] or teacher_h.shape != x_h.shape:
         raise ValueError(f"holdout (x_T, teacher) must be two [B, {tuple(x_T.shape[1:])}] tensors")
+    return x_h, teacher_h, check_weights(holdout[2] if len(holdout) == 3 else None, x_h, "holdout weights")
 
 
 def early_stop(visited: list, holdout_error=None) -> tuple[tuple, float, float]:
