@@ -198,20 +198,23 @@ class Objective:
             raise ValueError("give a distance or a robust loss, not both")
         if not 0.0 <= float(trim) < 1.0:
             raise ValueError(f"trim must lie in [0, 1), got {trim}")
-        if weights is not None and (distance is not None or robust not in (None, "mse")):
-            raise ValueError("weights apply to the mean-squared loss only, not to a distance or a robust loss")
-        self.weights = check_weights(weights, x_T)
         self.den, self.solver, self.solver_options = den, solver, dict(solver_options)
         self.x_T, self.teacher, self.distance, self.t_end_max = x_T, teacher, distance, t_end_max
         self.robust, self.trim = robust, float(trim)
+        self.weights = self._check_weighted(check_weights(weights, x_T))
         self.evals = 0
+
+    def _check_weighted(self, weights: Tensor | None) -> Tensor | None:
+        """``weights`` unchanged where the loss is the mean-squared one; else a ``ValueError``."""
+        if weights is not None and (self.distance is not None or self.robust not in (None, "mse")):
+            raise ValueError("weights apply to the mean-squared loss only, not to a distance or a robust loss")
+        return weights
 
     def error(self, ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor,
               weights: Tensor | None = None) -> float:
         """The distance of the solve from ``x`` to ``target`` (any batch, with its own row
         ``weights`` or none; not counted)."""
-        if weights is not None and (self.distance is not None or self.robust not in (None, "mse")):
-            raise ValueError("weights apply to the mean-squared loss only, not to a distance or a robust loss")
+        self._check_weighted(weights)
         model = self.den if model_ts is None else ModelTimes(self.den, ts, model_ts)
         out = solve(model, x, self.solver, ts, **self.solver_options)
         if self.distance is not None:
