@@ -165,12 +165,12 @@ def rule_data(den, dim: int, seed: int, n_train: int, n_holdout: int) -> tuple:
     on every grid family at ``grids.PROBE_STEPS`` steps); else ``grids.training_set`` (equal
     weights, ``None``)."""
     out = []
+    probes = [b(den.process, m) for b in grid_families(den.process).values() for m in grids.PROBE_STEPS]
     for k, n in enumerate((n_train, n_holdout)):
         s = TRAIN_SEED_OFFSET + int(seed) + k
         if not STRATIFIED:
             out.append((*grids.training_set(den, n_train=n, shape=(dim,), seed=s), None))
             continue
-        probes = [b(den.process, m) for b in grid_families(den.process).values() for m in grids.PROBE_STEPS]
         out.append(grids.stratified_training_set(den, (dim,), n_hard=int(HARD_FRACTION * n), n_bulk=n,
                                                  n_pool=POOL_FACTOR * n, seed=s, probes=probes))
     return tuple(out)

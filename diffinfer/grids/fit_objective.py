@@ -80,6 +80,14 @@ def geometric_tail(ts: Tensor, t_end: float) -> Tensor:
     return torch.cat([ts[:-1], torch.tensor(tail + [0.0], dtype=ts.dtype)])
 
 
+def start_noise(process, n: int, shape, generator: torch.Generator, dtype=torch.float64,
+                t_max: float | None = None) -> Tensor:
+    """``[n, *shape]`` standard normal rows drawn with ``generator``, scaled by ``sigma(t_max)``
+    (default the process's ``t_max``): a fit's starting noises."""
+    sigma = float(process.sigma(as_time(float(process.t_max if t_max is None else t_max))))
+    return torch.randn((int(n), *shape), generator=generator, dtype=dtype) * sigma
+
+
 def training_set(den, x_T: Tensor | None = None, teacher: Tensor | None = None, n_train: int = 128, shape=None,
                  seed: int = 20240, teacher_steps: int = 200, teacher_solver: str = "dpmpp-3m",
                  t_lo: float | None = None, dtype=torch.float64, t_max: float | None = None) -> tuple[Tensor, Tensor]:
@@ -94,9 +102,7 @@ def training_set(den, x_T: Tensor | None = None, teacher: Tensor | None = None, 
     if x_T is None:
         if shape is None:
             raise ValueError("give x_T or shape (the sample shape without the batch)")
-        g = torch.Generator().manual_seed(int(seed))
-        x_T = torch.randn((int(n_train), *shape), generator=g, dtype=dtype) * float(
-            process.sigma(as_time(float(process.t_max if t_max is None else t_max))))
+        x_T = start_noise(process, n_train, shape, torch.Generator().manual_seed(int(seed)), dtype, t_max)
     if not bool(torch.isfinite(x_T).all()):
         raise ValueError("x_T contains NaN or Inf")
     if teacher is None:
@@ -246,4 +252,4 @@ class Objective:
             return float("inf")
 
 
-__all__ = ["geometric_tail", "Objective", "ROBUST", "robust_loss", "per_sample_error", "weighted_mse", "check_weights", "solve", "teacher_endpoint", "training_set", "check_solver_options"]
+__all__ = ["geometric_tail", "Objective", "ROBUST", "robust_loss", "per_sample_error", "weighted_mse", "check_weights", "solve", "start_noise", "teacher_endpoint", "training_set", "check_solver_options"]

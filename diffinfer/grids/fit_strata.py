@@ -28,8 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..process import as_time
-from .fit_objective import per_sample_error, solve, teacher_endpoint, training_set
+from .fit_objective import per_sample_error, solve, start_noise, teacher_endpoint, training_set
 from .fit_params import default_t_lo, initial_grids
 
 #: the default probes' step counts (``initial_grids`` of each): a grid of few steps flips a band
@@ -73,9 +72,8 @@ def stratified_training_set(den, shape, n_hard: int = 512, n_bulk: int = 1024, n
                          f"n_bulk={n_bulk}, n_pool={n_pool}")
     process = den.process
     t_lo = default_t_lo(process) if t_lo is None else float(t_lo)
-    g = torch.Generator().manual_seed(int(seed))
-    pool = torch.randn((n_pool, *shape), generator=g, dtype=dtype) * float(
-        process.sigma(as_time(float(process.t_max if t_max is None else t_max))))  # [P, *shape]
+    g = torch.Generator().manual_seed(int(seed))  # draws the pool, then the bulk rows
+    pool = start_noise(process, n_pool, shape, g, dtype, t_max)  # [P, *shape]
     if probes is None:
         probes = [ts for steps in PROBE_STEPS for ts in initial_grids(process, steps, t_max=t_max)]
     reference = teacher_endpoint(den, pool, reference_steps, teacher_solver, t_end=t_lo, t_max=t_max)
