@@ -200,6 +200,32 @@ def test_optimized_grid_keeps_the_model_times_setting_with_the_lowest_held_out_l
     assert grids.best(grids.load(tmp_path / "both" / "ring2d-vp.json"), 3, [("unipc", {}, True)]).ts == rec.ts
 
 
+def test_optimized_grid_refits_model_times_on_the_given_rows_with_their_own_conditioning(tmp_path):
+    """``optimized_grid(model_times_data=...)`` (digits: ``digits_stratified``): the model-times
+    refit starts from the plain fit's grid but trains on the given weighted rows under their
+    own labels, and scores the held-out rows under theirs (``holdout_den``)."""
+    from bench import solvers as bench
+    from diffinfer.toys import gaussian_mixture
+    ring = gaussian_mixture.preset("ring2d").denoiser(di.VP("linear"))
+    base = di.Denoiser(lambda x, t, label: ring.x0(x, t) + 0.05 * label.to(x.dtype)[:, None], ring.process, "x0")
+    n = 10
+    den, den_h = base.bind(label=torch.arange(n) % 4), base.bind(label=(torch.arange(n) + 1) % 4)
+    x_T, teacher = grids.training_set(den, n_train=n, shape=(2,), seed=3, teacher_steps=20)
+    x_h, teacher_h = grids.training_set(den_h, n_train=n, shape=(2,), seed=4, teacher_steps=20)
+    w, w_h = torch.linspace(0.5, 1.5, n, dtype=torch.float64), torch.linspace(1.5, 0.5, n, dtype=torch.float64)
+    kw = dict(candidates=[("unipc", {})], n_train=8, evals_per_step=3, teacher_steps=20)
+    rec = bench.optimized_grid("ring-labels", base.bind(label=torch.arange(8) % 4), (2,), 3, tmp_path, True,
+                               model_times={"evals_per_step": 3},
+                               model_times_data=lambda: ((den, x_T, teacher, w), (den_h, x_h, teacher_h, w_h)), **kw)
+    plain = grids.best(grids.load(tmp_path / "ring-labels.json"), 3, kw["candidates"])
+    assert rec.model_ts is not None and rec.n_train == n and rec.n_holdout == n
+    assert rec.initial_loss == pytest.approx(grids.Objective(den, "unipc", {}, x_T, teacher, weights=w)(plain.grid),
+                                             rel=1e-12)
+    obj = grids.Objective(den, "unipc", {}, x_T, teacher)
+    held = obj.mse(rec.grid, torch.tensor(rec.model_ts, dtype=torch.float64), x_h, teacher_h, w_h, den=den_h)
+    assert rec.holdout_mse == pytest.approx(held, rel=1e-12)
+
+
 def test_suite_quick_writes_seeds_ratios_and_quantiles(tmp_path):
     from diffinfer.cli import main
     from bench import suite

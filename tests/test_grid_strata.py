@@ -143,3 +143,52 @@ def test_stratified_estimate_of_the_mse_is_unbiased_and_less_variable_where_rare
             ratios.append(float(((strat - 1) ** 2).mean().sqrt() / ((plain - 1) ** 2).mean().sqrt()))
     assert len(ratios) >= 2, "too few seeds in the regime to test"
     assert math.exp(sum(map(math.log, ratios)) / len(ratios)) < 0.8 and max(ratios) < 1.25, ratios
+
+
+def _labelled(n_labels=4):
+    """A model conditioned row by row: the ring's exact denoiser with its output shifted by
+    ``0.05 * label`` per row (``[B]`` labels), so a row solved under another row's label errs."""
+    ring = ring2d().denoiser(di.VP("linear"))
+
+    def net(x, t, label):  # x [B, 2], label [B]
+        return ring.x0(x, t) + 0.05 * label.to(x.dtype)[:, None]
+    return di.Denoiser(net, ring.process, "x0"), n_labels
+
+
+def test_stratified_rows_keep_each_rows_conditioning():
+    base, n_labels = _labelled()
+    n_pool, n_hard, n_bulk = 96, 8, 16
+    den = base.bind(label=torch.arange(n_pool) % n_labels)  # one label per pool row
+    g = torch.Generator().manual_seed(5)
+    pool = grids.start_noise(base.process, n_pool, (2,), g)  # [P, 2]
+    rows, w = grids.stratified_rows(den, pool, n_hard, n_bulk, g, reference_steps=20)
+    assert rows.shape == w.shape == (n_hard + n_bulk,) and len(set(rows.tolist())) == n_hard + n_bulk
+    # stratified_training_set draws the same pool and rows from its seed; each row's teacher is
+    # solved under its own label (den.select(rows)), as that row alone
+    x_T, teacher, w_set = grids.stratified_training_set(den, (2,), n_hard, n_bulk, n_pool, seed=5,
+                                                        reference_steps=20, teacher_steps=20)
+    assert torch.equal(x_T, pool[rows]) and torch.equal(w_set, w)
+    own = torch.stack([grids.teacher_endpoint(den.select(r.reshape(1)), pool[r].reshape(1, 2), 20)[0] for r in rows])
+    assert torch.allclose(teacher, own, rtol=0, atol=1e-12)
+    wrong = grids.teacher_endpoint(base.bind(label=torch.arange(rows.numel()) % n_labels), pool[rows], 20)
+    assert not torch.allclose(teacher, wrong, atol=1e-3)  # the labels matter in this model
+    with pytest.raises(ValueError, match="n_pool"):
+        grids.stratified_rows(den, pool, 90, 10, g)
+
+
+def test_holdout_rows_are_scored_by_their_own_conditioned_model():
+    base, n_labels = _labelled()
+    shape, n = (2,), 12
+    den = base.bind(label=torch.arange(n) % n_labels)
+    den_h = base.bind(label=(torch.arange(n) + 1) % n_labels)  # the held-out rows' own labels
+    x_T, teacher = grids.training_set(den, n_train=n, shape=shape, seed=1, teacher_steps=30)
+    x_h, teacher_h = grids.training_set(den_h, n_train=n, shape=shape, seed=2, teacher_steps=30)
+    common = dict(x_T=x_T, teacher=teacher, max_evals=12, parameterization="spline")
+    rec = grids.optimize(den, "unipc", 4, holdout=(x_h, teacher_h), holdout_den=den_h, **common)
+    ts = torch.tensor(rec.ts, dtype=F64)
+    right = grids.Objective(den_h, "unipc", {}, x_h, teacher_h)
+    assert rec.holdout_mse == pytest.approx(right.mse(ts, None, x_h, teacher_h), rel=1e-12)
+    assert rec.holdout_loss == pytest.approx(rec.holdout_mse, rel=1e-12)  # the early stop scored them alike
+    assert rec.holdout_mse < 0.5 * grids.Objective(den, "unipc", {}, x_T, teacher).mse(ts, None, x_h, teacher_h)
+    with pytest.raises(ValueError, match="holdout_den"):
+        grids.optimize(den, "unipc", 4, holdout_den=den_h, **common)

@@ -42,7 +42,8 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
              distance=None, model_times: bool = False, restarts: int = 0, holdout: tuple | None = None,
              t_max: float | None = None, t_min: float | None = None, parameterization: str = "points",
              knots: int = 3, spline_variable: str = "auto", robust: str | None = None, trim: float = 0.1,
-             n_holdout: int = 0, weights: Tensor | None = None, **solver_options) -> OptimizedGrid:
+             n_holdout: int = 0, weights: Tensor | None = None, holdout_den=None,
+             **solver_options) -> OptimizedGrid:
     """Fit the grid of ``steps`` steps of ``solver`` to a teacher (Align Your Steps / LD3).
 
     Args:
@@ -82,6 +83,8 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
             Nelder-Mead run that improved the training loss, the one with the lowest
             held-out loss (early stopping: a fit of few noises can overfit them), and the
             record keeps both held-out losses. ``(x_T, teacher, weights)`` weights its rows.
+        holdout_den: the model for the held-out rows where it is conditioned row by row
+            (``den`` bound to the held-out rows' class labels; default ``den``).
         weights: ``[B]`` weights of the training rows in the mean-squared loss (a stratified
             training set's, ``stratified_training_set``; default equal): the loss and the
             recorded MSEs are the weighted means of the rows' errors.
@@ -90,6 +93,9 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
         the best starting grid).
     """
     check_solver_options(solver, solver_options)  # fail early on a bad name, option or keyword
+    if holdout_den is not None and holdout is None:
+        raise ValueError("holdout_den is the model for the rows of holdout; give holdout (x_T, teacher[, weights]) "
+                         "computed with it")
     if parameterization == "points":
         if spline_variable != "auto":
             raise ValueError(f"spline_variable={spline_variable!r} applies to parameterization='spline'; "
@@ -110,11 +116,11 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
     start = time.perf_counter()
     loss = Objective(den, solver, solver_options, x_T, teacher, distance, t_end_max, robust, trim, weights)
     initial_loss, visited = nelder_mead(loss, params, params.starts(den.process, init, t_end_max), max_evals, restarts)
-    held = None if holdout is None else (lambda ts, model_ts: loss.error(ts, model_ts, *holdout))
+    held = None if holdout is None else (lambda ts, model_ts: loss.error(ts, model_ts, *holdout, den=holdout_den))
     (best_loss, (ts, model_ts)), holdout_loss, initial_holdout_loss = early_stop(visited, held)
     seconds = time.perf_counter() - start
     train_mse = loss.mse(ts, model_ts, x_T, teacher, loss.weights)
-    holdout_mse = float("nan") if holdout is None else loss.mse(ts, model_ts, *holdout)
+    holdout_mse = float("nan") if holdout is None else loss.mse(ts, model_ts, *holdout, den=holdout_den)
     return OptimizedGrid(ts=[float(t) for t in ts], solver=str(solver), steps=params.steps,
                          solver_options=dict(solver_options), loss=float(best_loss), initial_loss=float(initial_loss),
                          evals=loss.evals, seconds=seconds, n_train=int(x_T.shape[0]),

@@ -216,13 +216,17 @@ class Objective:
             raise ValueError("weights apply to the mean-squared loss only, not to a distance or a robust loss")
         return weights
 
+    def _model(self, ts: Tensor, model_ts: Tensor | None, den=None):
+        den = self.den if den is None else den
+        return den if model_ts is None else ModelTimes(den, ts, model_ts)
+
     def error(self, ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor,
-              weights: Tensor | None = None) -> float:
+              weights: Tensor | None = None, den=None) -> float:
         """The distance of the solve from ``x`` to ``target`` (any batch, with its own row
-        ``weights`` or none; not counted)."""
+        ``weights`` or none, and its own ``den`` where the model is conditioned row by row,
+        e.g. held-out rows' class labels; default the training one; not counted)."""
         self._check_weighted(weights)
-        model = self.den if model_ts is None else ModelTimes(self.den, ts, model_ts)
-        out = solve(model, x, self.solver, ts, **self.solver_options)
+        out = solve(self._model(ts, model_ts, den), x, self.solver, ts, **self.solver_options)
         if self.distance is not None:
             err = float(self.distance(out, target))
         elif self.robust in (None, "mse"):
@@ -232,12 +236,12 @@ class Objective:
         return err if math.isfinite(err) else float("inf")
 
     def mse(self, ts: Tensor, model_ts: Tensor | None, x: Tensor, target: Tensor,
-            weights: Tensor | None = None) -> float:
+            weights: Tensor | None = None, den=None) -> float:
         """The mean squared error per entry of the solve from ``x`` (any batch, with its own
-        row ``weights`` or none; not counted): what a robust or custom objective is reported
-        in beside its own value."""
-        model = self.den if model_ts is None else ModelTimes(self.den, ts, model_ts)
-        err = weighted_mse(solve(model, x, self.solver, ts, **self.solver_options), target, weights)
+        row ``weights`` or none and its own ``den``, as ``error``; not counted): what a robust
+        or custom objective is reported in beside its own value."""
+        out = solve(self._model(ts, model_ts, den), x, self.solver, ts, **self.solver_options)
+        err = weighted_mse(out, target, weights)
         return err if math.isfinite(err) else float("inf")
 
     def __call__(self, ts: Tensor, model_ts: Tensor | None = None) -> float:

@@ -53,40 +53,54 @@ def boundary_score(den, x_T: Tensor, probes: list[Tensor], reference: Tensor, so
     return torch.stack(scores).max(0).values
 
 
-def stratified_training_set(den, shape, n_hard: int = 512, n_bulk: int = 1024, n_pool: int = 16384,
-                            seed: int = 20240, probes: list[Tensor] | None = None, probe_solver: str = "unipc",
-                            reference_steps: int = 40, teacher_steps: int = 200, teacher_solver: str = "dpmpp-3m",
-                            t_lo: float | None = None, dtype=torch.float64, t_max: float | None = None
-                            ) -> tuple[Tensor, Tensor, Tensor]:
-    """Training noises ``x_T`` ``[n_hard + n_bulk, *shape]``, their teacher endpoints and row
-    weights ``[n_hard + n_bulk]`` (mean 1), stratified by ``boundary_score`` (module doc).
-
-    ``probes`` default to the process's starting grids (``initial_grids``) of ``PROBE_STEPS``
-    steps; ``probe_solver`` solves them. The pool is drawn with ``seed`` and scaled by
-    ``sigma(t_max)``; the bulk rows are chosen with the same seed. Pass the result as
-    ``optimize(..., x_T=x_T, teacher=teacher, weights=weights)`` (or as a ``holdout``
-    triple)."""
-    n_pool, n_hard, n_bulk = int(n_pool), int(n_hard), int(n_bulk)
+def stratified_rows(den, pool: Tensor, n_hard: int, n_bulk: int, generator: torch.Generator,
+                    probes: list[Tensor] | None = None, probe_solver: str = "unipc", reference_steps: int = 40,
+                    teacher_solver: str = "dpmpp-3m", t_lo: float | None = None, t_max: float | None = None
+                    ) -> tuple[Tensor, Tensor]:
+    """Steps 1-3 of the module doc on a given ``pool`` ``[P, *shape]`` of noises (``den``
+    conditioned row by row alike, e.g. class labels ``[P]``): the chosen rows ``[n_hard +
+    n_bulk]`` (the hard stratum first, then the bulk drawn with ``generator``) and their
+    weights (mean 1). A conditional model's fit then runs on ``den.select(rows)``."""
+    n_pool, n_hard, n_bulk = int(pool.shape[0]), int(n_hard), int(n_bulk)
     if n_hard < 0 or n_bulk < 1 or n_hard + n_bulk > n_pool:
         raise ValueError(f"need 0 <= n_hard, 1 <= n_bulk and n_hard + n_bulk <= n_pool; got n_hard={n_hard}, "
                          f"n_bulk={n_bulk}, n_pool={n_pool}")
     process = den.process
     t_lo = default_t_lo(process) if t_lo is None else float(t_lo)
-    g = torch.Generator().manual_seed(int(seed))  # draws the pool, then the bulk rows
-    pool = start_noise(process, n_pool, shape, g, dtype, t_max)  # [P, *shape]
     if probes is None:
         probes = [ts for steps in PROBE_STEPS for ts in initial_grids(process, steps, t_max=t_max)]
     reference = teacher_endpoint(den, pool, reference_steps, teacher_solver, t_end=t_lo, t_max=t_max)
     score = boundary_score(den, pool, probes, reference, probe_solver)  # [P]
     order = torch.argsort(score, descending=True)
     hard, rest = order[:n_hard], order[n_hard:]
-    bulk = rest[torch.randperm(rest.numel(), generator=g)[:n_bulk]]
-    rows = torch.cat([hard, bulk])
+    bulk = rest[torch.randperm(rest.numel(), generator=generator)[:n_bulk]]
     weights = torch.cat([torch.full((n_hard,), 1.0 / n_pool, dtype=torch.float64),
                          torch.full((n_bulk,), (n_pool - n_hard) / (n_pool * n_bulk), dtype=torch.float64)])
-    x_T, teacher = training_set(den, pool[rows], None, teacher_steps=teacher_steps, teacher_solver=teacher_solver,
+    return torch.cat([hard, bulk]), weights / weights.mean()
+
+
+def stratified_training_set(den, shape, n_hard: int = 512, n_bulk: int = 1024, n_pool: int = 16384,
+                            seed: int = 20240, probes: list[Tensor] | None = None, probe_solver: str = "unipc",
+                            reference_steps: int = 40, teacher_steps: int = 200, teacher_solver: str = "dpmpp-3m",
+                            t_lo: float | None = None, dtype=torch.float64, t_max: float | None = None
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    """Training noises ``x_T`` ``[n_hard + n_bulk, *shape]``, their teacher endpoints and row
+    weights ``[n_hard + n_bulk]`` (mean 1), stratified by ``boundary_score`` (module doc;
+    ``stratified_rows``).
+
+    ``probes`` default to the process's starting grids (``initial_grids``) of ``PROBE_STEPS``
+    steps; ``probe_solver`` solves them. The pool is drawn with ``seed`` and scaled by
+    ``sigma(t_max)``; the bulk rows are chosen with the same seed. Pass the result as
+    ``optimize(..., x_T=x_T, teacher=teacher, weights=weights)`` (or as a ``holdout``
+    triple). For a model conditioned row by row, draw the pool yourself and use
+    ``stratified_rows``."""
+    g = torch.Generator().manual_seed(int(seed))  # draws the pool, then the bulk rows
+    pool = start_noise(den.process, int(n_pool), shape, g, dtype, t_max)  # [P, *shape]
+    rows, weights = stratified_rows(den, pool, n_hard, n_bulk, g, probes, probe_solver, reference_steps,
+                                    teacher_solver, t_lo, t_max)
+    x_T, teacher = training_set(den.select(rows), pool[rows], None, teacher_steps=teacher_steps, teacher_solver=teacher_solver,
                                 t_lo=t_lo, t_max=t_max)
-    return x_T, teacher, weights / weights.mean()
+    return x_T, teacher, weights
 
 
-__all__ = ["boundary_score", "stratified_training_set"]
+__all__ = ["boundary_score", "stratified_rows", "stratified_training_set"]
