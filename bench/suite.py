@@ -44,8 +44,10 @@ from diffinfer.toys.reference import pf_ode_solution
 
 F64 = torch.float64
 T_REF = 1e-5
-#: fixed before any tuning; the rule's settings were chosen on other seeds (TUNING_SEEDS)
-SUITE_SEEDS = list(range(1400, 1408))
+#: fixed before any tuning; the rule's settings were chosen on other seeds (TUNING_SEEDS).
+#: 1400-1407 first; 1408-1419 added with the rule unchanged (on 8 problems the goal's 90% meant
+#: every one; 20 measure the fraction it states), drawn by the same generator, never tuned on
+SUITE_SEEDS = list(range(1400, 1420))
 QUICK_SEEDS = [900, 901]  # tuning seeds: the quick smoke test never looks at the suite
 TUNING_SEEDS = list(range(900, 908))
 NFES = list(range(4, 11))
