@@ -37,6 +37,7 @@ grids are read from (and missing ones added to) ``bench/results/grids/<model>.js
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import pathlib
@@ -328,9 +329,7 @@ def digits_reference(den, x_T: Tensor) -> Tensor:
     return grids.teacher_endpoint(den, x_T, DIGITS_REFERENCE_STEPS, "dpmpp-3m", t_end=den.process.t_min)
 
 
-_DIGITS_DATA: dict = {}
-
-
+@functools.cache  # one model, one pair of sets for every NFE
 def digits_stratified(base) -> tuple:
     """The digits model-times refit's training and held-out rows (seeds 777 and 778, the same
     for every NFE, computed once): ``grids.stratified_rows`` of a pool of ``POOL_FACTOR x n``
@@ -338,21 +337,19 @@ def digits_stratified(base) -> tuple:
     x n`` hard ones), each row with its own label (the model ``den.select(rows)``) and its
     teacher (``digits_reference``'s solver and steps). Returns ``((den, x_T, teacher,
     weights), (den, x_T, teacher, weights))``."""
-    if id(base) not in _DIGITS_DATA:
-        n, process, shape = DIGITS_FIT["n_train"], base.process, tuple(base.shape)
-        out = []
-        for seed in (777, 778):
-            g = torch.Generator().manual_seed(seed)
-            pool = grids.start_noise(process, POOL_FACTOR * n, shape, g, torch.float32)  # [P, *shape]
-            den = base.bind(label=digits_labels(POOL_FACTOR * n))
-            with torch.no_grad():
-                rows, weights = grids.stratified_rows(den, pool, int(HARD_FRACTION * n), n, g, t_lo=process.t_min)
-                den = den.select(rows)
-                x_T, teacher = grids.training_set(den, pool[rows], None, teacher_steps=DIGITS_REFERENCE_STEPS,
-                                                  t_lo=process.t_min)
-            out.append((den, x_T, teacher, weights))
-        _DIGITS_DATA[id(base)] = tuple(out)
-    return _DIGITS_DATA[id(base)]
+    n, process, shape = DIGITS_FIT["n_train"], base.process, tuple(base.shape)
+    out = []
+    for seed in (777, 778):
+        g = torch.Generator().manual_seed(seed)
+        pool = grids.start_noise(process, POOL_FACTOR * n, shape, g, torch.float32)  # [P, *shape]
+        den = base.bind(label=digits_labels(POOL_FACTOR * n))
+        with torch.no_grad():
+            rows, weights = grids.stratified_rows(den, pool, int(HARD_FRACTION * n), n, g, t_lo=process.t_min)
+            den = den.select(rows)
+            x_T, teacher = grids.training_set(den, pool[rows], None, teacher_steps=DIGITS_REFERENCE_STEPS,
+                                              t_lo=process.t_min)
+        out.append((den, x_T, teacher, weights))
+    return tuple(out)
 
 
 def digits_grid(base, nfe: int, grids_dir: pathlib.Path, compute: bool):
