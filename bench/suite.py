@@ -21,7 +21,9 @@ problem and NFE with the low-dimensional spline parameterisation (``grids.Spline
 last noise level, ``fit_rule``) started from
 every grid family of the process and, from NFE 9 down, from the best one-point-removed
 grid (``grids.shrink``) of the next larger NFE's fit (``SHRINK_CHAIN``: the NFEs are fitted
-from the largest down), then decoupled model times (``grids.ModelTimes``, LD3)
+from the largest down; then, ``GROW_CHAIN``, from the smallest up each fit is refitted where the
+next smaller NFE's grid with one point inserted, ``grids.insertions``, beats its grid on the
+training loss, ``grow_repair``), then decoupled model times (``grids.ModelTimes``, LD3)
 fitted from the chosen grid; the mean-squared loss, ``N_TRAIN`` training noises (seed ``TRAIN_SEED_OFFSET + seed``)
 and selection by ``N_HOLDOUT`` held-out training noises (the next seed), each set stratified
 (``STRATIFIED``, ``rule_data``: the rare noises a few-step solve sends to another mode, which
@@ -84,6 +86,11 @@ MODEL_TIMES = True
 #: (NFE 5: 0.37 -> 0.64x, NFE 8: 0.87 -> 0.74x); with it and the touching flows 900 and 907 (run
 #: afterwards, changes <= 0.03) all eight tuning seeds give 9 -> 8 of 56 cells, x0.98
 SHRINK_CHAIN = True
+#: then a pass from the smallest NFE up: where the best one-point-inserted grid (``grids.insertions``)
+#: of NFE n - 1's spline grid has a lower training loss than NFE n's spline grid (a fit left in a
+#: worse basin than the grid one step shorter), NFE n is refitted with it as one more start and
+#: the fit with the lower held-out MSE is kept (``grow_repair``)
+GROW_CHAIN = True
 MODEL_TIMES_EVALS_PER_STEP, MODEL_TIMES_MAX_EVALS = 25, 120
 #: stratified training and held-out noise (``grids.stratified_training_set``, ``rule_data``)
 STRATIFIED = True
@@ -189,11 +196,35 @@ def shrunk_start(den, larger, train):
     return min(grids.shrink(larger), key=lambda g: loss(g, None))
 
 
-def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None):
+def grown_start(den, smaller, train):
+    """The best one-point-inserted grid (``grids.insertions``) of ``smaller``, the rule's grid for
+    one step fewer, by the mean-squared loss on the rule's training noise ``train``, and that loss."""
+    _, solver, opts = RULE
+    x_T, teacher, weights = train
+    loss = grids.Objective(den, solver, opts, x_T, teacher, weights=weights)
+    return min(((g, loss(g, None)) for g in grids.insertions(smaller)), key=lambda gl: gl[1])
+
+
+def grow_repair(den, nfe: int, data: tuple, max_evals: int, fitted: tuple, smaller):
+    """NFE ``nfe``'s fit ``fitted`` (``(record, spline grid)``, ``fit_rule``) checked against
+    ``smaller``, the rule's spline grid for ``nfe - 1`` steps: if the best grid made from it by
+    inserting one point (``grown_start``) has a lower training loss than ``fitted``'s spline grid,
+    ``fit_rule`` again with that grid as one more start, and of the two the record with the lower
+    held-out MSE (with its spline grid). Else ``fitted`` unchanged (no solve beyond the check)."""
+    _, solver, opts = RULE
+    x_T, teacher, weights = data[0]
+    start, start_loss = grown_start(den, smaller, data[0])
+    if start_loss >= grids.Objective(den, solver, opts, x_T, teacher, weights=weights)(fitted[1], None):
+        return fitted
+    refit = fit_rule(den, nfe, data, max_evals, extra_starts=[start])
+    return min((fitted, refit), key=lambda f: f[0].holdout_mse)
+
+
+def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None, extra_starts=()):
     """The rule's fit on ``data`` (``rule_data``: training and held-out noise): UniPC on a spline
     grid of ``KNOTS[0]`` intervals from every grid family of the process (and, with ``larger``,
     the rule's grid for ``nfe + 1`` steps, from its best one-point-removed grid,
-    ``shrunk_start``), then of ``KNOTS[1]`` intervals from that fit (and the same starts); of the
+    ``shrunk_start``; and any ``extra_starts``), then of ``KNOTS[1]`` intervals from that fit (and the same starts); of the
     two, the one with the lower MSE on the held-out training noise. Returns the final record
     (with decoupled model times) and the chosen spline grid (the next smaller NFE's ``larger``)."""
     _, solver, opts = RULE
@@ -202,6 +233,7 @@ def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None):
     starts = [b(den.process, nfe) for b in grid_families(den.process).values()]
     if larger is not None and SHRINK_CHAIN:
         starts.append(shrunk_start(den, larger, train))
+    starts += list(extra_starts)
     common = dict(x_T=x_T, teacher=teacher, weights=weights, holdout=holdout, max_evals=max_evals,
                   parameterization="spline", **opts)
     fits = [grids.optimize(den, solver, nfe, init=starts, knots=KNOTS[0], **common)]
@@ -234,8 +266,19 @@ def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_
     fams = grid_families(process)
     names = anchors.available(process)
     data = rule_data(den, spec["dim"], seed, n_train, n_holdout)  # one training set for every NFE's fit
-    larger = None
+    fitted, larger, regrown = {}, None, set()  # nfe -> (record, spline grid); NFEs grow_repair refitted
     for nfe in sorted(nfes, reverse=True):  # the rule fits from the largest NFE down (SHRINK_CHAIN)
+        fitted[nfe] = fit_rule(den, nfe, data, max_evals,
+                               larger if larger is not None and larger.numel() == nfe + 2 else None)
+        larger = fitted[nfe][1]
+    if GROW_CHAIN:  # then up: no NFE's fit left worse than the one-step-shorter grid grown by a point
+        for nfe in sorted(nfes):
+            if nfe - 1 in fitted:
+                down = fitted[nfe]
+                fitted[nfe] = grow_repair(den, nfe, data, max_evals, down, fitted[nfe - 1][1])
+                if fitted[nfe] is not down:
+                    regrown.add(nfe)
+    for nfe in sorted(nfes, reverse=True):
         for fam, builder in fams.items():
             ts = builder(process, nfe)
             for label, solver, opts in PLAIN:
@@ -251,14 +294,13 @@ def run_problem(seed: int, nfes, n_eval: int, n_train: int, n_holdout: int, max_
                     log(f"  problem {seed} {name} nfe {nfe} {fam}: failed: {type(e).__name__}: {e}")
                     continue
                 rows.append({"nfe": nfe, "method": name, "library": a.library, "grid": fam, **score(x)})
-        rec, larger = fit_rule(den, nfe, data, max_evals,
-                               larger if larger is not None and larger.numel() == nfe + 2 else None)
+        rec = fitted[nfe][0]
         x = di.sample(rec.denoiser(den), x_T, solver=rec.solver, ts=rec.grid, **rec.solver_options).x
         rows.append({"nfe": nfe, "method": RULE[0], "library": "diffinfer", "grid": "fitted", **score(x)})
         rule_rmse = rows[-1]["rmse"]
         fits.append({"nfe": nfe, "ts": rec.ts, "knots": rec.knots, "model_ts": rec.model_ts, "train_mse": rec.train_mse, "holdout_mse": rec.holdout_mse,
                      "initial_loss": rec.initial_loss, "loss": rec.loss, "evals": rec.evals, "seconds": rec.seconds,
-                     "eval_mse": rule_rmse ** 2})
+                     "eval_mse": rule_rmse ** 2, "regrown": nfe in regrown})
     per_nfe = []
     for nfe in nfes:
         here = [r for r in rows if r["nfe"] == nfe]
@@ -308,6 +350,9 @@ def markdown(report: dict) -> str:
              "model times (`model_times=True`) fitted from it, the checkpoint chosen on held-out training noise. "
              + ("The NFEs are fitted from the largest down, each also started from the best (training loss) "
                 "one-point-removed grid (`grids.shrink`) of the next larger NFE's spline grid. " if SHRINK_CHAIN else "")
+             + ("Then from the smallest NFE up, a fit whose spline grid has a higher training loss than the best "
+                "one-point-inserted grid (`grids.insertions`) of the next smaller NFE's is refitted with that grid "
+                "as one more start, keeping the fit with the lower held-out MSE (`grow_repair`). " if GROW_CHAIN else "")
              + (f"Training and held-out noise are stratified (`grids.stratified_training_set`): n_train (n_holdout) "
                 f"uniform rows plus {HARD_FRACTION:g}x as many from the hard stratum of a pool {POOL_FACTOR}x larger "
                 "(the noises UniPC on every grid family at `grids.PROBE_STEPS` steps errs on most), weighted so the "
@@ -340,11 +385,12 @@ def markdown(report: dict) -> str:
                          f"{r['p90']:.3g} | {r.get('flips', '-')} | {a['method']} @ {a['grid']} | {a['rmse']:.3g} | "
                          f"{a['median']:.3g} | {a['p90']:.3g} | {a.get('flips', '-')} | {q['ratio']:.2f} |")
     lines += ["", "## Fits: training vs held-out vs evaluation MSE (per entry)", "",
-              "| seed | NFE | train | held-out | evaluation |", "|---|---|---|---|---|"]
+              "Regrown: the fit `grow_repair` replaced (GROW_CHAIN).", "",
+              "| seed | NFE | train | held-out | evaluation | regrown |", "|---|---|---|---|---|---|"]
     for p in report["problems"]:
         for f in p["fits"]:
             lines.append(f"| {p['problem']['seed']} | {f['nfe']} | {f['train_mse']:.3g} | {f['holdout_mse']:.3g} | "
-                         f"{f['eval_mse']:.3g} |")
+                         f"{f['eval_mse']:.3g} | {'yes' if f.get('regrown') else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -374,6 +420,8 @@ def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None, jobs: int
                        "evals_per_fit": max_evals, "eval_seed_offset": EVAL_SEED_OFFSET,
                        "train_seed_offset": TRAIN_SEED_OFFSET, "rule": {"label": RULE[0], "solver": RULE[1],
                                                                          "knots": list(KNOTS),
+                                                                         "shrink_chain": SHRINK_CHAIN,
+                                                                         "grow_chain": GROW_CHAIN,
                                                                          "stratified": STRATIFIED,
                                                                          "hard_fraction": HARD_FRACTION,
                                                                          "pool_factor": POOL_FACTOR},

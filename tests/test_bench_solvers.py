@@ -300,16 +300,63 @@ def test_suite_fits_from_the_largest_nfe_down_and_hands_each_grid_to_the_next(mo
     calls = []
     real = suite.fit_rule
 
-    def spy(den, nfe, data, max_evals, larger=None):
-        rec, grid = real(den, nfe, data, max_evals, larger)
+    def spy(den, nfe, data, max_evals, larger=None, extra_starts=()):
+        rec, grid = real(den, nfe, data, max_evals, larger, extra_starts)
         calls.append((nfe, None if larger is None else larger.tolist(), grid.tolist()))
         return rec, grid
+    repairs = []
+    real_repair = suite.grow_repair
+
+    def spy_repair(den, nfe, data, max_evals, fitted, smaller):
+        repairs.append((nfe, smaller.tolist()))
+        return real_repair(den, nfe, data, max_evals, fitted, smaller)
     monkeypatch.setattr(suite, "fit_rule", spy)
+    monkeypatch.setattr(suite, "grow_repair", spy_repair)
     out = suite.run_problem(suite.QUICK_SEEDS[0], [4, 5], n_eval=16, n_train=16, n_holdout=16, max_evals=6,
                             log=lambda *a: None)
-    assert [c[0] for c in calls] == [5, 4] and calls[0][1] is None
+    assert [c[0] for c in calls[:2]] == [5, 4] and calls[0][1] is None
     assert calls[1][1] == calls[0][2] and len(calls[1][1]) == 6  # a 5-step grid
+    assert repairs == [(5, calls[1][2])]  # then up (GROW_CHAIN): NFE 4's final grid checked against NFE 5's fit
+    assert [c[0] for c in calls[2:]] in ([], [5])
     assert [f["nfe"] for f in out["fits"]] == [4, 5] and [q["nfe"] for q in out["per_nfe"]] == [4, 5]
+
+
+def _quick_problem():
+    from bench import suite
+    spec = suite.problem(suite.QUICK_SEEDS[0])
+    den = spec["mixture"].denoiser(suite.make_process(spec["process"]))
+    return suite, den, suite.rule_data(den, spec["dim"], suite.QUICK_SEEDS[0], n_train=64, n_holdout=64)
+
+
+def test_suite_grow_repair_refits_only_a_fit_worse_than_the_shorter_grid_grown(monkeypatch):
+    """``grow_repair`` leaves a fit alone when its spline grid beats every one-point insertion
+    of the shorter grid (no refit), and otherwise refits with the best insertion as one more
+    start and keeps whichever record has the lower held-out MSE."""
+    from types import SimpleNamespace
+    from diffinfer import grids
+    suite, den, data = _quick_problem()
+    F64 = torch.float64
+    smaller = grids.uniform(den.process, 4)  # [5]
+    bad_grid = torch.tensor([1.0, 0.9999, 0.9998, 0.9997, 0.9996, 0.0], dtype=F64)  # one real step
+    x_T, teacher, weights = data[0]
+    loss = grids.Objective(den, suite.RULE[1], suite.RULE[2], x_T, teacher, weights=weights)
+    start, start_loss = suite.grown_start(den, smaller, data[0])
+    assert start.numel() == 6 and set(smaller.tolist()) < set(start.tolist())
+    assert start_loss == min(loss(g, None) for g in grids.insertions(smaller))
+    assert start_loss < loss(bad_grid, None)  # the planted grid is what it says
+    good = (SimpleNamespace(holdout_mse=1e-9), start.clone())  # a fit as good as the best insertion: kept
+    refits = []
+
+    def fake_fit(den_, nfe, data_, max_evals, larger=None, extra_starts=()):
+        refits.append((nfe, [g.tolist() for g in extra_starts]))
+        return SimpleNamespace(holdout_mse=1e-3), extra_starts[0]
+    monkeypatch.setattr(suite, "fit_rule", fake_fit)
+    assert suite.grow_repair(den, 5, data, 6, good, smaller) is good and refits == []
+    worse = (SimpleNamespace(holdout_mse=1.0), bad_grid)
+    rec, grid = suite.grow_repair(den, 5, data, 6, worse, smaller)
+    assert refits == [(5, [start.tolist()])] and rec.holdout_mse == 1e-3 and torch.equal(grid, start)
+    lucky = (SimpleNamespace(holdout_mse=1e-6), bad_grid)  # the held-out MSE decides between the two
+    assert suite.grow_repair(den, 5, data, 6, lucky, smaller) is lucky and len(refits) == 2
 
 
 def test_suite_rule_data_is_stratified_and_the_rule_fits_with_its_weights():

@@ -127,6 +127,27 @@ def test_shrink_removes_each_positive_point_after_t_max_once():
         grids.shrink(torch.tensor([1.0, 0.5, 0.1], dtype=F64))
 
 
+def test_insertions_add_each_midpoint_once_and_undo_shrink():
+    ts = torch.tensor([1.0, 0.7, 0.3, 0.05, 0.0], dtype=F64)
+    grown = grids.insertions(ts)
+    assert len(grown) == 4  # one per step: three midpoints (t_max's interval too) and one below 0.05
+    added = []
+    for g in grown:
+        assert g.numel() == 6 and float(g[0]) == 1.0 and float(g[-1]) == 0.0 and bool((g[1:] < g[:-1]).all())
+        assert set(ts.tolist()) < set(g.tolist())
+        assert any(torch.equal(h, ts) for h in grids.shrink(g))  # removing the new point gives ts back
+        added += list(set(g.tolist()) - set(ts.tolist()))
+    want = [math.sqrt(0.7), math.sqrt(0.7 * 0.3), math.sqrt(0.3 * 0.05), 0.05 * 0.05 / 0.3]
+    assert sorted(added) == pytest.approx(sorted(want), rel=1e-12)
+    one = grids.insertions(torch.tensor([1.0, 0.2, 0.0], dtype=F64))
+    torch.testing.assert_close(one[0], torch.tensor([1.0, math.sqrt(0.2), 0.2, 0.0], dtype=F64))
+    torch.testing.assert_close(one[1], torch.tensor([1.0, 0.2, 0.04, 0.0], dtype=F64))
+    with pytest.raises(ValueError, match="positive point after t_max"):
+        grids.insertions(torch.tensor([1.0, 0.0], dtype=F64))
+    with pytest.raises(ValueError, match="ending at 0"):
+        grids.insertions(torch.tensor([1.0, 0.5, 0.1], dtype=F64))
+
+
 def test_save_load_round_trip(tmp_path):
     rec = grids.OptimizedGrid(ts=[1.0, 0.3, 0.01, 0.0], solver="unipc", steps=3, loss=1e-3, initial_loss=2e-3)
     rec3 = grids.OptimizedGrid(ts=[1.0, 0.2, 0.0], solver="unipc", steps=2, solver_options={"order": 3})

@@ -31,7 +31,7 @@ _FITTING = {
     "training_set": "fit_objective", "start_noise": "fit_objective", "stratified_training_set": "fit_strata", "stratified_rows": "fit_strata", "boundary_score": "fit_strata", "PROBE_STEPS": "fit_strata",
     "GridParams": "fit_params", "SplineParams": "fit_params", "spline_positions": "fit_params",
     "SPLINE_VARIABLES": "fit_params", "noise_fraction": "fit_params", "logsnr_of_noise_fraction": "fit_params",
-    "robust_loss": "fit_objective", "default_t_lo": "fit_params", "grid_from_params": "fit_params", "grow": "fit_params", "shrink": "fit_params",
+    "robust_loss": "fit_objective", "default_t_lo": "fit_params", "grid_from_params": "fit_params", "grow": "fit_params", "shrink": "fit_params", "insertions": "fit_params",
     "initial_grids": "fit_params", "initial_simplex": "fit_params", "model_times_from_params": "fit_params",
     "params_from_grid": "fit_params",
     "best": "fit_search",
@@ -61,7 +61,7 @@ __all__ = [
     # fitting
     "optimize", "fit_candidates", "best", "training_set", "start_noise", "stratified_training_set", "stratified_rows", "boundary_score", "PROBE_STEPS", "teacher_endpoint", "geometric_tail", "solve", "Objective",
     "GridParams", "SplineParams", "SPLINE_VARIABLES", "spline_positions", "noise_fraction", "logsnr_of_noise_fraction", "robust_loss", "grid_from_params", "params_from_grid", "model_times_from_params", "initial_grids",
-    "initial_simplex", "grow", "shrink", "default_t_lo", "ModelTimes",
+    "initial_simplex", "grow", "shrink", "insertions", "default_t_lo", "ModelTimes",
     # storage
     "OptimizedGrid", "grid_key", "save", "load",
 ]

@@ -112,6 +112,22 @@ def shrink(ts: Tensor) -> list[Tensor]:
     return [torch.cat([ts[:k], ts[k + 1:]]) for k in range(1, ts.numel() - 1)]
 
 
+def insertions(ts: Tensor) -> list[Tensor]:
+    """The grids of one step more made from ``ts`` (``[n + 1]``, ending at ``0``) by inserting
+    one point: at the geometric mean of each interval between positive points, or below the
+    last noise level at ``ts[n-1]^2 / ts[n-2]`` (the last ratio continued; ``n`` grids
+    ``[n + 2]``): warm starts for fitting the next larger NFE from a fitted grid, the
+    counterpart of ``shrink``; a caller picks among them by its own loss."""
+    ts = validate(ts)
+    if float(ts[-1]) != 0.0 or ts.numel() < 3:
+        raise ValueError(f"insertions needs a grid ending at 0 with a positive point after t_max, got {ts.tolist()}")
+    pos = ts[:-1]  # [n] positive points
+    inner = (pos[:-1] * pos[1:]).sqrt()  # [n - 1] geometric midpoints
+    below = pos[-1:] ** 2 / pos[-2:-1]  # [1]
+    out = [torch.cat([ts[:k + 1], inner[k:k + 1], ts[k + 1:]]) for k in range(inner.numel())]
+    return out + [torch.cat([pos, below, ts[-1:]])]
+
+
 def initial_grids(process: Process, steps: int, t_max: float | None = None, t_min: float | None = None) -> list[Tensor]:
     """Starting points: the default grid of the process, and the Karras grid where finite
     (from ``t_max`` to ``t_min``, then ``0``; default the process's bounds)."""
@@ -239,7 +255,7 @@ class GridParams:
         return starts
 
 
-__all__ = ["GridParams", "SplineParams", "SPLINE_VARIABLES", "spline_positions", "noise_fraction", "logsnr_of_noise_fraction", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow", "shrink",
+__all__ = ["GridParams", "SplineParams", "SPLINE_VARIABLES", "spline_positions", "noise_fraction", "logsnr_of_noise_fraction", "default_t_lo", "grid_from_params", "params_from_grid", "model_times_from_params", "grow", "shrink", "insertions",
            "initial_grids", "initial_simplex"]
 
 
