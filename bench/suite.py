@@ -185,23 +185,27 @@ def rule_data(den, dim: int, seed: int, n_train: int, n_holdout: int) -> tuple:
     return tuple(out)
 
 
+def train_loss(den, train) -> grids.Objective:
+    """The rule's mean-squared loss on its training noise ``train`` (``rule_data``'s first
+    ``(x_T, teacher, weights)``): ``loss(grid, None)``, by which the chains pick their starts."""
+    _, solver, opts = RULE
+    x_T, teacher, weights = train
+    return grids.Objective(den, solver, opts, x_T, teacher, weights=weights)
+
+
 def shrunk_start(den, larger, train):
     """The best one-point-removed grid (``grids.shrink``) of ``larger``, the rule's grid for one
     step more, by the mean-squared loss on the rule's training noise ``train`` (``rule_data``): a
     start that keeps a larger NFE's basin (e.g. a last noise level small enough for directions of
     small variance)."""
-    _, solver, opts = RULE
-    x_T, teacher, weights = train
-    loss = grids.Objective(den, solver, opts, x_T, teacher, weights=weights)
+    loss = train_loss(den, train)
     return min(grids.shrink(larger), key=lambda g: loss(g, None))
 
 
 def grown_start(den, smaller, train):
     """The best one-point-inserted grid (``grids.insertions``) of ``smaller``, the rule's grid for
     one step fewer, by the mean-squared loss on the rule's training noise ``train``, and that loss."""
-    _, solver, opts = RULE
-    x_T, teacher, weights = train
-    loss = grids.Objective(den, solver, opts, x_T, teacher, weights=weights)
+    loss = train_loss(den, train)
     return min(((g, loss(g, None)) for g in grids.insertions(smaller)), key=lambda gl: gl[1])
 
 
@@ -211,10 +215,8 @@ def grow_repair(den, nfe: int, data: tuple, max_evals: int, fitted: tuple, small
     inserting one point (``grown_start``) has a lower training loss than ``fitted``'s spline grid,
     ``fit_rule`` again with that grid as one more start, and of the two the record with the lower
     held-out MSE (with its spline grid). Else ``fitted`` unchanged (no solve beyond the check)."""
-    _, solver, opts = RULE
-    x_T, teacher, weights = data[0]
     start, start_loss = grown_start(den, smaller, data[0])
-    if start_loss >= grids.Objective(den, solver, opts, x_T, teacher, weights=weights)(fitted[1], None):
+    if start_loss >= train_loss(den, data[0])(fitted[1], None):
         return fitted
     refit = fit_rule(den, nfe, data, max_evals, extra_starts=[start])
     return min((fitted, refit), key=lambda f: f[0].holdout_mse)
