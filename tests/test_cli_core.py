@@ -50,7 +50,7 @@ def test_demo_shows_the_shipped_fitted_grid_beside_the_default(tmp_path, capsys)
     fitted = [k for k in rows if k[0].endswith("+fit")]
     assert fitted == [("unipc[order=3]+fit", 5)], rows
     assert rows[fitted[0]] < 0.2 * rows[("dpmpp-2m", 5)], rows
-    assert main(["demo", "--n", "2", "--steps", "7", "--solvers", "ddim", "--out", out]) == 0  # none fitted at 7
+    assert main(["demo", "--n", "2", "--steps", "12", "--solvers", "ddim", "--out", out]) == 0  # none fitted at 12
     assert not any(k[0].endswith("+fit") for k in _demo_rows(capsys.readouterr().out))
     assert main(["demo", "--n", "2", "--steps", "5", "--solvers", "ddim", "--no-fitted", "--out", out]) == 0
     assert not any(k[0].endswith("+fit") for k in _demo_rows(capsys.readouterr().out))
