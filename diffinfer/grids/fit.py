@@ -119,8 +119,11 @@ def optimize(den, solver="unipc", steps: int = 6, x_T: Tensor | None = None, tea
     held = None if holdout is None else (lambda ts, model_ts: loss.error(ts, model_ts, *holdout, den=holdout_den))
     (best_loss, (ts, model_ts)), holdout_loss, initial_holdout_loss = early_stop(visited, held)
     seconds = time.perf_counter() - start
-    train_mse = loss.mse(ts, model_ts, x_T, teacher, loss.weights)
-    holdout_mse = float("nan") if holdout is None else loss.mse(ts, model_ts, *holdout, den=holdout_den)
+    if distance is None and robust in (None, "mse"):  # the objective is the MSE: its values already are
+        train_mse, holdout_mse = float(best_loss), float("nan") if holdout is None else float(holdout_loss)
+    else:
+        train_mse = loss.mse(ts, model_ts, x_T, teacher, loss.weights)
+        holdout_mse = float("nan") if holdout is None else loss.mse(ts, model_ts, *holdout, den=holdout_den)
     return OptimizedGrid(ts=[float(t) for t in ts], solver=str(solver), steps=params.steps,
                          solver_options=dict(solver_options), loss=float(best_loss), initial_loss=float(initial_loss),
                          evals=loss.evals, seconds=seconds, n_train=int(x_T.shape[0]),
