@@ -222,13 +222,14 @@ def grow_repair(den, nfe: int, data: tuple, max_evals: int, fitted: tuple, small
     return min((fitted, refit), key=lambda f: f[0].holdout_mse)
 
 
-def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None, extra_starts=()):
+def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None, extra_starts=(), **fit_options):
     """The rule's fit on ``data`` (``rule_data``: training and held-out noise): UniPC on a spline
     grid of ``KNOTS[0]`` intervals from every grid family of the process (and, with ``larger``,
     the rule's grid for ``nfe + 1`` steps, from its best one-point-removed grid,
     ``shrunk_start``; and any ``extra_starts``), then of ``KNOTS[1]`` intervals from that fit (and the same starts); of the
     two, the one with the lower MSE on the held-out training noise. Returns the final record
-    (with decoupled model times) and the chosen spline grid (the next smaller NFE's ``larger``)."""
+    (with decoupled model times) and the chosen spline grid (the next smaller NFE's ``larger``).
+    ``fit_options`` go to every ``grids.optimize`` (digits: ``t_lo``, ``holdout_den``)."""
     _, solver, opts = RULE
     train, holdout = data
     x_T, teacher, weights = train
@@ -237,7 +238,7 @@ def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None, extra_star
         starts.append(shrunk_start(den, larger, train))
     starts += list(extra_starts)
     common = dict(x_T=x_T, teacher=teacher, weights=weights, holdout=holdout, max_evals=max_evals,
-                  parameterization="spline", **opts)
+                  parameterization="spline", **opts, **fit_options)
     fits = [grids.optimize(den, solver, nfe, init=starts, knots=KNOTS[0], **common)]
     if grids.SplineParams.of(den.process, nfe, knots=KNOTS[1]).k > grids.SplineParams.of(den.process, nfe,
                                                                                       knots=KNOTS[0]).k:

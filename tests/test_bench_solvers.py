@@ -383,3 +383,64 @@ def test_suite_rule_data_is_stratified_and_the_rule_fits_with_its_weights():
     out = grids.solve(model, train[0], rec.solver, ts, **rec.solver_options)
     assert rec.train_mse == pytest.approx(weighted_mse(out, train[1], train[2]), rel=1e-10)
     assert rec.train_mse != pytest.approx(weighted_mse(out, train[1]), rel=1e-6)
+
+
+class _LabelledRing:
+    """A conditional ring2d model shaped like ``zoo.load("digits")`` (``process``, ``shape``,
+    ``bind``), hashable as ``digits_stratified``'s cache needs."""
+
+    def __init__(self):
+        from diffinfer.toys import gaussian_mixture
+        ring = gaussian_mixture.preset("ring2d").denoiser(di.VP("linear"))
+        self.process, self.shape = ring.process, (2,)
+        self._den = di.Denoiser(lambda x, t, label: ring.x0(x, t) + 0.05 * label.to(x.dtype)[:, None],
+                                ring.process, "x0")
+
+    def bind(self, **kw):
+        return self._den.bind(**kw)
+
+
+def test_digits_rule_stage_keeps_the_lower_heldout_record_and_reads_it_back(tmp_path, monkeypatch):
+    """``digits_rule_grid``: the suite's rule fitted on ``digits_stratified(base, DIGITS_RULE_ROWS)``
+    rows, compared with the model-times refit by ``heldout_mse`` on the same held-out rows (the
+    figure ``optimize`` reports as ``holdout_mse``); the lower one is kept, the choice and both
+    MSEs saved in the grids file's meta, and a later call (no compute) returns that record
+    without fitting."""
+    from bench import solvers as bench, suite
+    base = _LabelledRing()
+    monkeypatch.setattr(bench, "DIGITS_RULE_ROWS", 8)
+    monkeypatch.setattr(bench, "DIGITS_REFERENCE_STEPS", 40)
+    monkeypatch.setattr(suite, "EVALS_PER_FIT", 6)
+    monkeypatch.setattr(suite, "MODEL_TIMES_MAX_EVALS", 6)
+    path = tmp_path / "digits.json"
+    train, held = bench.digits_stratified(base, 8)
+    assert train[1].shape == held[1].shape == (12, 2)  # 8 bulk rows and 4 hard ones each
+    x_T, teacher, w = train[1:]
+    plain = grids.optimize(train[0], "unipc", 3, x_T=x_T, teacher=teacher, weights=w, max_evals=4, t_lo=1e-3)
+    assert bench.heldout_mse(plain, held) == pytest.approx(
+        grids.optimize(train[0], "unipc", 3, x_T=x_T, teacher=teacher, weights=w, max_evals=4, t_lo=1e-3,
+                       holdout=tuple(held[1:]), holdout_den=held[0]).holdout_mse, rel=1e-12)
+    grids.save(path, plain)
+    bad = grids.OptimizedGrid(ts=[1.0, 0.9999, 0.9998, 0.0], solver="unipc", steps=3, model_ts=[1.0, 0.9999, 0.9998])
+    real_fit, seen = suite.fit_rule, []
+
+    def spy(*a, **k):
+        seen.append(([g.tolist() for g in k["extra_starts"]], k["t_lo"]))
+        return real_fit(*a, **k)
+    monkeypatch.setattr(suite, "fit_rule", spy)
+    kept = bench.digits_rule_grid(base, 3, path, bad, compute=True)  # a one-real-step refit loses
+    assert seen == [([plain.grid.tolist()], base.process.t_min)]  # every saved 3-step record a start
+    stage = json.loads(path.read_text())["meta"]["rule_stage"]["3"]
+    assert stage["kept"] == "rule" and stage["heldout_mse"]["rule"] < stage["heldout_mse"]["refit"]
+    assert stage["heldout_mse"]["rule"] == pytest.approx(bench.heldout_mse(kept, held), rel=1e-12)
+    assert stage["heldout_mse"]["refit"] == pytest.approx(bench.heldout_mse(bad, held), rel=1e-12)
+    assert grids.load(path)[stage["key"]].ts == kept.ts and kept.model_ts is not None
+
+    def no_fit(*a, **k):
+        raise AssertionError("the saved choice must be read back, not refitted")
+    monkeypatch.setattr(suite, "fit_rule", no_fit)
+    assert bench.digits_rule_grid(base, 3, path, bad, compute=True).ts == kept.ts
+    # the refit kept where it is the better one: nothing saved under the rule's key
+    good = bench.save_rule_stage(path, 4, kept, plain, {"rule": 2.0, "refit": 1.0})
+    assert good is plain and json.loads(path.read_text())["meta"]["rule_stage"]["4"]["kept"] == "refit"
+    assert "3" in json.loads(path.read_text())["meta"]["rule_stage"]  # earlier choices kept
