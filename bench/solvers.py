@@ -370,7 +370,8 @@ def digits_grid(base, nfe: int, grids_dir: pathlib.Path, compute: bool):
     decoupled model times (``DIGITS_MODEL_TIMES``; fitted now if missing and ``compute``,
     else ``None``), fitted to ``digits_reference`` on ``DIGITS_FIT["n_train"]`` noises of
     seed 777 with labels ``i % 10`` (the model-times refit on ``digits_stratified``'s rows),
-    never querying the network below its ``t_min``."""
+    then put against the suite's rule on larger stratified rows (``digits_rule_grid``), never
+    querying the network below its ``t_min``."""
     n_train, process = DIGITS_FIT["n_train"], base.process
     with torch.no_grad():
         refit = optimized_grid("digits", base.bind(label=digits_labels(n_train)), tuple(base.shape), nfe, grids_dir,
