@@ -415,7 +415,7 @@ def digits_rule_grid(base, nfe: int, path: pathlib.Path, refit, compute: bool):
         fit, _ = suite.fit_rule(train[0], nfe, (tuple(train[1:]), tuple(held[1:])), suite.EVALS_PER_FIT,
                                 extra_starts=[r.grid for r in saved.values() if r.steps == nfe],
                                 t_lo=base.process.t_min, holdout_den=held[0])
-        mse = {"rule": heldout_mse(fit, held), "refit": heldout_mse(refit, held)}
+        mse = {"rule": fit.holdout_mse, "refit": heldout_mse(refit, held)}  # the fit scored the same rows
     return save_rule_stage(path, nfe, fit, refit, mse)
 
 
