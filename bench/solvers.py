@@ -344,25 +344,17 @@ def digits_reference(den, x_T: Tensor) -> Tensor:
 @functools.cache  # one model, one pair of sets per size for every NFE
 def digits_stratified(base, n: int | None = None) -> tuple:
     """The digits model-times refit's training and held-out rows (seeds 777 and 778, the same
-    for every NFE, computed once): ``grids.stratified_rows`` of a pool of ``POOL_FACTOR x n``
+    for every NFE, computed once): ``grids.stratified_training_set`` on a pool of ``POOL_FACTOR x n``
     noises with labels ``i % 10`` (``n`` bulk rows, default ``DIGITS_FIT["n_train"]``, and
     ``HARD_FRACTION x n`` hard ones), each row with its own label (the model
     ``den.select(rows)``) and its teacher (``digits_reference``'s solver and steps). Returns
     ``((den, x_T, teacher, weights), (den, x_T, teacher, weights))``."""
     n = DIGITS_FIT["n_train"] if n is None else int(n)
-    process, shape = base.process, tuple(base.shape)
-    out = []
-    for seed in (777, 778):
-        g = torch.Generator().manual_seed(seed)
-        pool = grids.start_noise(process, POOL_FACTOR * n, shape, g, torch.float32)  # [P, *shape]
-        den = base.bind(label=digits_labels(POOL_FACTOR * n))
-        with torch.no_grad():
-            rows, weights = grids.stratified_rows(den, pool, int(HARD_FRACTION * n), n, g, t_lo=process.t_min)
-            den = den.select(rows)
-            x_T, teacher = grids.training_set(den, pool[rows], None, teacher_steps=DIGITS_REFERENCE_STEPS,
-                                              t_lo=process.t_min)
-        out.append((den, x_T, teacher, weights))
-    return tuple(out)
+    with torch.no_grad():
+        return tuple(grids.stratified_training_set(
+            base.bind(label=digits_labels(POOL_FACTOR * n)), tuple(base.shape), n_hard=int(HARD_FRACTION * n),
+            n_bulk=n, n_pool=POOL_FACTOR * n, seed=seed, teacher_steps=DIGITS_REFERENCE_STEPS,
+            t_lo=base.process.t_min, dtype=torch.float32, with_denoiser=True) for seed in (777, 778))
 
 
 def digits_grid(base, nfe: int, grids_dir: pathlib.Path, compute: bool):

@@ -172,6 +172,11 @@ def test_stratified_rows_keep_each_rows_conditioning():
     assert torch.allclose(teacher, own, rtol=0, atol=1e-12)
     wrong = grids.teacher_endpoint(base.bind(label=torch.arange(rows.numel()) % n_labels), pool[rows], 20)
     assert not torch.allclose(teacher, wrong, atol=1e-3)  # the labels matter in this model
+    # with_denoiser: the same set, after the model conditioned on the chosen rows (the fit's model)
+    chosen, *same = grids.stratified_training_set(den, (2,), n_hard, n_bulk, n_pool, seed=5, reference_steps=20,
+                                                  teacher_steps=20, with_denoiser=True)
+    assert all(torch.equal(a, b) for a, b in zip(same, (x_T, teacher, w_set)))
+    assert torch.equal(grids.teacher_endpoint(chosen, x_T, 20), teacher)
     with pytest.raises(ValueError, match="n_pool"):
         grids.stratified_rows(den, pool, 90, 10, g)
 

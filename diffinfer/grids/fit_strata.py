@@ -82,8 +82,8 @@ def stratified_rows(den, pool: Tensor, n_hard: int, n_bulk: int, generator: torc
 def stratified_training_set(den, shape, n_hard: int = 512, n_bulk: int = 1024, n_pool: int = 16384,
                             seed: int = 20240, probes: list[Tensor] | None = None, probe_solver: str = "unipc",
                             reference_steps: int = 40, teacher_steps: int = 200, teacher_solver: str = "dpmpp-3m",
-                            t_lo: float | None = None, dtype=torch.float64, t_max: float | None = None
-                            ) -> tuple[Tensor, Tensor, Tensor]:
+                            t_lo: float | None = None, dtype=torch.float64, t_max: float | None = None,
+                            with_denoiser: bool = False) -> tuple:
     """Training noises ``x_T`` ``[n_hard + n_bulk, *shape]``, their teacher endpoints and row
     weights ``[n_hard + n_bulk]`` (mean 1), stratified by ``boundary_score`` (module doc;
     ``stratified_rows``).
@@ -93,14 +93,19 @@ def stratified_training_set(den, shape, n_hard: int = 512, n_bulk: int = 1024, n
     ``sigma(t_max)``; the bulk rows are chosen with the same seed. Pass the result as
     ``optimize(..., x_T=x_T, teacher=teacher, weights=weights)`` (or as a ``holdout``
     triple). For a model conditioned row by row, draw the pool yourself and use
-    ``stratified_rows``."""
+    ``stratified_rows``.
+
+    A model conditioned row by row over the pool (e.g. ``den.bind(label=...)`` with ``[n_pool]``
+    labels) is conditioned on the chosen rows for the teacher; ``with_denoiser=True`` returns that
+    model first, ``(den.select(rows), x_T, teacher, weights)``, for the fit to run on."""
     g = torch.Generator().manual_seed(int(seed))  # draws the pool, then the bulk rows
     pool = start_noise(den.process, int(n_pool), shape, g, dtype, t_max)  # [P, *shape]
     rows, weights = stratified_rows(den, pool, n_hard, n_bulk, g, probes, probe_solver, reference_steps,
                                     teacher_solver, t_lo, t_max)
-    x_T, teacher = training_set(den.select(rows), pool[rows], None, teacher_steps=teacher_steps, teacher_solver=teacher_solver,
+    chosen = den.select(rows)
+    x_T, teacher = training_set(chosen, pool[rows], None, teacher_steps=teacher_steps, teacher_solver=teacher_solver,
                                 t_lo=t_lo, t_max=t_max)
-    return x_T, teacher, weights
+    return (chosen, x_T, teacher, weights) if with_denoiser else (x_T, teacher, weights)
 
 
 __all__ = ["boundary_score", "stratified_rows", "stratified_training_set"]
