@@ -86,19 +86,17 @@ def model_times_from_params(ts: Tensor, delta: Tensor, t_lo: float, t_max: float
 
 def grow(ts: Tensor, steps: int) -> Tensor:
     """A fitted grid extended to ``steps`` steps by splitting, one at a time, its widest
-    interval between positive points in ``log t`` at the geometric mean (a warm start
-    for fitting the next NFE; the last interval, to ``0``, is never split)."""
+    interval between positive points in ``log t`` at the geometric mean (that one of
+    ``insertions``; a warm start for fitting the next NFE; the last interval, to ``0``, is never
+    split)."""
     ts = validate(ts)
     if float(ts[-1]) != 0.0 or ts.numel() < 3:
         raise ValueError("grow needs a grid ending at 0 with at least one positive interior point")
-    pos = ts[:-1].tolist()
-    while len(pos) < steps:
-        logs = [math.log(t) for t in pos]
-        k = max(range(len(pos) - 1), key=lambda j: logs[j] - logs[j + 1]) if len(pos) > 1 else None
-        if k is None:
-            raise ValueError("cannot grow a grid with a single positive point")
-        pos.insert(k + 1, math.exp(0.5 * (logs[k] + logs[k + 1])))
-    return validate(torch.tensor(pos + [0.0], dtype=_F64))
+    while ts.numel() - 1 < steps:
+        pos = ts[:-1]  # [n] positive points
+        widths = (pos[:-1] / pos[1:]).log()  # [n - 1] interval widths in log t
+        ts = insertions(ts)[int(widths.argmax())]  # the first widest, split at its geometric mean
+    return ts
 
 
 def shrink(ts: Tensor) -> list[Tensor]:
