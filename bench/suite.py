@@ -226,8 +226,9 @@ def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None, extra_star
     """The rule's fit on ``data`` (``rule_data``: training and held-out noise): UniPC on a spline
     grid of ``KNOTS[0]`` intervals from every grid family of the process (and, with ``larger``,
     the rule's grid for ``nfe + 1`` steps, from its best one-point-removed grid,
-    ``shrunk_start``; and any ``extra_starts``), then of ``KNOTS[1]`` intervals from that fit (and the same starts); of the
-    two, the one with the lower MSE on the held-out training noise. Returns the final record
+    ``shrunk_start``; and any ``extra_starts``), then of each larger size in ``KNOTS[1:]`` from the
+    last fit (and the same starts); of these, the one with the lower MSE on the held-out training
+    noise. Returns the final record
     (with decoupled model times) and the chosen spline grid (the next smaller NFE's ``larger``).
     ``fit_options`` go to every ``grids.optimize`` (digits: ``t_lo``, ``holdout_den``)."""
     _, solver, opts = RULE
@@ -240,9 +241,11 @@ def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None, extra_star
     common = dict(x_T=x_T, teacher=teacher, weights=weights, holdout=holdout, max_evals=max_evals,
                   parameterization="spline", **opts, **fit_options)
     fits = [grids.optimize(den, solver, nfe, init=starts, knots=KNOTS[0], **common)]
-    if grids.SplineParams.of(den.process, nfe, knots=KNOTS[1]).k > grids.SplineParams.of(den.process, nfe,
-                                                                                      knots=KNOTS[0]).k:
-        fits.append(grids.optimize(den, solver, nfe, init=[fits[0].grid] + starts, knots=KNOTS[1], **common))
+    size = grids.SplineParams.of(den.process, nfe, knots=KNOTS[0]).k
+    for knots in KNOTS[1:]:  # each larger spline started from the last fit (and the same starts)
+        if grids.SplineParams.of(den.process, nfe, knots=knots).k > size:
+            size = grids.SplineParams.of(den.process, nfe, knots=knots).k
+            fits.append(grids.optimize(den, solver, nfe, init=[fits[-1].grid] + starts, knots=knots, **common))
     best = min(fits, key=lambda f: f.holdout_mse)
     if not MODEL_TIMES:
         return best, best.grid
