@@ -76,7 +76,7 @@ CONVERGED_STEPS = 50
 STEP_LADDER = list(range(3, 31)) + [35, 40, 45, 50, 60, 70, 80, 100]
 #: the FD search's coarser ladder (each point costs n_fd rows)
 FD_LADDER = [3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 70, 100]
-FITTED_NFES = [4, 5, 6, 8, 10]  # the fitted grids on file
+FITTED_NFES = list(range(4, 11))  # the fitted grids on file (bench/solvers.py: digits at every NFE 4-10)
 TRAIN_STEPS = 1000              # the diffusers table's length
 CACHE_EVERY = [2, 3, 5]         # feature-cache refresh intervals
 #: the caching goal's configurations: reuse (DeepCache, order 0) at CACHE_EVERY, and forecasting
