@@ -243,8 +243,9 @@ def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None, extra_star
     fits = [grids.optimize(den, solver, nfe, init=starts, knots=KNOTS[0], **common)]
     size = grids.SplineParams.of(den.process, nfe, knots=KNOTS[0]).k
     for knots in KNOTS[1:]:  # each larger spline started from the last fit (and the same starts)
-        if grids.SplineParams.of(den.process, nfe, knots=knots).k > size:
-            size = grids.SplineParams.of(den.process, nfe, knots=knots).k
+        k = grids.SplineParams.of(den.process, nfe, knots=knots).k
+        if k > size:
+            size = k
             fits.append(grids.optimize(den, solver, nfe, init=[fits[-1].grid] + starts, knots=knots, **common))
     best = min(fits, key=lambda f: f.holdout_mse)
     if not MODEL_TIMES:

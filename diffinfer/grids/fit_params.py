@@ -96,7 +96,7 @@ def grow(ts: Tensor, steps: int) -> Tensor:
         pos = ts[:-1]  # [n] positive points
         widths = (pos[:-1] / pos[1:]).log()  # [n - 1] interval widths in log t
         ts = insertions(ts)[int(widths.argmax())]  # the first widest, split at its geometric mean
-    return ts
+    return validate(ts)
 
 
 def shrink(ts: Tensor) -> list[Tensor]:

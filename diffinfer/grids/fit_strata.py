@@ -92,12 +92,12 @@ def stratified_training_set(den, shape, n_hard: int = 512, n_bulk: int = 1024, n
     steps; ``probe_solver`` solves them. The pool is drawn with ``seed`` and scaled by
     ``sigma(t_max)``; the bulk rows are chosen with the same seed. Pass the result as
     ``optimize(..., x_T=x_T, teacher=teacher, weights=weights)`` (or as a ``holdout``
-    triple). For a model conditioned row by row, draw the pool yourself and use
-    ``stratified_rows``.
+    triple).
 
     A model conditioned row by row over the pool (e.g. ``den.bind(label=...)`` with ``[n_pool]``
     labels) is conditioned on the chosen rows for the teacher; ``with_denoiser=True`` returns that
-    model first, ``(den.select(rows), x_T, teacher, weights)``, for the fit to run on."""
+    model first, ``(den.select(rows), x_T, teacher, weights)``, for the fit to run on. To draw the
+    pool yourself, use ``stratified_rows``."""
     g = torch.Generator().manual_seed(int(seed))  # draws the pool, then the bulk rows
     pool = start_noise(den.process, int(n_pool), shape, g, dtype, t_max)  # [P, *shape]
     rows, weights = stratified_rows(den, pool, n_hard, n_bulk, g, probes, probe_solver, reference_steps,
