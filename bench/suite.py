@@ -354,7 +354,8 @@ def markdown(report: dict) -> str:
              f"`grids.optimize(..., parameterization='spline', knots=k, holdout=...)` (a spline in log-SNR; on a flow "
              f"in log t) for k in {KNOTS} "
              "(the second started from the first), the one with the lower held-out training MSE, then decoupled "
-             "model times (`model_times=True`) fitted from it, the checkpoint chosen on held-out training noise. "
+             f"model times (`model_times=True`, budget {MODEL_TIMES_EVALS_PER_STEP} solves per step, at most "
+             f"{MODEL_TIMES_MAX_EVALS}) fitted from it, the checkpoint chosen on held-out training noise. "
              + ("The NFEs are fitted from the largest down, each also started from the best (training loss) "
                 "one-point-removed grid (`grids.shrink`) of the next larger NFE's spline grid. " if SHRINK_CHAIN else "")
              + ("Then from the smallest NFE up, a fit whose spline grid has a higher training loss than the best "
@@ -405,6 +406,14 @@ def _run_one(args):
     return run_problem(*args)
 
 
+def rule_meta() -> dict:
+    """The rule's settings, as the suite's results record them."""
+    return {"label": RULE[0], "solver": RULE[1], "knots": list(KNOTS), "shrink_chain": SHRINK_CHAIN,
+            "grow_chain": GROW_CHAIN, "stratified": STRATIFIED, "hard_fraction": HARD_FRACTION,
+            "pool_factor": POOL_FACTOR, "model_times": MODEL_TIMES,
+            "model_times_evals_per_step": MODEL_TIMES_EVALS_PER_STEP, "model_times_max_evals": MODEL_TIMES_MAX_EVALS}
+
+
 def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None, jobs: int = 1) -> dict:
     import json
     import pathlib
@@ -425,13 +434,7 @@ def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None, jobs: int
     report = {"meta": {"command": command, "quick": quick,
                        "seeds": seeds, "jobs": int(jobs), "nfes": nfes, "n_eval": n_eval, "n_train": n_train, "n_holdout": n_holdout,
                        "evals_per_fit": max_evals, "eval_seed_offset": EVAL_SEED_OFFSET,
-                       "train_seed_offset": TRAIN_SEED_OFFSET, "rule": {"label": RULE[0], "solver": RULE[1],
-                                                                         "knots": list(KNOTS),
-                                                                         "shrink_chain": SHRINK_CHAIN,
-                                                                         "grow_chain": GROW_CHAIN,
-                                                                         "stratified": STRATIFIED,
-                                                                         "hard_fraction": HARD_FRACTION,
-                                                                         "pool_factor": POOL_FACTOR},
+                       "train_seed_offset": TRAIN_SEED_OFFSET, "rule": rule_meta(),
                        "goal": {"ratio": GOAL_RATIO, "fraction": GOAL_FRACTION, "worst": 1.0},
                        "t_ref": T_REF, "seconds": 0.0},
               "summary": summarise(problems, nfes), "problems": problems}
