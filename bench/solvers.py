@@ -57,6 +57,7 @@ import diffinfer as di  # noqa: E402
 from bench import anchors  # noqa: E402
 from bench.suite import HARD_FRACTION, POOL_FACTOR  # noqa: E402  the stratified noise's settings
 from diffinfer import grids, metrics  # noqa: E402
+from diffinfer.grids.fit_objective import weighted_mse  # noqa: E402
 from diffinfer.loop import rollout  # noqa: E402
 from diffinfer.atomic import atomic_path, write_text  # noqa: E402
 from diffinfer.rng import make_rng  # noqa: E402
@@ -383,9 +384,9 @@ def heldout_mse(rec, held: tuple) -> float:
     rows ``held = (den, x_T, teacher, weights)`` (``digits_stratified``), each row under its own
     conditioning: the figure ``optimize(..., holdout_den=...)`` reports as ``holdout_mse``."""
     den, x_T, teacher, weights = held
-    obj = grids.Objective(den, rec.solver, rec.solver_options, x_T, teacher)
-    model_ts = None if rec.model_ts is None else torch.tensor(rec.model_ts, dtype=torch.float64)
-    return float(obj.mse(rec.grid, model_ts, x_T, teacher, weights, den=den))
+    out = grids.solve(rec.denoiser(den), x_T, rec.solver, rec.grid, **rec.solver_options)
+    err = weighted_mse(out, teacher, weights)
+    return err if math.isfinite(err) else math.inf  # as optimize scores a diverged solve
 
 
 def digits_rule_grid(base, nfe: int, path: pathlib.Path, refit, compute: bool):
@@ -397,7 +398,7 @@ def digits_rule_grid(base, nfe: int, path: pathlib.Path, refit, compute: bool):
     ``refit`` unchanged if the stage was never run and ``compute`` is off."""
     from bench import suite
     saved = grids.load(path)
-    stage = json.loads(path.read_text()).get("meta", {}).get("rule_stage", {})
+    stage = grids.load_meta(path).get("rule_stage", {})
     if str(nfe) in stage:
         return saved[stage[str(nfe)]["key"]]
     if not compute:
@@ -416,7 +417,7 @@ def save_rule_stage(path: pathlib.Path, nfe: int, fit, refit, mse: dict):
     mse["refit"]`` (held-out MSEs, ``heldout_mse``), else ``refit``; record the choice in the
     grids file's meta ``rule_stage`` and return the kept record."""
     kept = fit if mse["rule"] < mse["refit"] else refit
-    stage = json.loads(path.read_text()).get("meta", {}).get("rule_stage", {}) if path.exists() else {}
+    stage = grids.load_meta(path).get("rule_stage", {}) if path.exists() else {}
     stage[str(nfe)] = {"key": kept.key, "kept": "rule" if kept is fit else "refit", "rows": DIGITS_RULE_ROWS,
                        "heldout_mse": {k: float(v) for k, v in mse.items()}}
     grids.save(path, [kept] if kept is fit else [], meta={"rule_stage": stage})

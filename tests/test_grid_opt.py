@@ -156,6 +156,10 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(back.grid, rec.grid)
     assert grids.load(path, "unipc", 2, order=3).ts == rec3.ts
     assert set(grids.load(path)) == {"unipc/3", "unipc[order=3]/2"}
+    grids.save(path, [], meta={"note": 1})  # meta entries are added, records kept
+    assert grids.load_meta(path) == {"model": "m", "note": 1} and set(grids.load(path)) == {"unipc/3", "unipc[order=3]/2"}
+    with pytest.raises(FileNotFoundError):
+        grids.load_meta(tmp_path / "absent.json")
     with pytest.raises(KeyError, match="stored: unipc/3"):
         grids.load(path, "unipc", 5)
 

@@ -10,7 +10,7 @@ model, solver and NFE.
   ``fit_params`` (the parameterisation), ``fit_objective`` (training set, teacher, loss)
   and ``fit_search`` (Nelder-Mead, ``best``); ``fit_strata`` (a training set stratified by a
   cheap probe's error, ``stratified_training_set``); ``model_times`` (``ModelTimes``, decoupled
-  model times); ``storage`` (``OptimizedGrid``, ``save``, ``load``).
+  model times); ``storage`` (``OptimizedGrid``, ``save``, ``load``, ``load_meta``).
 
 ``grid`` and ``builders`` import nothing from the solvers, the denoiser or the sampling
 loop, so the denoiser and the solvers can use them; the fitting names load on first use.
@@ -36,7 +36,7 @@ _FITTING = {
     "params_from_grid": "fit_params",
     "best": "fit_search",
     "ModelTimes": "model_times",
-    "OptimizedGrid": "storage", "grid_key": "storage", "load": "storage", "save": "storage",
+    "OptimizedGrid": "storage", "grid_key": "storage", "load": "storage", "load_meta": "storage", "save": "storage",
 }
 
 
@@ -63,5 +63,5 @@ __all__ = [
     "GridParams", "SplineParams", "SPLINE_VARIABLES", "spline_positions", "noise_fraction", "logsnr_of_noise_fraction", "robust_loss", "grid_from_params", "params_from_grid", "model_times_from_params", "initial_grids",
     "initial_simplex", "grow", "shrink", "insertions", "default_t_lo", "ModelTimes",
     # storage
-    "OptimizedGrid", "grid_key", "save", "load",
+    "OptimizedGrid", "grid_key", "save", "load", "load_meta",
 ]

@@ -95,15 +95,27 @@ def save(path, grids, meta: dict | None = None) -> pathlib.Path:
     return path
 
 
-def load(path, solver: str | None = None, steps: int | None = None, model_times: bool = False, **solver_options):
-    """All records of a grids file (``{key: OptimizedGrid}``), or, with ``solver`` and
-    ``steps``, that one record (``KeyError`` naming the stored keys if absent)."""
+def _read(path) -> dict:
+    """The parsed grids file ``path`` (``FileNotFoundError`` / ``ValueError`` if it is not one)."""
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no grids file at {path}")
     data = json.loads(path.read_text())
     if data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a diffinfer grids file")
+    return data
+
+
+def load_meta(path) -> dict:
+    """The ``meta`` dict a grids file holds (``save(..., meta=...)``; empty if none)."""
+    return _read(path).get("meta", {})
+
+
+def load(path, solver: str | None = None, steps: int | None = None, model_times: bool = False, **solver_options):
+    """All records of a grids file (``{key: OptimizedGrid}``), or, with ``solver`` and
+    ``steps``, that one record (``KeyError`` naming the stored keys if absent)."""
+    path = pathlib.Path(path)
+    data = _read(path)
     records = {k: OptimizedGrid(**v) for k, v in data["grids"].items()}
     if solver is None:
         return records
@@ -113,4 +125,4 @@ def load(path, solver: str | None = None, steps: int | None = None, model_times:
     return records[key]
 
 
-__all__ = ["OptimizedGrid", "grid_key", "save", "load"]
+__all__ = ["OptimizedGrid", "grid_key", "save", "load", "load_meta"]
