@@ -320,7 +320,9 @@ DIGITS_STRATIFIED = True
 #: 778), every saved record of the NFE one more start; its record replaces the model-times
 #: refit's where its MSE on those held-out rows is lower (``digits_rule_grid``). The size is what a
 #: CPU affords (~25 min per NFE at NFE 8-10); the 96-row refit's held-out loss had not seen the
-#: tail that decides digits' RMSE (issue 14)
+#: tail that decides digits' RMSE (issue 14). The shipped stage ran with the model-times budget
+#: 25 / 120 (each entry's ``model_times_budget``), before the suite's rule doubled it; a stage
+#: refitted now (its entry removed from the grids file) runs with the rule's current budget
 DIGITS_RULE_ROWS = 256
 #: digits is judged on two metrics: fd_digits (the issue's) and RMSE to the reference endpoint
 DIGITS_METRICS = ["fd_digits", "rmse"]
@@ -414,12 +416,14 @@ def digits_rule_grid(base, nfe: int, path: pathlib.Path, refit, compute: bool):
 
 def save_rule_stage(path: pathlib.Path, nfe: int, fit, refit, mse: dict):
     """Keep ``fit`` (the rule stage's record, saved under its key) if ``mse["rule"] <
-    mse["refit"]`` (held-out MSEs, ``heldout_mse``), else ``refit``; record the choice in the
-    grids file's meta ``rule_stage`` and return the kept record."""
+    mse["refit"]`` (held-out MSEs, ``heldout_mse``), else ``refit``; record the choice (and the
+    rule's model-times budget) in the grids file's meta ``rule_stage`` and return the kept record."""
     kept = fit if mse["rule"] < mse["refit"] else refit
     stage = grids.load_meta(path).get("rule_stage", {}) if path.exists() else {}
+    from bench import suite
     stage[str(nfe)] = {"key": kept.key, "kept": "rule" if kept is fit else "refit", "rows": DIGITS_RULE_ROWS,
-                       "heldout_mse": {k: float(v) for k, v in mse.items()}}
+                       "heldout_mse": {k: float(v) for k, v in mse.items()},
+                       "model_times_budget": [suite.MODEL_TIMES_EVALS_PER_STEP, suite.MODEL_TIMES_MAX_EVALS]}
     grids.save(path, [kept] if kept is fit else [], meta={"rule_stage": stage})
     print(f"  digits NFE {nfe} rule stage: held-out MSE {mse['rule']:.3g} (rule) vs {mse['refit']:.3g} "
           f"(refit); kept {stage[str(nfe)]['kept']} ({kept.key})", flush=True)
