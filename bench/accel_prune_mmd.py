@@ -304,6 +304,8 @@ def exact_sw_draws(toy, n: int, draws: int) -> torch.Tensor:
     """``[draws]`` sliced Wasserstein distances from independent exact sets of ``n`` rows (seeds
     ``EXACT_SEED + i``) to the mixtures' reference set: the law of the score an exact sampler
     gets, against which a bar on the score is judged."""
+    if int(draws) < 2:
+        raise ValueError(f"need at least 2 exact sets to measure their spread, got {draws}")
     ref = toy.sample(n, seed=REF_SEED)
     return torch.tensor([metrics.sliced_wasserstein(toy.sample(n, seed=EXACT_SEED + i), ref) for i in range(draws)])
 

@@ -418,9 +418,9 @@ def save_rule_stage(path: pathlib.Path, nfe: int, fit, refit, mse: dict):
     """Keep ``fit`` (the rule stage's record, saved under its key) if ``mse["rule"] <
     mse["refit"]`` (held-out MSEs, ``heldout_mse``), else ``refit``; record the choice (and the
     rule's model-times budget) in the grids file's meta ``rule_stage`` and return the kept record."""
+    from bench import suite
     kept = fit if mse["rule"] < mse["refit"] else refit
     stage = grids.load_meta(path).get("rule_stage", {}) if path.exists() else {}
-    from bench import suite
     stage[str(nfe)] = {"key": kept.key, "kept": "rule" if kept is fit else "refit", "rows": DIGITS_RULE_ROWS,
                        "heldout_mse": {k: float(v) for k, v in mse.items()},
                        "model_times_budget": [suite.MODEL_TIMES_EVALS_PER_STEP, suite.MODEL_TIMES_MAX_EVALS]}

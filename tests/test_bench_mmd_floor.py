@@ -39,6 +39,8 @@ def test_exact_draws_are_independent_exact_sets_scored_against_the_reference(mon
     floor = bench.metrics.sliced_wasserstein(toy.sample(300, seed=bench.FLOOR_SEED), ref)
     wide = bench.exact_sw_draws(toy, 300, 40)
     assert wide.quantile(0.01) <= floor <= wide.quantile(0.99)
+    with pytest.raises(ValueError, match="at least 2"):
+        bench.exact_sw_draws(toy, 300, 1)
     monkeypatch.setattr(bench, "EXACT_SEED", bench.REF_SEED)  # the first set is then the reference itself
     assert bench.exact_sw_draws(toy, 300, 2)[0] == 0.0
 
@@ -46,7 +48,7 @@ def test_exact_draws_are_independent_exact_sets_scored_against_the_reference(mon
 def test_rerun_mixture_rows_replace_their_own_and_drop_the_stale_exact_figures():
     old = {"mixtures": [_row("ring2d", 0.5), _row("rp1", 0.4), _row("rp2", 0.3)], "digits": [{"nfe": 4}],
            "seconds": 9.0}
-    bench.exact_pass_rates(old["mixtures"], {m: torch.tensor([0.1]) for m in ("ring2d", "rp1", "rp2")})
+    bench.exact_pass_rates(old["mixtures"], {m: torch.tensor([0.1, 0.2]) for m in ("ring2d", "rp1", "rp2")})
     old["p_exact_meets_all"] = 1.0
     new = [dict(_row("rp1", 0.2), nfe=n) for n in (4, 2)]
     merged = bench.merge_mixture_rows(old, new)
