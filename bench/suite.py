@@ -96,6 +96,8 @@ GROW_CHAIN = True
 #: noises, geometric-mean ratio to the old budget): the separated flows 901, 913, 914, 929, 936 x0.96
 #: (lower in 23 of 35 cells), 906 x1.04; 900 x0.84, 902 x0.81, 905 x0.96, 907 x0.92, 924 x0.88
 MODEL_TIMES_EVALS_PER_STEP, MODEL_TIMES_MAX_EVALS = 50, 240
+#: Nelder-Mead restarts (a fresh simplex from the best point) in the model-times stage
+MODEL_TIMES_RESTARTS = 0
 #: stratified training and held-out noise (``grids.stratified_training_set``, ``rule_data``)
 STRATIFIED = True
 HARD_FRACTION, POOL_FACTOR = 0.5, 16
@@ -256,6 +258,7 @@ def fit_rule(den, nfe: int, data: tuple, max_evals: int, larger=None, extra_star
         return best, best.grid
     common.pop("parameterization")
     common["max_evals"] = min(MODEL_TIMES_EVALS_PER_STEP * nfe, MODEL_TIMES_MAX_EVALS)
+    common["restarts"] = MODEL_TIMES_RESTARTS
     # decoupled model times (LD3) from the chosen grid; the start (delta = 0, bitwise the
     # plain solve) is among the checkpoints the held-out noise chooses from
     return grids.optimize(den, solver, nfe, init=[best.grid], model_times=True, **common), best.grid
@@ -364,7 +367,9 @@ def markdown(report: dict) -> str:
              f"in log t) for k in {KNOTS} "
              "(the second started from the first), the one with the lower held-out training MSE, then decoupled "
              f"model times (`model_times=True`, budget {MODEL_TIMES_EVALS_PER_STEP} solves per step, at most "
-             f"{MODEL_TIMES_MAX_EVALS}) fitted from it, the checkpoint chosen on held-out training noise. "
+             f"{MODEL_TIMES_MAX_EVALS}"
+             + (f", {MODEL_TIMES_RESTARTS} Nelder-Mead restart(s)" if MODEL_TIMES_RESTARTS else "")
+             + ") fitted from it, the checkpoint chosen on held-out training noise. "
              + ("The NFEs are fitted from the largest down, each also started from the best (training loss) "
                 "one-point-removed grid (`grids.shrink`) of the next larger NFE's spline grid. " if SHRINK_CHAIN else "")
              + ("Then from the smallest NFE up, a fit whose spline grid has a higher training loss than the best "
@@ -420,7 +425,8 @@ def rule_meta() -> dict:
     return {"label": RULE[0], "solver": RULE[1], "knots": list(KNOTS), "shrink_chain": SHRINK_CHAIN,
             "grow_chain": GROW_CHAIN, "stratified": STRATIFIED, "hard_fraction": HARD_FRACTION,
             "pool_factor": POOL_FACTOR, "model_times": MODEL_TIMES,
-            "model_times_evals_per_step": MODEL_TIMES_EVALS_PER_STEP, "model_times_max_evals": MODEL_TIMES_MAX_EVALS}
+            "model_times_evals_per_step": MODEL_TIMES_EVALS_PER_STEP, "model_times_max_evals": MODEL_TIMES_MAX_EVALS,
+            "model_times_restarts": MODEL_TIMES_RESTARTS}
 
 
 def run_suite(quick: bool = False, out_dir=None, seeds=None, log=None, jobs: int = 1) -> dict:
