@@ -356,29 +356,32 @@ def _wall(seconds) -> str:
 
 
 def markdown(report: dict) -> str:
+    """The suite's results page, every setting read from the report itself (``meta``, its ``rule``:
+    ``rule_meta`` at the run), not from this module's current constants."""
     m = report["meta"]
+    r = m["rule"]
     lines = ["# Randomized solver suite (issue 14)", "",
              f"Command: `{m['command']}` ({_wall(m['seconds'])}). Seeds: {m['seeds']} (fixed before tuning; "
-             f"evaluation noise seed = {EVAL_SEED_OFFSET} + seed, training seed = {TRAIN_SEED_OFFSET} + seed, "
-             f"held-out training seed = {TRAIN_SEED_OFFSET} + seed + 1). n_eval {m['n_eval']}, n_train {m['n_train']}, "
+             f"evaluation noise seed = {m['eval_seed_offset']} + seed, training seed = {m['train_seed_offset']} + seed, "
+             f"held-out training seed = {m['train_seed_offset']} + seed + 1). n_eval {m['n_eval']}, n_train {m['n_train']}, "
              f"n_holdout {m['n_holdout']}.", "",
-             f"Rule (fixed before the run): `{RULE[0]}` = UniPC on a grid fitted per problem and NFE with "
+             f"Rule (fixed before the run): `{r['label']}` = UniPC on a grid fitted per problem and NFE with "
              f"`grids.optimize(..., parameterization='spline', knots=k, holdout=...)` (a spline in log-SNR; on a flow "
-             f"in log t) for k in {KNOTS} "
-             "(the second started from the first), the one with the lower held-out training MSE, then decoupled "
-             f"model times (`model_times=True`, budget {MODEL_TIMES_EVALS_PER_STEP} solves per step, at most "
-             f"{MODEL_TIMES_MAX_EVALS}"
-             + (f", {MODEL_TIMES_RESTARTS} Nelder-Mead restart(s)" if MODEL_TIMES_RESTARTS else "")
-             + ") fitted from it, the checkpoint chosen on held-out training noise. "
+             f"in log t) for k in {tuple(r['knots'])} "
+             "(the second started from the first), the one with the lower held-out training MSE"
+             + ((f", then decoupled model times (`model_times=True`, budget {r['model_times_evals_per_step']} solves "
+                 f"per step, at most {r['model_times_max_evals']}"
+                 + (f", {r['model_times_restarts']} Nelder-Mead restart(s)" if r["model_times_restarts"] else "")
+                 + ") fitted from it, the checkpoint chosen on held-out training noise. ") if r["model_times"] else ". ")
              + ("The NFEs are fitted from the largest down, each also started from the best (training loss) "
-                "one-point-removed grid (`grids.shrink`) of the next larger NFE's spline grid. " if SHRINK_CHAIN else "")
+                "one-point-removed grid (`grids.shrink`) of the next larger NFE's spline grid. " if r["shrink_chain"] else "")
              + ("Then from the smallest NFE up, a fit whose spline grid has a higher training loss than the best "
                 "one-point-inserted grid (`grids.insertions`) of the next smaller NFE's is refitted with that grid "
-                "as one more start, keeping the fit with the lower held-out MSE (`grow_repair`). " if GROW_CHAIN else "")
+                "as one more start, keeping the fit with the lower held-out MSE (`grow_repair`). " if r["grow_chain"] else "")
              + (f"Training and held-out noise are stratified (`grids.stratified_training_set`): n_train (n_holdout) "
-                f"uniform rows plus {HARD_FRACTION:g}x as many from the hard stratum of a pool {POOL_FACTOR}x larger "
-                "(the noises UniPC on every grid family at `grids.PROBE_STEPS` steps errs on most), weighted so the "
-                "loss estimates the MSE on fresh noise. " if STRATIFIED else "")
+                f"uniform rows plus {r['hard_fraction']:g}x as many from the hard stratum of a pool {r['pool_factor']}x "
+                "larger (the noises UniPC on every grid family at `grids.PROBE_STEPS` steps errs on most), weighted so "
+                "the loss estimates the MSE on fresh noise. " if r["stratified"] else "")
              + "Anchor: the best diffusers scheduler x grid family per problem and NFE, chosen on the evaluation noise.",
              "", "## Summary per NFE (ratio = our RMSE / best anchor RMSE to the exact endpoint)", "",
              "| NFE | method | problems | fraction <= 0.5x | worst ratio | median ratio | goal |",
