@@ -385,6 +385,38 @@ def test_suite_rule_data_is_stratified_and_the_rule_fits_with_its_weights():
     assert rec.train_mse != pytest.approx(weighted_mse(out, train[1]), rel=1e-6)
 
 
+def test_suite_fit_rule_hands_the_model_times_stage_its_budget_and_restarts(monkeypatch):
+    """``fit_rule``: the spline fits get ``max_evals`` and the spline parameterisation; the
+    model-times stage starts from the spline fit with the lower held-out MSE and gets
+    ``min(MODEL_TIMES_EVALS_PER_STEP * nfe, MODEL_TIMES_MAX_EVALS)`` solves and
+    ``MODEL_TIMES_RESTARTS`` restarts (the rule's constants as the suite reports them)."""
+    from types import SimpleNamespace
+    from bench import suite
+    calls, made = [], []
+
+    def fake_optimize(den, solver, nfe, **kw):
+        calls.append(kw)
+        made.append(SimpleNamespace(grid=kw["init"][0].clone(), holdout_mse=1.0 if len(calls) == 1 else 2.0))
+        return made[-1]  # the first spline fit holds out best
+    monkeypatch.setattr(suite.grids, "optimize", fake_optimize)
+    monkeypatch.setattr(suite, "MODEL_TIMES_RESTARTS", 3)
+    monkeypatch.setattr(suite, "MODEL_TIMES_EVALS_PER_STEP", 7)
+    spec = suite.problem(suite.QUICK_SEEDS[0])
+    den = spec["mixture"].denoiser(suite.make_process(spec["process"]))
+    data = ((None, None, None), (None, None, None))
+    for nfe, budget in ((8, 56), (40, suite.MODEL_TIMES_MAX_EVALS)):  # 7 per step, or the cap
+        calls.clear()
+        made.clear()
+        rec, spline = suite.fit_rule(den, nfe, data, max_evals=11)
+        *fits, last = calls
+        assert len(fits) == 2 and all(c["parameterization"] == "spline" and c["max_evals"] == 11 and "restarts" not in c
+                            for c in fits)
+        assert last["model_times"] is True and "parameterization" not in last
+        assert last["max_evals"] == budget and last["restarts"] == 3
+        assert last["init"] == [made[0].grid] and spline is made[0].grid and rec is made[-1]
+    assert suite.rule_meta()["model_times_restarts"] == 3
+
+
 class _LabelledRing:
     """A conditional ring2d model shaped like ``zoo.load("digits")`` (``process``, ``shape``,
     ``bind``), hashable as ``digits_stratified``'s cache needs."""

@@ -315,6 +315,39 @@ def test_model_times_fit_never_ends_above_its_start_and_keys_apart(tmp_path):
         grids.best(saved, 3, [("unipc",)])
 
 
+def test_a_nelder_mead_restart_runs_again_from_the_best_point_with_a_fresh_simplex(monkeypatch):
+    """``restarts=1``: after each run that improved, one more run starts at that run's end (a
+    fresh simplex there), so the first run is the one ``restarts=0`` makes, bitwise, and the
+    fit ends no worse; a run that does not improve ends its block's restarts."""
+    import numpy as np
+    import scipy.optimize
+    real, calls = scipy.optimize.minimize, []
+
+    def spy(fun, x0, **kw):
+        res = real(fun, x0, **kw)
+        calls.append((np.array(x0, copy=True), res.x.copy(), float(res.fun)))
+        return res
+    monkeypatch.setattr(scipy.optimize, "minimize", spy)
+    den = ring2d().denoiser(di.VP("linear"))
+    x_T, teacher = grids.training_set(den, n_train=16, shape=(2,), seed=4, teacher_steps=40)
+    plain = grids.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, max_evals=30)
+    fits, runs = [], []
+    for restarts in (0, 1):
+        calls.clear()
+        fits.append(grids.optimize(den, "unipc", 3, x_T=x_T, teacher=teacher, init=[plain.grid], model_times=True,
+                                   max_evals=40, restarts=restarts))
+        runs.append(list(calls))
+    once, twice = runs  # [(x0, x, loss)] per Nelder-Mead run; blocks: grid, model times, both (sizes differ)
+    assert np.array_equal(twice[0][0], once[0][0]) and twice[0][2] == once[0][2]  # the first run as without
+    assert twice[0][2] < plain.loss and len(twice) > len(once)  # it improved, so a restart ran
+    assert len(twice) <= 2 * len(once) + 2
+    for before, after in zip(twice, twice[1:]):
+        if len(after[0]) == len(before[0]):  # a restart of the same block: it starts at the last run's end
+            np.testing.assert_array_equal(after[0], before[1])
+            assert before[2] < plain.loss
+    assert fits[1].loss == min(plain.loss, *(c[2] for c in twice)) <= fits[0].loss
+
+
 def test_model_times_bad_input():
     den = ring2d().denoiser(di.VP("linear"))
     ts = torch.tensor([1.0, 0.4, 0.0], dtype=F64)
