@@ -321,8 +321,9 @@ DIGITS_STRATIFIED = True
 #: refit's where its MSE on those held-out rows is lower (``digits_rule_grid``). The size is what a
 #: CPU affords (~25 min per NFE at NFE 8-10); the 96-row refit's held-out loss had not seen the
 #: tail that decides digits' RMSE (issue 14). The shipped stage ran with the model-times budget
-#: 25 / 120 (each entry's ``model_times_budget``), before the suite's rule doubled it; a stage
-#: refitted now (its entry removed from the grids file) runs with the rule's current budget
+#: 25 / 120 and no restart (each entry's ``model_times_budget``, ``model_times_restarts``), before
+#: the suite's rule changed them; a stage refitted now (its entry removed from the grids file) runs
+#: with the rule's current settings
 DIGITS_RULE_ROWS = 256
 #: digits is judged on two metrics: fd_digits (the issue's) and RMSE to the reference endpoint
 DIGITS_METRICS = ["fd_digits", "rmse"]
@@ -417,13 +418,15 @@ def digits_rule_grid(base, nfe: int, path: pathlib.Path, refit, compute: bool):
 def save_rule_stage(path: pathlib.Path, nfe: int, fit, refit, mse: dict):
     """Keep ``fit`` (the rule stage's record, saved under its key) if ``mse["rule"] <
     mse["refit"]`` (held-out MSEs, ``heldout_mse``), else ``refit``; record the choice (and the
-    rule's model-times budget) in the grids file's meta ``rule_stage`` and return the kept record."""
+    rule's model-times budget and restarts) in the grids file's meta ``rule_stage`` and return the
+    kept record."""
     from bench import suite
     kept = fit if mse["rule"] < mse["refit"] else refit
     stage = grids.load_meta(path).get("rule_stage", {}) if path.exists() else {}
     stage[str(nfe)] = {"key": kept.key, "kept": "rule" if kept is fit else "refit", "rows": DIGITS_RULE_ROWS,
                        "heldout_mse": {k: float(v) for k, v in mse.items()},
-                       "model_times_budget": [suite.MODEL_TIMES_EVALS_PER_STEP, suite.MODEL_TIMES_MAX_EVALS]}
+                       "model_times_budget": [suite.MODEL_TIMES_EVALS_PER_STEP, suite.MODEL_TIMES_MAX_EVALS],
+                       "model_times_restarts": suite.MODEL_TIMES_RESTARTS}
     grids.save(path, [kept] if kept is fit else [], meta={"rule_stage": stage})
     print(f"  digits NFE {nfe} rule stage: held-out MSE {mse['rule']:.3g} (rule) vs {mse['refit']:.3g} "
           f"(refit); kept {stage[str(nfe)]['kept']} ({kept.key})", flush=True)

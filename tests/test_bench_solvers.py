@@ -465,6 +465,7 @@ def test_digits_rule_stage_keeps_the_lower_heldout_record_and_reads_it_back(tmp_
     stage = json.loads(path.read_text())["meta"]["rule_stage"]["3"]
     assert stage["kept"] == "rule" and stage["heldout_mse"]["rule"] < stage["heldout_mse"]["refit"]
     assert stage["model_times_budget"] == [suite.MODEL_TIMES_EVALS_PER_STEP, 6]  # the budget it ran with
+    assert stage["model_times_restarts"] == suite.MODEL_TIMES_RESTARTS
     assert stage["heldout_mse"]["rule"] == pytest.approx(bench.heldout_mse(kept, held), rel=1e-12)
     assert stage["heldout_mse"]["refit"] == pytest.approx(bench.heldout_mse(bad, held), rel=1e-12)
     assert grids.load(path)[stage["key"]].ts == kept.ts and kept.model_ts is not None
