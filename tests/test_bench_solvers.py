@@ -279,6 +279,8 @@ def test_suite_ratio_interval_is_paired_and_covers_the_true_ratio():
         iv = suite.ratio_interval(rule, anc, draws=400, seed=rep)
         covered += iv["lo"] <= (a / b) ** 0.5 <= iv["hi"]
     assert 0.85 <= covered / reps <= 0.95
+    broken = suite.ratio_interval(torch.full((500,), math.inf, dtype=torch.float64), anchor, draws=50)
+    assert broken["lo"] == broken["hi"] == math.inf and broken["p_above_goal"] == 1.0  # a NaN rule never passes
     with pytest.raises(ValueError, match="two \\[N\\] tensors"):
         suite.ratio_interval(anchor, anchor[:-1])
 
