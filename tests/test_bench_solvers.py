@@ -509,3 +509,21 @@ def test_digits_rule_stage_keeps_the_lower_heldout_record_and_reads_it_back(tmp_
     good = bench.save_rule_stage(path, 4, kept, plain, {"rule": 2.0, "refit": 1.0})
     assert good is plain and json.loads(path.read_text())["meta"]["rule_stage"]["4"]["kept"] == "refit"
     assert "3" in json.loads(path.read_text())["meta"]["rule_stage"]  # earlier choices kept
+
+
+def test_the_shipped_suite_results_are_the_current_rule_s_and_the_readme_quotes_them():
+    """``bench/results/suite.json`` was made with the rule as it stands (``rule_meta``), its
+    summary and ``suite.md`` are what ``summarise`` / ``markdown`` make of its problems, and the
+    README's suite table quotes its fractions and medians."""
+    import pathlib
+    from bench import suite
+    root = pathlib.Path(__file__).resolve().parents[1]
+    report = json.loads((root / "bench" / "results" / "suite.json").read_text())
+    assert report["meta"]["rule"] == suite.rule_meta() and report["meta"]["seeds"] == suite.SUITE_SEEDS
+    assert report["summary"] == suite.summarise(report["problems"], report["meta"]["nfes"])
+    assert (root / "bench" / "results" / "suite.md").read_text() == suite.markdown(report)
+    rule = [s for s in report["summary"] if s["goal_met"] is not None]
+    readme = (root / "README.md").read_text()
+    assert ("| fraction of problems <= 0.5x best anchor | "
+            + " | ".join(f"{s['fraction_at_most_half']:.2f}" for s in rule) + " |") in readme
+    assert "| median ratio | " + " | ".join(f"{s['median_ratio']:.2f}" for s in rule) + " |" in readme
